@@ -1,0 +1,125 @@
+"""Kafka adapter (kafka-python): topic names, producer, consumer, topic creation.
+
+Nothing here depends on the broker being Apache Kafka or Tansu.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import NewTopic
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
+
+from cityops.settings import Settings
+
+log = logging.getLogger(__name__)
+
+TELEMETRY = "cityops.telemetry"
+CASES_INBOUND = "cityops.cases.inbound"
+DOMAIN_EVENTS = "cityops.domain-events"
+DEADLETTER = "cityops.deadletter"
+ALL_TOPICS = (TELEMETRY, CASES_INBOUND, DOMAIN_EVENTS, DEADLETTER)
+
+
+@retry(
+    retry=retry_if_exception_type(KafkaError),
+    wait=wait_exponential(multiplier=0.2, max=3),
+    stop=stop_after_delay(30),
+    reraise=True,
+)
+def ensure_topics(settings: Settings, topics: Iterable[str] = ALL_TOPICS) -> None:
+    """Create the project's topics if they do not exist (idempotent)."""
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id="cityops-admin")
+    try:
+        existing = set(admin.list_topics())
+        new = [
+            NewTopic(name=t, num_partitions=settings.kafka_partitions, replication_factor=1)
+            for t in topics
+            if t not in existing
+        ]
+        if new:
+            try:
+                admin.create_topics(new)
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        admin.close()
+
+
+def make_producer(settings: Settings, **overrides: Any) -> KafkaProducer:
+    """A producer that waits for the broker's acknowledgement (no silent loss)."""
+    config: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap,
+        "acks": "all",
+        "linger_ms": 5,
+        "retries": 10,
+        "max_in_flight_requests_per_connection": 1,  # keep per-key order across retries
+        "batch_size": 256 * 1024,
+        "client_id": "cityops",
+    }
+    config.update(overrides)
+    return KafkaProducer(**config)
+
+
+class _Positions(ConsumerRebalanceListener):  # type: ignore[misc]
+    """On assignment, seek each partition to the position stored with our own writes."""
+
+    def __init__(
+        self,
+        consumer: KafkaConsumer,
+        load_positions: Callable[[list[TopicPartition]], dict[TopicPartition, int]],
+        on_revoked: Callable[[list[TopicPartition]], None] | None,
+    ) -> None:
+        self.consumer = consumer
+        self.load_positions = load_positions
+        self.on_revoked = on_revoked
+
+    def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        if self.on_revoked is not None:
+            self.on_revoked(list(revoked))
+
+    def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        positions = self.load_positions(list(assigned))
+        for tp in assigned:
+            offset = positions.get(tp)
+            if offset is None:
+                self.consumer.seek_to_beginning(tp)
+            else:
+                self.consumer.seek(tp, offset)
+        log.info("assigned %s", sorted((tp.topic, tp.partition) for tp in assigned))
+
+
+def make_consumer(
+    settings: Settings,
+    topic: str,
+    group_id: str,
+    load_positions: Callable[[list[TopicPartition]], dict[TopicPartition, int]],
+    on_revoked: Callable[[list[TopicPartition]], None] | None = None,
+    **overrides: Any,
+) -> KafkaConsumer:
+    """A group consumer whose positions live in our database, not in Kafka.
+
+    ``load_positions`` returns the next offset to read per partition (None: from the start).
+    Kafka's own offset commits are not used for correctness.
+    """
+    config: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap,
+        "group_id": group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "max_poll_interval_ms": settings.kafka_max_poll_interval_ms,
+        "session_timeout_ms": 6_000,
+        "heartbeat_interval_ms": 1_000,
+        "fetch_max_bytes": 16 * 1024 * 1024,
+        "max_partition_fetch_bytes": 4 * 1024 * 1024,
+        "client_id": group_id,
+    }
+    config.update(overrides)
+    consumer = KafkaConsumer(**config)
+    consumer.subscribe([topic], listener=_Positions(consumer, load_positions, on_revoked))
+    return consumer

