@@ -5,6 +5,7 @@ Nothing here depends on the broker being Apache Kafka or Tansu.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -43,10 +44,8 @@ def ensure_topics(settings: Settings, topics: Iterable[str] = ALL_TOPICS) -> Non
             if t not in existing
         ]
         if new:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics(new)
-            except TopicAlreadyExistsError:
-                pass
     finally:
         admin.close()
 
@@ -66,7 +65,7 @@ def make_producer(settings: Settings, **overrides: Any) -> KafkaProducer:
     return KafkaProducer(**config)
 
 
-class _Positions(ConsumerRebalanceListener):  # type: ignore[misc]
+class _Positions(ConsumerRebalanceListener):
     """On assignment, seek each partition to the position stored with our own writes."""
 
     def __init__(

@@ -45,9 +45,9 @@ class FencedProcessRecorder(PostgresProcessRecorder):
         tracking = kwargs.get("tracking")
         if tracking is not None and "expected_position" in kwargs:
             curs.execute(
-                SQL("SELECT notification_id FROM {0}.{1} WHERE application_name=%s FOR UPDATE").format(
-                    Identifier(self.datastore.schema), Identifier(self.tracking_table_name)
-                ),
+                SQL(
+                    "SELECT notification_id FROM {0}.{1} WHERE application_name=%s FOR UPDATE"
+                ).format(Identifier(self.datastore.schema), Identifier(self.tracking_table_name)),
                 (tracking.application_name,),
             )
             row = curs.fetchone()
@@ -100,7 +100,9 @@ def eventstore_env(settings: Settings, pool_size: int | None = None) -> dict[str
     return env
 
 
-def make_pool(settings: Settings, *, min_size: int = 1, max_size: int | None = None) -> ConnectionPool:
+def make_pool(
+    settings: Settings, *, min_size: int = 1, max_size: int | None = None
+) -> ConnectionPool:
     """A psycopg connection pool (for the telemetry store, read models and queries)."""
     pool = ConnectionPool(
         settings.database_url,

@@ -39,10 +39,12 @@ CREATE TABLE IF NOT EXISTS map_sensors (
     department_code text,
     state           text NOT NULL,
     alarms          jsonb NOT NULL DEFAULT '{}'::jsonb,
+    silent          boolean NOT NULL DEFAULT false,
     updated_at      timestamptz NOT NULL,
     version         int NOT NULL
 );
 CREATE INDEX IF NOT EXISTS map_sensors_type_state ON map_sensors (sensor_type, state);
+CREATE INDEX IF NOT EXISTS map_sensors_sensor_id ON map_sensors (sensor_id);
 CREATE INDEX IF NOT EXISTS map_sensors_grid ON map_sensors (grid_code);
 CREATE INDEX IF NOT EXISTS map_sensors_lonlat ON map_sensors (lon, lat);
 

@@ -41,7 +41,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for_port(port: int, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_for_port(
+    port: int, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -76,7 +78,7 @@ class Service:
 def _spawn(cmd: list[str], log_path: Path, **kwargs: object) -> subprocess.Popen[bytes]:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     out = open(log_path, "ab")  # noqa: SIM115 - the child owns it for its lifetime
-    return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, **kwargs)  # type: ignore[call-overload, no-any-return]
+    return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, **kwargs)  # type: ignore[call-overload]
 
 
 # -- Kafka-protocol broker ---------------------------------------------------------------
@@ -171,14 +173,34 @@ def start_postgres_cluster(workdir: Path, port: int | None = None) -> Service:
         "-c max_connections=200 -c shared_buffers=256MB"
     )
     subprocess.run(
-        [*prefix, str(pg_ctl), "-D", str(data), "-o", opts, "-l", str(workdir / "postgres.log"),
-         "-w", "start"],
+        [
+            *prefix,
+            str(pg_ctl),
+            "-D",
+            str(data),
+            "-o",
+            opts,
+            "-l",
+            str(workdir / "postgres.log"),
+            "-w",
+            "start",
+        ],
         check=True,
         capture_output=True,
     )
     subprocess.run(
-        [*prefix, str(DEBIAN_PG_BIN.parent / "bin" / "psql"), "-h", "127.0.0.1", "-p", str(port),
-         "-U", "postgres", "-c", "CREATE DATABASE cityops"],
+        [
+            *prefix,
+            str(DEBIAN_PG_BIN.parent / "bin" / "psql"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-U",
+            "postgres",
+            "-c",
+            "CREATE DATABASE cityops",
+        ],
         check=True,
         capture_output=True,
     )

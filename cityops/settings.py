@@ -79,9 +79,7 @@ class Settings(BaseSettings):
                 if not value
             ]
             if missing:
-                raise ValueError(
-                    "production needs external services; set " + ", ".join(missing)
-                )
+                raise ValueError("production needs external services; set " + ", ".join(missing))
             if self.mqtt_host and not self.mqtt_password:
                 raise ValueError("production MQTT needs CITYOPS_MQTT_PASSWORD")
         return self

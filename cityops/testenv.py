@@ -23,7 +23,7 @@ def main(argv: list[str]) -> int:
         print("usage: python -m cityops.testenv -- COMMAND...", file=sys.stderr)
         return 2
     workdir = Path(tempfile.mkdtemp(prefix="cityops-test-"))
-    os.chmod(workdir, 0o755)
+    os.chmod(workdir, 0o755)  # noqa: S103 - the postgres user must reach its data dir
     with running([]) as services:
         services.append(start_postgres_cluster(workdir))
         services.append(start_mosquitto(workdir))
@@ -38,8 +38,10 @@ def main(argv: list[str]) -> int:
             CITYOPS_MQTT_PROTOCOL=mqtt.extra.get("protocol", "5"),
             CITYOPS_TEST_WORKDIR=str(workdir),
         )
-        print(f"services: postgres={pg.url} mqtt={mqtt.url} kafka={kafka.url} logs={workdir}",
-              flush=True)
+        print(
+            f"services: postgres={pg.url} mqtt={mqtt.url} kafka={kafka.url} logs={workdir}",
+            flush=True,
+        )
         return subprocess.run(argv, env=env, check=False).returncode
 
 

@@ -58,7 +58,7 @@ class Incident(Aggregate):
 
     @classmethod
     def open(cls, incident_id: UUID, **kwargs: object) -> Incident:
-        return cls._create(cls.Opened, id=incident_id, **kwargs)  # type: ignore[attr-defined,no-any-return]
+        return cls._create(cls.Opened, id=incident_id, **kwargs)  # type: ignore[attr-defined]
 
     @property
     def closed(self) -> bool:

@@ -46,9 +46,7 @@ class ManagementApp(Application[UUID]):
 
     # -- commands -------------------------------------------------------------------
 
-    def register_sensors(
-        self, specs: Iterable[SensorSpec], actor: str, correlation_id: str
-    ) -> int:
+    def register_sensors(self, specs: Iterable[SensorSpec], actor: str, correlation_id: str) -> int:
         """Register devices not yet known (idempotent); return how many were new."""
         new = []
         for spec in specs:
@@ -91,18 +89,22 @@ class ManagementApp(Application[UUID]):
 
     def get_sensor(self, device_id: str) -> Sensor:
         try:
-            return self.repository.get(sensor_id(device_id))  # type: ignore[no-any-return]
+            aggregate: Sensor = self.repository.get(sensor_id(device_id))
+            return aggregate
         except AggregateNotFoundError:
             raise NotFoundError(f"unknown sensor {device_id!r}") from None
 
     def get_incident(self, incident_id: UUID) -> Incident:
         try:
-            aggregate = self.repository.get(incident_id)
+            aggregate: object = self.repository.get(incident_id)
         except AggregateNotFoundError:
             raise NotFoundError(f"unknown incident {incident_id}") from None
         if not isinstance(aggregate, Incident):
             raise NotFoundError(f"unknown incident {incident_id}")
         return aggregate
+
+    def is_registered(self, device_id: str) -> bool:
+        return self._exists(sensor_id(device_id))
 
     def _exists(self, aggregate_id: UUID) -> bool:
         return bool(list(self.events.get(aggregate_id, limit=1)))
@@ -126,7 +128,9 @@ class IncidentPolicy:
         self.app = app
         self.ruleset = ruleset
 
-    def _open_incident(self, sensor: Sensor, rule_id: str, pe: ProcessingEvent[UUID]) -> Incident | None:
+    def _open_incident(
+        self, sensor: Sensor, rule_id: str, pe: ProcessingEvent[UUID]
+    ) -> Incident | None:
         hex_id = sensor.open_incidents.get(rule_id)
         if hex_id is None:
             return None
@@ -197,33 +201,61 @@ class IncidentPolicy:
             if tr.kind in ("raised", "severity_changed") and tr.severity is not None:
                 if not active:
                     incident, seq = self._raise(
-                        sensor, rule.id, "sensor_alarm", tr.severity, rule.title,
-                        rule.category, tr.metric, tr.value, tr.ts, correlation_id, pe,
+                        sensor,
+                        rule.id,
+                        "sensor_alarm",
+                        tr.severity,
+                        rule.title,
+                        rule.category,
+                        tr.metric,
+                        tr.value,
+                        tr.ts,
+                        correlation_id,
+                        pe,
                     )
                     sensor.raise_alarm(
-                        rule_id=rule.id, rule_version=version, severity=tr.severity,
-                        metric=tr.metric, value=tr.value, reading_ts=tr.ts,
-                        incident_id=incident.id.hex, incident_seq=seq,
-                        actor=SYSTEM_MONITOR, correlation_id=correlation_id,
+                        rule_id=rule.id,
+                        rule_version=version,
+                        severity=tr.severity,
+                        metric=tr.metric,
+                        value=tr.value,
+                        reading_ts=tr.ts,
+                        incident_id=incident.id.hex,
+                        incident_seq=seq,
+                        actor=SYSTEM_MONITOR,
+                        correlation_id=correlation_id,
                     )
                     pe.collect_events(incident)
                 elif sensor.alarms[tr.rule_id] != tr.severity:
                     sensor.change_severity(
-                        rule_id=rule.id, rule_version=version, severity=tr.severity,
-                        metric=tr.metric, value=tr.value, reading_ts=tr.ts,
-                        actor=SYSTEM_MONITOR, correlation_id=correlation_id,
+                        rule_id=rule.id,
+                        rule_version=version,
+                        severity=tr.severity,
+                        metric=tr.metric,
+                        value=tr.value,
+                        reading_ts=tr.ts,
+                        actor=SYSTEM_MONITOR,
+                        correlation_id=correlation_id,
                     )
                     open_incident = self._open_incident(sensor, rule.id, pe)
                     if open_incident is not None:
                         open_incident.change_severity(
-                            severity=tr.severity, value=tr.value, reading_ts=tr.ts,
-                            actor=SYSTEM_MONITOR, correlation_id=correlation_id,
+                            severity=tr.severity,
+                            value=tr.value,
+                            reading_ts=tr.ts,
+                            actor=SYSTEM_MONITOR,
+                            correlation_id=correlation_id,
                         )
                         pe.collect_events(open_incident)
             elif tr.kind == "cleared" and active:
                 sensor.clear_alarm(
-                    rule_id=rule.id, rule_version=version, metric=tr.metric, value=tr.value,
-                    reading_ts=tr.ts, actor=SYSTEM_MONITOR, correlation_id=correlation_id,
+                    rule_id=rule.id,
+                    rule_version=version,
+                    metric=tr.metric,
+                    value=tr.value,
+                    reading_ts=tr.ts,
+                    actor=SYSTEM_MONITOR,
+                    correlation_id=correlation_id,
                 )
                 self._clear_incident(sensor, rule.id, tr.value, tr.ts, correlation_id, pe)
         pe.collect_events(sensor)
@@ -240,7 +272,9 @@ class IncidentPolicy:
         incident = self._open_incident(sensor, rule_id, pe)
         if incident is None or incident.alarm_status == "cleared":
             return
-        incident.clear(value=value, reading_ts=ts, actor=SYSTEM_MONITOR, correlation_id=correlation_id)
+        incident.clear(
+            value=value, reading_ts=ts, actor=SYSTEM_MONITOR, correlation_id=correlation_id
+        )
         if incident.ready_to_close:
             incident.close(
                 reason="alarm cleared and acknowledged",
@@ -261,12 +295,25 @@ class IncidentPolicy:
             return
         policy = self.ruleset.silence
         incident, seq = self._raise(
-            sensor, SILENCE_RULE, "device_silent", policy.severity, policy.title,
-            policy.category, None, None, last_seen, correlation_id, pe,
+            sensor,
+            SILENCE_RULE,
+            "device_silent",
+            policy.severity,
+            policy.title,
+            policy.category,
+            None,
+            None,
+            last_seen,
+            correlation_id,
+            pe,
         )
         sensor.go_silent(
-            reason=reason, last_seen=last_seen, incident_id=incident.id.hex, incident_seq=seq,
-            actor=SYSTEM_MONITOR, correlation_id=correlation_id,
+            reason=reason,
+            last_seen=last_seen,
+            incident_id=incident.id.hex,
+            incident_seq=seq,
+            actor=SYSTEM_MONITOR,
+            correlation_id=correlation_id,
         )
         pe.collect_events(incident, sensor)
 

@@ -1,0 +1,103 @@
+"""FastAPI app factory; the lifespan builds and closes what routes need."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from importlib import resources
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+from api import errors, health, incidents, live, map, sensors
+from api.deps import Container
+from api.probes import kafka_probe, tcp_probe
+from cityops.settings import Settings
+
+MAX_BODY_BYTES = 64 * 1024
+
+
+def layer_geojson(gdf: Any, id_column: str) -> dict[str, Any]:
+    """A reference layer as a GeoJSON dict with stable feature ids."""
+    doc: dict[str, Any] = orjson.loads(gdf.to_json(drop_id=True))
+    for feature in doc["features"]:
+        feature["id"] = feature["properties"][id_column]
+    doc.pop("crs", None)  # RFC 7946: WGS84 is implied
+    return doc
+
+
+def build_container(settings: Settings) -> Container:
+    from api.live import ChangeHub
+    from cityops.bootstrap import city_layers, management_app
+    from cityops.pgstore import make_pool
+    from projections.queries import ReadModels
+
+    pool = make_pool(settings)
+    read = ReadModels(pool)
+    layers = city_layers(settings)
+    probes = {
+        "kafka": kafka_probe(settings.kafka_bootstrap),
+        "mqtt": tcp_probe(settings.mqtt_host or "127.0.0.1", settings.mqtt_port),
+    }
+    return Container(
+        settings=settings,
+        pool=pool,
+        management=management_app(settings, pool_size=2),
+        read=read,
+        hub=ChangeHub(settings.database_url, read),
+        probes=probes,
+        layers={
+            "districts": layer_geojson(layers.districts, "district_code"),
+            "grid": layer_geojson(
+                layers.grid[["grid_code", "district_code", "geometry"]], "grid_code"
+            ),
+        },
+    )
+
+
+def create_app(settings: Settings, container: Container | None = None) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        c = container or build_container(settings)
+        app.state.container = c
+        await c.hub.start()
+        try:
+            yield
+        finally:
+            await c.hub.stop()
+            c.management.close()
+            c.pool.close()
+
+    app = FastAPI(
+        title="CityOps API",
+        version="0.1.0",
+        description="Sensors, incidents and the live map of the city's management network.",
+        lifespan=lifespan,
+    )
+    errors.install(app)
+
+    @app.middleware("http")
+    async def limit_body(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+            return JSONResponse(
+                {"detail": f"request body larger than {MAX_BODY_BYTES} bytes"}, status_code=413
+            )
+        return await call_next(request)
+
+    for module in (health, sensors, incidents, map, live):
+        app.include_router(module.router)
+
+    static = resources.files("api").joinpath("static")
+    app.mount("/static", StaticFiles(directory=str(static)), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(str(static.joinpath("index.html")))
+
+    return app

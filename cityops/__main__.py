@@ -1,0 +1,5 @@
+"""``python -m cityops``."""
+
+from cityops.cli import app
+
+app()

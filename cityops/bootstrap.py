@@ -1,0 +1,205 @@
+"""Composition root: builds every application, adapter and worker from settings.
+
+Nothing connects at import time; each ``run_*`` function owns what it opens.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from psycopg import sql
+
+from cityops import kafka as topics
+from cityops.pgstore import apply_schema, eventstore_env, make_pool
+from cityops.settings import Settings
+from core.management import ManagementApp, SensorSpec
+from core.rules import DEPARTMENT_TYPE, RuleSet, load_rules
+
+if TYPE_CHECKING:
+    from gis.layers import CityLayers
+
+log = logging.getLogger(__name__)
+
+
+def management_app(settings: Settings, pool_size: int | None = None) -> ManagementApp:
+    return ManagementApp(env=eventstore_env(settings, pool_size))
+
+
+def ruleset(settings: Settings) -> RuleSet:
+    return load_rules(settings.rules_file)
+
+
+def city_layers(settings: Settings) -> CityLayers:
+    from simulations.city import ensure_city
+
+    return ensure_city(settings)
+
+
+class DeviceRegistry:
+    """Is this device registered? Cached; misses are re-checked after ``ttl`` seconds."""
+
+    def __init__(self, app: ManagementApp, ttl: float = 30.0) -> None:
+        self.app = app
+        self.ttl = ttl
+        self.known: set[str] = set()
+        self.unknown: dict[str, float] = {}
+        self.lock = threading.Lock()
+
+    def __call__(self, device_id: str) -> bool:
+        if device_id in self.known:
+            return True
+        now = time.monotonic()
+        with self.lock:
+            checked = self.unknown.get(device_id)
+            if checked is not None and now - checked < self.ttl:
+                return False
+        found = self.app.is_registered(device_id)
+        with self.lock:
+            if found:
+                self.known.add(device_id)
+                self.unknown.pop(device_id, None)
+            elif len(self.unknown) < 100_000:  # bound memory under a flood of bogus ids
+                self.unknown[device_id] = now
+        return found
+
+
+def sensor_specs(layers: CityLayers) -> list[SensorSpec]:
+    """Sensors of the reference layers, placed on the grid and given their department."""
+    from gis.assign import Jurisdictions
+
+    jur = Jurisdictions(layers.jurisdictions)
+    df = layers.sensors
+    specs = []
+    for row in df.itertuples(index=False):
+        lon, lat = float(row.geometry.x), float(row.geometry.y)
+        specs.append(
+            SensorSpec(
+                device_id=str(row.device_id),
+                sensor_type=str(row.sensor_type),
+                gateway_id=str(row.gateway_id),
+                lon=lon,
+                lat=lat,
+                grid_code=None if row.grid_code is None else str(row.grid_code),
+                district_code=None if row.district_code is None else str(row.district_code),
+                department_code=jur.department_for(lon, lat, DEPARTMENT_TYPE[row.sensor_type]),
+            )
+        )
+    return specs
+
+
+def seed(settings: Settings) -> dict[str, int]:
+    """Create schemas and topics, load the reference city, register its sensors."""
+    pool = make_pool(settings, max_size=2)
+    try:
+        with pool.connection() as conn:
+            timescale = apply_schema(conn)
+    finally:
+        pool.close()
+    topics.ensure_topics(settings)
+    layers = city_layers(settings)
+    app = management_app(settings, pool_size=2)
+    try:
+        new = app.register_sensors(
+            sensor_specs(layers), actor="system:seed", correlation_id=f"seed:{uuid.uuid4()}"
+        )
+    finally:
+        app.close()
+    return {"sensors": len(layers.sensors), "registered": new, "timescale": int(timescale)}
+
+
+def run_writer(
+    settings: Settings, stop: threading.Event, group_id: str = "telemetry-writer"
+) -> None:
+    from sensors.writer import TelemetryWriter
+
+    pool = make_pool(settings, max_size=2)
+    producer = topics.make_producer(settings)
+    try:
+        TelemetryWriter(settings, pool, producer, group_id=group_id).run(stop)
+    finally:
+        producer.close()
+        pool.close()
+
+
+def run_monitor(
+    settings: Settings, stop: threading.Event, group_id: str = "sensor-monitor"
+) -> None:
+    from sensors.monitor import SensorMonitor
+
+    pool = make_pool(settings, max_size=2)
+    producer = topics.make_producer(settings)
+    app = management_app(settings, pool_size=3)
+    try:
+        SensorMonitor(settings, app, ruleset(settings), pool, producer, group_id=group_id).run(stop)
+    finally:
+        app.close()
+        producer.close()
+        pool.close()
+
+
+def run_bridge(settings: Settings, stop: threading.Event, client_id: str | None = None) -> None:
+    from sensors.bridge import MqttBridge
+
+    app = management_app(settings, pool_size=2)
+    producer = topics.make_producer(settings)
+    bridge = MqttBridge(
+        settings,
+        producer,
+        DeviceRegistry(app),
+        client_id=client_id or f"bridge-{uuid.uuid4().hex[:8]}",
+    )
+    bridge.start()
+    try:
+        stop.wait()
+    finally:
+        bridge.stop()
+        producer.close()
+        app.close()
+
+
+def run_projector(settings: Settings, stop: threading.Event, rebuild: bool = False) -> None:
+    from eventsourcing.projection import ProjectionRunner
+
+    from projections.map import MapProjection, MapView
+
+    env = eventstore_env(settings, pool_size=2)
+    if rebuild:
+        rebuild_projection(settings)
+    with ProjectionRunner(
+        application_class=ManagementApp,
+        projection_class=MapProjection,
+        view_class=MapView,
+        env=env,
+    ) as runner:
+        while not stop.is_set():
+            runner.run_forever(timeout=0.5)
+
+
+def run_in_thread(
+    target: Callable[[threading.Event], None], name: str
+) -> tuple[threading.Thread, threading.Event]:
+    """Run a worker in a daemon thread (tests and the demo's in-process mode)."""
+    stop = threading.Event()
+    thread = threading.Thread(target=target, args=(stop,), name=name, daemon=True)
+    thread.start()
+    return thread, stop
+
+
+def rebuild_projection(settings: Settings) -> None:
+    """Empty the map read model and its position: the projector then replays the log."""
+    from projections.map import MapProjection
+
+    pool = make_pool(settings, max_size=1)
+    try:
+        with pool.connection() as conn, conn.transaction():
+            conn.execute("TRUNCATE map_sensors, map_incidents")
+            conn.execute(
+                sql.SQL("DELETE FROM {}").format(sql.Identifier(f"{MapProjection.name}_tracking"))
+            )
+    finally:
+        pool.close()

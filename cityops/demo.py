@@ -1,0 +1,112 @@
+"""``cityops demo``: start what is not given from outside, seed, then run every process.
+
+Processes are supervised by honcho: their output is multiplexed with a name prefix, and
+Ctrl-C (or any child exiting) stops them all; then the embedded services stop.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from honcho.manager import Manager
+from psycopg import sql
+
+from cityops.cli import command_line
+from cityops.services import (
+    Service,
+    free_port,
+    running,
+    start_embedded_postgres,
+    start_kafka,
+    start_mqtt,
+)
+from cityops.settings import Settings
+
+
+def _reset_kafka_positions(settings: Settings) -> None:
+    """The embedded broker keeps its log in memory: a new one starts every topic at 0.
+
+    Positions recorded against the previous broker would skip the new messages, so they
+    are dropped. Nothing recorded in PostgreSQL is lost or repeated by this.
+    """
+    from cityops.pgstore import make_pool
+
+    pool = make_pool(settings, max_size=1)
+    try:
+        with pool.connection() as conn, conn.transaction():
+            conn.execute("DELETE FROM telemetry_positions")
+            conn.execute(
+                sql.SQL("DELETE FROM {} WHERE application_name LIKE %s").format(
+                    sql.Identifier("management_tracking")
+                ),
+                ("%|cityops.%",),
+            )
+    finally:
+        pool.close()
+
+
+def run_demo(
+    settings: Settings,
+    *,
+    port: int,
+    simulator: bool,
+    rate: float,
+    state_dir: Path,
+    kafka_port: int,
+    mqtt_port: int,
+) -> int:
+    from cityops.bootstrap import seed
+
+    state_dir.mkdir(parents=True, exist_ok=True)
+    logs = state_dir / "logs"
+    with running([]) as services:
+        overrides: dict[str, str] = {}
+        if not settings.database_url:
+            pg = start_embedded_postgres(state_dir / "pg")
+            services.append(pg)
+            overrides["CITYOPS_DATABASE_URL"] = pg.url
+        fresh_broker = not settings.kafka_bootstrap
+        if fresh_broker:
+            kafka: Service = start_kafka(logs, kafka_port or free_port())
+            services.append(kafka)
+            overrides["CITYOPS_KAFKA_BOOTSTRAP"] = kafka.url
+        if not settings.mqtt_host:
+            mqtt = start_mqtt(logs, mqtt_port or free_port())
+            services.append(mqtt)
+            host, mport = mqtt.url.rsplit(":", 1)
+            overrides.update(
+                CITYOPS_MQTT_HOST=host,
+                CITYOPS_MQTT_PORT=mport,
+                CITYOPS_MQTT_PROTOCOL=mqtt.extra["protocol"],
+            )
+        overrides.setdefault("CITYOPS_DATA_DIR", str(state_dir / "city"))
+        overrides["CITYOPS_API_PORT"] = str(port)
+        overrides["CITYOPS_SIM_RATE"] = str(rate)
+        os.environ.update(overrides)
+        effective = Settings()
+        result = seed(effective)
+        if fresh_broker:
+            _reset_kafka_positions(effective)
+        print(
+            "\nCityOps demo\n"
+            f"  operations center  http://{effective.api_host}:{effective.api_port}/\n"
+            f"  API docs           http://{effective.api_host}:{effective.api_port}/docs\n"
+            f"  PostgreSQL         {effective.database_url}\n"
+            f"  Kafka              {effective.kafka_bootstrap}\n"
+            f"  MQTT               {effective.mqtt_host}:{effective.mqtt_port}"
+            f" (MQTT {'5' if effective.mqtt_protocol == 5 else '3.1.1'})\n"
+            f"  city               {effective.data_dir} ({result['sensors']} sensors)\n"
+            f"  logs               {logs}\n"
+            "Ctrl-C stops everything.\n",
+            flush=True,
+        )
+        manager = Manager()
+        env = dict(os.environ)
+        procs = ["api", "projector", "writer", "monitor", "bridge"]
+        if simulator:
+            procs.append("simulate")
+        for name in procs:
+            manager.add_process(name, command_line(name), env=env)
+        manager.loop()
+        return int(manager.returncode or 0)

@@ -1,0 +1,277 @@
+"""Sensor monitor: Kafka ``cityops.telemetry`` -> rules -> Sensor and Incident events.
+
+Per partition and poll, one transaction records the domain events, the partition's
+next offset (the eventsourcing library's tracking record, fenced against the position
+this monitor last saw) and the pending rule state of the devices it touched. A crash at
+any point therefore neither loses nor repeats an alarm, and the rule state (consecutive
+readings, silence clocks) survives restarts.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+from uuid import UUID
+
+import orjson
+from eventsourcing.application import ProcessingEvent
+from eventsourcing.persistence import IntegrityError, Tracking
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from psycopg_pool import ConnectionPool
+
+from cityops import kafka as topics
+from cityops.pgstore import StalePositionError
+from cityops.settings import Settings
+from core.errors import NotFoundError
+from core.management import IncidentPolicy, ManagementApp
+from core.rules import DeviceState, RuleSet, evaluate_readings, is_silent
+from core.sensor import Sensor, sensor_id
+from core.telemetry import TelemetryMessage
+
+log = logging.getLogger(__name__)
+
+
+class SensorMonitor:
+    def __init__(
+        self,
+        settings: Settings,
+        app: ManagementApp,
+        ruleset: RuleSet,
+        pool: ConnectionPool,
+        producer: KafkaProducer,
+        group_id: str = "sensor-monitor",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.app = app
+        self.ruleset = ruleset
+        self.policy = IncidentPolicy(app, ruleset)
+        self.pool = pool
+        self.producer = producer
+        self.group_id = group_id
+        self.clock = clock
+        self.positions: dict[TopicPartition, int | None] = {}
+        self.states: dict[str, DeviceState] = {}
+        self.partition_of: dict[str, int] = {}
+        self.types: dict[str, str | None] = {}
+        self.counters: Counter[str] = Counter()
+
+    def tracking_name(self, tp: TopicPartition) -> str:
+        return f"{self.group_id}|{tp.topic}|{tp.partition}"
+
+    # -- positions and state ------------------------------------------------------------
+
+    def load_positions(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        found: dict[TopicPartition, int] = {}
+        for tp in tps:
+            pos = self.app.recorder.max_tracking_id(self.tracking_name(tp))  # type: ignore[attr-defined]
+            self.positions[tp] = pos
+            if pos is not None:
+                found[tp] = pos
+        self._load_state({tp.partition for tp in tps})
+        return found
+
+    def _load_state(self, partitions: set[int]) -> None:
+        with self.pool.connection() as conn:
+            rows = conn.execute("SELECT device_id, state FROM monitor_state").fetchall()
+        for device_id, raw in rows:
+            if raw.get("p") in partitions:
+                self.states[device_id] = DeviceState.from_json(raw)
+                self.partition_of[device_id] = raw["p"]
+
+    def forget(self, tps: Sequence[TopicPartition]) -> None:
+        gone = {tp.partition for tp in tps}
+        for tp in tps:
+            self.positions.pop(tp, None)
+        for device_id in [d for d, p in self.partition_of.items() if p in gone]:
+            self.states.pop(device_id, None)
+            self.partition_of.pop(device_id, None)
+
+    def sensor_type(self, device_id: str) -> str | None:
+        if device_id not in self.types:
+            try:
+                self.types[device_id] = self.app.get_sensor(device_id).sensor_type
+            except NotFoundError:
+                # Not cached: a device registered later is picked up on its next message.
+                return None
+        return self.types[device_id]
+
+    # -- processing ---------------------------------------------------------------------
+
+    def _sensor(self, device_id: str, pe: ProcessingEvent[UUID]) -> Sensor:
+        held = pe.aggregates.get(sensor_id(device_id))
+        return held if isinstance(held, Sensor) else self.app.get_sensor(device_id)
+
+    def process_partition(self, tp: TopicPartition, records: Sequence[Any]) -> None:
+        """Evaluate one partition's records and record the outcome in one transaction."""
+        next_offset = records[-1].offset + 1
+        pe: ProcessingEvent[UUID] = ProcessingEvent(
+            tracking=Tracking(self.tracking_name(tp), next_offset)
+        )
+        before: dict[str, dict[str, Any] | None] = {}
+        rejects: list[bytes] = []
+        for record in records:
+            try:
+                msg = TelemetryMessage.from_json(record.value)
+            except (ValueError, KeyError, TypeError) as exc:
+                rejects.append(self._deadletter(record, f"bad_message: {exc}"))
+                continue
+            kind = self.sensor_type(msg.device_id)
+            if kind is None:
+                rejects.append(self._deadletter(record, "unknown_device"))
+                continue
+            if msg.device_id not in before:
+                known = self.states.get(msg.device_id)
+                before[msg.device_id] = None if known is None else known.to_json()
+            state = self.states.setdefault(msg.device_id, DeviceState())
+            self.partition_of[msg.device_id] = tp.partition
+            correlation_id = f"{tp.topic}:{tp.partition}:{record.offset}"
+            self._apply(msg, kind, state, correlation_id, pe)
+        state_rows = [
+            (device_id, self._state_json(device_id, tp.partition)) for device_id in before
+        ]
+        pe.collect_events(expected_position=self.positions.get(tp), state_rows=state_rows)
+        try:
+            self.app.record(pe)
+        except Exception:
+            # Roll the in-memory rule state back to what is committed.
+            for device_id, raw in before.items():
+                if raw is None:
+                    self.states.pop(device_id, None)
+                else:
+                    self.states[device_id] = DeviceState.from_json(raw)
+            raise
+        self.positions[tp] = next_offset
+        for value in rejects:
+            self.producer.send(topics.DEADLETTER, key=b"sensor-monitor", value=value)
+        self.counters["messages"] += len(records)
+        self.counters["events"] += len(pe.events)
+        self.counters["rejected"] += len(rejects)
+
+    def _apply(
+        self,
+        msg: TelemetryMessage,
+        kind: str,
+        state: DeviceState,
+        correlation_id: str,
+        pe: ProcessingEvent[UUID],
+    ) -> None:
+        if msg.kind == "status" and msg.status == "offline":
+            if not state.silent:
+                sensor = self._sensor(msg.device_id, pe)
+                self.policy.went_silent(sensor, "offline", state.last_seen, correlation_id, pe)
+                state.silent = True
+            return
+        state.last_seen = msg.received_at
+        if state.silent:
+            sensor = self._sensor(msg.device_id, pe)
+            self.policy.came_back(sensor, msg.received_at, correlation_id, pe)
+            state.silent = False
+        if msg.readings:
+            transitions = evaluate_readings(
+                self.ruleset,
+                kind,
+                state,
+                [(r.metric, r.value, r.ts) for r in msg.readings],
+            )
+            if transitions:
+                sensor = self._sensor(msg.device_id, pe)
+                self.policy.apply(sensor, transitions, correlation_id, pe)
+
+    def _state_json(self, device_id: str, partition: int) -> str:
+        raw = self.states[device_id].to_json()
+        raw["p"] = partition
+        return orjson.dumps(raw).decode()
+
+    def _deadletter(self, record: Any, reason: str) -> bytes:
+        return orjson.dumps(
+            {
+                "source": "sensor-monitor",
+                "topic": record.topic,
+                "partition": record.partition,
+                "offset": record.offset,
+                "reason": reason,
+                "payload": (record.value or b"")[:4096].decode("utf-8", "replace"),
+                "received_at": self.clock(),
+            }
+        )
+
+    def check_silence(self) -> int:
+        """Open silent-device incidents for devices quiet for too long; return how many."""
+        now = self.clock()
+        quiet = [
+            d
+            for d, st in self.states.items()
+            if (t := self.types.get(d)) is not None and is_silent(self.ruleset, t, st, now)
+        ]
+        if not quiet:
+            return 0
+        pe: ProcessingEvent[UUID] = ProcessingEvent()
+        for device_id in quiet:
+            state = self.states[device_id]
+            sensor = self._sensor(device_id, pe)
+            self.policy.went_silent(sensor, "no_data", state.last_seen, f"silence:{now:.0f}", pe)
+        rows = []
+        for device_id in quiet:
+            self.states[device_id].silent = True
+            rows.append((device_id, self._state_json(device_id, self.partition_of[device_id])))
+        pe.collect_events(state_rows=rows)
+        try:
+            self.app.record(pe)
+        except Exception:
+            for device_id in quiet:
+                self.states[device_id].silent = False
+            raise
+        return len(quiet)
+
+    # -- loop -------------------------------------------------------------------------
+
+    def handle(
+        self, consumer: KafkaConsumer, batch: Mapping[TopicPartition, Sequence[Any]]
+    ) -> None:
+        for tp, records in batch.items():
+            if not records:
+                continue
+            for attempt in range(5):
+                try:
+                    self.process_partition(tp, records)
+                    break
+                except StalePositionError as exc:
+                    log.warning("%s; re-reading position", exc)
+                    found = self.load_positions([tp])
+                    if tp in found:
+                        consumer.seek(tp, found[tp])
+                    break
+                except IntegrityError:
+                    # An operator changed one of the same incidents: retry on fresh state.
+                    log.info("concurrent update on %s, retry %d", tp, attempt + 1)
+            else:
+                raise RuntimeError(f"could not record batch of {tp} after 5 attempts")
+
+    def run(self, stop: threading.Event) -> None:
+        consumer = topics.make_consumer(
+            self.settings,
+            topics.TELEMETRY,
+            self.group_id,
+            load_positions=self.load_positions,
+            on_revoked=self.forget,
+        )
+        next_check = time.monotonic() + self.settings.monitor_silence_check_s
+        try:
+            while not stop.is_set():
+                batch = consumer.poll(timeout_ms=200, max_records=2_000)
+                if batch:
+                    self.handle(consumer, batch)
+                if time.monotonic() >= next_check:
+                    try:
+                        self.check_silence()
+                    except IntegrityError:
+                        log.info("silence check raced an update; retrying next round")
+                    next_check = time.monotonic() + self.settings.monitor_silence_check_s
+        finally:
+            consumer.close(autocommit=False)
+            self.producer.flush()

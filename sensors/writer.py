@@ -1,0 +1,183 @@
+"""Telemetry writer: Kafka ``cityops.telemetry`` -> readings table, exactly once.
+
+Each poll becomes one transaction: the rows go in with COPY, and each partition's next
+offset is moved from the value this writer last saw to the new one. If another writer
+moved it meanwhile (a rebalance gave it the partition), the transaction is refused and
+this writer re-reads its positions: no reading is lost or written twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from psycopg_pool import ConnectionPool
+
+from cityops import kafka as topics
+from cityops.settings import Settings
+from core.telemetry import TelemetryMessage
+
+log = logging.getLogger(__name__)
+
+
+class StaleWriterError(RuntimeError):
+    """Another writer advanced a partition this writer was writing."""
+
+
+def _deadletter(source: str, record: Any, reason: str) -> bytes:
+    raw = record.value or b""
+    return orjson.dumps(
+        {
+            "source": source,
+            "topic": record.topic,
+            "partition": record.partition,
+            "offset": record.offset,
+            "reason": reason,
+            "payload": raw[:4096].decode("utf-8", "replace"),
+            "received_at": time.time(),
+        }
+    )
+
+
+class TelemetryWriter:
+    """Kafka consumer group member writing readings in batches."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        pool: ConnectionPool,
+        producer: KafkaProducer,
+        group_id: str = "telemetry-writer",
+    ) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.producer = producer
+        self.group_id = group_id
+        self.positions: dict[TopicPartition, int | None] = {}
+        self.consumer: KafkaConsumer | None = None
+        self.counters: Counter[str] = Counter()
+
+    # -- positions ------------------------------------------------------------------
+
+    def load_positions(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        with self.pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT topic, partition, next_offset FROM telemetry_positions WHERE consumer = %s",
+                (self.group_id,),
+            ).fetchall()
+        stored = {TopicPartition(t, p): o for t, p, o in rows}
+        found: dict[TopicPartition, int] = {}
+        for tp in tps:
+            self.positions[tp] = stored.get(tp)
+            if tp in stored:
+                found[tp] = stored[tp]
+        return found
+
+    def forget(self, tps: Sequence[TopicPartition]) -> None:
+        for tp in tps:
+            self.positions.pop(tp, None)
+
+    # -- writing --------------------------------------------------------------------
+
+    def write(self, batch: Mapping[TopicPartition, Sequence[Any]]) -> int:
+        """Write one poll's records and advance positions atomically; return rows written."""
+        rows: list[tuple[datetime, str, str, float, str]] = []
+        rejects: list[bytes] = []
+        for records in batch.values():
+            for record in records:
+                try:
+                    msg = TelemetryMessage.from_json(record.value)
+                except (ValueError, KeyError, TypeError) as exc:
+                    rejects.append(_deadletter("telemetry-writer", record, f"bad_message: {exc}"))
+                    continue
+                for r in msg.readings:
+                    rows.append(
+                        (
+                            datetime.fromtimestamp(r.ts, UTC),
+                            msg.device_id,
+                            r.metric,
+                            r.value,
+                            r.unit,
+                        )
+                    )
+        with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            for tp, records in batch.items():
+                if not records:
+                    continue
+                self._advance(cur, tp, records[-1].offset + 1)
+            if rows:
+                with cur.copy(
+                    "COPY readings (ts, device_id, metric, value, unit) FROM STDIN"
+                ) as copy:
+                    for row in rows:
+                        copy.write_row(row)
+        # Only after commit: positions and dead letters reflect what is durable.
+        for tp, records in batch.items():
+            if records:
+                self.positions[tp] = records[-1].offset + 1
+        for value in rejects:
+            self.producer.send(topics.DEADLETTER, key=b"telemetry-writer", value=value)
+        self.counters["rows"] += len(rows)
+        self.counters["rejected"] += len(rejects)
+        return len(rows)
+
+    def _advance(self, cur: Any, tp: TopicPartition, new: int) -> None:
+        expected = self.positions.get(tp)
+        if expected is None:
+            cur.execute(
+                "INSERT INTO telemetry_positions (consumer, topic, partition, next_offset) "
+                "VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                (self.group_id, tp.topic, tp.partition, new),
+            )
+        else:
+            cur.execute(
+                "UPDATE telemetry_positions SET next_offset = %s "
+                "WHERE consumer = %s AND topic = %s AND partition = %s AND next_offset = %s",
+                (new, self.group_id, tp.topic, tp.partition, expected),
+            )
+        if cur.rowcount != 1:
+            raise StaleWriterError(f"{tp.topic}[{tp.partition}] moved past {expected}")
+
+    # -- loop -----------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        consumer = topics.make_consumer(
+            self.settings,
+            topics.TELEMETRY,
+            self.group_id,
+            load_positions=self.load_positions,
+            on_revoked=self.forget,
+        )
+        self.consumer = consumer
+        try:
+            while not stop.is_set():
+                batch = consumer.poll(
+                    timeout_ms=self.settings.writer_poll_ms,
+                    max_records=self.settings.writer_batch_max,
+                )
+                if not batch:
+                    continue
+                try:
+                    self.write(batch)
+                except StaleWriterError as exc:
+                    log.warning("%s; re-reading positions", exc)
+                    self._reseek(consumer)
+        finally:
+            consumer.close(autocommit=False)
+            self.producer.flush()
+
+    def _reseek(self, consumer: KafkaConsumer) -> None:
+        assigned = list(consumer.assignment())
+        found = self.load_positions(assigned)
+        for tp in assigned:
+            if tp in found:
+                consumer.seek(tp, found[tp])
+            else:
+                consumer.seek_to_beginning(tp)
