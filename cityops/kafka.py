@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
@@ -24,7 +25,24 @@ TELEMETRY = "cityops.telemetry"
 CASES_INBOUND = "cityops.cases.inbound"
 DOMAIN_EVENTS = "cityops.domain-events"
 DEADLETTER = "cityops.deadletter"
-ALL_TOPICS = (TELEMETRY, CASES_INBOUND, DOMAIN_EVENTS, DEADLETTER)
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """The contract topic names, with the configured prefix (empty in production)."""
+
+    telemetry: str
+    cases_inbound: str
+    domain_events: str
+    deadletter: str
+
+    @classmethod
+    def of(cls, settings: Settings) -> Topics:
+        p = settings.kafka_topic_prefix
+        return cls(p + TELEMETRY, p + CASES_INBOUND, p + DOMAIN_EVENTS, p + DEADLETTER)
+
+    def all(self) -> tuple[str, ...]:
+        return (self.telemetry, self.cases_inbound, self.domain_events, self.deadletter)
 
 
 @retry(
@@ -33,8 +51,9 @@ ALL_TOPICS = (TELEMETRY, CASES_INBOUND, DOMAIN_EVENTS, DEADLETTER)
     stop=stop_after_delay(30),
     reraise=True,
 )
-def ensure_topics(settings: Settings, topics: Iterable[str] = ALL_TOPICS) -> None:
+def ensure_topics(settings: Settings) -> None:
     """Create the project's topics if they do not exist (idempotent)."""
+    topics = Topics.of(settings).all()
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id="cityops-admin")
     try:
         existing = set(admin.list_topics())

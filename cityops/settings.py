@@ -29,6 +29,8 @@ class Settings(BaseSettings):
 
     # Kafka (any Kafka-protocol broker). Empty means "start the embedded broker".
     kafka_bootstrap: str = ""
+    # Prefix for every topic name (isolates tests and tenants; empty in production).
+    kafka_topic_prefix: str = ""
     kafka_partitions: int = Field(default=4, ge=1, le=256)
     # Small poll interval: consumer groups join within seconds on Tansu and on Kafka.
     kafka_max_poll_interval_ms: int = Field(default=10_000, ge=1_000)

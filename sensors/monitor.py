@@ -47,6 +47,7 @@ class SensorMonitor:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
+        self.topics = topics.Topics.of(settings)
         self.app = app
         self.ruleset = ruleset
         self.policy = IncidentPolicy(app, ruleset)
@@ -147,7 +148,7 @@ class SensorMonitor:
             raise
         self.positions[tp] = next_offset
         for value in rejects:
-            self.producer.send(topics.DEADLETTER, key=b"sensor-monitor", value=value)
+            self.producer.send(self.topics.deadletter, key=b"sensor-monitor", value=value)
         self.counters["messages"] += len(records)
         self.counters["events"] += len(pe.events)
         self.counters["rejected"] += len(rejects)
@@ -255,7 +256,7 @@ class SensorMonitor:
     def run(self, stop: threading.Event) -> None:
         consumer = topics.make_consumer(
             self.settings,
-            topics.TELEMETRY,
+            self.topics.telemetry,
             self.group_id,
             load_positions=self.load_positions,
             on_revoked=self.forget,

@@ -57,6 +57,7 @@ class TelemetryWriter:
         group_id: str = "telemetry-writer",
     ) -> None:
         self.settings = settings
+        self.topics = topics.Topics.of(settings)
         self.pool = pool
         self.producer = producer
         self.group_id = group_id
@@ -123,7 +124,7 @@ class TelemetryWriter:
             if records:
                 self.positions[tp] = records[-1].offset + 1
         for value in rejects:
-            self.producer.send(topics.DEADLETTER, key=b"telemetry-writer", value=value)
+            self.producer.send(self.topics.deadletter, key=b"telemetry-writer", value=value)
         self.counters["rows"] += len(rows)
         self.counters["rejected"] += len(rejects)
         return len(rows)
@@ -150,7 +151,7 @@ class TelemetryWriter:
     def run(self, stop: threading.Event) -> None:
         consumer = topics.make_consumer(
             self.settings,
-            topics.TELEMETRY,
+            self.topics.telemetry,
             self.group_id,
             load_positions=self.load_positions,
             on_revoked=self.forget,

@@ -1,0 +1,104 @@
+"""Kafka -> telemetry writer and sensor monitor -> PostgreSQL, on the real services."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from uuid import UUID
+
+import pytest
+
+from cityops import kafka as topics
+from cityops.bootstrap import management_app, run_in_thread, run_monitor, run_writer
+from cityops.pgstore import make_pool
+from cityops.settings import Settings
+from core.management import ManagementApp
+from tests.builders import prepare, readings_message, send, sensor, status_message
+
+pytestmark = pytest.mark.integration
+
+
+def wait_until(check: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def count(settings: Settings, query: str, *params: object) -> int:
+    pool = make_pool(settings, max_size=1)
+    try:
+        with pool.connection() as conn:
+            row = conn.execute(query, params).fetchone()  # type: ignore[arg-type]
+            return int(row[0]) if row else 0
+    finally:
+        pool.close()
+
+
+@pytest.fixture
+def app(settings: Settings):
+    app = management_app(settings, pool_size=2)
+    yield app
+    app.close()
+
+
+def test_readings_and_alarm_lifecycle(settings: Settings, app: ManagementApp, unique: str) -> None:
+    wl = f"wl-{unique}"
+    prepare(settings, app, [sensor(wl)])
+    producer = topics.make_producer(settings)
+    w, stop_w = run_in_thread(lambda s: run_writer(settings, s), "writer")
+    m, stop_m = run_in_thread(lambda s: run_monitor(settings, s), "monitor")
+    try:
+        levels = [20.0, 55.0, 56.0, 85.0, 60.0, 35.0]
+        send(settings, producer, [readings_message(wl, {"water_level": v, "battery": 90.0})
+                                  for v in levels])
+        wait_until(
+            lambda: count(settings, "SELECT count(*) FROM readings WHERE device_id=%s", wl) == 12,
+            what="12 readings",
+        )
+        wait_until(lambda: "water_level_high" not in app.get_sensor(wl).alarms
+                   and app.get_sensor(wl).incident_seq.get("water_level_high") == 1,
+                   what="alarm raised then cleared")
+        s = app.get_sensor(wl)
+        incident = app.get_incident(UUID(s.open_incidents["water_level_high"]))
+        assert incident.alarm_status == "cleared"
+        severities = [getattr(e, "severity", None) for e in app.events.get(incident.id)]
+        # Raised at 55/56 cm, escalated at 85, stepped down at 60 (< 70), cleared at 35.
+        assert severities[:3] == ["major", "critical", "major"]
+        assert incident.grid_code == "310101001001001"
+        assert incident.department_code == "310101-water"
+        assert incident.status == "open"  # not yet acknowledged
+        app.acknowledge_incident(incident.id, actor="user:op", reason="seen", correlation_id="t")
+        assert app.get_incident(incident.id).status == "closed"
+        # A new breach after closure opens a second incident, not a re-trigger of the first.
+        send(settings, producer, [readings_message(wl, {"water_level": v}) for v in (70.0, 71.0)])
+        wait_until(lambda: app.get_sensor(wl).incident_seq.get("water_level_high") == 2,
+                   what="second incident")
+    finally:
+        stop_w.set()
+        stop_m.set()
+        w.join(15)
+        m.join(15)
+        producer.close()
+
+
+def test_offline_status_opens_silent_incident(settings: Settings, app: ManagementApp,
+                                              unique: str) -> None:
+    dev = f"pm-{unique}"
+    prepare(settings, app, [sensor(dev, "pm25")])
+    producer = topics.make_producer(settings)
+    m, stop_m = run_in_thread(lambda s: run_monitor(settings, s), "monitor")
+    try:
+        send(settings, producer, [readings_message(dev, {"pm25": 30.0}), status_message(dev, "offline")])
+        wait_until(lambda: app.get_sensor(dev).silent, what="silent sensor")
+        inc = app.get_incident(UUID(app.get_sensor(dev).open_incidents["device_silent"]))
+        assert inc.kind == "device_silent" and inc.alarm_status == "active"
+        send(settings, producer, [readings_message(dev, {"pm25": 31.0})])
+        wait_until(lambda: not app.get_sensor(dev).silent, what="sensor back")
+        assert app.get_incident(inc.id).alarm_status == "cleared"
+    finally:
+        stop_m.set()
+        m.join(15)
+        producer.close()
