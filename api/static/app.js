@@ -1,0 +1,1731 @@
+/*
+ * CityOps operations center (一网统管): one map of districts, unit grid cells, sensors and
+ * incidents, an open-incident list, an incident panel with acknowledge and a readings chart,
+ * and live updates over server-sent events.
+ *
+ * Plain ES2020, no dependencies, no build step. The map is one <canvas> in Web Mercator;
+ * every redraw goes through requestAnimationFrame and draws each layer in a few batched
+ * paths (one per colour), so 10,000 sensors and 10,000 grid cells stay smooth.
+ *
+ * Test hooks: elements carry data-testid attributes (see index.html) and window.CityOps
+ * exposes the state, a `ready` promise and incidentScreenPoint(id) for clicking markers.
+ */
+'use strict';
+
+(() => {
+  const API = document.body.dataset.api || '/api/v1';
+
+  // Keep in sync with the CSS custom properties in app.css.
+  const COLORS = {
+    background: '#0b1118',
+    districtFill: '#111c27',
+    districtLine: '#5d88ad',
+    gridLine: 'rgba(120, 155, 190, 0.28)',
+    label: '#dce8f2',
+    labelSub: '#9fb3c6',
+    labelHalo: 'rgba(11, 17, 24, 0.9)',
+    state: {
+      normal: '#5fae7a',
+      maintenance: '#d9a03a',
+      silent: '#b065e8',
+      alarm: '#ff4d4f',
+      other: '#7d8a96',
+    },
+    severity: {
+      other: '#9aa5b1',
+      warning: '#e8c547',
+      minor: '#f39237',
+      major: '#ef4b3c',
+      critical: '#e0206f',
+    },
+    // Grid cells by open incident count: 1, 2, 3-4, 5+.
+    hot: [
+      'rgba(255, 176, 64, 0.22)',
+      'rgba(255, 140, 56, 0.34)',
+      'rgba(255, 96, 56, 0.46)',
+      'rgba(255, 48, 88, 0.58)',
+    ],
+    unacked: '#ffffff',
+    selected: '#4fb3ff',
+  };
+
+  const SEVERITIES = ['warning', 'minor', 'major', 'critical']; // ascending
+  const SEV_GROUPS = ['other', ...SEVERITIES]; // draw order: most severe on top
+  const SEV_RANK = { warning: 1, minor: 2, major: 3, critical: 4 };
+  const SEV_ZH = { warning: '一般', minor: '较大', major: '重大', critical: '特别重大' };
+  const STATE_ORDER = ['other', 'normal', 'maintenance', 'silent', 'alarm']; // draw order
+  const STATE_ZH = { normal: '正常', alarm: '告警', silent: '离线', maintenance: '维护' };
+  const KIND_LABEL = { sensor_alarm: 'sensor alarm 设备告警', device_silent: 'device silent 设备离线' };
+  const LAYERS = ['districts', 'grid', 'sensors', 'incidents'];
+  const LIST_LIMIT = 500; // list items rendered; the rest are counted
+  const LIST_MIN_INTERVAL_MS = 250; // list/status re-render at most 4x a second
+  const CHART_REFRESH_MS = 60_000;
+  const LAYER_TIMEOUT_MS = 60_000;
+
+  // ---------------------------------------------------------------- elements
+
+  const $ = (id) => document.getElementById(id);
+  const el = {
+    canvas: $('map'),
+    mapArea: $('map-area'),
+    tooltip: $('map-tooltip'),
+    message: $('message'),
+    messageText: $('message-text'),
+    messageClose: $('message-close'),
+    list: $('incident-list'),
+    listEmpty: $('incident-list-empty'),
+    listCount: document.querySelector('[data-testid="incident-count"]'),
+    live: document.querySelector('[data-testid="live-indicator"]'),
+    liveText: document.querySelector('[data-testid="live-indicator"] .live-text'),
+    detail: $('detail'),
+    detailTitle: $('detail-title'),
+    detailSeverity: $('detail-severity'),
+    detailNote: $('detail-note'),
+    detailFields: $('detail-fields'),
+    detailClose: $('detail-close'),
+    ackReason: $('ack-reason'),
+    ackButton: $('ack-button'),
+    ackError: $('ack-error'),
+    ackOk: $('ack-ok'),
+    chart: $('chart'),
+    chartMeta: $('chart-meta'),
+    chartMessage: $('chart-message'),
+    reload: $('reload-layers'),
+    zoomIn: $('zoom-in'),
+    zoomOut: $('zoom-out'),
+    zoomFit: $('zoom-fit'),
+    counts: {
+      critical: document.querySelector('[data-testid="count-critical"]'),
+      major: document.querySelector('[data-testid="count-major"]'),
+      minor: document.querySelector('[data-testid="count-minor"]'),
+      warning: document.querySelector('[data-testid="count-warning"]'),
+      alarm: document.querySelector('[data-testid="count-alarm"]'),
+      silent: document.querySelector('[data-testid="count-silent"]'),
+      sensors: document.querySelector('[data-testid="count-sensors"]'),
+    },
+  };
+  const ctx = el.canvas.getContext('2d');
+
+  // ---------------------------------------------------------------- state
+
+  const state = {
+    districts: [], // {props, rings, bbox, label}
+    grid: [], // {code, props, rings, bbox, count}
+    gridByCode: new Map(),
+    hotCells: [], // grid records with count > 0, rebuilt when hotDirty
+    hotDirty: true,
+    sensors: new Map(), // device_id -> {id, props, x, y}
+    incidents: new Map(), // incident_id -> {id, props, x, y, t, rank}; open incidents only
+    incidentGroups: null, // severity group -> records sorted by time; null when stale
+    visible: { districts: true, grid: true, sensors: true, incidents: true },
+    loaded: false,
+    loading: null, // promise of the running layer load
+    pending: null, // live changes buffered while layers load
+    layerErrors: {},
+    selectedId: null,
+    selected: null, // record of the selected incident (kept even once it closes)
+    selectedMissing: false,
+    hover: null, // {kind, rec}
+    freshUntil: new Map(), // incident id -> ms until which its list item flashes
+    listPrimed: false,
+    ackBusy: false,
+    lastChangeAt: null,
+    changes: 0,
+  };
+
+  const view = {
+    w: 0,
+    h: 0,
+    dpr: 1,
+    scale: 1, // CSS pixels per projected unit
+    tx: 0,
+    ty: 0,
+    fitScale: 1,
+    fitted: false,
+    cellSize: 0, // typical grid cell width in projected units
+  };
+
+  // ---------------------------------------------------------------- projection
+
+  const DEG = Math.PI / 180;
+  const MAX_LAT = 85.05112878;
+  const projX = (lon) => lon * DEG;
+  const projY = (lat) => {
+    const l = Math.max(-MAX_LAT, Math.min(MAX_LAT, lat)) * DEG;
+    return Math.log(Math.tan(Math.PI / 4 + l / 2));
+  };
+  const unprojX = (x) => x / DEG;
+  const unprojY = (y) => (2 * Math.atan(Math.exp(y)) - Math.PI / 2) / DEG;
+  const toScreenX = (x) => x * view.scale + view.tx;
+  const toScreenY = (y) => view.ty - y * view.scale;
+  const finite = (v) => typeof v === 'number' && Number.isFinite(v);
+  const clamp = (v, lo, hi) => Math.max(lo, Math.min(hi, v));
+
+  /** Projected rings (Float64Array [x0, y0, x1, y1, ...]) of a Polygon/MultiPolygon, or null. */
+  function ringsOf(geom) {
+    if (!geom || typeof geom !== 'object') return null;
+    let polys = null;
+    if (geom.type === 'Polygon') polys = [geom.coordinates];
+    else if (geom.type === 'MultiPolygon') polys = geom.coordinates;
+    if (!Array.isArray(polys)) return null;
+    const rings = [];
+    for (const poly of polys) {
+      if (!Array.isArray(poly)) continue;
+      for (const ring of poly) {
+        if (!Array.isArray(ring) || ring.length < 3) continue;
+        const a = new Float64Array(ring.length * 2);
+        let n = 0;
+        for (const c of ring) {
+          if (!Array.isArray(c)) continue;
+          const lon = Number(c[0]);
+          const lat = Number(c[1]);
+          if (!Number.isFinite(lon) || !Number.isFinite(lat)) continue;
+          a[n++] = projX(lon);
+          a[n++] = projY(lat);
+        }
+        if (n >= 6) rings.push(n === a.length ? a : a.slice(0, n));
+      }
+    }
+    return rings.length ? rings : null;
+  }
+
+  function boundsOf(rings) {
+    const b = [Infinity, Infinity, -Infinity, -Infinity];
+    for (const r of rings) {
+      for (let i = 0; i < r.length; i += 2) {
+        if (r[i] < b[0]) b[0] = r[i];
+        if (r[i] > b[2]) b[2] = r[i];
+        if (r[i + 1] < b[1]) b[1] = r[i + 1];
+        if (r[i + 1] > b[3]) b[3] = r[i + 1];
+      }
+    }
+    return b;
+  }
+
+  /** Area-weighted centroid of the largest ring: where a district's label goes. */
+  function labelPoint(rings, bbox) {
+    let best = null;
+    let bestArea = 0;
+    for (const r of rings) {
+      let a2 = 0;
+      let cx = 0;
+      let cy = 0;
+      const n = r.length;
+      for (let i = 0; i < n; i += 2) {
+        const j = (i + 2) % n;
+        const cross = r[i] * r[j + 1] - r[j] * r[i + 1];
+        a2 += cross;
+        cx += (r[i] + r[j]) * cross;
+        cy += (r[i + 1] + r[j + 1]) * cross;
+      }
+      if (Math.abs(a2) > bestArea && a2 !== 0) {
+        bestArea = Math.abs(a2);
+        best = { x: cx / (3 * a2), y: cy / (3 * a2) };
+      }
+    }
+    return best || { x: (bbox[0] + bbox[2]) / 2, y: (bbox[1] + bbox[3]) / 2 };
+  }
+
+  function pointOf(geom) {
+    if (!geom || geom.type !== 'Point' || !Array.isArray(geom.coordinates)) return null;
+    const lon = Number(geom.coordinates[0]);
+    const lat = Number(geom.coordinates[1]);
+    if (!Number.isFinite(lon) || !Number.isFinite(lat)) return null;
+    return { x: projX(lon), y: projY(lat) };
+  }
+
+  function pointInRings(rings, x, y) {
+    let inside = false; // even-odd over all rings handles holes
+    for (const r of rings) {
+      for (let i = 0, j = r.length - 2; i < r.length; j = i, i += 2) {
+        const yi = r[i + 1];
+        const yj = r[j + 1];
+        if (yi > y !== yj > y && x < ((r[j] - r[i]) * (y - yi)) / (yj - yi) + r[i]) inside = !inside;
+      }
+    }
+    return inside;
+  }
+
+  // ---------------------------------------------------------------- HTTP
+
+  function detailOf(data) {
+    if (!data || typeof data !== 'object') return '';
+    const d = data.detail;
+    let text = '';
+    if (typeof d === 'string') text = d;
+    else if (Array.isArray(d)) text = d.map((e) => (e && e.msg) || JSON.stringify(e)).join('; ');
+    else if (d != null) text = JSON.stringify(d);
+    if (Array.isArray(data.errors) && data.errors.length) {
+      const msgs = data.errors.map((e) => {
+        const loc = e && Array.isArray(e.loc) ? e.loc.join('.') : '';
+        return loc ? `${loc}: ${e.msg}` : (e && e.msg) || '';
+      });
+      text = `${text}${text ? ': ' : ''}${msgs.join('; ')}`;
+    }
+    return text;
+  }
+
+  /** fetch() that never throws: {ok, status, data, error}. */
+  async function request(url, options = {}, timeoutMs = 15_000) {
+    const ctrl = new AbortController();
+    const timer = setTimeout(() => ctrl.abort(), timeoutMs);
+    try {
+      const headers = { Accept: 'application/json', ...(options.headers || {}) };
+      const res = await fetch(url, { ...options, headers, signal: ctrl.signal });
+      const text = await res.text();
+      let data = null;
+      if (text) {
+        try {
+          data = JSON.parse(text);
+        } catch (_) {
+          data = null;
+        }
+      }
+      if (!res.ok) {
+        const detail = detailOf(data);
+        return { ok: false, status: res.status, data, error: detail || `HTTP ${res.status} ${res.statusText}`.trim() };
+      }
+      if (data === null) return { ok: false, status: res.status, data: null, error: 'the response is not JSON' };
+      return { ok: true, status: res.status, data, error: '' };
+    } catch (err) {
+      const timedOut = err && err.name === 'AbortError';
+      return { ok: false, status: 0, data: null, error: timedOut ? 'request timed out' : 'network error: the API is unreachable' };
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  // ---------------------------------------------------------------- messages
+
+  let messageKey = null;
+
+  function showMessage(text, kind = 'error', key = 'general') {
+    messageKey = key;
+    el.messageText.textContent = text;
+    el.message.classList.toggle('info', kind === 'info');
+    el.message.dataset.kind = kind;
+    el.message.hidden = false;
+  }
+
+  function hideMessage(key) {
+    if (key && key !== messageKey) return;
+    messageKey = null;
+    el.message.hidden = true;
+  }
+
+  // ---------------------------------------------------------------- records
+
+  function sensorRecord(feature) {
+    const props = feature && feature.properties;
+    if (!props || typeof props !== 'object') return null;
+    const id = props.device_id != null ? String(props.device_id) : feature.id != null ? String(feature.id) : '';
+    if (!id) return null;
+    const p = pointOf(feature.geometry);
+    return { id, props, x: p ? p.x : NaN, y: p ? p.y : NaN };
+  }
+
+  function incidentRecord(feature) {
+    const props = feature && feature.properties;
+    if (!props || typeof props !== 'object') return null;
+    const id = props.incident_id != null ? String(props.incident_id) : feature.id != null ? String(feature.id) : '';
+    if (!id) return null;
+    const p = pointOf(feature.geometry);
+    const t = Date.parse(props.opened_at);
+    return {
+      id,
+      props,
+      x: p ? p.x : NaN,
+      y: p ? p.y : NaN,
+      t: Number.isFinite(t) ? t : NaN,
+      rank: SEV_RANK[props.severity] || 0,
+    };
+  }
+
+  const isOpen = (rec) => rec && rec.props.status !== 'closed';
+  const hasPos = (rec) => rec && finite(rec.x) && finite(rec.y);
+
+  /** An incident without a point of its own sits on its sensor. */
+  function placeIncident(rec) {
+    if (hasPos(rec) || rec.props.device_id == null) return;
+    const s = state.sensors.get(String(rec.props.device_id));
+    if (hasPos(s)) {
+      rec.x = s.x;
+      rec.y = s.y;
+    }
+  }
+
+  function bumpGrid(code, delta) {
+    if (code == null) return;
+    const cell = state.gridByCode.get(String(code));
+    if (!cell) return;
+    cell.count = Math.max(0, cell.count + delta);
+    cell.props.open_incidents = cell.count;
+    state.hotDirty = true;
+  }
+
+  /** Insert or update one incident from a live change, a GET or an acknowledge response. */
+  function applyIncident(feature) {
+    const rec = incidentRecord(feature);
+    if (!rec) return;
+    const prev = state.incidents.get(rec.id) || (state.selected && state.selected.id === rec.id ? state.selected : null);
+    if (!hasPos(rec) && hasPos(prev)) {
+      rec.x = prev.x;
+      rec.y = prev.y;
+    }
+    placeIncident(rec);
+    // Keep the grid cells' open-incident fill in step without reloading the grid layer.
+    if (state.incidents.has(rec.id)) bumpGrid(prev.props.grid_code, -1);
+    if (isOpen(rec)) {
+      bumpGrid(rec.props.grid_code, +1);
+      if (!state.incidents.has(rec.id) && state.listPrimed) state.freshUntil.set(rec.id, Date.now() + 2000);
+      state.incidents.set(rec.id, rec);
+    } else {
+      state.incidents.delete(rec.id); // closed incidents leave the map and the list
+    }
+    state.incidentGroups = null;
+    if (state.selectedId === rec.id) {
+      state.selected = rec;
+      state.selectedMissing = false;
+      invalidate('detail');
+    }
+    invalidate('map', 'list', 'status');
+  }
+
+  function applySensor(feature) {
+    const rec = sensorRecord(feature);
+    if (!rec) return;
+    const prev = state.sensors.get(rec.id);
+    if (!hasPos(rec) && hasPos(prev)) {
+      rec.x = prev.x;
+      rec.y = prev.y;
+    }
+    state.sensors.set(rec.id, rec);
+    if (state.selected && String(state.selected.props.device_id) === rec.id) invalidate('detail');
+    invalidate('map', 'status');
+  }
+
+  function applyChange(msg) {
+    if (!msg || typeof msg !== 'object' || !msg.feature) return;
+    if (msg.layer === 'incidents') applyIncident(msg.feature);
+    else if (msg.layer === 'sensors') applySensor(msg.feature);
+  }
+
+  // ---------------------------------------------------------------- layers
+
+  function featuresOf(doc) {
+    if (!doc || typeof doc !== 'object' || !Array.isArray(doc.features)) return null;
+    return doc.features.filter((f) => f && typeof f === 'object');
+  }
+
+  const ingest = {
+    districts(features) {
+      const out = [];
+      for (const f of features) {
+        const rings = ringsOf(f.geometry);
+        if (!rings) continue;
+        const bbox = boundsOf(rings);
+        out.push({ props: f.properties || {}, rings, bbox, label: labelPoint(rings, bbox) });
+      }
+      state.districts = out;
+    },
+    grid(features) {
+      const out = [];
+      const byCode = new Map();
+      const widths = [];
+      for (const f of features) {
+        const rings = ringsOf(f.geometry);
+        if (!rings) continue;
+        const props = f.properties || {};
+        const code = props.grid_code != null ? String(props.grid_code) : f.id != null ? String(f.id) : '';
+        const count = Number(props.open_incidents);
+        const rec = { code, props, rings, bbox: boundsOf(rings), count: Number.isFinite(count) && count > 0 ? count : 0 };
+        out.push(rec);
+        if (code) byCode.set(code, rec);
+        if (widths.length < 400) widths.push(rec.bbox[2] - rec.bbox[0]);
+      }
+      widths.sort((a, b) => a - b);
+      view.cellSize = widths.length ? widths[widths.length >> 1] : 0;
+      state.grid = out;
+      state.gridByCode = byCode;
+      state.hotDirty = true;
+    },
+    sensors(features) {
+      const map = new Map();
+      for (const f of features) {
+        const rec = sensorRecord(f);
+        if (rec) map.set(rec.id, rec);
+      }
+      state.sensors = map;
+    },
+    incidents(features) {
+      const map = new Map();
+      for (const f of features) {
+        const rec = incidentRecord(f);
+        if (rec && isOpen(rec)) map.set(rec.id, rec);
+      }
+      state.incidents = map;
+      state.incidentGroups = null;
+    },
+  };
+
+  /** Load (or reload) layers; live changes arriving meanwhile are replayed afterwards. */
+  function loadLayers(names = LAYERS) {
+    if (state.loading) return state.loading;
+    state.pending = state.pending || [];
+    const order = LAYERS.filter((n) => names.includes(n)); // sensors before incidents
+    const hadBounds = dataBounds() !== null;
+    state.loading = (async () => {
+      const results = await Promise.all(order.map((n) => request(`${API}/map/layers/${n}`, {}, LAYER_TIMEOUT_MS)));
+      order.forEach((name, i) => {
+        const res = results[i];
+        const features = res.ok ? featuresOf(res.data) : null;
+        if (!res.ok) state.layerErrors[name] = res.error;
+        else if (!features) state.layerErrors[name] = 'not a GeoJSON FeatureCollection';
+        else {
+          delete state.layerErrors[name];
+          try {
+            ingest[name](features);
+          } catch (err) {
+            state.layerErrors[name] = `could not read the layer (${err && err.message})`;
+          }
+        }
+      });
+      for (const rec of state.incidents.values()) placeIncident(rec);
+      if (state.selectedId && state.incidents.has(state.selectedId)) state.selected = state.incidents.get(state.selectedId);
+      state.loaded = true;
+      const pending = state.pending || [];
+      state.pending = null;
+      for (const msg of pending) applyChange(msg);
+      if (!view.fitted || !hadBounds) fitView(); // a reload keeps the operator's view
+      reportLayers();
+      invalidate('map', 'list', 'status', 'detail');
+    })().finally(() => {
+      state.loading = null;
+      state.pending = null;
+    });
+    return state.loading;
+  }
+
+  function reportLayers() {
+    const errors = Object.entries(state.layerErrors);
+    if (errors.length) {
+      const lines = errors.map(([name, err]) => `• ${name}: ${err}`);
+      showMessage(`Could not load some map layers 图层加载失败:\n${lines.join('\n')}`, 'error', 'layers');
+    } else if (!state.districts.length && !state.grid.length && !state.sensors.size && !state.incidents.size) {
+      showMessage('The map layers are empty: no districts, grid cells, sensors or incidents yet. 暂无地图数据', 'info', 'layers');
+    } else {
+      hideMessage('layers');
+    }
+  }
+
+  // ---------------------------------------------------------------- view
+
+  function dataBounds() {
+    const b = [Infinity, Infinity, -Infinity, -Infinity];
+    const addBox = (bb) => {
+      b[0] = Math.min(b[0], bb[0]);
+      b[1] = Math.min(b[1], bb[1]);
+      b[2] = Math.max(b[2], bb[2]);
+      b[3] = Math.max(b[3], bb[3]);
+    };
+    if (state.districts.length) state.districts.forEach((d) => addBox(d.bbox));
+    else if (state.grid.length) state.grid.forEach((g) => addBox(g.bbox));
+    else {
+      for (const coll of [state.sensors, state.incidents]) {
+        for (const r of coll.values()) if (hasPos(r)) addBox([r.x, r.y, r.x, r.y]);
+      }
+    }
+    return Number.isFinite(b[0]) ? b : null;
+  }
+
+  function fitView() {
+    if (!view.w || !view.h) return;
+    // Without data: central Shanghai.
+    const b = dataBounds() || [projX(121.2), projY(31.0), projX(121.8), projY(31.45)];
+    const minSpan = 0.0005; // about 3 km, so a single point does not zoom in forever
+    const cx = (b[0] + b[2]) / 2;
+    const cy = (b[1] + b[3]) / 2;
+    const spanX = Math.max(b[2] - b[0], minSpan);
+    const spanY = Math.max(b[3] - b[1], minSpan);
+    const pad = 24;
+    const s = Math.min((view.w - 2 * pad) / spanX, (view.h - 2 * pad) / spanY);
+    view.scale = view.fitScale = Math.max(s, 1e-6);
+    view.tx = view.w / 2 - cx * view.scale;
+    view.ty = view.h / 2 + cy * view.scale;
+    view.fitted = true;
+    invalidate('map');
+  }
+
+  function zoomAt(sx, sy, factor) {
+    const s0 = view.scale;
+    const s1 = clamp(s0 * factor, view.fitScale / 4, view.fitScale * 4096);
+    const wx = (sx - view.tx) / s0;
+    const wy = (view.ty - sy) / s0;
+    view.scale = s1;
+    view.tx = sx - wx * s1;
+    view.ty = sy + wy * s1;
+    invalidate('map');
+  }
+
+  function centerOn(rec) {
+    if (!hasPos(rec)) return;
+    if (view.scale < view.fitScale * 4) view.scale = view.fitScale * 4;
+    const panel = el.detail.hidden ? 0 : el.detail.offsetWidth || 0;
+    const visibleW = Math.max(100, view.w - panel);
+    view.tx = visibleW / 2 - rec.x * view.scale;
+    view.ty = view.h / 2 + rec.y * view.scale;
+    invalidate('map');
+  }
+
+  function resize() {
+    const rect = el.mapArea.getBoundingClientRect();
+    const w = Math.max(1, Math.round(rect.width));
+    const h = Math.max(1, Math.round(rect.height));
+    const dpr = window.devicePixelRatio || 1;
+    if (view.fitted && view.w && view.h) {
+      // Keep the same place in the middle of the screen.
+      view.tx += (w - view.w) / 2;
+      view.ty += (h - view.h) / 2;
+    }
+    view.w = w;
+    view.h = h;
+    view.dpr = dpr;
+    el.canvas.width = Math.round(w * dpr);
+    el.canvas.height = Math.round(h * dpr);
+    if (!view.fitted && state.loaded) fitView();
+    invalidate('map');
+    if (!el.detail.hidden) drawChart();
+  }
+
+  // ---------------------------------------------------------------- render loop
+
+  const dirty = { map: false, list: false, status: false, detail: false };
+  let frameRequested = false;
+  let lastListRender = 0;
+  let listTimer = null;
+
+  function invalidate(...parts) {
+    for (const p of parts) dirty[p] = true;
+    if (!frameRequested) {
+      frameRequested = true;
+      requestAnimationFrame(frame);
+    }
+  }
+
+  function frame() {
+    frameRequested = false;
+    const now = performance.now();
+    guarded(() => {
+      if (dirty.list || dirty.status) {
+        const wait = LIST_MIN_INTERVAL_MS - (now - lastListRender);
+        if (wait > 0) {
+          if (!listTimer) {
+            listTimer = setTimeout(() => {
+              listTimer = null;
+              invalidate();
+            }, wait);
+          }
+        } else {
+          lastListRender = now;
+          if (dirty.status) {
+            dirty.status = false;
+            renderStatus();
+          }
+          if (dirty.list) {
+            dirty.list = false;
+            renderList();
+          }
+        }
+      }
+    });
+    if (dirty.detail) {
+      dirty.detail = false;
+      guarded(renderDetail);
+    }
+    if (dirty.map) {
+      dirty.map = false;
+      guarded(drawMap);
+    }
+  }
+
+  function guarded(fn) {
+    try {
+      fn();
+    } catch (err) {
+      showMessage(`Display error: ${err && err.message ? err.message : err}`, 'error', 'render');
+    }
+  }
+
+  // ---------------------------------------------------------------- map drawing
+
+  function sensorRadius() {
+    const z = Math.log2(view.scale / view.fitScale);
+    return clamp(1.5 + z * 0.6, 1.5, 5);
+  }
+
+  function incidentRadius(rec) {
+    const z = Math.log2(view.scale / view.fitScale);
+    return 4 + (rec.rank || 0.5) + clamp(z * 0.5, 0, 3);
+  }
+
+  function incidentGroups() {
+    if (state.incidentGroups) return state.incidentGroups;
+    const groups = {};
+    for (const g of SEV_GROUPS) groups[g] = [];
+    for (const rec of state.incidents.values()) {
+      const g = SEV_RANK[rec.props.severity] ? rec.props.severity : 'other';
+      groups[g].push(rec);
+    }
+    for (const g of SEV_GROUPS) groups[g].sort((a, b) => (a.t || 0) - (b.t || 0)); // newest on top
+    state.incidentGroups = groups;
+    return groups;
+  }
+
+  function addRings(path, rings, s, tx, ty) {
+    for (const r of rings) {
+      path.moveTo(r[0] * s + tx, ty - r[1] * s);
+      for (let i = 2; i < r.length; i += 2) path.lineTo(r[i] * s + tx, ty - r[i + 1] * s);
+      path.closePath();
+    }
+  }
+
+  function drawMap() {
+    const { w, h, dpr } = view;
+    if (!w || !h) return;
+    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+    ctx.fillStyle = COLORS.background;
+    ctx.fillRect(0, 0, w, h);
+    if (!view.fitted) {
+      drawCenterText(state.loading || !state.loaded ? 'Loading map… 地图加载中' : 'No map data 暂无地图数据');
+      return;
+    }
+    const s = view.scale;
+    const tx = view.tx;
+    const ty = view.ty;
+    // The viewport in projected units, with a margin for strokes and markers.
+    const m = 12 / s;
+    const vx0 = -tx / s - m;
+    const vx1 = (w - tx) / s + m;
+    const vy0 = (ty - h) / s - m;
+    const vy1 = ty / s + m;
+    const inView = (b) => b[2] >= vx0 && b[0] <= vx1 && b[3] >= vy0 && b[1] <= vy1;
+    const showDistricts = state.visible.districts && state.districts.length > 0;
+
+    if (showDistricts) {
+      const fill = new Path2D();
+      for (const d of state.districts) if (inView(d.bbox)) addRings(fill, d.rings, s, tx, ty);
+      ctx.fillStyle = COLORS.districtFill;
+      ctx.fill(fill, 'evenodd');
+    }
+
+    if (state.visible.grid && state.grid.length) {
+      if (state.hotDirty) {
+        state.hotCells = state.grid.filter((c) => c.count > 0);
+        state.hotDirty = false;
+      }
+      const buckets = COLORS.hot.map(() => new Path2D());
+      for (const c of state.hotCells) {
+        if (!inView(c.bbox)) continue;
+        const i = c.count >= 5 ? 3 : c.count >= 3 ? 2 : c.count - 1;
+        addRings(buckets[i], c.rings, s, tx, ty);
+      }
+      buckets.forEach((p, i) => {
+        ctx.fillStyle = COLORS.hot[i];
+        ctx.fill(p, 'evenodd');
+      });
+      // Cell outlines only once cells are big enough on screen to be told apart.
+      const cellPx = view.cellSize * s;
+      if (cellPx >= 6) {
+        const lines = new Path2D();
+        for (const c of state.grid) if (inView(c.bbox)) addRings(lines, c.rings, s, tx, ty);
+        ctx.strokeStyle = COLORS.gridLine;
+        ctx.lineWidth = cellPx >= 24 ? 0.8 : 0.5;
+        ctx.stroke(lines);
+      }
+    }
+
+    if (showDistricts) {
+      const outline = new Path2D();
+      for (const d of state.districts) if (inView(d.bbox)) addRings(outline, d.rings, s, tx, ty);
+      ctx.strokeStyle = COLORS.districtLine;
+      ctx.lineWidth = 1.4;
+      ctx.lineJoin = 'round';
+      ctx.stroke(outline);
+    }
+
+    if (state.visible.sensors && state.sensors.size) drawSensors(s, tx, ty, vx0, vx1, vy0, vy1);
+    if (showDistricts) drawDistrictLabels(s, tx, ty, inView);
+    if (state.visible.incidents && state.incidents.size) drawIncidents(s, tx, ty, vx0, vx1, vy0, vy1);
+
+    const nothing = !state.districts.length && !state.grid.length && !state.sensors.size && !state.incidents.size;
+    if (nothing) drawCenterText(state.loading ? 'Loading map… 地图加载中' : 'No map data 暂无地图数据');
+  }
+
+  function drawSensors(s, tx, ty, vx0, vx1, vy0, vy1) {
+    const r = sensorRadius();
+    const round = r >= 2.5;
+    const paths = {};
+    for (const k of STATE_ORDER) paths[k] = new Path2D();
+    for (const rec of state.sensors.values()) {
+      const x = rec.x;
+      const y = rec.y;
+      if (!(x >= vx0 && x <= vx1 && y >= vy0 && y <= vy1)) continue; // also skips NaN
+      const st = rec.props.state;
+      const p = paths[st] && st !== 'other' ? paths[st] : paths.other;
+      const rr = st === 'alarm' ? r * 1.35 : r;
+      const sx = x * s + tx;
+      const sy = ty - y * s;
+      if (round) {
+        p.moveTo(sx + rr, sy);
+        p.arc(sx, sy, rr, 0, 2 * Math.PI);
+      } else {
+        p.rect(sx - rr, sy - rr, 2 * rr, 2 * rr);
+      }
+    }
+    for (const k of STATE_ORDER) {
+      ctx.fillStyle = COLORS.state[k];
+      ctx.fill(paths[k]);
+    }
+  }
+
+  function drawDistrictLabels(s, tx, ty, inView) {
+    ctx.textAlign = 'center';
+    ctx.textBaseline = 'middle';
+    ctx.lineJoin = 'round';
+    for (const d of state.districts) {
+      if (!inView(d.bbox)) continue;
+      const widthPx = (d.bbox[2] - d.bbox[0]) * s;
+      if (widthPx < 60) continue;
+      const x = d.label.x * s + tx;
+      const y = ty - d.label.y * s;
+      const name = d.props.name != null ? String(d.props.name) : d.props.district_code != null ? String(d.props.district_code) : '';
+      const zh = d.props.name_zh != null ? String(d.props.name_zh) : '';
+      ctx.lineWidth = 3;
+      ctx.strokeStyle = COLORS.labelHalo;
+      ctx.font = '600 12px system-ui, "PingFang SC", "Microsoft YaHei", "Noto Sans CJK SC", sans-serif';
+      ctx.fillStyle = COLORS.label;
+      const y1 = zh ? y - 7 : y;
+      ctx.strokeText(name, x, y1);
+      ctx.fillText(name, x, y1);
+      if (zh) {
+        ctx.font = '11px system-ui, "PingFang SC", "Microsoft YaHei", "Noto Sans CJK SC", sans-serif';
+        ctx.fillStyle = COLORS.labelSub;
+        ctx.strokeText(zh, x, y + 7);
+        ctx.fillText(zh, x, y + 7);
+      }
+    }
+  }
+
+  function drawIncidents(s, tx, ty, vx0, vx1, vy0, vy1) {
+    const groups = incidentGroups();
+    const visibleRec = (rec) => rec.x >= vx0 && rec.x <= vx1 && rec.y >= vy0 && rec.y <= vy1;
+    for (const g of SEV_GROUPS) {
+      const recs = groups[g];
+      if (!recs.length) continue;
+      const fill = new Path2D();
+      const rings = new Path2D();
+      let any = false;
+      for (const rec of recs) {
+        if (!visibleRec(rec)) continue;
+        any = true;
+        const r = incidentRadius(rec);
+        const sx = rec.x * s + tx;
+        const sy = ty - rec.y * s;
+        fill.moveTo(sx + r, sy);
+        fill.arc(sx, sy, r, 0, 2 * Math.PI);
+        if (!rec.props.acknowledged) {
+          rings.moveTo(sx + r + 3.5, sy);
+          rings.arc(sx, sy, r + 3.5, 0, 2 * Math.PI);
+        }
+      }
+      if (!any) continue;
+      ctx.fillStyle = COLORS.severity[g];
+      ctx.fill(fill);
+      ctx.strokeStyle = COLORS.background;
+      ctx.lineWidth = 1.5;
+      ctx.stroke(fill);
+      ctx.strokeStyle = COLORS.unacked;
+      ctx.lineWidth = 1.8;
+      ctx.stroke(rings);
+    }
+    const mark = (rec, extra, color, width) => {
+      if (!hasPos(rec)) return;
+      const r = incidentRadius(rec) + extra;
+      ctx.beginPath();
+      ctx.arc(rec.x * s + tx, ty - rec.y * s, r, 0, 2 * Math.PI);
+      ctx.strokeStyle = color;
+      ctx.lineWidth = width;
+      ctx.stroke();
+    };
+    const hover = state.hover && state.hover.kind === 'incident' ? state.incidents.get(state.hover.rec.id) : null;
+    if (hover && hover.id !== state.selectedId) mark(hover, 6, 'rgba(255,255,255,0.7)', 1.2);
+    const sel = state.selectedId ? state.incidents.get(state.selectedId) : null;
+    if (sel) mark(sel, 7, COLORS.selected, 2.5);
+  }
+
+  function drawCenterText(text) {
+    ctx.textAlign = 'center';
+    ctx.textBaseline = 'middle';
+    ctx.font = '15px system-ui, "PingFang SC", "Microsoft YaHei", sans-serif';
+    ctx.fillStyle = '#8da0b3';
+    ctx.fillText(text, view.w / 2, view.h / 2);
+  }
+
+  // ---------------------------------------------------------------- hit testing
+
+  function incidentAt(sx, sy) {
+    if (!state.visible.incidents) return null;
+    let best = null;
+    let bestD = Infinity;
+    for (const rec of state.incidents.values()) {
+      if (!hasPos(rec)) continue;
+      const dx = toScreenX(rec.x) - sx;
+      const dy = toScreenY(rec.y) - sy;
+      const d = dx * dx + dy * dy;
+      const r = incidentRadius(rec) + 4;
+      // Prefer the nearest; on a tie the more severe one (it is drawn on top).
+      if (d <= r * r && (d < bestD || (d === bestD && rec.rank > best.rank))) {
+        best = rec;
+        bestD = d;
+      }
+    }
+    return best;
+  }
+
+  function sensorAt(sx, sy) {
+    if (!state.visible.sensors) return null;
+    const r = sensorRadius() + 3;
+    let best = null;
+    let bestD = r * r;
+    for (const rec of state.sensors.values()) {
+      if (!hasPos(rec)) continue;
+      const dx = toScreenX(rec.x) - sx;
+      const dy = toScreenY(rec.y) - sy;
+      const d = dx * dx + dy * dy;
+      if (d <= bestD) {
+        best = rec;
+        bestD = d;
+      }
+    }
+    return best;
+  }
+
+  function cellAt(sx, sy) {
+    if (!state.visible.grid || !state.grid.length) return null;
+    const x = (sx - view.tx) / view.scale;
+    const y = (view.ty - sy) / view.scale;
+    const showAll = view.cellSize * view.scale >= 6;
+    const cells = showAll ? state.grid : state.hotCells;
+    for (const c of cells) {
+      const b = c.bbox;
+      if (x < b[0] || x > b[2] || y < b[1] || y > b[3]) continue;
+      if (pointInRings(c.rings, x, y)) return c;
+    }
+    return null;
+  }
+
+  function openIncidentOfSensor(deviceId) {
+    let best = null;
+    for (const rec of state.incidents.values()) {
+      if (String(rec.props.device_id) !== deviceId) continue;
+      if (!best || rec.rank > best.rank || (rec.rank === best.rank && rec.t > best.t)) best = rec;
+    }
+    return best;
+  }
+
+  // ---------------------------------------------------------------- tooltip
+
+  function showTooltip(sx, sy, title, lines) {
+    const t = el.tooltip;
+    const b = document.createElement('b');
+    b.textContent = title;
+    t.replaceChildren(b, document.createTextNode(lines.length ? `\n${lines.join('\n')}` : ''));
+    t.hidden = false;
+    const tw = t.offsetWidth;
+    const th = t.offsetHeight;
+    let left = sx + 14;
+    let top = sy + 14;
+    if (left + tw > view.w - 4) left = Math.max(4, sx - tw - 14);
+    if (top + th > view.h - 4) top = Math.max(4, sy - th - 14);
+    t.style.left = `${left}px`;
+    t.style.top = `${top}px`;
+  }
+
+  function hideTooltip() {
+    el.tooltip.hidden = true;
+  }
+
+  function updateHover(sx, sy) {
+    const inc = incidentAt(sx, sy);
+    const prevId = state.hover && state.hover.kind === 'incident' ? state.hover.rec.id : null;
+    if (inc) {
+      state.hover = { kind: 'incident', rec: inc };
+      const p = inc.props;
+      showTooltip(sx, sy, p.title || `Incident ${inc.id}`, [
+        `${p.severity || '?'} ${SEV_ZH[p.severity] || ''} · ${p.status || 'open'} · alarm ${p.alarm_status || '?'}`,
+        p.acknowledged ? 'acknowledged 已确认' : 'not acknowledged 未确认',
+        `device ${p.device_id ?? '—'} · grid ${p.grid_code ?? '—'}`,
+        `opened ${formatTime(p.opened_at)} (${relativeTime(p.opened_at)})`,
+        'click for details 点击查看',
+      ]);
+    } else {
+      const sensor = sensorAt(sx, sy);
+      if (sensor) {
+        state.hover = { kind: 'sensor', rec: sensor };
+        const p = sensor.props;
+        const alarms = p.alarms && typeof p.alarms === 'object' ? Object.entries(p.alarms) : [];
+        const lines = [
+          `${p.sensor_type || 'sensor'} · ${p.state || '?'} ${STATE_ZH[p.state] || ''}`,
+          `grid ${p.grid_code ?? '—'} · dept ${p.department_code ?? '—'}`,
+        ];
+        if (alarms.length) lines.push(`alarms: ${alarms.map(([rule, sev]) => `${rule} (${sev})`).join(', ')}`);
+        if (openIncidentOfSensor(sensor.id)) lines.push('click for its open incident');
+        showTooltip(sx, sy, `Sensor ${sensor.id}`, lines);
+      } else {
+        const cell = cellAt(sx, sy);
+        if (cell) {
+          state.hover = { kind: 'cell', rec: cell };
+          showTooltip(sx, sy, `Grid cell 网格 ${cell.code}`, [
+            `district ${cell.props.district_code ?? '—'}`,
+            `${cell.props.sensors ?? 0} sensors · ${cell.count} open incidents`,
+          ]);
+        } else {
+          state.hover = null;
+          hideTooltip();
+        }
+      }
+    }
+    const pointing = state.hover && (state.hover.kind === 'incident' || (state.hover.kind === 'sensor' && openIncidentOfSensor(state.hover.rec.id)));
+    el.canvas.classList.toggle('pointing', Boolean(pointing));
+    const nowId = state.hover && state.hover.kind === 'incident' ? state.hover.rec.id : null;
+    if (nowId !== prevId) invalidate('map');
+  }
+
+  // ---------------------------------------------------------------- interaction
+
+  function localPoint(e) {
+    const r = el.canvas.getBoundingClientRect();
+    return { x: e.clientX - r.left, y: e.clientY - r.top };
+  }
+
+  let drag = null;
+
+  function onPointerDown(e) {
+    if (e.button !== 0) return;
+    drag = { id: e.pointerId, x: e.clientX, y: e.clientY, tx: view.tx, ty: view.ty, moved: false };
+    try {
+      el.canvas.setPointerCapture(e.pointerId);
+    } catch (_) {
+      /* pointer already gone */
+    }
+  }
+
+  function onPointerMove(e) {
+    if (drag && e.pointerId === drag.id) {
+      const dx = e.clientX - drag.x;
+      const dy = e.clientY - drag.y;
+      if (!drag.moved && dx * dx + dy * dy < 16) return;
+      drag.moved = true;
+      el.canvas.classList.add('dragging');
+      hideTooltip();
+      view.tx = drag.tx + dx;
+      view.ty = drag.ty + dy;
+      invalidate('map');
+      return;
+    }
+    const p = localPoint(e);
+    guarded(() => updateHover(p.x, p.y));
+  }
+
+  function onPointerUp(e) {
+    if (!drag || e.pointerId !== drag.id) return;
+    const moved = drag.moved;
+    drag = null;
+    el.canvas.classList.remove('dragging');
+    if (!moved) {
+      const p = localPoint(e);
+      guarded(() => onMapClick(p.x, p.y));
+    }
+  }
+
+  function onMapClick(sx, sy) {
+    const inc = incidentAt(sx, sy);
+    if (inc) {
+      selectIncident(inc.id);
+      return;
+    }
+    const sensor = sensorAt(sx, sy);
+    if (sensor) {
+      const open = openIncidentOfSensor(sensor.id);
+      if (open) selectIncident(open.id);
+    }
+  }
+
+  function onWheel(e) {
+    e.preventDefault();
+    let dy = e.deltaY;
+    if (e.deltaMode === 1) dy *= 16;
+    else if (e.deltaMode === 2) dy *= view.h;
+    const p = localPoint(e);
+    zoomAt(p.x, p.y, Math.exp(-clamp(dy, -300, 300) * 0.002));
+    hideTooltip();
+  }
+
+  function onKey(e) {
+    const step = 80;
+    switch (e.key) {
+      case '+':
+      case '=':
+        zoomAt(view.w / 2, view.h / 2, 1.5);
+        break;
+      case '-':
+      case '_':
+        zoomAt(view.w / 2, view.h / 2, 1 / 1.5);
+        break;
+      case '0':
+        fitView();
+        break;
+      case 'ArrowLeft':
+        view.tx += step;
+        break;
+      case 'ArrowRight':
+        view.tx -= step;
+        break;
+      case 'ArrowUp':
+        view.ty += step;
+        break;
+      case 'ArrowDown':
+        view.ty -= step;
+        break;
+      default:
+        return;
+    }
+    e.preventDefault();
+    invalidate('map');
+  }
+
+  // ---------------------------------------------------------------- formatting
+
+  const pad2 = (n) => String(n).padStart(2, '0');
+
+  function formatTime(iso) {
+    const t = Date.parse(iso);
+    if (!Number.isFinite(t)) return '—';
+    const d = new Date(t);
+    const today = new Date();
+    const hms = `${pad2(d.getHours())}:${pad2(d.getMinutes())}:${pad2(d.getSeconds())}`;
+    if (d.toDateString() === today.toDateString()) return hms;
+    return `${d.getFullYear()}-${pad2(d.getMonth() + 1)}-${pad2(d.getDate())} ${hms}`;
+  }
+
+  function relativeTime(iso) {
+    const t = Date.parse(iso);
+    if (!Number.isFinite(t)) return '—';
+    const s = Math.round((Date.now() - t) / 1000);
+    if (s < 45) return 'just now';
+    if (s < 3600) return `${Math.round(s / 60)} min ago`;
+    if (s < 86400) return `${Math.floor(s / 3600)} h ${Math.round((s % 3600) / 60)} min ago`;
+    return `${Math.floor(s / 86400)} d ago`;
+  }
+
+  function formatValue(v) {
+    const n = Number(v);
+    if (v == null || v === '' || !Number.isFinite(n)) return v == null ? '—' : String(v);
+    const a = Math.abs(n);
+    if (a >= 1000 || Number.isInteger(n)) return String(Math.round(n * 10) / 10);
+    if (a >= 10) return n.toFixed(1);
+    if (a >= 1) return n.toFixed(2);
+    return n.toPrecision(3);
+  }
+
+  // ---------------------------------------------------------------- status line
+
+  function setCount(node, n, label) {
+    node.textContent = label ? `${n} ${label}` : String(n);
+    node.classList.toggle('zero', n === 0);
+    node.dataset.count = String(n);
+  }
+
+  function renderStatus() {
+    const sev = { warning: 0, minor: 0, major: 0, critical: 0 };
+    for (const rec of state.incidents.values()) if (rec.props.severity in sev) sev[rec.props.severity] += 1;
+    let alarm = 0;
+    let silent = 0;
+    for (const rec of state.sensors.values()) {
+      if (rec.props.state === 'alarm') alarm += 1;
+      else if (rec.props.state === 'silent') silent += 1;
+    }
+    for (const k of SEVERITIES) setCount(el.counts[k], sev[k], k);
+    setCount(el.counts.alarm, alarm, 'alarm');
+    setCount(el.counts.silent, silent, 'silent');
+    setCount(el.counts.sensors, state.sensors.size, 'total');
+    el.canvas.dataset.sensors = String(state.sensors.size);
+    el.canvas.dataset.incidents = String(state.incidents.size);
+  }
+
+  // ---------------------------------------------------------------- incident list
+
+  function sortedOpenIncidents() {
+    const out = Array.from(state.incidents.values());
+    out.sort((a, b) => {
+      if (b.rank !== a.rank) return b.rank - a.rank;
+      const ta = Number.isFinite(a.t) ? a.t : -Infinity;
+      const tb = Number.isFinite(b.t) ? b.t : -Infinity;
+      if (tb !== ta) return tb - ta; // newest first
+      return a.id < b.id ? -1 : a.id > b.id ? 1 : 0;
+    });
+    return out;
+  }
+
+  function renderList() {
+    const items = sortedOpenIncidents();
+    const now = Date.now();
+    el.listCount.textContent = String(items.length);
+    const incidentsError = state.layerErrors.incidents;
+    el.listEmpty.hidden = items.length > 0;
+    el.listEmpty.textContent = incidentsError
+      ? `Incidents could not be loaded: ${incidentsError}`
+      : state.loaded
+        ? 'No open incidents 暂无未结事件'
+        : 'Loading… 加载中';
+    const frag = document.createDocumentFragment();
+    for (const rec of items.slice(0, LIST_LIMIT)) {
+      const p = rec.props;
+      const li = document.createElement('li');
+      li.className = 'incident-item';
+      li.tabIndex = 0;
+      li.dataset.testid = 'incident-item';
+      li.dataset.incidentId = rec.id;
+      li.dataset.severity = p.severity || '';
+      li.dataset.acknowledged = p.acknowledged ? 'true' : 'false';
+      if (!p.acknowledged) li.classList.add('unacked');
+      if (rec.id === state.selectedId) li.classList.add('selected');
+      const until = state.freshUntil.get(rec.id);
+      if (until) {
+        if (until > now) {
+          li.classList.add('fresh');
+          li.style.animationDelay = `${-(2000 - (until - now))}ms`;
+        } else state.freshUntil.delete(rec.id);
+      }
+      const dot = document.createElement('span');
+      dot.className = 'sev-dot';
+      dot.style.setProperty('--c', COLORS.severity[SEV_RANK[p.severity] ? p.severity : 'other']);
+      dot.title = `${p.severity || 'unknown'} ${SEV_ZH[p.severity] || ''}`;
+      const title = document.createElement('span');
+      title.className = 'title';
+      title.textContent = p.title || `Incident ${rec.id}`;
+      title.title = title.textContent;
+      const time = document.createElement('span');
+      time.className = 'time';
+      time.textContent = relativeTime(p.opened_at);
+      time.title = `opened ${formatTime(p.opened_at)}`;
+      const meta = document.createElement('span');
+      meta.className = 'meta';
+      const parts = [p.severity || 'unknown', p.grid_code ? `grid ${p.grid_code}` : null, p.department_code || null];
+      if (p.trigger_count > 1) parts.push(`×${p.trigger_count}`);
+      if (!p.acknowledged) parts.push('unacknowledged');
+      meta.textContent = parts.filter(Boolean).join(' · ');
+      li.append(dot, title, time, meta);
+      frag.append(li);
+    }
+    if (items.length > LIST_LIMIT) {
+      const more = document.createElement('li');
+      more.className = 'incident-more';
+      more.textContent = `+ ${items.length - LIST_LIMIT} more (lower severity or older)`;
+      frag.append(more);
+    }
+    el.list.replaceChildren(frag);
+    state.listPrimed = state.loaded;
+  }
+
+  function onListActivate(e) {
+    const li = e.target.closest('[data-incident-id]');
+    if (!li) return;
+    if (e.type === 'keydown' && e.key !== 'Enter' && e.key !== ' ') return;
+    e.preventDefault();
+    selectIncident(li.dataset.incidentId, { center: true });
+  }
+
+  // ---------------------------------------------------------------- detail panel
+
+  let chartTimer = null;
+
+  function selectIncident(id, { center = false } = {}) {
+    id = String(id);
+    const rec = state.incidents.get(id) || (state.selected && state.selected.id === id ? state.selected : null);
+    const changed = state.selectedId !== id;
+    state.selectedId = id;
+    state.selected = rec;
+    state.selectedMissing = false;
+    if (changed) {
+      el.ackReason.value = '';
+      el.ackError.hidden = true;
+      el.ackOk.hidden = true;
+    }
+    el.detail.hidden = false;
+    if (center && rec) centerOn(rec);
+    invalidate('detail', 'list', 'map');
+    refreshSelected(id);
+    loadChart();
+    clearInterval(chartTimer);
+    chartTimer = setInterval(loadChart, CHART_REFRESH_MS);
+  }
+
+  function closeDetail() {
+    state.selectedId = null;
+    state.selected = null;
+    el.detail.hidden = true;
+    clearInterval(chartTimer);
+    chartTimer = null;
+    chart.seq += 1;
+    invalidate('list', 'map');
+  }
+
+  async function refreshSelected(id) {
+    const res = await request(`${API}/incidents/${encodeURIComponent(id)}`);
+    if (state.selectedId !== id) return;
+    if (res.ok && res.data && res.data.properties) {
+      applyIncident(res.data);
+      const sel = state.selected;
+      const device = sel && sel.props.device_id != null ? String(sel.props.device_id) : null;
+      if (device !== chart.deviceId) loadChart();
+    } else if (res.status === 404) {
+      state.selectedMissing = true;
+      invalidate('detail');
+    } else if (!res.ok && !state.selected) {
+      state.selectedMissing = true;
+      invalidate('detail');
+    }
+  }
+
+  function addField(key, label, value, cls) {
+    const dt = document.createElement('dt');
+    dt.textContent = label;
+    const dd = document.createElement('dd');
+    dd.dataset.testid = `detail-${key}`;
+    dd.textContent = value == null || value === '' ? '—' : String(value);
+    if (cls) dd.className = cls;
+    el.detailFields.append(dt, dd);
+  }
+
+  function renderDetail() {
+    if (!state.selectedId || el.detail.hidden) return;
+    const rec = state.selected;
+    el.detailFields.replaceChildren();
+    if (!rec) {
+      el.detailTitle.textContent = state.selectedMissing ? 'Incident not found' : 'Loading… 加载中';
+      el.detailSeverity.textContent = '';
+      el.detailSeverity.hidden = true;
+      el.detailNote.hidden = !state.selectedMissing;
+      el.detailNote.textContent = `No incident ${state.selectedId} on the server.`;
+      el.ackButton.disabled = true;
+      return;
+    }
+    const p = rec.props;
+    el.detail.dataset.incidentId = rec.id;
+    el.detailTitle.textContent = p.title || `Incident ${rec.id}`;
+    el.detailSeverity.hidden = false;
+    el.detailSeverity.textContent = `${p.severity || 'unknown'} ${SEV_ZH[p.severity] || ''}`.trim();
+    el.detailSeverity.style.setProperty('--c', COLORS.severity[SEV_RANK[p.severity] ? p.severity : 'other']);
+    el.detailSeverity.dataset.severity = p.severity || '';
+
+    const notes = [];
+    if (p.status === 'closed') notes.push('Closed 已结案: the alarm cleared and the incident was acknowledged.');
+    if (state.selectedMissing) notes.push('This incident no longer exists on the server.');
+    el.detailNote.hidden = notes.length === 0;
+    el.detailNote.textContent = notes.join(' ');
+
+    const sensor = p.device_id != null ? state.sensors.get(String(p.device_id)) : null;
+    addField('status', 'Status 状态', p.status);
+    addField('alarm-status', 'Alarm 告警', p.alarm_status, p.alarm_status === 'active' ? 'no' : 'yes');
+    const ackText = p.acknowledged ? `yes${p.acknowledged_by ? ` (${p.acknowledged_by})` : ''}` : 'no';
+    addField('acknowledged', 'Acknowledged 确认', ackText, p.acknowledged ? 'yes' : 'no');
+    addField('kind', 'Kind 类型', KIND_LABEL[p.kind] || p.kind);
+    addField('category', 'Category 类别', p.category);
+    const sensorText = sensor ? `${p.device_id} (${sensor.props.sensor_type || '?'}, ${sensor.props.state || '?'})` : p.device_id;
+    addField('device', 'Sensor 设备', sensorText);
+    addField('grid', 'Grid cell 网格', p.grid_code);
+    addField('department', 'Department 部门', p.department_code);
+    addField('opened', 'Opened 发生', p.opened_at ? `${formatTime(p.opened_at)} · ${relativeTime(p.opened_at)}` : null);
+    addField('updated', 'Updated 更新', p.updated_at ? `${formatTime(p.updated_at)} · ${relativeTime(p.updated_at)}` : null);
+    addField('triggers', 'Triggers 触发', p.trigger_count);
+    const unit = chart.unit ? ` ${chart.unit}` : '';
+    addField('last-value', 'Last value 最新值', p.last_value != null ? `${formatValue(p.last_value)}${unit}${p.metric ? ` · ${p.metric}` : ''}` : null);
+    addField('id', 'ID', rec.id);
+
+    el.ackButton.disabled = state.ackBusy || Boolean(p.acknowledged);
+    el.ackButton.textContent = state.ackBusy ? 'Acknowledging… 确认中' : p.acknowledged ? 'Acknowledged ✓ 已确认' : 'Acknowledge 确认';
+    el.ackReason.disabled = Boolean(p.acknowledged);
+  }
+
+  async function acknowledge() {
+    const rec = state.selected;
+    if (!rec || state.ackBusy) return;
+    state.ackBusy = true;
+    el.ackError.hidden = true;
+    el.ackOk.hidden = true;
+    renderDetail();
+    const res = await request(`${API}/incidents/${encodeURIComponent(rec.id)}/acknowledge`, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ actor: 'operator', reason: el.ackReason.value.trim() }),
+    });
+    state.ackBusy = false;
+    const same = state.selectedId === rec.id;
+    if (res.ok) {
+      const data = res.data || {};
+      // The response is either a Feature or the changed fields of the incident.
+      const current = state.incidents.get(rec.id) || rec;
+      const feature = data.type === 'Feature' && data.properties
+        ? data
+        : { type: 'Feature', geometry: null, properties: { ...current.props, ...(data.properties || data), acknowledged: data.acknowledged ?? true } };
+      applyIncident(feature);
+      if (same) {
+        el.ackReason.value = '';
+        el.ackOk.textContent = 'Acknowledged 已确认';
+        el.ackOk.hidden = false;
+      }
+    } else if (same) {
+      el.ackError.textContent = res.status === 409
+        ? `Not allowed 不允许: ${res.error}`
+        : `Acknowledge failed 确认失败: ${res.error}`;
+      el.ackError.dataset.status = String(res.status);
+      el.ackError.hidden = false;
+    }
+    invalidate('detail');
+  }
+
+  // ---------------------------------------------------------------- readings chart
+
+  const chart = { seq: 0, data: null, deviceId: null, unit: '' };
+  const SERIES_COLORS = ['#4fb3ff', '#f39237', '#5fae7a', '#b065e8'];
+
+  function chartMessage(text) {
+    el.chartMessage.textContent = text || '';
+    el.chartMessage.hidden = !text;
+  }
+
+  function normalizeSeries(data) {
+    const raw = data && Array.isArray(data.series) ? data.series : [];
+    const out = [];
+    for (const s of raw) {
+      if (!s || !Array.isArray(s.points)) continue;
+      const pts = [];
+      for (const pt of s.points) {
+        if (!Array.isArray(pt)) continue;
+        const t = Date.parse(pt[0]);
+        const v = pt[1] == null ? NaN : Number(pt[1]);
+        if (Number.isFinite(t) && Number.isFinite(v)) pts.push([t, v]);
+      }
+      pts.sort((a, b) => a[0] - b[0]);
+      out.push({ metric: String(s.metric ?? ''), unit: s.unit ? String(s.unit) : '', points: pts });
+    }
+    return out;
+  }
+
+  async function loadChart() {
+    const seq = ++chart.seq;
+    const rec = state.selected;
+    const device = rec && rec.props.device_id != null ? String(rec.props.device_id) : null;
+    chart.deviceId = device;
+    if (!device) {
+      chart.data = null;
+      el.chartMeta.textContent = '';
+      chartMessage(rec ? 'No sensor linked to this incident.' : '');
+      drawChart();
+      return;
+    }
+    if (!chart.data || chart.data.device !== device) chartMessage('Loading readings… 加载中');
+    const to = new Date();
+    const from = new Date(to.getTime() - 3600_000);
+    const q = `agg=avg&interval=60&from=${encodeURIComponent(from.toISOString())}&to=${encodeURIComponent(to.toISOString())}`;
+    const res = await request(`${API}/sensors/${encodeURIComponent(device)}/readings?${q}`);
+    if (seq !== chart.seq) return; // another incident was selected meanwhile
+    if (!res.ok) {
+      chart.data = null;
+      el.chartMeta.textContent = device;
+      chartMessage(`Readings unavailable: ${res.error}`);
+      drawChart();
+      return;
+    }
+    const series = normalizeSeries(res.data);
+    const metric = rec.props.metric;
+    series.sort((a, b) => (b.metric === metric) - (a.metric === metric)); // the incident's metric first
+    chart.data = { device, series, from: from.getTime(), to: to.getTime() };
+    const main = series[0];
+    chart.unit = main ? main.unit : '';
+    const n = series.reduce((acc, s) => acc + s.points.length, 0);
+    if (n === 0) {
+      el.chartMeta.textContent = `${device}`;
+      chartMessage('No readings in the last hour. 近一小时无读数');
+    } else {
+      const last = main.points[main.points.length - 1];
+      el.chartMeta.textContent = `${device} · ${series.map((s) => `${s.metric}${s.unit ? ` (${s.unit})` : ''}`).join(', ')} · avg per minute · last ${last ? `${formatValue(last[1])} ${main.unit}` : '—'}`;
+      chartMessage('');
+    }
+    el.chart.dataset.points = String(n);
+    drawChart();
+    invalidate('detail');
+  }
+
+  function drawChart() {
+    const canvas = el.chart;
+    const cw = canvas.clientWidth;
+    const ch = canvas.clientHeight;
+    if (!cw || !ch) return;
+    const dpr = window.devicePixelRatio || 1;
+    if (canvas.width !== Math.round(cw * dpr) || canvas.height !== Math.round(ch * dpr)) {
+      canvas.width = Math.round(cw * dpr);
+      canvas.height = Math.round(ch * dpr);
+    }
+    const c = canvas.getContext('2d');
+    c.setTransform(dpr, 0, 0, dpr, 0, 0);
+    c.clearRect(0, 0, cw, ch);
+    const d = chart.data;
+    const all = d ? d.series.filter((s) => s.points.length) : [];
+    if (!all.length) return;
+    const pad = { l: 46, r: 10, t: 10, b: 22 };
+    const pw = cw - pad.l - pad.r;
+    const ph = ch - pad.t - pad.b;
+    let lo = Infinity;
+    let hi = -Infinity;
+    for (const s of all) for (const [, v] of s.points) {
+      if (v < lo) lo = v;
+      if (v > hi) hi = v;
+    }
+    if (hi === lo) {
+      const e = Math.abs(hi) * 0.1 || 1;
+      lo -= e;
+      hi += e;
+    }
+    const span = hi - lo;
+    lo -= span * 0.08;
+    hi += span * 0.08;
+    const t0 = d.from;
+    const t1 = d.to;
+    const X = (t) => pad.l + ((t - t0) / (t1 - t0)) * pw;
+    const Y = (v) => pad.t + (1 - (v - lo) / (hi - lo)) * ph;
+
+    c.font = '11px system-ui, sans-serif';
+    c.lineWidth = 1;
+    c.strokeStyle = '#223140';
+    c.fillStyle = '#8da0b3';
+    c.textAlign = 'right';
+    c.textBaseline = 'middle';
+    for (let i = 0; i <= 4; i++) {
+      const v = lo + ((hi - lo) * i) / 4;
+      const y = Math.round(Y(v)) + 0.5;
+      c.beginPath();
+      c.moveTo(pad.l, y);
+      c.lineTo(pad.l + pw, y);
+      c.stroke();
+      c.fillText(formatValue(v), pad.l - 5, y);
+    }
+    c.textAlign = 'center';
+    c.textBaseline = 'top';
+    const quarter = 15 * 60_000;
+    for (let t = Math.ceil(t0 / quarter) * quarter; t <= t1; t += quarter) {
+      const x = Math.round(X(t)) + 0.5;
+      c.beginPath();
+      c.moveTo(x, pad.t);
+      c.lineTo(x, pad.t + ph);
+      c.stroke();
+      const dt = new Date(t);
+      c.fillText(`${pad2(dt.getHours())}:${pad2(dt.getMinutes())}`, x, pad.t + ph + 5);
+    }
+
+    const gap = 3 * 60_000; // break the line where minutes are missing
+    all.forEach((s, i) => {
+      const color = SERIES_COLORS[i % SERIES_COLORS.length];
+      c.strokeStyle = color;
+      c.fillStyle = color;
+      c.lineWidth = i === 0 ? 1.8 : 1.2;
+      c.beginPath();
+      let prev = null;
+      for (const [t, v] of s.points) {
+        const x = X(t);
+        const y = Y(v);
+        if (prev === null || t - prev > gap) c.moveTo(x, y);
+        else c.lineTo(x, y);
+        prev = t;
+      }
+      c.stroke();
+      const [lt, lv] = s.points[s.points.length - 1];
+      c.beginPath();
+      c.arc(X(lt), Y(lv), 2.5, 0, 2 * Math.PI);
+      c.fill();
+    });
+  }
+
+  // ---------------------------------------------------------------- live updates
+
+  const live = { es: null, retry: 0, timer: null, everOpen: false, lost: false };
+  const LIVE_TEXT = {
+    connecting: 'connecting… 连接中',
+    live: 'live 实时',
+    reconnecting: 'reconnecting… 重连中',
+    offline: 'offline 离线',
+  };
+
+  function setLive(st, detail) {
+    el.live.dataset.state = st;
+    el.liveText.textContent = LIVE_TEXT[st] || st;
+    const last = state.lastChangeAt ? ` · last change ${formatTime(new Date(state.lastChangeAt).toISOString())}` : '';
+    el.live.title = `Live updates (server-sent events) 实时推送: ${st}${detail ? ` (${detail})` : ''}${last} · ${state.changes} changes`;
+  }
+
+  function onLiveMessage(e) {
+    let msg;
+    try {
+      msg = JSON.parse(e.data);
+    } catch (_) {
+      return;
+    }
+    if (!msg || typeof msg !== 'object' || !msg.feature) return;
+    state.changes += 1;
+    state.lastChangeAt = Date.now();
+    if (state.pending) state.pending.push(msg);
+    else guarded(() => applyChange(msg));
+  }
+
+  function connectLive() {
+    clearTimeout(live.timer);
+    if (typeof window.EventSource !== 'function') {
+      setLive('offline', 'this browser has no EventSource');
+      return;
+    }
+    if (live.es) live.es.close();
+    const es = new EventSource(`${API}/live`);
+    live.es = es;
+    setLive(live.everOpen ? 'reconnecting' : 'connecting');
+    es.onopen = () => {
+      live.retry = 0;
+      setLive('live');
+      if (Object.keys(state.layerErrors).length) {
+        loadLayers(); // the API is back: retry the layers that failed
+      } else if (live.lost && state.loaded) {
+        // Changes may have been missed while disconnected: catch up once.
+        loadLayers(['grid', 'sensors', 'incidents']);
+      }
+      live.everOpen = true;
+      live.lost = false;
+    };
+    es.addEventListener('change', onLiveMessage);
+    es.onmessage = onLiveMessage; // a server that sends unnamed events
+    es.onerror = () => {
+      if (live.es !== es) return;
+      live.lost = true;
+      if (es.readyState === EventSource.CLOSED) {
+        // The browser gave up (HTTP error or wrong content type): retry with backoff.
+        es.close();
+        live.es = null;
+        const delay = Math.min(30_000, 1000 * 2 ** live.retry);
+        live.retry += 1;
+        setLive(live.everOpen ? 'reconnecting' : 'offline', `retrying in ${Math.round(delay / 1000)} s`);
+        live.timer = setTimeout(connectLive, delay);
+      } else {
+        setLive('reconnecting');
+      }
+    };
+  }
+
+  // ---------------------------------------------------------------- wiring
+
+  function restoreToggles() {
+    let saved = null;
+    try {
+      saved = JSON.parse(localStorage.getItem('cityops.layers') || 'null');
+    } catch (_) {
+      saved = null;
+    }
+    for (const input of document.querySelectorAll('input[data-layer]')) {
+      const name = input.dataset.layer;
+      if (saved && typeof saved[name] === 'boolean') input.checked = saved[name];
+      state.visible[name] = input.checked;
+      input.addEventListener('change', () => {
+        state.visible[name] = input.checked;
+        try {
+          localStorage.setItem('cityops.layers', JSON.stringify(state.visible));
+        } catch (_) {
+          /* storage unavailable */
+        }
+        state.hover = null;
+        hideTooltip();
+        invalidate('map');
+      });
+    }
+  }
+
+  function init() {
+    restoreToggles();
+    el.canvas.addEventListener('pointerdown', onPointerDown);
+    el.canvas.addEventListener('pointermove', onPointerMove);
+    el.canvas.addEventListener('pointerup', onPointerUp);
+    el.canvas.addEventListener('pointercancel', () => {
+      drag = null;
+      el.canvas.classList.remove('dragging');
+    });
+    el.canvas.addEventListener('pointerleave', () => {
+      if (drag) return;
+      hideTooltip();
+      if (state.hover) {
+        state.hover = null;
+        invalidate('map');
+      }
+    });
+    el.canvas.addEventListener('wheel', onWheel, { passive: false });
+    el.canvas.addEventListener('dblclick', (e) => {
+      const p = localPoint(e);
+      zoomAt(p.x, p.y, 2);
+    });
+    el.canvas.addEventListener('keydown', onKey);
+    el.zoomIn.addEventListener('click', () => zoomAt(view.w / 2, view.h / 2, 1.5));
+    el.zoomOut.addEventListener('click', () => zoomAt(view.w / 2, view.h / 2, 1 / 1.5));
+    el.zoomFit.addEventListener('click', fitView);
+    el.reload.addEventListener('click', () => loadLayers());
+    el.messageClose.addEventListener('click', () => hideMessage());
+    el.list.addEventListener('click', onListActivate);
+    el.list.addEventListener('keydown', onListActivate);
+    el.detailClose.addEventListener('click', closeDetail);
+    el.ackButton.addEventListener('click', acknowledge);
+    el.ackReason.addEventListener('keydown', (e) => {
+      if (e.key === 'Enter') acknowledge();
+    });
+    document.addEventListener('keydown', (e) => {
+      if (e.key === 'Escape' && !el.detail.hidden) closeDetail();
+    });
+
+    if (typeof ResizeObserver === 'function') new ResizeObserver(resize).observe(el.mapArea);
+    window.addEventListener('resize', resize);
+    resize();
+
+    // Relative times ("5 min ago") age on screen.
+    setInterval(() => invalidate('list', 'detail'), 30_000);
+
+    const ready = loadLayers().then(() => {
+      document.body.dataset.ready = 'true';
+    });
+    connectLive(); // after loadLayers started, so early changes are buffered and replayed
+
+    window.CityOps = {
+      state,
+      view,
+      ready,
+      reload: loadLayers,
+      selectIncident: (id) => selectIncident(id, { center: true }),
+      /** Page (client) coordinates of an incident's marker, for tests that click it. */
+      incidentScreenPoint(id) {
+        const rec = state.incidents.get(String(id));
+        if (!hasPos(rec)) return null;
+        const r = el.canvas.getBoundingClientRect();
+        return { x: r.left + toScreenX(rec.x), y: r.top + toScreenY(rec.y) };
+      },
+      lonLatAt(clientX, clientY) {
+        const r = el.canvas.getBoundingClientRect();
+        return [unprojX((clientX - r.left - view.tx) / view.scale), unprojY((view.ty - (clientY - r.top)) / view.scale)];
+      },
+    };
+  }
+
+  init();
+})();
