@@ -70,6 +70,8 @@ class DeviceRegistry:
 
 def sensor_specs(layers: CityLayers) -> list[SensorSpec]:
     """Sensors of the reference layers, placed on the grid and given their department."""
+    import pandas as pd
+
     from gis.assign import Jurisdictions
 
     jur = Jurisdictions(layers.jurisdictions)
@@ -84,8 +86,8 @@ def sensor_specs(layers: CityLayers) -> list[SensorSpec]:
                 gateway_id=str(row.gateway_id),
                 lon=lon,
                 lat=lat,
-                grid_code=None if row.grid_code is None else str(row.grid_code),
-                district_code=None if row.district_code is None else str(row.district_code),
+                grid_code=None if pd.isna(row.grid_code) else str(row.grid_code),
+                district_code=None if pd.isna(row.district_code) else str(row.district_code),
                 department_code=jur.department_for(lon, lat, DEPARTMENT_TYPE[row.sensor_type]),
             )
         )
@@ -203,3 +205,26 @@ def rebuild_projection(settings: Settings) -> None:
             )
     finally:
         pool.close()
+
+
+def run_simulator(
+    settings: Settings,
+    stop: threading.Event,
+    *,
+    rate: float | None = None,
+    duration: float | None = None,
+    scenario: str | None = None,
+) -> None:
+    """Drive the demo city's gateways over MQTT until stopped (or for ``duration`` s)."""
+    from simulations.gateways import GatewaySimulator, MqttParams
+    from simulations.scenarios import Fleet, make_scenario
+
+    layers = city_layers(settings)
+    simulator = GatewaySimulator(
+        Fleet.from_sensors(layers.sensors),
+        make_scenario(scenario or settings.sim_scenario, settings.city_seed),
+        MqttParams.from_settings(settings),
+        rate=rate or settings.sim_rate,
+    )
+    stats = simulator.run(duration_s=duration, stop_event=stop)
+    log.info("simulator: %s", stats)

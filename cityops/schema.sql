@@ -7,7 +7,9 @@ CREATE TABLE IF NOT EXISTS readings (
     device_id text             NOT NULL,
     metric    text             NOT NULL,
     value     double precision NOT NULL,
-    unit      text             NOT NULL
+    unit      text             NOT NULL,
+    -- When the writer's transaction began: publish-to-commit latency and ingest lag.
+    ingested_at timestamptz    NOT NULL DEFAULT now()
 );
 CREATE INDEX IF NOT EXISTS readings_device_ts ON readings (device_id, metric, ts DESC);
 
