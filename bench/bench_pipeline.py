@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -48,11 +47,13 @@ def payload(device_id: str, ts: float, i: int) -> bytes:
     )
 
 
-def publisher(host: str, port: int, devices: list[str], rate: float, duration: float,
-              out: mp.Queue) -> None:  # type: ignore[type-arg]
+def publisher(
+    host: str, port: int, devices: list[str], rate: float, duration: float, out: mp.Queue
+) -> None:  # type: ignore[type-arg]
     """Publish QoS 1 at ``rate`` msg/s for ``duration`` s; report how many were acked."""
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4().hex[:8]}",
-                         protocol=mqtt.MQTTv5)
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv5
+    )
     client.max_inflight_messages_set(1000)
     client.max_queued_messages_set(0)
     acked = [0]
@@ -122,13 +123,19 @@ def leg_kafka(settings: Settings, n: int) -> float:
 
     topic = f"bench.leg.{uuid.uuid4().hex[:6]}"
     producer = topics.make_producer(settings)
-    consumer = KafkaConsumer(topic, bootstrap_servers=settings.kafka_bootstrap,
-                             auto_offset_reset="earliest", enable_auto_commit=False,
-                             group_id=None)
-    value = b'{"kind":"readings","device_id":"wl-x","gateway_id":"g","received_at":1.0,' \
-            b'"readings":[{"ts":1.0,"metric":"water_level","value":1.0,"unit":"cm"},' \
-            b'{"ts":1.0,"metric":"battery","value":1.0,"unit":"%"},' \
-            b'{"ts":1.0,"metric":"temperature","value":1.0,"unit":"Cel"}]}'
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=settings.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+    )
+    value = (
+        b'{"kind":"readings","device_id":"wl-x","gateway_id":"g","received_at":1.0,'
+        b'"readings":[{"ts":1.0,"metric":"water_level","value":1.0,"unit":"cm"},'
+        b'{"ts":1.0,"metric":"battery","value":1.0,"unit":"%"},'
+        b'{"ts":1.0,"metric":"temperature","value":1.0,"unit":"Cel"}]}'
+    )
     t0 = time.perf_counter()
     for i in range(n):
         producer.send(topic, key=str(i % 1000).encode(), value=value)
@@ -152,9 +159,11 @@ def leg_copy(settings: Settings, rows: int) -> float:
     done = 0
     with pool.connection() as conn:
         while done < rows:
-            with conn.transaction(), conn.cursor() as cur, cur.copy(
-                "COPY readings (ts, device_id, metric, value, unit) FROM STDIN"
-            ) as copy:
+            with (
+                conn.transaction(),
+                conn.cursor() as cur,
+                cur.copy("COPY readings (ts, device_id, metric, value, unit) FROM STDIN") as copy,
+            ):
                 for row in batch:
                     copy.write_row(row)
             done += len(batch)
@@ -173,8 +182,12 @@ def main() -> None:
     ap.add_argument("--bridges", type=int, default=2)
     ap.add_argument("--writers", type=int, default=1)
     ap.add_argument("--publishers", type=int, default=2)
-    ap.add_argument("--monitor", action=argparse.BooleanOptionalAction, default=True,
-                    help="also run the sensor monitor on the same stream")
+    ap.add_argument(
+        "--monitor",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run the sensor monitor on the same stream",
+    )
     args = ap.parse_args()
 
     with ExitStack() as stack:
@@ -205,9 +218,12 @@ def main() -> None:
         devices = [f"wl-b{run}-{i:05d}" for i in range(args.devices)]
         app = management_app(settings, pool_size=2)
         app.register_sensors(
-            [SensorSpec(d, "water_level", "gw-bench", 121.47, 31.23, None, None, None)
-             for d in devices],
-            actor="bench", correlation_id="bench",
+            [
+                SensorSpec(d, "water_level", "gw-bench", 121.47, 31.23, None, None, None)
+                for d in devices
+            ],
+            actor="bench",
+            correlation_id="bench",
         )
         app.close()
 
@@ -217,8 +233,10 @@ def main() -> None:
         kafka_rate = leg_kafka(settings, 100_000)
         print(f"  Kafka produce->consume (kafka-python, Tansu):        {kafka_rate:,.0f} msg/s")
         copy_rows = leg_copy(settings, 600_000)
-        print(f"  COPY into readings:                                  {copy_rows:,.0f} rows/s"
-              f" = {copy_rows / 3:,.0f} msg/s")
+        print(
+            f"  COPY into readings:                                  {copy_rows:,.0f} rows/s"
+            f" = {copy_rows / 3:,.0f} msg/s"
+        )
 
         env = dict(os.environ)
         workers = []
@@ -233,9 +251,17 @@ def main() -> None:
         out: mp.Queue = mp.Queue()  # type: ignore[type-arg]
         per = args.rate / args.publishers
         procs = [
-            mp.Process(target=publisher, args=(settings.mqtt_host, settings.mqtt_port,
-                                               devices[i :: args.publishers], per,
-                                               args.duration, out))
+            mp.Process(
+                target=publisher,
+                args=(
+                    settings.mqtt_host,
+                    settings.mqtt_port,
+                    devices[i :: args.publishers],
+                    per,
+                    args.duration,
+                    out,
+                ),
+            )
             for i in range(args.publishers)
         ]
         t0 = time.monotonic()
@@ -262,18 +288,30 @@ def main() -> None:
                 "SELECT percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP"
                 " (ORDER BY extract(epoch FROM ingested_at - ts)) FROM readings"
             ).fetchone()[0]  # type: ignore[index]
-            first_last = conn.execute("SELECT min(ingested_at), max(ingested_at) FROM readings").fetchone()
-        ingest_s = (first_last[1] - first_last[0]).total_seconds() if first_last and first_last[0] else 0
+            first_last = conn.execute(
+                "SELECT min(ingested_at), max(ingested_at) FROM readings"
+            ).fetchone()
+        ingest_s = (
+            (first_last[1] - first_last[0]).total_seconds() if first_last and first_last[0] else 0
+        )
         e2e_rate = sent / max(drained_s, publish_s)
-        print(f"\nend to end ({args.bridges} bridges, {args.writers} writer(s), monitor "
-              f"{'on' if args.monitor else 'off'}, {args.devices} devices):")
-        print(f"  offered {args.rate:,.0f} msg/s for {args.duration:.0f} s; published {sent:,}"
-              f" ({acked:,} acked by the broker) in {publish_s:.1f} s")
-        print(f"  rows committed {rows:,} of {expected_rows:,} expected "
-              f"({'zero loss' if rows == expected_rows else f'loss {expected_rows - rows:,}'}),"
-              f" drained {drained_s:.1f} s after the first publish")
-        print(f"  sustained: {e2e_rate:,.0f} msg/s = {e2e_rate * 3:,.0f} data points/s "
-              f"(commit span {ingest_s:.1f} s)")
+        print(
+            f"\nend to end ({args.bridges} bridges, {args.writers} writer(s), monitor "
+            f"{'on' if args.monitor else 'off'}, {args.devices} devices):"
+        )
+        print(
+            f"  offered {args.rate:,.0f} msg/s for {args.duration:.0f} s; published {sent:,}"
+            f" ({acked:,} acked by the broker) in {publish_s:.1f} s"
+        )
+        print(
+            f"  rows committed {rows:,} of {expected_rows:,} expected "
+            f"({'zero loss' if rows == expected_rows else f'loss {expected_rows - rows:,}'}),"
+            f" drained {drained_s:.1f} s after the first publish"
+        )
+        print(
+            f"  sustained: {e2e_rate:,.0f} msg/s = {e2e_rate * 3:,.0f} data points/s "
+            f"(commit span {ingest_s:.1f} s)"
+        )
         print(f"  publish->commit latency p50 {lat[0] * 1000:,.0f} ms, p99 {lat[1] * 1000:,.0f} ms")
         slowest = min(mqtt_rate, kafka_rate, copy_rows / 3)
         print(f"  end-to-end rate / slowest leg ({slowest:,.0f} msg/s): {e2e_rate / slowest:.0%}")

@@ -6,6 +6,7 @@ Nothing connects at import time; each ``run_*`` function owns what it opens.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 import uuid
@@ -149,11 +150,13 @@ def run_bridge(settings: Settings, stop: threading.Event, client_id: str | None 
 
     app = management_app(settings, pool_size=2)
     producer = topics.make_producer(settings)
+    # A stable client id per bridge: its persistent MQTT session (and the QoS 1 messages
+    # queued in it while the bridge was down) is picked up again on restart.
     bridge = MqttBridge(
         settings,
         producer,
         DeviceRegistry(app),
-        client_id=client_id or f"bridge-{uuid.uuid4().hex[:8]}",
+        client_id=client_id or f"cityops-bridge-{socket.gethostname()}",
     )
     bridge.start()
     try:

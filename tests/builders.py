@@ -14,7 +14,9 @@ from core.management import ManagementApp, SensorSpec
 from core.telemetry import Reading, TelemetryMessage
 
 
-def sensor(device_id: str, sensor_type: str = "water_level", gateway_id: str = "gw-t") -> SensorSpec:
+def sensor(
+    device_id: str, sensor_type: str = "water_level", gateway_id: str = "gw-t"
+) -> SensorSpec:
     return SensorSpec(
         device_id=device_id,
         sensor_type=sensor_type,
@@ -41,8 +43,14 @@ def readings_message(
     device_id: str, values: dict[str, float], ts: float | None = None, gateway_id: str = "gw-t"
 ) -> TelemetryMessage:
     now = time.time() if ts is None else ts
-    units = {"water_level": "cm", "battery": "%", "temperature": "Cel", "pm25": "ug/m3",
-             "tilt": "deg", "power": "W"}
+    units = {
+        "water_level": "cm",
+        "battery": "%",
+        "temperature": "Cel",
+        "pm25": "ug/m3",
+        "tilt": "deg",
+        "power": "W",
+    }
     return TelemetryMessage(
         device_id=device_id,
         gateway_id=gateway_id,
@@ -53,7 +61,10 @@ def readings_message(
 
 def status_message(device_id: str, status: str, gateway_id: str = "gw-t") -> TelemetryMessage:
     return TelemetryMessage(
-        device_id=device_id, gateway_id=gateway_id, received_at=time.time(), kind="status",
+        device_id=device_id,
+        gateway_id=gateway_id,
+        received_at=time.time(),
+        kind="status",
         status=status,  # type: ignore[arg-type]
     )
 

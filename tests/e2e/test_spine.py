@@ -86,18 +86,24 @@ def test_senml_over_mqtt_becomes_incident_on_the_map(pipeline: Settings) -> None
 
     # Kafka holds the normalised batch, keyed by device.
     consumer = KafkaConsumer(
-        topics.Topics.of(settings).telemetry, bootstrap_servers=settings.kafka_bootstrap,
-        auto_offset_reset="earliest", enable_auto_commit=False, group_id=None,
+        topics.Topics.of(settings).telemetry,
+        bootstrap_servers=settings.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
         consumer_timeout_ms=5_000,
     )
     keys = [m.key for m in consumer]
     consumer.close()
     assert keys.count(device.encode()) == 3
 
-    wait_until(lambda: count(settings, "SELECT count(*) FROM readings WHERE device_id=%s",
-                             device) == 9, what="9 readings")
+    wait_until(
+        lambda: count(settings, "SELECT count(*) FROM readings WHERE device_id=%s", device) == 9,
+        what="9 readings",
+    )
 
     with TestClient(create_app(settings)) as http:
+
         def incident() -> dict | None:
             found = http.get("/api/v1/incidents", params={"status": "open"}).json()["features"]
             mine = [f for f in found if f["properties"]["device_id"] == device]
@@ -119,13 +125,22 @@ def test_senml_over_mqtt_becomes_incident_on_the_map(pipeline: Settings) -> None
 
         # Return to normal clears the alarm; acknowledging then closes the incident.
         publish(settings, topic, senml(device, 20.0))
-        wait_until(lambda: http.get(f"/api/v1/incidents/{feature['id']}").json()
-                   ["properties"]["alarm_status"] == "cleared", what="alarm cleared")
-        ack = http.post(f"/api/v1/incidents/{feature['id']}/acknowledge",
-                        json={"actor": "op1", "reason": "water pumped"})
+        wait_until(
+            lambda: (
+                http.get(f"/api/v1/incidents/{feature['id']}").json()["properties"]["alarm_status"]
+                == "cleared"
+            ),
+            what="alarm cleared",
+        )
+        ack = http.post(
+            f"/api/v1/incidents/{feature['id']}/acknowledge",
+            json={"actor": "op1", "reason": "water pumped"},
+        )
         assert ack.status_code == 200, ack.text
         assert ack.json()["status"] == "closed"
-        again = http.post(f"/api/v1/incidents/{feature['id']}/acknowledge",
-                          json={"actor": "op1", "reason": "twice"})
+        again = http.post(
+            f"/api/v1/incidents/{feature['id']}/acknowledge",
+            json={"actor": "op1", "reason": "twice"},
+        )
         assert again.status_code == 409
         assert "closed" in again.json()["detail"]

@@ -42,6 +42,7 @@ def test_sigkill_loses_and_duplicates_nothing(settings: Settings, unique: str) -
     prepare(settings, app, [sensor(d) for d in devices])
     producer = topics.make_producer(settings)
     rounds = 300
+
     # Every device breaches once (rounds 100-119) and clears after: one incident each.
     def level(r: int) -> float:
         return 65.0 if 100 <= r < 120 else 20.0
@@ -49,8 +50,11 @@ def test_sigkill_loses_and_duplicates_nothing(settings: Settings, unique: str) -
     procs = {"writer": start("writer", settings), "monitor": start("monitor", settings)}
     try:
         for r in range(rounds):
-            send(settings, producer,
-                 [readings_message(d, {"water_level": level(r), "battery": 80.0}) for d in devices])
+            send(
+                settings,
+                producer,
+                [readings_message(d, {"water_level": level(r), "battery": 80.0}) for d in devices],
+            )
             if r in (60, 110, 200):
                 # Kill both in the middle of the stream, while they are busy.
                 for name in procs:
@@ -60,30 +64,38 @@ def test_sigkill_loses_and_duplicates_nothing(settings: Settings, unique: str) -
         expected = rounds * len(devices) * 2
         wait_until(
             lambda: count(settings, "SELECT count(*) FROM readings") >= expected,
-            timeout=120, what=f"{expected} readings",
+            timeout=120,
+            what=f"{expected} readings",
         )
         time.sleep(2)  # would a duplicate still arrive?
         assert count(settings, "SELECT count(*) FROM readings") == expected
-        assert count(
-            settings,
-            "SELECT count(*) FROM (SELECT device_id, metric, ts FROM readings"
-            " GROUP BY 1, 2, 3 HAVING count(*) > 1) d",
-        ) == 0
+        assert (
+            count(
+                settings,
+                "SELECT count(*) FROM (SELECT device_id, metric, ts FROM readings"
+                " GROUP BY 1, 2, 3 HAVING count(*) > 1) d",
+            )
+            == 0
+        )
 
         def all_cleared() -> bool:
-            return all(not app.get_sensor(d).alarms and
-                       app.get_sensor(d).incident_seq.get("water_level_high") == 1
-                       for d in devices)
+            return all(
+                not app.get_sensor(d).alarms
+                and app.get_sensor(d).incident_seq.get("water_level_high") == 1
+                for d in devices
+            )
 
         wait_until(all_cleared, timeout=120, what="every alarm raised once and cleared")
         opened = count(
             settings,
-            "SELECT count(*) FROM management_events WHERE topic LIKE %s", "%Incident.Opened",
+            "SELECT count(*) FROM management_events WHERE topic LIKE %s",
+            "%Incident.Opened",
         )
         assert opened == len(devices)
         raised = count(
             settings,
-            "SELECT count(*) FROM management_events WHERE topic LIKE %s", "%Sensor.AlarmRaised",
+            "SELECT count(*) FROM management_events WHERE topic LIKE %s",
+            "%Sensor.AlarmRaised",
         )
         assert raised == len(devices)
     finally:

@@ -52,15 +52,22 @@ def test_readings_and_alarm_lifecycle(settings: Settings, app: ManagementApp, un
     m, stop_m = run_in_thread(lambda s: run_monitor(settings, s), "monitor")
     try:
         levels = [20.0, 55.0, 56.0, 85.0, 60.0, 35.0]
-        send(settings, producer, [readings_message(wl, {"water_level": v, "battery": 90.0})
-                                  for v in levels])
+        send(
+            settings,
+            producer,
+            [readings_message(wl, {"water_level": v, "battery": 90.0}) for v in levels],
+        )
         wait_until(
             lambda: count(settings, "SELECT count(*) FROM readings WHERE device_id=%s", wl) == 12,
             what="12 readings",
         )
-        wait_until(lambda: "water_level_high" not in app.get_sensor(wl).alarms
-                   and app.get_sensor(wl).incident_seq.get("water_level_high") == 1,
-                   what="alarm raised then cleared")
+        wait_until(
+            lambda: (
+                "water_level_high" not in app.get_sensor(wl).alarms
+                and app.get_sensor(wl).incident_seq.get("water_level_high") == 1
+            ),
+            what="alarm raised then cleared",
+        )
         s = app.get_sensor(wl)
         incident = app.get_incident(UUID(s.open_incidents["water_level_high"]))
         assert incident.alarm_status == "cleared"
@@ -74,8 +81,10 @@ def test_readings_and_alarm_lifecycle(settings: Settings, app: ManagementApp, un
         assert app.get_incident(incident.id).status == "closed"
         # A new breach after closure opens a second incident, not a re-trigger of the first.
         send(settings, producer, [readings_message(wl, {"water_level": v}) for v in (70.0, 71.0)])
-        wait_until(lambda: app.get_sensor(wl).incident_seq.get("water_level_high") == 2,
-                   what="second incident")
+        wait_until(
+            lambda: app.get_sensor(wl).incident_seq.get("water_level_high") == 2,
+            what="second incident",
+        )
     finally:
         stop_w.set()
         stop_m.set()
@@ -84,17 +93,23 @@ def test_readings_and_alarm_lifecycle(settings: Settings, app: ManagementApp, un
         producer.close()
 
 
-def test_offline_status_opens_silent_incident(settings: Settings, app: ManagementApp,
-                                              unique: str) -> None:
+def test_offline_status_opens_silent_incident(
+    settings: Settings, app: ManagementApp, unique: str
+) -> None:
     dev = f"pm-{unique}"
     prepare(settings, app, [sensor(dev, "pm25")])
     producer = topics.make_producer(settings)
     m, stop_m = run_in_thread(lambda s: run_monitor(settings, s), "monitor")
     try:
-        send(settings, producer, [readings_message(dev, {"pm25": 30.0}), status_message(dev, "offline")])
+        send(
+            settings,
+            producer,
+            [readings_message(dev, {"pm25": 30.0}), status_message(dev, "offline")],
+        )
         wait_until(lambda: app.get_sensor(dev).silent, what="silent sensor")
         inc = app.get_incident(UUID(app.get_sensor(dev).open_incidents["device_silent"]))
-        assert inc.kind == "device_silent" and inc.alarm_status == "active"
+        assert inc.kind == "device_silent"
+        assert inc.alarm_status == "active"
         send(settings, producer, [readings_message(dev, {"pm25": 31.0})])
         wait_until(lambda: not app.get_sensor(dev).silent, what="sensor back")
         assert app.get_incident(inc.id).alarm_status == "cleared"

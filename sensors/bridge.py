@@ -1,0 +1,519 @@
+"""MQTT -> Kafka bridge: gateway telemetry into ``cityops.telemetry``, rejects into dead letter.
+
+At-least-once: a QoS 1 message is acknowledged to the broker (PUBACK) only after Kafka
+has acknowledged what the bridge made of it (the normalised batch or its dead-letter
+record). A bridge that crashes or loses its connection leaves those messages unacknowledged
+in its persistent MQTT session, and the broker delivers them again, so Kafka may see a
+message twice but never misses one. That needs a broker that keeps sessions (Mosquitto
+does; amqtt 0.12 drops a client's in-flight messages when it disconnects, and keeps no
+session at all for clients it lets in anonymously).
+
+Acknowledgements go out in the order the messages arrived (MQTT 4.6), so one slow Kafka
+send holds back the acks behind it; with MQTT 5 the broker then stops sending after
+``receive_maximum`` unacknowledged messages: back pressure instead of an unbounded
+backlog in this process.
+
+Run in-process::
+
+    bridge = MqttBridge(settings, make_producer(settings), registry.is_known, client_id="b1")
+    bridge.start()
+    bridge.wait_connected(10)
+    ...
+    bridge.stop()
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import socket
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from cityops.kafka import Topics
+from cityops.settings import Settings
+from sensors.senml import REASON_CODES, Limits, RejectedPayload, deadletter_record, decode
+
+log = logging.getLogger(__name__)
+
+TELEMETRY_FILTER = "cityops/+/+/telemetry"
+STATUS_FILTER = "cityops/+/+/status"
+
+_RETRY_BASE_S = 0.25
+_RETRY_MAX_S = 10.0
+_WARN_INTERVAL_S = 10.0
+# How long the broker must stay silent after an unsubscribe before a session is ended.
+_QUIET_S = 0.5
+
+
+class Producer(Protocol):
+    """The part of kafka-python's KafkaProducer the bridge uses (a fake will do in tests)."""
+
+    def send(self, topic: str, value: bytes | None = None, key: bytes | None = None) -> Any: ...
+
+    def flush(self, timeout: float | None = None) -> None: ...
+
+
+@dataclass
+class BridgeCounters:
+    """What the bridge has done since it started; ``as_dict`` is served on /metrics."""
+
+    received: int = 0
+    forwarded: int = 0  # readings or status messages Kafka has acknowledged
+    deadlettered: int = 0  # dead-letter records Kafka has acknowledged
+    rejected: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASON_CODES, 0))
+    kafka_errors: int = 0  # failed sends, each retried
+    _lock: threading.Lock = field(
+        default_factory=threading.Lock, init=False, repr=False, compare=False
+    )
+
+    def incr(self, name: str) -> None:
+        """Add one to a counter (thread-safe: MQTT and Kafka threads both count)."""
+        with self._lock:
+            setattr(self, name, getattr(self, name) + 1)
+
+    def reject(self, reason_code: str) -> None:
+        """Count one rejected payload."""
+        with self._lock:
+            self.rejected[reason_code] = self.rejected.get(reason_code, 0) + 1
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready snapshot."""
+        with self._lock:
+            rejected = dict(self.rejected)
+            return {
+                "received": self.received,
+                "forwarded": self.forwarded,
+                "deadlettered": self.deadlettered,
+                "rejected": rejected,
+                "rejected_total": sum(rejected.values()),
+                "kafka_errors": self.kafka_errors,
+            }
+
+
+@dataclass(slots=True, eq=False)
+class _Delivery:
+    """One QoS>0 MQTT message awaiting its PUBACK."""
+
+    mid: int
+    qos: int
+    done: bool = False
+
+
+@dataclass(slots=True, eq=False)
+class _Outgoing:
+    topic: str
+    key: bytes
+    value: bytes
+    delivery: _Delivery | None
+    counter: str  # BridgeCounters field to bump once Kafka has it
+
+
+class _RateLimitedWarnings:
+    """At most one warning per key per interval, so a broken gateway cannot flood the log."""
+
+    def __init__(self, logger: logging.Logger, interval_s: float) -> None:
+        self._logger = logger
+        self._interval_s = interval_s
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def warning(self, key: str, msg: str, *args: Any) -> None:
+        now = time.monotonic()
+        with self._lock:
+            last = self._last.get(key)
+            if last is not None and now - last < self._interval_s:
+                self._suppressed[key] = self._suppressed.get(key, 0) + 1
+                return
+            self._last[key] = now
+            suppressed = self._suppressed.pop(key, 0)
+        if suppressed:
+            msg += " (%d more like this suppressed)"
+            args = (*args, suppressed)
+        self._logger.warning(msg, *args)
+
+
+class MqttBridge:
+    """Subscribes to gateway topics and forwards every message to Kafka before acking it.
+
+    ``client_id`` names the persistent MQTT session. Give each bridge its own, stable across
+    restarts (e.g. the host or pod name): a restarted bridge then receives what was queued
+    for it while it was down. The default is unique per instance, so a restart with the
+    default starts a new session and leaves the old one to expire after
+    ``session_expiry_s`` (MQTT 5) with whatever was queued for it.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        producer: Producer,
+        known_device: Callable[[str], bool],
+        metrics: BridgeCounters | None = None,
+        *,
+        client_id: str | None = None,
+        session_expiry_s: int = 3600,
+        receive_maximum: int = 1000,
+        keepalive_s: int = 30,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics if metrics is not None else BridgeCounters()
+        self.client_id = (
+            client_id or f"cityops-bridge-{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+        )
+        self._producer = producer
+        self._known_device = known_device
+        self._limits = Limits.from_settings(settings)
+        self._topics = Topics.of(settings)
+        self._clock = clock
+        self._keepalive_s = keepalive_s
+        self._v5 = settings.mqtt_protocol == 5
+        if self._v5:
+            # Shared subscription: several bridges split the load, each message goes to one.
+            prefix = f"$share/{settings.mqtt_share_group}/"
+            self.filters = (prefix + TELEMETRY_FILTER, prefix + STATUS_FILTER)
+        else:
+            self.filters = (TELEMETRY_FILTER, STATUS_FILTER)
+
+        # Guards _pending; acks are sent while holding it so they leave in arrival order.
+        self._lock = threading.Lock()
+        self._drained = threading.Condition(self._lock)
+        self._pending: deque[_Delivery] = deque()
+        self._retry: queue.SimpleQueue[_Outgoing] = queue.SimpleQueue()
+        self._kafka_failures = 0  # consecutive; races between threads only blur the backoff
+        self._subscribed = threading.Event()
+        self._unsubscribed = threading.Event()
+        self._stopping = threading.Event()
+        self._accepting = True
+        self._started = False
+        self._last_message_at = time.monotonic()
+        self._warnings = _RateLimitedWarnings(log, _WARN_INTERVAL_S)
+        self._retry_thread = threading.Thread(
+            target=self._retry_loop, name=f"{self.client_id}-kafka-retry", daemon=True
+        )
+        self._connect_properties: Properties | None = None
+        if self._v5:
+            # MQTT 5 ends a session at disconnect unless told otherwise; clean_start=False
+            # alone would not keep what is queued while the bridge is down.
+            self._connect_properties = Properties(PacketTypes.CONNECT)
+            self._connect_properties.SessionExpiryInterval = session_expiry_s
+            self._connect_properties.ReceiveMaximum = receive_maximum
+        self._client = self._make_client()
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Connect in the background; paho keeps reconnecting with backoff until stop()."""
+        if self._started:
+            raise RuntimeError("an MqttBridge starts once; make a new one to restart")
+        self._started = True
+        self._retry_thread.start()
+        host = self.settings.mqtt_host or "127.0.0.1"  # empty: the embedded broker
+        kwargs: dict[str, Any] = {}
+        if self._v5:
+            kwargs = {"clean_start": False, "properties": self._connect_properties}
+        # connect_async: a broker that is down at start-up is retried, not fatal.
+        self._client.connect_async(host, self.settings.mqtt_port, self._keepalive_s, **kwargs)
+        self._client.loop_start()
+        log.info(
+            "MQTT bridge %s connecting to %s:%s (MQTT %s), filters %s",
+            self.client_id,
+            host,
+            self.settings.mqtt_port,
+            "5" if self._v5 else "3.1.1",
+            ", ".join(self.filters),
+        )
+
+    def wait_connected(self, timeout: float | None = None) -> bool:
+        """Wait until connected and subscribed; False on timeout."""
+        return self._subscribed.wait(timeout)
+
+    @property
+    def connected(self) -> bool:
+        """Connected and subscribed right now."""
+        return self._subscribed.is_set()
+
+    @property
+    def pending_acks(self) -> int:
+        """Messages received but not yet acknowledged to the broker."""
+        with self._lock:
+            return len(self._pending)
+
+    def metrics_dict(self) -> dict[str, Any]:
+        """Counters plus live state, for /metrics."""
+        return {
+            **self.metrics.as_dict(),
+            "pending_acks": self.pending_acks,
+            "connected": self.connected,
+        }
+
+    def stop(self, timeout: float = 10.0, *, end_session: bool = False) -> None:
+        """Hand what is in flight to Kafka, ack it, disconnect.
+
+        By default the MQTT session and its subscriptions survive, so the broker queues
+        messages for this ``client_id`` until it comes back. ``end_session=True`` is for
+        scaling down for good: unsubscribe first so the broker routes new messages to the
+        other bridges, drain, then end the session (a shared-subscription session that
+        never returns would otherwise keep getting a share of the traffic).
+        """
+        if not self._started or self._stopping.is_set():
+            return
+        deadline = time.monotonic() + timeout
+        if end_session and self._subscribed.is_set():
+            self._unsubscribe_and_drain(deadline)
+        # From here on, new messages stay unacknowledged in the session: redelivered later.
+        self._accepting = False
+        try:
+            self._producer.flush(timeout=max(0.0, deadline - time.monotonic()))
+        except Exception as exc:
+            log.warning(
+                "Kafka flush on stop failed (%s); unacked messages will be redelivered", exc
+            )
+        self._wait_drained(deadline)
+        self._stopping.set()
+        properties = None
+        if self._v5 and end_session:
+            properties = Properties(PacketTypes.DISCONNECT)
+            properties.SessionExpiryInterval = 0
+        self._client.disconnect(properties=properties)
+        self._client.loop_stop()
+        self._retry_thread.join(timeout=max(0.1, deadline - time.monotonic()))
+        left = self.pending_acks
+        if left:
+            log.warning(
+                "MQTT bridge %s stopped with %d messages unacknowledged", self.client_id, left
+            )
+        log.info("MQTT bridge %s stopped: %s", self.client_id, self.metrics.as_dict())
+
+    def _unsubscribe_and_drain(self, deadline: float) -> None:
+        self._unsubscribed.clear()
+        self._client.unsubscribe(list(self.filters))
+        self._unsubscribed.wait(max(0.0, deadline - time.monotonic()))
+        # Messages already queued in the session keep coming after UNSUBACK; take them all.
+        while time.monotonic() < deadline:
+            quiet = time.monotonic() - self._last_message_at >= _QUIET_S
+            if quiet and self.pending_acks == 0:
+                return
+            time.sleep(0.05)
+
+    def _wait_drained(self, deadline: float) -> None:
+        with self._drained:
+            self._drained.wait_for(
+                lambda: not self._pending, timeout=max(0.0, deadline - time.monotonic())
+            )
+
+    # --- MQTT client ----------------------------------------------------------------------
+
+    def _make_client(self) -> mqtt.Client:
+        if self._v5:
+            client = mqtt.Client(
+                callback_api_version=CallbackAPIVersion.VERSION2,
+                client_id=self.client_id,
+                protocol=mqtt.MQTTv5,
+                manual_ack=True,
+            )
+        else:
+            client = mqtt.Client(
+                callback_api_version=CallbackAPIVersion.VERSION2,
+                client_id=self.client_id,
+                clean_session=False,  # persistent session: queued while we are away
+                protocol=mqtt.MQTTv311,
+                manual_ack=True,
+            )
+        if self.settings.mqtt_username:
+            client.username_pw_set(self.settings.mqtt_username, self.settings.mqtt_password or None)
+        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        # An exception escaping a callback would end paho's network thread, and with it
+        # the bridge, silently; our callbacks catch their own, this is the backstop.
+        client.suppress_exceptions = True
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        client.on_unsubscribe = self._on_unsubscribe
+        client.on_message = self._on_message
+        return client
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if reason_code.is_failure:
+            log.error("MQTT broker refused bridge %s: %s", self.client_id, reason_code)
+            return
+        log.info(
+            "MQTT bridge %s connected (session present: %s)", self.client_id, flags.session_present
+        )
+        self._forget_pending()
+        # Always subscribe: the broker may have lost the session (restart without persistence).
+        client.subscribe([(f, 1) for f in self.filters])
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        self._warnings.warning(
+            "connect", "MQTT bridge %s cannot reach the broker; retrying", self.client_id
+        )
+
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        self._subscribed.clear()
+        self._forget_pending()
+        if not self._stopping.is_set():
+            log.warning(
+                "MQTT bridge %s disconnected (%s); reconnecting", self.client_id, reason_code
+            )
+
+    def _on_subscribe(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        refused = [
+            f"{f}: {rc}" for f, rc in zip(self.filters, reason_codes, strict=False) if rc.is_failure
+        ]
+        if refused:
+            log.error("MQTT broker refused subscriptions: %s", "; ".join(refused))
+            return
+        if any(rc.value < 1 for rc in reason_codes):
+            log.warning("MQTT broker granted only QoS 0: messages may be lost on a crash")
+        self._subscribed.set()
+
+    def _on_unsubscribe(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        self._unsubscribed.set()
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        if not self._accepting:
+            return  # not acknowledged: stays in the session for the next connection
+        self._last_message_at = time.monotonic()
+        try:
+            self._handle(message)
+        except Exception:
+            # Left unacknowledged (not tracked either, so later acks are not held back):
+            # the broker delivers it again after the next reconnect.
+            log.exception("MQTT bridge %s failed on message mid=%s", self.client_id, message.mid)
+
+    # --- message path ---------------------------------------------------------------------
+
+    def _handle(self, message: mqtt.MQTTMessage) -> None:
+        self.metrics.incr("received")
+        now = self._clock()
+        try:
+            topic = message.topic
+        except UnicodeDecodeError:
+            topic = "<topic not UTF-8>"  # decode rejects it as topic_shape
+        payload = bytes(message.payload)  # the same object when it already is bytes
+        try:
+            decoded = decode(topic, payload, now, self._known_device, self._limits)
+        except RejectedPayload as rejected:
+            self.metrics.reject(rejected.reason_code)
+            self._warnings.warning(
+                rejected.reason_code, "rejected MQTT message on %s: %s", topic, rejected
+            )
+            record = deadletter_record("mqtt", topic, payload, rejected, now)
+            out = _Outgoing(
+                self._topics.deadletter, b"mqtt", record, self._track(message), "deadlettered"
+            )
+        else:
+            out = _Outgoing(
+                self._topics.telemetry,
+                decoded.device_id.encode(),
+                decoded.to_json(),
+                self._track(message),
+                "forwarded",
+            )
+        self._send(out)
+
+    def _track(self, message: mqtt.MQTTMessage) -> _Delivery | None:
+        if message.qos == 0:
+            return None  # nothing to acknowledge
+        delivery = _Delivery(message.mid, message.qos)
+        with self._lock:
+            self._pending.append(delivery)
+        return delivery
+
+    def _send(self, out: _Outgoing) -> None:
+        try:
+            future = self._producer.send(out.topic, key=out.key, value=out.value)
+        except Exception as exc:  # e.g. KafkaTimeoutError: no metadata, buffer full
+            self._send_failed(out, exc)
+            return
+        future.add_callback(self._sent, out)
+        future.add_errback(self._send_failed, out)
+
+    def _sent(self, out: _Outgoing, _metadata: Any) -> None:
+        self._kafka_failures = 0
+        self.metrics.incr(out.counter)
+        if out.delivery is not None:
+            self._complete(out.delivery)
+
+    def _send_failed(self, out: _Outgoing, exc: BaseException) -> None:
+        self._kafka_failures += 1
+        self.metrics.incr("kafka_errors")
+        self._warnings.warning("kafka", "Kafka send to %s failed (%r); will retry", out.topic, exc)
+        # Not resent here: this may be the producer's I/O thread, which must not block on
+        # the producer's own buffer.
+        self._retry.put(out)
+
+    def _complete(self, delivery: _Delivery) -> None:
+        with self._lock:
+            delivery.done = True
+            while self._pending and self._pending[0].done:
+                head = self._pending.popleft()
+                self._client.ack(head.mid, head.qos)
+            if not self._pending:
+                self._drained.notify_all()
+
+    def _forget_pending(self) -> None:
+        # On a new connection, old packet ids mean nothing (or a different message, if the
+        # session was lost): never ack them. The broker redelivers what was unacknowledged.
+        with self._lock:
+            self._pending.clear()
+            self._drained.notify_all()
+
+    def _retry_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                batch = [self._retry.get(timeout=0.2)]
+            except queue.Empty:
+                continue
+            while True:
+                try:
+                    batch.append(self._retry.get_nowait())
+                except queue.Empty:
+                    break
+            delay = min(_RETRY_BASE_S * 2 ** min(self._kafka_failures, 10), _RETRY_MAX_S)
+            if self._stopping.wait(delay):
+                return  # still unacknowledged: redelivered by the broker next session
+            for out in batch:
+                self._send(out)
