@@ -216,7 +216,7 @@ def main() -> None:
             conn.commit()
         topics.ensure_topics(settings)
         devices = [f"wl-b{run}-{i:05d}" for i in range(args.devices)]
-        app = management_app(settings, pool_size=2)
+        app = management_app(settings, pool_size=2, create_tables=True)
         app.register_sensors(
             [
                 SensorSpec(d, "water_level", "gw-bench", 121.47, 31.23, None, None, None)

@@ -27,8 +27,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def management_app(settings: Settings, pool_size: int | None = None) -> ManagementApp:
-    return ManagementApp(env=eventstore_env(settings, pool_size))
+def management_app(
+    settings: Settings, pool_size: int | None = None, *, create_tables: bool = False
+) -> ManagementApp:
+    return ManagementApp(env=eventstore_env(settings, pool_size, create_tables=create_tables))
 
 
 def ruleset(settings: Settings) -> RuleSet:
@@ -105,7 +107,7 @@ def seed(settings: Settings) -> dict[str, int]:
         pool.close()
     topics.ensure_topics(settings)
     layers = city_layers(settings)
-    app = management_app(settings, pool_size=2)
+    app = management_app(settings, pool_size=2, create_tables=True)
     try:
         new = app.register_sensors(
             sensor_specs(layers), actor="system:seed", correlation_id=f"seed:{uuid.uuid4()}"
@@ -156,7 +158,7 @@ def run_bridge(settings: Settings, stop: threading.Event, client_id: str | None 
         settings,
         producer,
         DeviceRegistry(app),
-        client_id=client_id or f"cityops-bridge-{socket.gethostname()}",
+        client_id=client_id or settings.mqtt_client_id or f"cityops-bridge-{socket.gethostname()}",
     )
     bridge.start()
     try:

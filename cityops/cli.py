@@ -110,9 +110,7 @@ def simulate(
     _logging()
     settings = _settings()
     _run_until_signal(
-        lambda stop: run_simulator(
-            settings, stop, rate=rate, duration=duration, scenario=scenario
-        )
+        lambda stop: run_simulator(settings, stop, rate=rate, duration=duration, scenario=scenario)
     )
 
 

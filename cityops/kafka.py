@@ -125,6 +125,8 @@ def make_consumer(
     ``load_positions`` returns the next offset to read per partition (None: from the start).
     Kafka's own offset commits are not used for correctness.
     """
+    # The topic prefix also names the groups, so that prefixed deployments never share one.
+    group_id = settings.kafka_topic_prefix + group_id
     config: dict[str, Any] = {
         "bootstrap_servers": settings.kafka_bootstrap,
         "group_id": group_id,

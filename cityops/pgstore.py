@@ -85,8 +85,14 @@ def parse_database_url(url: str) -> dict[str, str]:
     }
 
 
-def eventstore_env(settings: Settings, pool_size: int | None = None) -> dict[str, str]:
-    """The eventsourcing library's environment for the PostgreSQL event store."""
+def eventstore_env(
+    settings: Settings, pool_size: int | None = None, *, create_tables: bool = False
+) -> dict[str, str]:
+    """The eventsourcing library's environment for the PostgreSQL event store.
+
+    Only ``cityops seed`` creates tables: DDL from many processes starting together
+    collides in PostgreSQL's catalogue ("tuple concurrently updated").
+    """
     env = {
         "PERSISTENCE_MODULE": "eventsourcing.postgres",
         "PROCESS_RECORDER_TOPIC": "cityops.pgstore:FencedProcessRecorder",
@@ -94,7 +100,7 @@ def eventstore_env(settings: Settings, pool_size: int | None = None) -> dict[str
         "POSTGRES_MAX_OVERFLOW": "4",
         "POSTGRES_CONNECT_TIMEOUT": "10",
         "POSTGRES_LOCK_TIMEOUT": "10",
-        "CREATE_TABLE": "true",
+        "CREATE_TABLE": "true" if create_tables else "false",
     }
     env.update(parse_database_url(settings.database_url))
     return env

@@ -80,3 +80,10 @@ CREATE TABLE IF NOT EXISTS map_incidents (
 CREATE INDEX IF NOT EXISTS map_incidents_status ON map_incidents (status, severity);
 CREATE INDEX IF NOT EXISTS map_incidents_grid ON map_incidents (grid_code);
 CREATE INDEX IF NOT EXISTS map_incidents_device ON map_incidents (device_id);
+
+-- Position of the map projection in the event log (the eventsourcing library's
+-- single-row tracking table; created here so that no worker runs DDL at start).
+CREATE TABLE IF NOT EXISTS map_tracking (
+    application_name text PRIMARY KEY,
+    notification_id  bigint
+);

@@ -29,7 +29,7 @@ class Settings(BaseSettings):
 
     # Kafka (any Kafka-protocol broker). Empty means "start the embedded broker".
     kafka_bootstrap: str = ""
-    # Prefix for every topic name (isolates tests and tenants; empty in production).
+    # Prefix of every topic and consumer-group name (isolates tests and tenants).
     kafka_topic_prefix: str = ""
     kafka_partitions: int = Field(default=4, ge=1, le=256)
     # Small poll interval: consumer groups join within seconds on Tansu and on Kafka.
@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     # 5 uses a shared subscription so several bridges share the load; 3 (3.1.1) for amqtt.
     mqtt_protocol: int = Field(default=5)
     mqtt_share_group: str = "cityops-bridge"
+    # The bridge's MQTT client id; its persistent session (with the QoS 1 messages queued
+    # while it was down) belongs to that id. Empty: "cityops-bridge-<hostname>".
+    # A session remembers its subscriptions: change the share group with a new id.
+    mqtt_client_id: str = ""
 
     # HTTP API.
     api_host: str = "127.0.0.1"

@@ -47,8 +47,9 @@ from sensors.senml import REASON_CODES, Limits, RejectedPayload, deadletter_reco
 
 log = logging.getLogger(__name__)
 
-TELEMETRY_FILTER = "cityops/+/+/telemetry"
-STATUS_FILTER = "cityops/+/+/status"
+# Everything under cityops/: a message on a malformed topic must reach the dead letter
+# with its reason, not vanish because no filter matched it.
+TOPIC_FILTER = "cityops/#"
 
 _RETRY_BASE_S = 0.25
 _RETRY_MAX_S = 10.0
@@ -183,9 +184,9 @@ class MqttBridge:
         if self._v5:
             # Shared subscription: several bridges split the load, each message goes to one.
             prefix = f"$share/{settings.mqtt_share_group}/"
-            self.filters = (prefix + TELEMETRY_FILTER, prefix + STATUS_FILTER)
+            self.filters = (prefix + TOPIC_FILTER,)
         else:
-            self.filters = (TELEMETRY_FILTER, STATUS_FILTER)
+            self.filters = (TOPIC_FILTER,)
 
         # Guards _pending; acks are sent while holding it so they leave in arrival order.
         self._lock = threading.Lock()

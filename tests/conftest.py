@@ -58,6 +58,7 @@ def settings(database_url: str, unique: str, tmp_path: Path) -> Settings:
         database_url=database_url,
         kafka_topic_prefix=f"t{unique}.",
         mqtt_share_group=f"bridge-{unique}",
+        mqtt_client_id=f"bridge-{unique}",
         data_dir=tmp_path / "city",
         sim_sensors=40,
         monitor_silence_check_s=0.5,

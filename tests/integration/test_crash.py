@@ -38,7 +38,7 @@ def start(name: str, settings: Settings, *args: str) -> subprocess.Popen[bytes]:
 
 def test_sigkill_loses_and_duplicates_nothing(settings: Settings, unique: str) -> None:
     devices = [f"wl-{unique}-{i}" for i in range(20)]
-    app = management_app(settings, pool_size=2)
+    app = management_app(settings, pool_size=2, create_tables=True)
     prepare(settings, app, [sensor(d) for d in devices])
     producer = topics.make_producer(settings)
     rounds = 300

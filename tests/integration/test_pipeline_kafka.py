@@ -39,7 +39,7 @@ def count(settings: Settings, query: str, *params: object) -> int:
 
 @pytest.fixture
 def app(settings: Settings):
-    app = management_app(settings, pool_size=2)
+    app = management_app(settings, pool_size=2, create_tables=True)
     yield app
     app.close()
 
