@@ -32,8 +32,11 @@ def publisher(settings: Settings) -> mqtt.Client:
 
 def read_topic(settings: Settings, topic: str, expect: int, timeout: float = 30) -> list:
     consumer = KafkaConsumer(
-        topic, bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest",
-        enable_auto_commit=False, group_id=None,
+        topic,
+        bootstrap_servers=settings.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
     )
     out: list = []
     deadline = time.monotonic() + timeout
@@ -48,31 +51,39 @@ def read_topic(settings: Settings, topic: str, expect: int, timeout: float = 30)
 
 
 def senml(device: str, v: float) -> bytes:
-    return orjson.dumps([{"bn": f"{device}:", "bt": time.time(), "n": "water_level", "u": "cm",
-                          "v": v}])
+    return orjson.dumps(
+        [{"bn": f"{device}:", "bt": time.time(), "n": "water_level", "u": "cm", "v": v}]
+    )
 
 
-def test_bad_input_goes_to_dead_letter_and_ingestion_carries_on(settings: Settings,
-                                                                 unique: str) -> None:
+def test_bad_input_goes_to_dead_letter_and_ingestion_carries_on(
+    settings: Settings, unique: str
+) -> None:
     good = f"wl-{unique}"
     app = management_app(settings, pool_size=2, create_tables=True)
     prepare(settings, app, [sensor(good)])
-    bridge = MqttBridge(settings, topics.make_producer(settings), DeviceRegistry(app),
-                        client_id=f"b-{unique}")
+    bridge = MqttBridge(
+        settings, topics.make_producer(settings), DeviceRegistry(app), client_id=f"b-{unique}"
+    )
     bridge.start()
     assert bridge.wait_connected(15)
     pub = publisher(settings)
     future = time.time() + 86_400
     bad = {
         "not_json": (f"cityops/gw-t/{good}/telemetry", b"{not json"),
-        "non_finite": (f"cityops/gw-t/{good}/telemetry",
-                       b'[{"bn":"' + good.encode() + b':","n":"water_level","v":NaN}]'),
-        "wrong_type": (f"cityops/gw-t/{good}/telemetry",
-                       orjson.dumps([{"bn": f"{good}:", "n": "water_level", "v": "high"}])),
+        "non_finite": (
+            f"cityops/gw-t/{good}/telemetry",
+            b'[{"bn":"' + good.encode() + b':","n":"water_level","v":NaN}]',
+        ),
+        "wrong_type": (
+            f"cityops/gw-t/{good}/telemetry",
+            orjson.dumps([{"bn": f"{good}:", "n": "water_level", "v": "high"}]),
+        ),
         "unknown_device": ("cityops/gw-t/wl-nobody/telemetry", senml("wl-nobody", 3.0)),
-        "future_timestamp": (f"cityops/gw-t/{good}/telemetry",
-                             orjson.dumps([{"bn": f"{good}:", "bt": future, "n": "water_level",
-                                            "v": 1.0}])),
+        "future_timestamp": (
+            f"cityops/gw-t/{good}/telemetry",
+            orjson.dumps([{"bn": f"{good}:", "bt": future, "n": "water_level", "v": 1.0}]),
+        ),
         "oversized": (f"cityops/gw-t/{good}/telemetry", b"[" + b" " * 20_000 + b"]"),
         "topic_shape": ("cityops/gw-t/telemetry", senml(good, 1.0)),
     }
@@ -107,8 +118,12 @@ def test_two_bridges_and_two_writers_share_without_loss_or_duplicates(
     app = management_app(settings, pool_size=2, create_tables=True)
     prepare(settings, app, [sensor(d) for d in devices])
     bridges = [
-        MqttBridge(settings, topics.make_producer(settings), DeviceRegistry(app),
-                   client_id=f"b{i}-{unique}")
+        MqttBridge(
+            settings,
+            topics.make_producer(settings),
+            DeviceRegistry(app),
+            client_id=f"b{i}-{unique}",
+        )
         for i in range(2)
     ]
     for b in bridges:
@@ -124,13 +139,25 @@ def test_two_bridges_and_two_writers_share_without_loss_or_duplicates(
         base = time.time() - 3_600
         for i in range(n):
             d = devices[i % len(devices)]
-            payload = orjson.dumps([{"bn": f"{d}:", "bt": base + i * 0.01, "n": "water_level",
-                                     "u": "cm", "v": float(i)}])
+            payload = orjson.dumps(
+                [
+                    {
+                        "bn": f"{d}:",
+                        "bt": base + i * 0.01,
+                        "n": "water_level",
+                        "u": "cm",
+                        "v": float(i),
+                    }
+                ]
+            )
             infos.append(pub.publish(f"cityops/gw-t/{d}/telemetry", payload, qos=1))
         for info in infos:
             info.wait_for_publish(30)
-        wait_until(lambda: count(settings, "SELECT count(*) FROM readings") >= n, timeout=90,
-                   what=f"{n} readings")
+        wait_until(
+            lambda: count(settings, "SELECT count(*) FROM readings") >= n,
+            timeout=90,
+            what=f"{n} readings",
+        )
         time.sleep(2)
         assert count(settings, "SELECT count(*) FROM readings") == n
         assert count(settings, "SELECT count(DISTINCT value) FROM readings") == n
@@ -140,7 +167,9 @@ def test_two_bridges_and_two_writers_share_without_loss_or_duplicates(
         assert sum(shares) >= n
         owners = count(settings, "SELECT count(DISTINCT consumer) FROM telemetry_positions")
         assert owners == 1  # one consumer group...
-        assert count(settings, "SELECT count(*) FROM telemetry_positions") == settings.kafka_partitions
+        assert (
+            count(settings, "SELECT count(*) FROM telemetry_positions") == settings.kafka_partitions
+        )
     finally:
         pub.loop_stop()
         for b in bridges:
@@ -157,19 +186,22 @@ def test_bridge_crash_redelivers_unacknowledged(settings: Settings, unique: str)
     device = f"wl-{unique}"
     app = management_app(settings, pool_size=2, create_tables=True)
     prepare(settings, app, [sensor(device)])
-    first = MqttBridge(settings, topics.make_producer(settings), DeviceRegistry(app),
-                       client_id=f"b-{unique}")
+    first = MqttBridge(
+        settings, topics.make_producer(settings), DeviceRegistry(app), client_id=f"b-{unique}"
+    )
     first.start()
     assert first.wait_connected(15)
     first.stop()  # session kept: messages published now queue in the broker
     pub = publisher(settings)
     base = time.time() - 3_600
     for i in range(500):
-        payload = orjson.dumps([{"bn": f"{device}:", "bt": base + i * 0.01,
-                                 "n": "water_level", "v": float(i)}])
+        payload = orjson.dumps(
+            [{"bn": f"{device}:", "bt": base + i * 0.01, "n": "water_level", "v": float(i)}]
+        )
         pub.publish(f"cityops/gw-t/{device}/telemetry", payload, qos=1).wait_for_publish(5)
-    second = MqttBridge(settings, topics.make_producer(settings), DeviceRegistry(app),
-                        client_id=f"b-{unique}")
+    second = MqttBridge(
+        settings, topics.make_producer(settings), DeviceRegistry(app), client_id=f"b-{unique}"
+    )
     second.start()
     try:
         assert second.wait_connected(15)
