@@ -33,7 +33,8 @@ def _logging() -> None:
         level=os.environ.get("CITYOPS_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    logging.getLogger("kafka").setLevel(logging.WARNING)
+    for noisy in ("kafka", "pgserver", "pyogrio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _run_until_signal(worker: Callable[[threading.Event], None]) -> None:

@@ -132,11 +132,11 @@ class Rainstorm:
     """
 
     affected_districts: Collection[str] = RIVERSIDE_DISTRICTS
-    start_s: float = 60.0
-    ramp_s: float = 180.0
+    start_s: float = 10.0
+    ramp_s: float = 40.0
     peak_cm: float = 80.0
-    hold_s: float = 300.0
-    recede_s: float = 300.0
+    hold_s: float = 240.0
+    recede_s: float = 120.0
     seed: int = 0
 
     def __post_init__(self) -> None:
