@@ -187,7 +187,7 @@ def make_scenario(name: str, seed: int) -> Scenario:
     Examples
     --------
     >>> storm = make_scenario("rainstorm", 42)
-    >>> type(storm).__name__, storm.surge(0.0), storm.surge(300.0)
+    >>> type(storm).__name__, storm.surge(0.0), storm.surge(100.0)
     ('Rainstorm', 0.0, 1.0)
     """
     try:
