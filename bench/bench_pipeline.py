@@ -240,11 +240,12 @@ def main() -> None:
 
         env = dict(os.environ)
         workers = []
-        names = ["bridge"] * args.bridges + ["writer"] * args.writers
+        commands = [["bridge", "--client-id", f"bench{run}-bridge{i}"] for i in range(args.bridges)]
+        commands += [["writer"]] * args.writers
         if args.monitor:
-            names.append("monitor")
-        for name in names:
-            workers.append(subprocess.Popen([sys.executable, "-m", "cityops", name], env=env))
+            commands.append(["monitor"])
+        for command in commands:
+            workers.append(subprocess.Popen([sys.executable, "-m", "cityops", *command], env=env))
         stack.callback(lambda: [w.terminate() for w in workers])
         time.sleep(8)  # consumer groups join, shared subscriptions settle
 

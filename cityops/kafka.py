@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
@@ -25,6 +26,21 @@ TELEMETRY = "cityops.telemetry"
 CASES_INBOUND = "cityops.cases.inbound"
 DOMAIN_EVENTS = "cityops.domain-events"
 DEADLETTER = "cityops.deadletter"
+
+
+def deadletter_for(source: str, record: Any, reason: str, now: float) -> bytes:
+    """A dead-letter value for a Kafka record a worker cannot use (foreign or corrupt)."""
+    return orjson.dumps(
+        {
+            "source": source,
+            "topic": record.topic,
+            "partition": record.partition,
+            "offset": record.offset,
+            "reason": reason,
+            "payload": (record.value or b"")[:4096].decode("utf-8", "replace"),
+            "received_at": now,
+        }
+    )
 
 
 @dataclass(frozen=True, slots=True)

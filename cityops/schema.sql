@@ -11,6 +11,8 @@ CREATE TABLE IF NOT EXISTS readings (
     -- When the writer's transaction began: publish-to-commit latency and ingest lag.
     ingested_at timestamptz    NOT NULL DEFAULT now()
 );
+-- Added after the first release: databases created before it gain the column here.
+ALTER TABLE readings ADD COLUMN IF NOT EXISTS ingested_at timestamptz NOT NULL DEFAULT now();
 CREATE INDEX IF NOT EXISTS readings_device_ts ON readings (device_id, metric, ts DESC);
 
 -- Kafka positions of the telemetry writers, committed with the rows they cover.

@@ -111,18 +111,9 @@ class MapProjection(Projection[MapView]):
             {"layer": "sensors", "sensor_id": str(e.originator_id), "event": "Registered"},
         )
 
-    @process_event.register
-    def _(self, e: Sensor.AlarmRaised, tracking: Tracking) -> None:  # type: ignore[name-defined]
-        self._sensor(
-            e,
-            tracking,
-            "UPDATE map_sensors SET alarms = alarms || jsonb_build_object(%(rule)s::text,"
-            " %(severity)s::text)",
-            {"rule": e.rule_id, "severity": e.severity},
-        )
-
-    @process_event.register
-    def _(self, e: Sensor.AlarmSeverityChanged, tracking: Tracking) -> None:  # type: ignore[name-defined]
+    @process_event.register(Sensor.AlarmRaised)  # type: ignore[attr-defined]
+    @process_event.register(Sensor.AlarmSeverityChanged)  # type: ignore[attr-defined]
+    def _(self, e: Any, tracking: Tracking) -> None:
         self._sensor(
             e,
             tracking,

@@ -119,11 +119,17 @@ class SensorMonitor:
             try:
                 msg = TelemetryMessage.from_json(record.value)
             except (ValueError, KeyError, TypeError) as exc:
-                rejects.append(self._deadletter(record, f"bad_message: {exc}"))
+                rejects.append(
+                    topics.deadletter_for(
+                        "sensor-monitor", record, f"bad_message: {exc}", self.clock()
+                    )
+                )
                 continue
             kind = self.sensor_type(msg.device_id)
             if kind is None:
-                rejects.append(self._deadletter(record, "unknown_device"))
+                rejects.append(
+                    topics.deadletter_for("sensor-monitor", record, "unknown_device", self.clock())
+                )
                 continue
             if msg.device_id not in before:
                 known = self.states.get(msg.device_id)
@@ -187,19 +193,6 @@ class SensorMonitor:
         raw = self.states[device_id].to_json()
         raw["p"] = partition
         return orjson.dumps(raw).decode()
-
-    def _deadletter(self, record: Any, reason: str) -> bytes:
-        return orjson.dumps(
-            {
-                "source": "sensor-monitor",
-                "topic": record.topic,
-                "partition": record.partition,
-                "offset": record.offset,
-                "reason": reason,
-                "payload": (record.value or b"")[:4096].decode("utf-8", "replace"),
-                "received_at": self.clock(),
-            }
-        )
 
     def check_silence(self) -> int:
         """Open silent-device incidents for devices quiet for too long; return how many."""

@@ -16,7 +16,6 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from psycopg_pool import ConnectionPool
 
@@ -29,21 +28,6 @@ log = logging.getLogger(__name__)
 
 class StaleWriterError(RuntimeError):
     """Another writer advanced a partition this writer was writing."""
-
-
-def _deadletter(source: str, record: Any, reason: str) -> bytes:
-    raw = record.value or b""
-    return orjson.dumps(
-        {
-            "source": source,
-            "topic": record.topic,
-            "partition": record.partition,
-            "offset": record.offset,
-            "reason": reason,
-            "payload": raw[:4096].decode("utf-8", "replace"),
-            "received_at": time.time(),
-        }
-    )
 
 
 class TelemetryWriter:
@@ -96,7 +80,11 @@ class TelemetryWriter:
                 try:
                     msg = TelemetryMessage.from_json(record.value)
                 except (ValueError, KeyError, TypeError) as exc:
-                    rejects.append(_deadletter("telemetry-writer", record, f"bad_message: {exc}"))
+                    rejects.append(
+                        topics.deadletter_for(
+                            "telemetry-writer", record, f"bad_message: {exc}", time.time()
+                        )
+                    )
                     continue
                 for r in msg.readings:
                     rows.append(
