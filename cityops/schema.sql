@@ -13,7 +13,11 @@ CREATE TABLE IF NOT EXISTS readings (
 );
 -- Added after the first release: databases created before it gain the column here.
 ALTER TABLE readings ADD COLUMN IF NOT EXISTS ingested_at timestamptz NOT NULL DEFAULT now();
-CREATE INDEX IF NOT EXISTS readings_device_ts ON readings (device_id, metric, ts DESC);
+-- One row per (device, metric, time): the transport is at-least-once (an MQTT
+-- redelivery, a producer retry), the table is exactly-once. Includes ts, as
+-- TimescaleDB requires of unique indexes on hypertables.
+DROP INDEX IF EXISTS readings_device_ts;
+CREATE UNIQUE INDEX IF NOT EXISTS readings_natural_key ON readings (device_id, metric, ts);
 
 -- Kafka positions of the telemetry writers, committed with the rows they cover.
 CREATE TABLE IF NOT EXISTS telemetry_positions (

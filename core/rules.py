@@ -220,12 +220,16 @@ class DeviceState:
     rules: dict[str, RuleState] = field(default_factory=dict)
     last_seen: float | None = None  # receive time of the latest message
     silent: bool = False
+    # Newest reading time applied per metric: a redelivered or late reading is not
+    # counted again towards a repeat condition.
+    latest: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "rules": {k: v.to_json() for k, v in self.rules.items()},
             "last_seen": self.last_seen,
             "silent": self.silent,
+            "latest": self.latest,
         }
 
     @classmethod
@@ -234,6 +238,7 @@ class DeviceState:
             rules={k: RuleState.from_json(v) for k, v in raw.get("rules", {}).items()},
             last_seen=raw.get("last_seen"),
             silent=bool(raw.get("silent", False)),
+            latest=dict(raw.get("latest", {})),
         )
 
 
@@ -243,10 +248,17 @@ def evaluate_readings(
     state: DeviceState,
     readings: list[tuple[str, float, float]],
 ) -> list[Transition]:
-    """Apply (metric, value, ts) readings in time order to every rule of the sensor type."""
+    """Apply (metric, value, ts) readings in time order to every rule of the sensor type.
+
+    Readings not newer than the last one applied for their metric are ignored.
+    """
     out: list[Transition] = []
     rules = ruleset.for_type(sensor_type)
     for metric, value, ts in sorted(readings, key=lambda r: r[2]):
+        newest = state.latest.get(metric)
+        if newest is not None and ts <= newest:
+            continue
+        state.latest[metric] = ts
         for rule in rules:
             if rule.metric != metric:
                 continue

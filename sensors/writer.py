@@ -101,21 +101,35 @@ class TelemetryWriter:
                 if not records:
                     continue
                 self._advance(cur, tp, records[-1].offset + 1)
+            inserted = 0
             if rows:
+                # COPY into a session-local staging table, then keep only rows not yet
+                # stored: a reading delivered twice upstream is written once.
+                cur.execute(
+                    "CREATE TEMP TABLE IF NOT EXISTS readings_in"
+                    " (LIKE readings INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+                )
                 with cur.copy(
-                    "COPY readings (ts, device_id, metric, value, unit) FROM STDIN"
+                    "COPY readings_in (ts, device_id, metric, value, unit) FROM STDIN"
                 ) as copy:
                     for row in rows:
                         copy.write_row(row)
+                cur.execute(
+                    "INSERT INTO readings (ts, device_id, metric, value, unit, ingested_at)"
+                    " SELECT ts, device_id, metric, value, unit, ingested_at FROM readings_in"
+                    " ON CONFLICT DO NOTHING"
+                )
+                inserted = cur.rowcount
         # Only after commit: positions and dead letters reflect what is durable.
         for tp, records in batch.items():
             if records:
                 self.positions[tp] = records[-1].offset + 1
         for value in rejects:
             self.producer.send(self.topics.deadletter, key=b"telemetry-writer", value=value)
-        self.counters["rows"] += len(rows)
+        self.counters["rows"] += inserted
+        self.counters["duplicates"] += len(rows) - inserted
         self.counters["rejected"] += len(rejects)
-        return len(rows)
+        return inserted
 
     def _advance(self, cur: Any, tp: TopicPartition, new: int) -> None:
         expected = self.positions.get(tp)
@@ -159,6 +173,7 @@ class TelemetryWriter:
                     log.warning("%s; re-reading positions", exc)
                     self._reseek(consumer)
         finally:
+            log.info("telemetry writer stopping: %s", dict(self.counters))
             consumer.close(autocommit=False)
             self.producer.flush()
 
