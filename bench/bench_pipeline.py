@@ -35,6 +35,7 @@ from cityops.pgstore import apply_schema, make_pool
 from cityops.services import running, start_kafka, start_mosquitto, start_postgres_cluster
 from cityops.settings import Settings
 from core.management import SensorSpec
+from sensors.writer import copy_readings
 
 
 def payload(device_id: str, ts: float, i: int) -> bytes:
@@ -49,7 +50,7 @@ def payload(device_id: str, ts: float, i: int) -> bytes:
 
 def publisher(
     host: str, port: int, devices: list[str], rate: float, duration: float, out: mp.Queue
-) -> None:  # type: ignore[type-arg]
+) -> None:
     """Publish QoS 1 at ``rate`` msg/s for ``duration`` s; report how many were acked."""
     client = mqtt.Client(
         CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv5
@@ -151,21 +152,25 @@ def leg_kafka(settings: Settings, n: int) -> float:
 
 
 def leg_copy(settings: Settings, rows: int) -> float:
-    """COPY ``rows`` readings in batches of 15,000 (as the writer does). Returns rows/s."""
+    """The writer's store path (COPY to staging, insert new rows) in batches of 15,000."""
     pool = make_pool(settings, max_size=1)
-    now = datetime.now(UTC)
-    batch = [(now, f"leg-{i % 1000}", "water_level", float(i), "cm") for i in range(15_000)]
+    start = datetime.now(UTC).timestamp()
     t0 = time.perf_counter()
     done = 0
     with pool.connection() as conn:
         while done < rows:
-            with (
-                conn.transaction(),
-                conn.cursor() as cur,
-                cur.copy("COPY readings (ts, device_id, metric, value, unit) FROM STDIN") as copy,
-            ):
-                for row in batch:
-                    copy.write_row(row)
+            batch = [
+                (
+                    datetime.fromtimestamp(start + (done + i) * 1e-3, UTC),
+                    f"leg-{i % 1000}",
+                    "water_level",
+                    float(i),
+                    "cm",
+                )
+                for i in range(15_000)
+            ]
+            with conn.transaction(), conn.cursor() as cur:
+                copy_readings(cur, batch)
             done += len(batch)
         dt = time.perf_counter() - t0
         conn.execute("DELETE FROM readings WHERE device_id LIKE 'leg-%'")
@@ -234,7 +239,7 @@ def main() -> None:
         print(f"  Kafka produce->consume (kafka-python, Tansu):        {kafka_rate:,.0f} msg/s")
         copy_rows = leg_copy(settings, 600_000)
         print(
-            f"  COPY into readings:                                  {copy_rows:,.0f} rows/s"
+            f"  COPY + dedup into readings:                           {copy_rows:,.0f} rows/s"
             f" = {copy_rows / 3:,.0f} msg/s"
         )
 
@@ -246,10 +251,17 @@ def main() -> None:
             commands.append(["monitor"])
         for command in commands:
             workers.append(subprocess.Popen([sys.executable, "-m", "cityops", *command], env=env))
-        stack.callback(lambda: [w.terminate() for w in workers])
+
+        def stop_workers() -> None:
+            for w in workers:
+                w.terminate()
+            for w in workers:
+                w.wait(30)
+
+        stack.callback(stop_workers)
         time.sleep(8)  # consumer groups join, shared subscriptions settle
 
-        out: mp.Queue = mp.Queue()  # type: ignore[type-arg]
+        out: mp.Queue = mp.Queue()
         per = args.rate / args.publishers
         procs = [
             mp.Process(

@@ -26,6 +26,30 @@ from core.telemetry import TelemetryMessage
 log = logging.getLogger(__name__)
 
 
+Row = tuple[datetime, str, str, float, str]
+
+
+def copy_readings(cur: Any, rows: Sequence[Row]) -> int:
+    """Store readings inside the caller's transaction; return how many were new.
+
+    COPY into a session-local staging table, then keep only rows not yet stored: a
+    reading delivered twice upstream (MQTT redelivery, producer retry) is written once.
+    """
+    cur.execute(
+        "CREATE TEMP TABLE IF NOT EXISTS readings_in"
+        " (LIKE readings INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+    )
+    with cur.copy("COPY readings_in (ts, device_id, metric, value, unit) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(row)
+    cur.execute(
+        "INSERT INTO readings (ts, device_id, metric, value, unit, ingested_at)"
+        " SELECT ts, device_id, metric, value, unit, ingested_at FROM readings_in"
+        " ON CONFLICT DO NOTHING"
+    )
+    return int(cur.rowcount)
+
+
 class StaleWriterError(RuntimeError):
     """Another writer advanced a partition this writer was writing."""
 
@@ -73,7 +97,7 @@ class TelemetryWriter:
 
     def write(self, batch: Mapping[TopicPartition, Sequence[Any]]) -> int:
         """Write one poll's records and advance positions atomically; return rows written."""
-        rows: list[tuple[datetime, str, str, float, str]] = []
+        rows: list[Row] = []
         rejects: list[bytes] = []
         for records in batch.values():
             for record in records:
@@ -101,25 +125,7 @@ class TelemetryWriter:
                 if not records:
                     continue
                 self._advance(cur, tp, records[-1].offset + 1)
-            inserted = 0
-            if rows:
-                # COPY into a session-local staging table, then keep only rows not yet
-                # stored: a reading delivered twice upstream is written once.
-                cur.execute(
-                    "CREATE TEMP TABLE IF NOT EXISTS readings_in"
-                    " (LIKE readings INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-                )
-                with cur.copy(
-                    "COPY readings_in (ts, device_id, metric, value, unit) FROM STDIN"
-                ) as copy:
-                    for row in rows:
-                        copy.write_row(row)
-                cur.execute(
-                    "INSERT INTO readings (ts, device_id, metric, value, unit, ingested_at)"
-                    " SELECT ts, device_id, metric, value, unit, ingested_at FROM readings_in"
-                    " ON CONFLICT DO NOTHING"
-                )
-                inserted = cur.rowcount
+            inserted = copy_readings(cur, rows) if rows else 0
         # Only after commit: positions and dead letters reflect what is durable.
         for tp, records in batch.items():
             if records:
