@@ -54,7 +54,11 @@ class ChangeHub:
                 ) as conn:
                     await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
                     async for note in conn.notifies():
-                        await self._dispatch(orjson.loads(note.payload))
+                        try:
+                            change = orjson.loads(note.payload)
+                            await self._dispatch(change)
+                        except (ValueError, KeyError, TypeError):
+                            log.warning("ignoring malformed change notice %r", note.payload)
             except asyncio.CancelledError:
                 raise
             except Exception:

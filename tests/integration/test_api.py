@@ -144,3 +144,58 @@ def test_reading_windows_are_bounded(http: TestClient, settings: Settings) -> No
     backwards = http.get(url, params={"from": "2026-01-02T00:00:00Z", "to": "2026-01-01T00:00:00Z"})
     assert backwards.status_code == 400
     assert http.get(url, params={"interval": 0}).status_code == 422
+
+
+def test_live_channel_pushes_the_changed_feature(http: TestClient, settings: Settings) -> None:
+    import asyncio
+
+    import orjson
+
+    from api.live import ChangeHub
+    from cityops.bootstrap import run_in_thread, run_projector
+    from cityops.pgstore import make_pool
+    from projections.map import NOTIFY_CHANNEL
+    from projections.queries import ReadModels
+    from tests.integration.test_pipeline_kafka import wait_until
+
+    thread, stop = run_in_thread(lambda s: run_projector(settings, s), "projector")
+    try:
+        wait_until(
+            lambda: len(http.get("/api/v1/sensors").json()["features"]) > 0,
+            what="sensors projected",
+        )
+    finally:
+        stop.set()
+        thread.join(15)
+    feature = http.get("/api/v1/sensors").json()["features"][0]
+    pool = make_pool(settings, max_size=2)
+    notice = {
+        "layer": "sensors",
+        "sensor_id": feature["properties"]["sensor_id"],
+        "event": "AlarmRaised",
+    }
+
+    async def scenario() -> dict:
+        hub = ChangeHub(settings.database_url, ReadModels(pool))
+        await hub.start()
+        try:
+            async with hub.subscribe() as queue:
+                await asyncio.sleep(0.5)  # LISTEN is in place
+                with pool.connection() as conn:
+                    conn.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, "not json"))
+                    conn.execute(
+                        "SELECT pg_notify(%s, %s)",
+                        (NOTIFY_CHANNEL, orjson.dumps(notice).decode()),
+                    )
+                    conn.commit()
+                return await asyncio.wait_for(queue.get(), timeout=10)
+        finally:
+            await hub.stop()
+
+    try:
+        message = asyncio.run(scenario())
+    finally:
+        pool.close()
+    assert message["layer"] == "sensors"
+    assert message["feature"]["id"] == feature["id"]
+    assert message["feature"]["type"] == "Feature"
