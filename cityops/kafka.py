@@ -19,6 +19,7 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from cityops.settings import Settings
+from core.telemetry import TelemetryMessage
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,17 @@ def deadletter_for(source: str, record: Any, reason: str, now: float) -> bytes:
             "received_at": now,
         }
     )
+
+
+def telemetry_or_reject(
+    source: str, record: Any, rejects: list[bytes], now: float
+) -> TelemetryMessage | None:
+    """Decode a telemetry record; a corrupt one is added to ``rejects`` (dead letters)."""
+    try:
+        return TelemetryMessage.from_json(record.value)
+    except (ValueError, KeyError, TypeError) as exc:
+        rejects.append(deadletter_for(source, record, f"bad_message: {exc}", now))
+        return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -116,14 +116,8 @@ class SensorMonitor:
         before: dict[str, dict[str, Any] | None] = {}
         rejects: list[bytes] = []
         for record in records:
-            try:
-                msg = TelemetryMessage.from_json(record.value)
-            except (ValueError, KeyError, TypeError) as exc:
-                rejects.append(
-                    topics.deadletter_for(
-                        "sensor-monitor", record, f"bad_message: {exc}", self.clock()
-                    )
-                )
+            msg = topics.telemetry_or_reject("sensor-monitor", record, rejects, self.clock())
+            if msg is None:
                 continue
             kind = self.sensor_type(msg.device_id)
             if kind is None:

@@ -21,7 +21,6 @@ from psycopg_pool import ConnectionPool
 
 from cityops import kafka as topics
 from cityops.settings import Settings
-from core.telemetry import TelemetryMessage
 
 log = logging.getLogger(__name__)
 
@@ -101,14 +100,8 @@ class TelemetryWriter:
         rejects: list[bytes] = []
         for records in batch.values():
             for record in records:
-                try:
-                    msg = TelemetryMessage.from_json(record.value)
-                except (ValueError, KeyError, TypeError) as exc:
-                    rejects.append(
-                        topics.deadletter_for(
-                            "telemetry-writer", record, f"bad_message: {exc}", time.time()
-                        )
-                    )
+                msg = topics.telemetry_or_reject("telemetry-writer", record, rejects, time.time())
+                if msg is None:
                     continue
                 for r in msg.readings:
                     rows.append(

@@ -117,3 +117,46 @@ def test_offline_status_opens_silent_incident(
         stop_m.set()
         m.join(15)
         producer.close()
+
+
+def test_corrupt_kafka_record_goes_to_dead_letter_and_the_stream_goes_on(
+    settings: Settings, app: ManagementApp, unique: str
+) -> None:
+    import orjson
+    from kafka import KafkaConsumer
+
+    wl = f"wl-{unique}"
+    prepare(settings, app, [sensor(wl)])
+    names = topics.Topics.of(settings)
+    producer = topics.make_producer(settings)
+    producer.send(names.telemetry, key=wl.encode(), value=b'{"kind": "nonsense"}')
+    send(settings, producer, [readings_message(wl, {"water_level": 12.0})])
+    w, stop_w = run_in_thread(lambda s: run_writer(settings, s), "writer")
+    m, stop_m = run_in_thread(lambda s: run_monitor(settings, s), "monitor")
+    try:
+        wait_until(
+            lambda: count(settings, "SELECT count(*) FROM readings WHERE device_id=%s", wl) == 1,
+            what="the good reading",
+        )
+        consumer = KafkaConsumer(
+            names.deadletter,
+            bootstrap_servers=settings.kafka_bootstrap,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            group_id=None,
+            consumer_timeout_ms=10_000,
+        )
+        letters = []
+        for record in consumer:
+            letters.append(orjson.loads(record.value))
+            if len(letters) == 2:
+                break
+        consumer.close()
+        assert sorted(x["source"] for x in letters) == ["sensor-monitor", "telemetry-writer"]
+        assert all(x["reason"].startswith("bad_message") for x in letters)
+    finally:
+        stop_w.set()
+        stop_m.set()
+        w.join(15)
+        m.join(15)
+        producer.close()
