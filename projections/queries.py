@@ -223,16 +223,3 @@ class ReadModels:
             s = series.setdefault(metric, {"metric": metric, "unit": unit, "points": []})
             s["points"].append([ts.isoformat(), value])
         return list(series.values())
-
-    def counts(self) -> dict[str, Any]:
-        with self.pool.connection() as conn:
-            by_state: dict[str, int] = dict(
-                conn.execute("SELECT state, count(*) FROM map_sensors GROUP BY state").fetchall()
-            )
-            by_sev: dict[str, int] = dict(
-                conn.execute(
-                    "SELECT severity, count(*) FROM map_incidents WHERE status = 'open'"
-                    " GROUP BY severity"
-                ).fetchall()
-            )
-        return {"sensors_by_state": by_state, "open_incidents_by_severity": by_sev}
