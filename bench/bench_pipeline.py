@@ -17,13 +17,11 @@ import multiprocessing as mp
 import os
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
 from contextlib import ExitStack
 from datetime import UTC, datetime
-from pathlib import Path
 
 import orjson
 import paho.mqtt.client as mqtt
@@ -32,7 +30,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from cityops import kafka as topics
 from cityops.bootstrap import management_app
 from cityops.pgstore import apply_schema, make_pool
-from cityops.services import running, start_kafka, start_mosquitto, start_postgres_cluster
+from cityops.services import throwaway_services
 from cityops.settings import Settings
 from core.management import SensorSpec
 from sensors.writer import copy_readings
@@ -197,18 +195,7 @@ def main() -> None:
 
     with ExitStack() as stack:
         if not os.environ.get("CITYOPS_DATABASE_URL"):
-            work = Path(tempfile.mkdtemp(prefix="cityops-bench-"))
-            os.chmod(work, 0o755)  # noqa: S103 - the postgres user must reach its data dir
-            services = stack.enter_context(running([]))
-            services.append(start_postgres_cluster(work))
-            services.append(start_mosquitto(work))
-            services.append(start_kafka(work))
-            os.environ.update(
-                CITYOPS_DATABASE_URL=services[0].url,
-                CITYOPS_MQTT_HOST="127.0.0.1",
-                CITYOPS_MQTT_PORT=services[1].url.rsplit(":", 1)[1],
-                CITYOPS_KAFKA_BOOTSTRAP=services[2].url,
-            )
+            os.environ.update(stack.enter_context(throwaway_services("cityops-bench-")))
         run = uuid.uuid4().hex[:6]
         os.environ["CITYOPS_KAFKA_TOPIC_PREFIX"] = f"bench{run}."
         os.environ["CITYOPS_MQTT_SHARE_GROUP"] = f"bench{run}"

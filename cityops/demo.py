@@ -14,7 +14,6 @@ from psycopg import sql
 
 from cityops.cli import command_line
 from cityops.services import (
-    Service,
     free_port,
     running,
     start_embedded_postgres,
@@ -63,23 +62,14 @@ def run_demo(
     with running([]) as services:
         overrides: dict[str, str] = {}
         if not settings.database_url:
-            pg = start_embedded_postgres(state_dir / "pg")
-            services.append(pg)
-            overrides["CITYOPS_DATABASE_URL"] = pg.url
+            services.append(start_embedded_postgres(state_dir / "pg"))
         fresh_broker = not settings.kafka_bootstrap
         if fresh_broker:
-            kafka: Service = start_kafka(logs, kafka_port or free_port())
-            services.append(kafka)
-            overrides["CITYOPS_KAFKA_BOOTSTRAP"] = kafka.url
+            services.append(start_kafka(logs, kafka_port or free_port()))
         if not settings.mqtt_host:
-            mqtt = start_mqtt(logs, mqtt_port or free_port())
-            services.append(mqtt)
-            host, mport = mqtt.url.rsplit(":", 1)
-            overrides.update(
-                CITYOPS_MQTT_HOST=host,
-                CITYOPS_MQTT_PORT=mport,
-                CITYOPS_MQTT_PROTOCOL=mqtt.extra["protocol"],
-            )
+            services.append(start_mqtt(logs, mqtt_port or free_port()))
+        for svc in services:
+            overrides.update(svc.env)
         overrides.setdefault("CITYOPS_DATA_DIR", str(state_dir / "city"))
         overrides["CITYOPS_API_PORT"] = str(port)
         overrides["CITYOPS_SIM_RATE"] = str(rate)

@@ -15,9 +15,10 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -54,25 +55,27 @@ def wait_for_port(
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f}s")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Service:
+    """A running service: where it is, the CITYOPS_ variables naming it, how to stop it."""
+
     name: str
     url: str
-    proc: subprocess.Popen[bytes] | None = None
-    stop_cmd: list[str] | None = None
-    log_path: Path | None = None
-    extra: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str]
+    stop: Callable[[], None]
 
-    def stop(self) -> None:
-        if self.stop_cmd is not None:
-            subprocess.run(self.stop_cmd, check=False, capture_output=True, timeout=60)
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+
+def _terminate(proc: subprocess.Popen[bytes]) -> Callable[[], None]:
+    def stop() -> None:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(10)
+                proc.wait(10)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+                proc.kill()
+                proc.wait(5)
+
+    return stop
 
 
 def _spawn(cmd: list[str], log_path: Path, **kwargs: object) -> subprocess.Popen[bytes]:
@@ -100,7 +103,17 @@ def start_kafka(workdir: Path, port: int | None = None) -> Service:
         env={**os.environ, "RUST_LOG": "warn"},
     )
     wait_for_port(port, 30, proc)
-    return Service("kafka", f"127.0.0.1:{port}", proc=proc, log_path=workdir / "kafka.log")
+    address = f"127.0.0.1:{port}"
+    return Service("kafka", address, {"CITYOPS_KAFKA_BOOTSTRAP": address}, _terminate(proc))
+
+
+def _mqtt(proc: subprocess.Popen[bytes], port: int, protocol: int) -> Service:
+    env = {
+        "CITYOPS_MQTT_HOST": "127.0.0.1",
+        "CITYOPS_MQTT_PORT": str(port),
+        "CITYOPS_MQTT_PROTOCOL": str(protocol),
+    }
+    return Service("mqtt", f"127.0.0.1:{port}", env, _terminate(proc))
 
 
 # -- MQTT ----------------------------------------------------------------------------------
@@ -121,7 +134,7 @@ def start_mosquitto(workdir: Path, port: int | None = None) -> Service:
     conf.write_text(f"listener {port} 127.0.0.1\n{MOSQUITTO_NO_DROP}")
     proc = _spawn([binary, "-c", str(conf)], workdir / "mosquitto.log")
     wait_for_port(port, 15, proc)
-    return Service("mqtt", f"127.0.0.1:{port}", proc=proc, extra={"protocol": "5"})
+    return _mqtt(proc, port, 5)
 
 
 def start_amqtt(workdir: Path, port: int | None = None) -> Service:
@@ -138,7 +151,7 @@ def start_amqtt(workdir: Path, port: int | None = None) -> Service:
     amqtt_bin = Path(sys.executable).with_name("amqtt")
     proc = _spawn([str(amqtt_bin), "-c", str(conf)], workdir / "amqtt.log")
     wait_for_port(port, 30, proc)
-    return Service("mqtt", f"127.0.0.1:{port}", proc=proc, extra={"protocol": "3"})
+    return _mqtt(proc, port, 3)
 
 
 def start_mqtt(workdir: Path, port: int | None = None) -> Service:
@@ -191,7 +204,7 @@ def start_postgres_cluster(workdir: Path, port: int | None = None) -> Service:
     subprocess.run(
         [
             *prefix,
-            str(DEBIAN_PG_BIN.parent / "bin" / "psql"),
+            str(DEBIAN_PG_BIN / "psql"),
             "-h",
             "127.0.0.1",
             "-p",
@@ -204,11 +217,13 @@ def start_postgres_cluster(workdir: Path, port: int | None = None) -> Service:
         check=True,
         capture_output=True,
     )
-    return Service(
-        "postgres",
-        f"postgresql://postgres@127.0.0.1:{port}/cityops",
-        stop_cmd=[*prefix, str(pg_ctl), "-D", str(data), "-m", "immediate", "stop"],
-    )
+    url = f"postgresql://postgres@127.0.0.1:{port}/cityops"
+    stop_cmd = [*prefix, str(pg_ctl), "-D", str(data), "-m", "immediate", "stop"]
+
+    def stop() -> None:
+        subprocess.run(stop_cmd, check=False, capture_output=True, timeout=60)
+
+    return Service("postgres", url, {"CITYOPS_DATABASE_URL": url}, stop)
 
 
 def start_embedded_postgres(data_dir: Path) -> Service:
@@ -224,17 +239,12 @@ def start_embedded_postgres(data_dir: Path) -> Service:
     with contextlib.suppress(Exception):
         server.psql("CREATE DATABASE cityops;")
     url = uri.replace("/postgres?", "/cityops?")
-    svc = Service("postgres", url)
-    svc.extra["pgserver"] = "1"
-    _EMBEDDED.append(server)
-    return svc
-
-
-_EMBEDDED: list[object] = []
+    return Service("postgres", url, {"CITYOPS_DATABASE_URL": url}, server.cleanup)
 
 
 @contextlib.contextmanager
 def running(services: list[Service]) -> Iterator[list[Service]]:
+    """Stop every service appended to ``services``, last started first."""
     try:
         yield services
     finally:
@@ -243,7 +253,18 @@ def running(services: list[Service]) -> Iterator[list[Service]]:
                 svc.stop()
             except Exception:
                 log.exception("stopping %s", svc.name)
-        for server in _EMBEDDED:
-            with contextlib.suppress(Exception):
-                server.cleanup()  # type: ignore[attr-defined]
-        _EMBEDDED.clear()
+
+
+@contextlib.contextmanager
+def throwaway_services(prefix: str = "cityops-test-") -> Iterator[dict[str, str]]:
+    """PostgreSQL cluster, Mosquitto and Tansu in a temp dir; yields their CITYOPS_ env."""
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    os.chmod(workdir, 0o755)  # noqa: S103 - the postgres user must reach its data dir
+    with running([]) as services:
+        services.append(start_postgres_cluster(workdir))
+        services.append(start_mosquitto(workdir))
+        services.append(start_kafka(workdir))
+        env = {"CITYOPS_TEST_WORKDIR": str(workdir)}
+        for svc in services:
+            env.update(svc.env)
+        yield env
