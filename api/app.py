@@ -31,7 +31,7 @@ def layer_geojson(gdf: Any, id_column: str) -> dict[str, Any]:
 
 def build_container(settings: Settings) -> Container:
     from api.live import ChangeHub
-    from cityops.bootstrap import city_layers, management_app
+    from cityops.bootstrap import city_app, city_layers
     from cityops.pgstore import make_pool
     from projections.queries import ReadModels
 
@@ -45,7 +45,7 @@ def build_container(settings: Settings) -> Container:
     return Container(
         settings=settings,
         pool=pool,
-        management=management_app(settings, pool_size=2),
+        city=city_app(settings, pool_size=2),
         read=read,
         hub=ChangeHub(settings.database_url, read),
         probes=probes,
@@ -68,7 +68,7 @@ def create_app(settings: Settings, container: Container | None = None) -> FastAP
             yield
         finally:
             await c.hub.stop()
-            c.management.close()
+            c.city.close()
             c.pool.close()
 
     app = FastAPI(

@@ -10,7 +10,7 @@ from fastapi import Depends, Request
 from psycopg_pool import ConnectionPool
 
 from cityops.settings import Settings
-from core.management import ManagementApp
+from core.app import CityApp
 from projections.queries import ReadModels
 
 if TYPE_CHECKING:
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 class Container:
     settings: Settings
     pool: ConnectionPool
-    management: ManagementApp
+    city: CityApp
     read: ReadModels
     hub: ChangeHub
     probes: dict[str, Callable[[], tuple[bool, str]]] = field(default_factory=dict)
@@ -40,9 +40,9 @@ def read_models(request: Request) -> ReadModels:
     return container(request).read
 
 
-def management(request: Request) -> ManagementApp:
-    return container(request).management
+def city(request: Request) -> CityApp:
+    return container(request).city
 
 
 ReadDep = Annotated[ReadModels, Depends(read_models)]
-ManagementDep = Annotated[ManagementApp, Depends(management)]
+CityDep = Annotated[CityApp, Depends(city)]

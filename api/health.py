@@ -28,7 +28,7 @@ def readyz(c: ContainerDep) -> JSONResponse:
     try:
         with c.pool.connection() as conn:
             conn.execute("SELECT 1")
-            head = conn.execute("SELECT max(notification_id) FROM management_events").fetchone()
+            head = conn.execute("SELECT max(notification_id) FROM city_events").fetchone()
             pos = conn.execute("SELECT max(notification_id) FROM map_tracking").fetchone()
         last = (head[0] if head else None) or 0
         seen = (pos[0] if pos else None) or 0

@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException, Query
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
-from api.deps import ManagementDep, ReadDep
+from api.deps import CityDep, ReadDep
 from projections.queries import BBox, collection
 
 router = APIRouter(prefix="/api/v1/incidents", tags=["incidents"])
@@ -59,11 +59,11 @@ def get_incident(read: ReadDep, incident_id: uuid.UUID) -> dict[str, Any]:
 
 @router.post("/{incident_id}/acknowledge")
 async def acknowledge(
-    management: ManagementDep, incident_id: uuid.UUID, body: Acknowledge
+    city: CityDep, incident_id: uuid.UUID, body: Acknowledge
 ) -> dict[str, Any]:
     """Acknowledge an incident's alarm; it closes once the alarm is also cleared."""
     incident = await run_in_threadpool(
-        management.acknowledge_incident,
+        city.acknowledge_incident,
         incident_id,
         actor=f"user:{body.actor}",
         reason=body.reason,

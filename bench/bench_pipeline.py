@@ -28,11 +28,11 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from cityops import kafka as topics
-from cityops.bootstrap import management_app
+from cityops.bootstrap import city_app
 from cityops.pgstore import apply_schema, make_pool
 from cityops.services import throwaway_services
 from cityops.settings import Settings
-from core.management import SensorSpec
+from core.sensor import SensorSpec
 from sensors.writer import copy_readings
 
 
@@ -208,7 +208,7 @@ def main() -> None:
             conn.commit()
         topics.ensure_topics(settings)
         devices = [f"wl-b{run}-{i:05d}" for i in range(args.devices)]
-        app = management_app(settings, pool_size=2, create_tables=True)
+        app = city_app(settings, pool_size=2, create_tables=True)
         app.register_sensors(
             [
                 SensorSpec(d, "water_level", "gw-bench", 121.47, 31.23, None, None, None)

@@ -18,8 +18,9 @@ from psycopg import sql
 from cityops import kafka as topics
 from cityops.pgstore import apply_schema, eventstore_env, make_pool
 from cityops.settings import Settings
-from core.management import ManagementApp, SensorSpec
+from core.app import CityApp
 from core.rules import DEPARTMENT_TYPE, RuleSet, load_rules
+from core.sensor import SensorSpec
 
 if TYPE_CHECKING:
     from gis.layers import CityLayers
@@ -27,10 +28,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def management_app(
+def city_app(
     settings: Settings, pool_size: int | None = None, *, create_tables: bool = False
-) -> ManagementApp:
-    return ManagementApp(env=eventstore_env(settings, pool_size, create_tables=create_tables))
+) -> CityApp:
+    return CityApp(env=eventstore_env(settings, pool_size, create_tables=create_tables))
 
 
 def ruleset(settings: Settings) -> RuleSet:
@@ -46,7 +47,7 @@ def city_layers(settings: Settings) -> CityLayers:
 class DeviceRegistry:
     """Is this device registered? Cached; misses are re-checked after ``ttl`` seconds."""
 
-    def __init__(self, app: ManagementApp, ttl: float = 30.0) -> None:
+    def __init__(self, app: CityApp, ttl: float = 30.0) -> None:
         self.app = app
         self.ttl = ttl
         self.known: set[str] = set()
@@ -107,7 +108,7 @@ def seed(settings: Settings) -> dict[str, int]:
         pool.close()
     topics.ensure_topics(settings)
     layers = city_layers(settings)
-    app = management_app(settings, pool_size=2, create_tables=True)
+    app = city_app(settings, pool_size=2, create_tables=True)
     try:
         new = app.register_sensors(
             sensor_specs(layers), actor="system:seed", correlation_id=f"seed:{uuid.uuid4()}"
@@ -138,7 +139,7 @@ def run_monitor(
 
     pool = make_pool(settings, max_size=2)
     producer = topics.make_producer(settings)
-    app = management_app(settings, pool_size=3)
+    app = city_app(settings, pool_size=3)
     try:
         SensorMonitor(settings, app, ruleset(settings), pool, producer, group_id=group_id).run(stop)
     finally:
@@ -150,7 +151,7 @@ def run_monitor(
 def run_bridge(settings: Settings, stop: threading.Event, client_id: str | None = None) -> None:
     from sensors.bridge import MqttBridge
 
-    app = management_app(settings, pool_size=2)
+    app = city_app(settings, pool_size=2)
     producer = topics.make_producer(settings)
     # A stable client id per bridge: its persistent MQTT session (and the QoS 1 messages
     # queued in it while the bridge was down) is picked up again on restart.
@@ -178,7 +179,7 @@ def run_projector(settings: Settings, stop: threading.Event, rebuild: bool = Fal
     if rebuild:
         rebuild_projection(settings)
     with ProjectionRunner(
-        application_class=ManagementApp,
+        application_class=CityApp,
         projection_class=MapProjection,
         view_class=MapView,
         env=env,

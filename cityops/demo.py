@@ -37,7 +37,7 @@ def _reset_kafka_positions(settings: Settings) -> None:
             conn.execute("DELETE FROM telemetry_positions")
             conn.execute(
                 sql.SQL("DELETE FROM {} WHERE application_name LIKE %s").format(
-                    sql.Identifier("management_tracking")
+                    sql.Identifier("city_tracking")
                 ),
                 ("%|cityops.%",),
             )

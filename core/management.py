@@ -1,121 +1,18 @@
-"""The management network (一网统管) application: sensors and incidents.
-
-Commands carry who did it (``actor``) and a correlation id; every event records both.
-Workers collect events from many aggregates into one ``ProcessingEvent`` so that the
-events, the input position and the worker's own state commit in one transaction.
-"""
+"""The management network (一网统管) policy: sensor state changes -> Incident events."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Any
 from uuid import UUID
 
-from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
-from eventsourcing.persistence import Recording
+from eventsourcing.application import ProcessingEvent
 
-from core.errors import IllegalTransitionError, NotFoundError
+from core.app import CityApp
 from core.incident import Incident
 from core.rules import RuleSet, Transition
-from core.sensor import SILENCE_RULE, Sensor, sensor_id
+from core.sensor import SILENCE_RULE, Sensor
 
 SYSTEM_MONITOR = "system:sensor-monitor"
-
-
-@dataclass(frozen=True, slots=True)
-class SensorSpec:
-    """What registering a device needs; placement comes from gis/."""
-
-    device_id: str
-    sensor_type: str
-    gateway_id: str
-    lon: float
-    lat: float
-    grid_code: str | None
-    district_code: str | None
-    department_code: str | None
-
-
-class ManagementApp(Application[UUID]):
-    name = "management"
-
-    def construct_recorder(self) -> Any:
-        # Workers record their input position with their events: use a process recorder.
-        return self.factory.process_recorder()
-
-    # -- commands -------------------------------------------------------------------
-
-    def register_sensors(self, specs: Iterable[SensorSpec], actor: str, correlation_id: str) -> int:
-        """Register devices not yet known (idempotent); return how many were new."""
-        new = []
-        for spec in specs:
-            if self._exists(sensor_id(spec.device_id)):
-                continue
-            new.append(
-                Sensor(
-                    device_id=spec.device_id,
-                    sensor_type=spec.sensor_type,
-                    gateway_id=spec.gateway_id,
-                    lon=spec.lon,
-                    lat=spec.lat,
-                    grid_code=spec.grid_code,
-                    district_code=spec.district_code,
-                    department_code=spec.department_code,
-                    actor=actor,
-                    correlation_id=correlation_id,
-                )
-            )
-            if len(new) >= 500:
-                self.save(*new)
-                new.clear()
-        if new:
-            self.save(*new)
-        return len(new)
-
-    def acknowledge_incident(
-        self, incident_id: UUID, actor: str, reason: str, correlation_id: str
-    ) -> Incident:
-        incident = self.get_incident(incident_id)
-        incident.acknowledge(actor=actor, reason=reason, correlation_id=correlation_id)
-        if incident.ready_to_close:
-            incident.close(
-                reason="alarm cleared and acknowledged", actor=actor, correlation_id=correlation_id
-            )
-        self.save(incident)
-        return incident
-
-    # -- queries --------------------------------------------------------------------
-
-    def get_sensor(self, device_id: str) -> Sensor:
-        try:
-            aggregate: Sensor = self.repository.get(sensor_id(device_id))
-            return aggregate
-        except AggregateNotFoundError:
-            raise NotFoundError(f"unknown sensor {device_id!r}") from None
-
-    def get_incident(self, incident_id: UUID) -> Incident:
-        try:
-            aggregate: object = self.repository.get(incident_id)
-        except AggregateNotFoundError:
-            raise NotFoundError(f"unknown incident {incident_id}") from None
-        if not isinstance(aggregate, Incident):
-            raise NotFoundError(f"unknown incident {incident_id}")
-        return aggregate
-
-    def is_registered(self, device_id: str) -> bool:
-        return self._exists(sensor_id(device_id))
-
-    def _exists(self, aggregate_id: UUID) -> bool:
-        return bool(list(self.events.get(aggregate_id, limit=1)))
-
-    # -- workers --------------------------------------------------------------------
-
-    def record(self, processing_event: ProcessingEvent[UUID]) -> list[Recording[UUID]]:
-        """Record a worker's events, input position and extra state in one transaction."""
-        recordings = self._record(processing_event)
-        self._notify(recordings)
-        return recordings
 
 
 class IncidentPolicy:
@@ -124,7 +21,7 @@ class IncidentPolicy:
     One open incident per (sensor, rule): a re-trigger while it is open updates it.
     """
 
-    def __init__(self, app: ManagementApp, ruleset: RuleSet) -> None:
+    def __init__(self, app: CityApp, ruleset: RuleSet) -> None:
         self.app = app
         self.ruleset = ruleset
 
@@ -325,13 +222,3 @@ class IncidentPolicy:
         sensor.come_back(seen_at=seen_at, actor=SYSTEM_MONITOR, correlation_id=correlation_id)
         self._clear_incident(sensor, SILENCE_RULE, None, seen_at, correlation_id, pe)
         pe.collect_events(sensor)
-
-
-__all__ = [
-    "SYSTEM_MONITOR",
-    "IllegalTransitionError",
-    "IncidentPolicy",
-    "ManagementApp",
-    "NotFoundError",
-    "SensorSpec",
-]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
@@ -22,6 +23,20 @@ def sensor_id(device_id: str) -> UUID:
 def incident_id(device_id: str, rule_id: str, seq: int) -> UUID:
     """Deterministic id of the ``seq``-th incident of one (sensor, rule)."""
     return uuid5(INCIDENT_NS, f"{device_id}/{rule_id}/{seq}")
+
+
+@dataclass(frozen=True, slots=True)
+class SensorSpec:
+    """What registering a device needs; placement comes from gis/."""
+
+    device_id: str
+    sensor_type: str
+    gateway_id: str
+    lon: float
+    lat: float
+    grid_code: str | None
+    district_code: str | None
+    department_code: str | None
 
 
 class Sensor(Aggregate):

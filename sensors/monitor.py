@@ -26,8 +26,9 @@ from psycopg_pool import ConnectionPool
 from cityops import kafka as topics
 from cityops.pgstore import StalePositionError
 from cityops.settings import Settings
+from core.app import CityApp
 from core.errors import NotFoundError
-from core.management import IncidentPolicy, ManagementApp
+from core.management import IncidentPolicy
 from core.rules import DeviceState, RuleSet, evaluate_readings, is_silent
 from core.sensor import Sensor, sensor_id
 from core.telemetry import TelemetryMessage
@@ -39,7 +40,7 @@ class SensorMonitor:
     def __init__(
         self,
         settings: Settings,
-        app: ManagementApp,
+        app: CityApp,
         ruleset: RuleSet,
         pool: ConnectionPool,
         producer: KafkaProducer,

@@ -10,7 +10,8 @@ from kafka import KafkaProducer
 from cityops import kafka as topics
 from cityops.pgstore import apply_schema, make_pool
 from cityops.settings import Settings
-from core.management import ManagementApp, SensorSpec
+from core.app import CityApp
+from core.sensor import SensorSpec
 from core.telemetry import Reading, TelemetryMessage
 
 
@@ -29,7 +30,7 @@ def sensor(
     )
 
 
-def prepare(settings: Settings, app: ManagementApp, specs: Iterable[SensorSpec]) -> None:
+def prepare(settings: Settings, app: CityApp, specs: Iterable[SensorSpec]) -> None:
     """Schema, topics and registered sensors, as `cityops seed` would leave them."""
     pool = make_pool(settings, max_size=1)
     with pool.connection() as conn:

@@ -13,7 +13,7 @@ from kafka import KafkaConsumer
 from paho.mqtt.enums import CallbackAPIVersion
 
 from cityops import kafka as topics
-from cityops.bootstrap import DeviceRegistry, management_app, run_in_thread, run_writer
+from cityops.bootstrap import DeviceRegistry, city_app, run_in_thread, run_writer
 from cityops.settings import Settings
 from sensors.bridge import MqttBridge
 from tests.builders import prepare, sensor
@@ -60,7 +60,7 @@ def test_bad_input_goes_to_dead_letter_and_ingestion_carries_on(
     settings: Settings, unique: str
 ) -> None:
     good = f"wl-{unique}"
-    app = management_app(settings, pool_size=2, create_tables=True)
+    app = city_app(settings, pool_size=2, create_tables=True)
     prepare(settings, app, [sensor(good)])
     bridge = MqttBridge(
         settings, topics.make_producer(settings), DeviceRegistry(app), client_id=f"b-{unique}"
@@ -115,7 +115,7 @@ def test_two_bridges_and_two_writers_share_without_loss_or_duplicates(
     settings: Settings, unique: str
 ) -> None:
     devices = [f"wl-{unique}-{i}" for i in range(50)]
-    app = management_app(settings, pool_size=2, create_tables=True)
+    app = city_app(settings, pool_size=2, create_tables=True)
     prepare(settings, app, [sensor(d) for d in devices])
     bridges = [
         MqttBridge(
@@ -184,7 +184,7 @@ def test_two_bridges_and_two_writers_share_without_loss_or_duplicates(
 def test_bridge_crash_redelivers_unacknowledged(settings: Settings, unique: str) -> None:
     """A bridge that dies is replaced by one with the same client id: nothing is lost."""
     device = f"wl-{unique}"
-    app = management_app(settings, pool_size=2, create_tables=True)
+    app = city_app(settings, pool_size=2, create_tables=True)
     prepare(settings, app, [sensor(device)])
     first = MqttBridge(
         settings, topics.make_producer(settings), DeviceRegistry(app), client_id=f"b-{unique}"
@@ -226,7 +226,7 @@ def test_silence_without_data_opens_incident(settings: Settings, unique: str) ->
     text = resources.files("core").joinpath("rules.yaml").read_text()
     rules.write_text(text.replace("manhole_tilt: 120", "manhole_tilt: 2"))
     settings = settings.model_copy(update={"rules_file": rules})
-    app = management_app(settings, pool_size=2, create_tables=True)
+    app = city_app(settings, pool_size=2, create_tables=True)
     prepare(settings, app, [sensor(dev, "manhole_tilt")])
     producer = topics.make_producer(settings)
     stop_flag = threading.Event()

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from cityops import kafka as topics
-from cityops.bootstrap import management_app
+from cityops.bootstrap import city_app
 from cityops.settings import Settings
 from tests.builders import prepare, readings_message, send, sensor
 from tests.integration.test_pipeline_kafka import count, wait_until
@@ -38,7 +38,7 @@ def start(name: str, settings: Settings, *args: str) -> subprocess.Popen[bytes]:
 
 def test_sigkill_loses_and_duplicates_nothing(settings: Settings, unique: str) -> None:
     devices = [f"wl-{unique}-{i}" for i in range(20)]
-    app = management_app(settings, pool_size=2, create_tables=True)
+    app = city_app(settings, pool_size=2, create_tables=True)
     prepare(settings, app, [sensor(d) for d in devices])
     producer = topics.make_producer(settings)
     rounds = 300
@@ -88,13 +88,13 @@ def test_sigkill_loses_and_duplicates_nothing(settings: Settings, unique: str) -
         wait_until(all_cleared, timeout=120, what="every alarm raised once and cleared")
         opened = count(
             settings,
-            "SELECT count(*) FROM management_events WHERE topic LIKE %s",
+            "SELECT count(*) FROM city_events WHERE topic LIKE %s",
             "%Incident.Opened",
         )
         assert opened == len(devices)
         raised = count(
             settings,
-            "SELECT count(*) FROM management_events WHERE topic LIKE %s",
+            "SELECT count(*) FROM city_events WHERE topic LIKE %s",
             "%Sensor.AlarmRaised",
         )
         assert raised == len(devices)

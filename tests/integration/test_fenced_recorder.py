@@ -7,7 +7,7 @@ import pytest
 from eventsourcing.application import ProcessingEvent
 from eventsourcing.persistence import Tracking
 
-from cityops.bootstrap import management_app
+from cityops.bootstrap import city_app
 from cityops.pgstore import StalePositionError
 from cityops.settings import Settings
 from tests.builders import prepare, sensor
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.mark.parametrize("rows", [1, 2_000])
 def test_state_rows_and_tracking_commit_together(settings: Settings, rows: int) -> None:
-    app = management_app(settings, pool_size=2, create_tables=True)
+    app = city_app(settings, pool_size=2, create_tables=True)
     prepare(settings, app, [sensor("wl-fence")])
     state = [(f"dev-{i}", orjson.dumps({"p": 0, "n": i}).decode()) for i in range(rows)]
     # Enough rounds for psycopg to start preparing the statements (its threshold is 5).

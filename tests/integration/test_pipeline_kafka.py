@@ -9,10 +9,10 @@ from uuid import UUID
 import pytest
 
 from cityops import kafka as topics
-from cityops.bootstrap import management_app, run_in_thread, run_monitor, run_writer
+from cityops.bootstrap import city_app, run_in_thread, run_monitor, run_writer
 from cityops.pgstore import make_pool
 from cityops.settings import Settings
-from core.management import ManagementApp
+from core.app import CityApp
 from tests.builders import prepare, readings_message, send, sensor, status_message
 
 pytestmark = pytest.mark.integration
@@ -39,12 +39,12 @@ def count(settings: Settings, query: str, *params: object) -> int:
 
 @pytest.fixture
 def app(settings: Settings):
-    app = management_app(settings, pool_size=2, create_tables=True)
+    app = city_app(settings, pool_size=2, create_tables=True)
     yield app
     app.close()
 
 
-def test_readings_and_alarm_lifecycle(settings: Settings, app: ManagementApp, unique: str) -> None:
+def test_readings_and_alarm_lifecycle(settings: Settings, app: CityApp, unique: str) -> None:
     wl = f"wl-{unique}"
     prepare(settings, app, [sensor(wl)])
     producer = topics.make_producer(settings)
@@ -94,7 +94,7 @@ def test_readings_and_alarm_lifecycle(settings: Settings, app: ManagementApp, un
 
 
 def test_offline_status_opens_silent_incident(
-    settings: Settings, app: ManagementApp, unique: str
+    settings: Settings, app: CityApp, unique: str
 ) -> None:
     dev = f"pm-{unique}"
     prepare(settings, app, [sensor(dev, "pm25")])
@@ -120,7 +120,7 @@ def test_offline_status_opens_silent_incident(
 
 
 def test_corrupt_kafka_record_goes_to_dead_letter_and_the_stream_goes_on(
-    settings: Settings, app: ManagementApp, unique: str
+    settings: Settings, app: CityApp, unique: str
 ) -> None:
     import orjson
     from kafka import KafkaConsumer

@@ -7,20 +7,21 @@ from uuid import UUID
 import pytest
 from eventsourcing.application import ProcessingEvent
 
+from core.app import CityApp
 from core.errors import IllegalTransitionError, NotFoundError
-from core.management import IncidentPolicy, ManagementApp
+from core.management import IncidentPolicy
 from core.rules import Transition, load_rules
 from tests.builders import sensor
 
 
 @pytest.fixture
-def app() -> ManagementApp:
-    app = ManagementApp()
+def app() -> CityApp:
+    app = CityApp()
     app.register_sensors([sensor("wl-1")], actor="test", correlation_id="c")
     return app
 
 
-def apply(app: ManagementApp, *transitions: Transition) -> None:
+def apply(app: CityApp, *transitions: Transition) -> None:
     pe: ProcessingEvent[UUID] = ProcessingEvent()
     IncidentPolicy(app, load_rules()).apply(app.get_sensor("wl-1"), transitions, "corr", pe)
     app.record(pe)
@@ -34,13 +35,13 @@ def cleared() -> Transition:
     return Transition("cleared", "water_level_high", None, "water_level", 30.0, 2.0)
 
 
-def test_registration_is_idempotent(app: ManagementApp) -> None:
+def test_registration_is_idempotent(app: CityApp) -> None:
     assert app.register_sensors([sensor("wl-1")], actor="test", correlation_id="c") == 0
     with pytest.raises(NotFoundError):
         app.get_sensor("wl-unknown")
 
 
-def test_retrigger_while_open_updates_the_same_incident(app: ManagementApp) -> None:
+def test_retrigger_while_open_updates_the_same_incident(app: CityApp) -> None:
     apply(app, raised())
     first = UUID(app.get_sensor("wl-1").open_incidents["water_level_high"])
     apply(app, cleared())
@@ -54,7 +55,7 @@ def test_retrigger_while_open_updates_the_same_incident(app: ManagementApp) -> N
 
 
 def test_cleared_and_acknowledged_closes_then_a_new_breach_opens_another(
-    app: ManagementApp,
+    app: CityApp,
 ) -> None:
     apply(app, raised())
     first = UUID(app.get_sensor("wl-1").open_incidents["water_level_high"])
@@ -70,7 +71,7 @@ def test_cleared_and_acknowledged_closes_then_a_new_breach_opens_another(
     assert app.get_sensor("wl-1").incident_seq["water_level_high"] == 2
 
 
-def test_every_event_records_actor_and_correlation(app: ManagementApp) -> None:
+def test_every_event_records_actor_and_correlation(app: CityApp) -> None:
     apply(app, raised())
     s = app.get_sensor("wl-1")
     for e in app.events.get(s.id):
@@ -78,7 +79,7 @@ def test_every_event_records_actor_and_correlation(app: ManagementApp) -> None:
         assert e.correlation_id  # type: ignore[attr-defined]
 
 
-def test_replay_equals_live_state(app: ManagementApp) -> None:
+def test_replay_equals_live_state(app: CityApp) -> None:
     apply(
         app,
         raised(),

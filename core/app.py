@@ -1,0 +1,114 @@
+"""The city application: one event-sourced log for both networks.
+
+Commands carry who did it (``actor``) and a correlation id; every event records both.
+Workers collect events from many aggregates into one ``ProcessingEvent`` so that the
+events, the input position and the worker's own state commit in one transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, TypeVar
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
+from eventsourcing.domain import Aggregate
+from eventsourcing.persistence import Recording
+
+from core.errors import NotFoundError
+from core.incident import Incident
+from core.sensor import Sensor, SensorSpec, sensor_id
+
+A = TypeVar("A", bound=Aggregate)
+
+
+class CityApp(Application[UUID]):
+    """The city's one event log: sensors, incidents and service cases.
+
+    One application, so that a command touching a case and an incident (a link, a
+    proactive reply) commits atomically, and auditors replay one ordered log.
+    Service-network commands live in ``core.service.ServiceDesk``.
+    """
+
+    name = "city"
+
+    def construct_recorder(self) -> Any:
+        # Workers record their input position with their events: use a process recorder.
+        return self.factory.process_recorder()
+
+    # -- commands -------------------------------------------------------------------
+
+    def register_sensors(self, specs: Iterable[SensorSpec], actor: str, correlation_id: str) -> int:
+        """Register devices not yet known (idempotent); return how many were new."""
+        new = []
+        for spec in specs:
+            if self.exists(sensor_id(spec.device_id)):
+                continue
+            new.append(
+                Sensor(
+                    device_id=spec.device_id,
+                    sensor_type=spec.sensor_type,
+                    gateway_id=spec.gateway_id,
+                    lon=spec.lon,
+                    lat=spec.lat,
+                    grid_code=spec.grid_code,
+                    district_code=spec.district_code,
+                    department_code=spec.department_code,
+                    actor=actor,
+                    correlation_id=correlation_id,
+                )
+            )
+            if len(new) >= 500:
+                self.save(*new)
+                new.clear()
+        if new:
+            self.save(*new)
+        return len(new)
+
+    def acknowledge_incident(
+        self, incident_id: UUID, actor: str, reason: str, correlation_id: str
+    ) -> Incident:
+        incident = self.get_incident(incident_id)
+        incident.acknowledge(actor=actor, reason=reason, correlation_id=correlation_id)
+        if incident.ready_to_close:
+            incident.close(
+                reason="alarm cleared and acknowledged", actor=actor, correlation_id=correlation_id
+            )
+        self.save(incident)
+        return incident
+
+    # -- queries --------------------------------------------------------------------
+
+    def get_sensor(self, device_id: str) -> Sensor:
+        try:
+            aggregate: Sensor = self.repository.get(sensor_id(device_id))
+            return aggregate
+        except AggregateNotFoundError:
+            raise NotFoundError(f"unknown sensor {device_id!r}") from None
+
+    def get_incident(self, incident_id: UUID) -> Incident:
+        return self.get_typed(incident_id, Incident, "incident")
+
+    def get_typed(self, aggregate_id: UUID, cls: type[A], what: str) -> A:
+        """The aggregate of that id and class, or ``NotFoundError``."""
+        try:
+            aggregate: object = self.repository.get(aggregate_id)
+        except AggregateNotFoundError:
+            raise NotFoundError(f"unknown {what} {aggregate_id}") from None
+        if not isinstance(aggregate, cls):
+            raise NotFoundError(f"unknown {what} {aggregate_id}")
+        return aggregate
+
+    def is_registered(self, device_id: str) -> bool:
+        return self.exists(sensor_id(device_id))
+
+    def exists(self, aggregate_id: UUID) -> bool:
+        return bool(list(self.events.get(aggregate_id, limit=1)))
+
+    # -- workers --------------------------------------------------------------------
+
+    def record(self, processing_event: ProcessingEvent[UUID]) -> list[Recording[UUID]]:
+        """Record a worker's events, input position and extra state in one transaction."""
+        recordings = self._record(processing_event)
+        self._notify(recordings)
+        return recordings

@@ -1,0 +1,346 @@
+"""The ``ServiceCase`` aggregate (service network, 12345 / Open311): one citizen request.
+
+submitted -> accepted | rejected -> assigned -> in_progress -> resolved -> rated -> closed.
+A rating of ``max_rating`` or less reopens the case for a revisit (回访) with a new
+deadline; the citizen may cancel an unresolved case; a department may return a case
+that is not its own (it waits for re-dispatch) and ask for an extension (延期), which a
+dispatcher approves or refuses. Every event records actor, reason and correlation id;
+its time is the event's timestamp. Deadlines are computed outside and passed in.
+
+Personal data never appears here in clear: ``contact_token`` is ciphertext under the
+citizen's own key (see ``core.personal``).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import NAMESPACE_URL, UUID, uuid5
+
+from eventsourcing.domain import Aggregate, event
+
+from core.errors import IllegalTransitionError
+
+CASE_NS = uuid5(NAMESPACE_URL, "https://cityops.example/service-case")
+
+REJECTION_REASONS = ("duplicate", "out_of_scope", "not_our_city")
+CHANNELS = ("hotline", "open311", "app", "web", "wechat", "operator")
+# Statuses in which a department is working the case against a deadline.
+ACTIVE = ("assigned", "in_progress", "reopened")
+OPEN = ("submitted", "accepted", *ACTIVE)
+TERMINAL = ("rejected", "closed", "cancelled")
+
+
+def case_id(channel: str, external_id: str) -> UUID:
+    """Deterministic id: the same external case submitted twice is one aggregate."""
+    return uuid5(CASE_NS, f"{channel}:{external_id}")
+
+
+class ServiceCase(Aggregate):
+    @event("CaseSubmitted")
+    def __init__(
+        self,
+        channel: str,
+        external_id: str,
+        category: str,
+        categories_version: int,
+        description: str,
+        lon: float | None,
+        lat: float | None,
+        address: str | None,
+        attributes: dict[str, Any],
+        citizen_id: str | None,
+        contact_token: str | None,
+        actor: str,
+        correlation_id: str,
+    ) -> None:
+        self.channel = channel
+        self.external_id = external_id
+        self.category = category
+        self.categories_version = categories_version
+        self.description = description
+        self.lon = lon
+        self.lat = lat
+        self.address = address
+        self.attributes = attributes
+        self.citizen_id = citizen_id
+        self.contact_token = contact_token
+        self.submitted_by = actor
+        self.status = "submitted"
+        self.status_notes = ""
+        self.rejection: str | None = None
+        self.duplicate_of: str | None = None
+        self.possible_duplicates: list[str] = []
+        self.grid_code: str | None = None
+        self.district_code: str | None = None
+        self.department_code: str | None = None
+        self.dispatch: dict[str, Any] | None = None
+        self.due_at: datetime | None = None
+        self.due_soon_at: datetime | None = None
+        self.deadline_no = 0
+        self.due_soon_recorded = 0  # the deadline_no whose due-soon mark is recorded
+        self.overdue_recorded = 0
+        self.extension_request: dict[str, Any] | None = None
+        self.extensions = 0
+        self.returns = 0
+        self.revisits = 0
+        self.reply: str | None = None
+        self.rating: int | None = None
+        self.rating_comment: str | None = None
+        self.erased = False
+
+    @classmethod
+    def submit(cls, case_uuid: UUID, **kwargs: Any) -> ServiceCase:
+        return cls._create(cls.CaseSubmitted, id=case_uuid, **kwargs)  # type: ignore[attr-defined]
+
+    # -- guards -------------------------------------------------------------------------
+
+    def _require(self, command: str, *statuses: str) -> None:
+        if self.status not in statuses:
+            raise IllegalTransitionError(
+                f"cannot {command} a case that is {self.status} (needs {' or '.join(statuses)})"
+            )
+
+    @property
+    def is_open(self) -> bool:
+        return self.status in OPEN
+
+    @property
+    def overdue(self) -> bool:
+        return self.overdue_recorded == self.deadline_no and self.deadline_no > 0
+
+    def _set_deadline(self, due_at: datetime, due_soon_at: datetime) -> None:
+        self.due_at = due_at
+        self.due_soon_at = due_soon_at
+        self.deadline_no += 1
+
+    # -- intake -------------------------------------------------------------------------
+
+    @event("CaseAccepted")
+    def accept(self, actor: str, reason: str, correlation_id: str) -> None:
+        """Register the case (立案)."""
+        self._require("accept", "submitted")
+        self.status = "accepted"
+        self.status_notes = reason
+
+    @event("DuplicatesSuggested")
+    def suggest_duplicates(
+        self, possible_duplicates: list[str], actor: str, reason: str, correlation_id: str
+    ) -> None:
+        self._require("suggest duplicates for", "submitted")
+        self.possible_duplicates = list(possible_duplicates)
+
+    @event("CaseRejected")
+    def reject(
+        self,
+        rejection: str,
+        duplicate_of: str | None,
+        actor: str,
+        reason: str,
+        correlation_id: str,
+    ) -> None:
+        self._require("reject", "submitted", "accepted")
+        if rejection not in REJECTION_REASONS:
+            raise IllegalTransitionError(
+                f"rejection must be one of {', '.join(REJECTION_REASONS)}, not {rejection!r}"
+            )
+        if rejection == "duplicate" and not duplicate_of:
+            raise IllegalTransitionError("a duplicate needs the case it duplicates")
+        self.status = "rejected"
+        self.rejection = rejection
+        self.duplicate_of = duplicate_of
+        self.status_notes = reason or rejection
+
+    # -- dispatch (派遣) -----------------------------------------------------------------
+
+    @event("CaseAssigned")
+    def assign(
+        self,
+        department_code: str,
+        grid_code: str | None,
+        district_code: str | None,
+        decision: dict[str, Any],
+        due_at: datetime,
+        due_soon_at: datetime,
+        actor: str,
+        reason: str,
+        correlation_id: str,
+    ) -> None:
+        """Dispatch to a department; ``decision`` records how (policy rule or manual)."""
+        self._require("assign", "accepted")
+        self.status = "assigned"
+        self.department_code = department_code
+        self.grid_code = grid_code
+        self.district_code = district_code
+        self.dispatch = dict(decision)
+        self.extension_request = None
+        self._set_deadline(due_at, due_soon_at)
+        self.status_notes = reason
+
+    @event("AssignmentPending")
+    def await_manual_assignment(
+        self,
+        grid_code: str | None,
+        district_code: str | None,
+        decision: dict[str, Any],
+        actor: str,
+        reason: str,
+        correlation_id: str,
+    ) -> None:
+        """No jurisdiction answers for this place: a dispatcher must assign it by hand."""
+        self._require("hold for manual assignment", "accepted")
+        self.grid_code = grid_code
+        self.district_code = district_code
+        self.dispatch = dict(decision)
+        self.status_notes = reason
+
+    @event("CaseReturned")
+    def return_to_dispatch(self, actor: str, reason: str, correlation_id: str) -> None:
+        """The department says the case is not its own: it waits for re-dispatch."""
+        self._require("return", "assigned", "in_progress")
+        if not reason:
+            raise IllegalTransitionError("returning a case needs a reason")
+        self.status = "accepted"
+        self.department_code = None
+        self.due_at = None
+        self.due_soon_at = None
+        self.extension_request = None
+        self.returns += 1
+        self.status_notes = reason
+
+    # -- handling (处置) -----------------------------------------------------------------
+
+    @event("CaseStarted")
+    def start(self, actor: str, reason: str, correlation_id: str) -> None:
+        self._require("start", "assigned", "reopened")
+        self.status = "in_progress"
+
+    @event("CaseResolved")
+    def resolve(self, reply: str, actor: str, reason: str, correlation_id: str) -> None:
+        self._require("resolve", *ACTIVE)
+        if not reply.strip():
+            raise IllegalTransitionError("resolving needs a reply to the citizen")
+        self.status = "resolved"
+        self.reply = reply
+        self.extension_request = None
+        self.status_notes = reply
+
+    @event("ExtensionRequested")
+    def request_extension(self, hours: float, actor: str, reason: str, correlation_id: str) -> None:
+        self._require("request an extension for", *ACTIVE)
+        if self.extension_request is not None:
+            raise IllegalTransitionError("an extension request is already pending")
+        if not hours > 0:
+            raise IllegalTransitionError("an extension needs a positive number of hours")
+        if not reason:
+            raise IllegalTransitionError("an extension request needs a reason")
+        self.extension_request = {"hours": hours, "reason": reason, "by": actor}
+
+    @event("ExtensionApproved")
+    def approve_extension(
+        self,
+        due_at: datetime,
+        due_soon_at: datetime,
+        actor: str,
+        reason: str,
+        correlation_id: str,
+    ) -> None:
+        self._require("approve an extension for", *ACTIVE)
+        if self.extension_request is None:
+            raise IllegalTransitionError("no extension request is pending")
+        self.extension_request = None
+        self.extensions += 1
+        self._set_deadline(due_at, due_soon_at)
+
+    @event("ExtensionRefused")
+    def refuse_extension(self, actor: str, reason: str, correlation_id: str) -> None:
+        self._require("refuse an extension for", *ACTIVE)
+        if self.extension_request is None:
+            raise IllegalTransitionError("no extension request is pending")
+        self.extension_request = None
+
+    # -- the citizen's answer (好差评) ---------------------------------------------------
+
+    @event("CaseRated")
+    def rate(
+        self,
+        rating: int,
+        comment: str,
+        revisit: bool,
+        due_at: datetime | None,
+        due_soon_at: datetime | None,
+        actor: str,
+        correlation_id: str,
+    ) -> None:
+        """Rate the answer 1-5; ``revisit`` (a bad rating) reopens it with a new deadline."""
+        self._require("rate", "resolved")
+        if not 1 <= rating <= 5:
+            raise IllegalTransitionError("a rating is 1 to 5")
+        self.rating = rating
+        self.rating_comment = comment
+        if revisit:
+            if due_at is None or due_soon_at is None:
+                raise IllegalTransitionError("a revisit needs a new deadline")
+            self.status = "reopened"
+            self.revisits += 1
+            self._set_deadline(due_at, due_soon_at)
+            self.status_notes = "reopened for a revisit after a bad rating"
+        else:
+            self.status = "closed"
+            self.status_notes = self.reply or ""
+
+    @event("CaseClosed")
+    def close(self, actor: str, reason: str, correlation_id: str) -> None:
+        """Close a resolved case the citizen did not rate in time."""
+        self._require("close", "resolved")
+        self.status = "closed"
+
+    @event("CaseCancelled")
+    def cancel(self, actor: str, reason: str, correlation_id: str) -> None:
+        self._require("cancel", *OPEN)
+        self.status = "cancelled"
+        self.extension_request = None
+        self.status_notes = reason or "cancelled by the citizen"
+
+    # -- the SLA clock --------------------------------------------------------------------
+
+    def due_soon_pending(self, now: datetime) -> bool:
+        return (
+            self.status in ACTIVE
+            and self.due_soon_at is not None
+            and now >= self.due_soon_at
+            and self.due_soon_recorded < self.deadline_no
+        )
+
+    def overdue_pending(self, now: datetime) -> bool:
+        return (
+            self.status in ACTIVE
+            and self.due_at is not None
+            and now >= self.due_at
+            and self.overdue_recorded < self.deadline_no
+        )
+
+    @event("CaseDueSoon")
+    def mark_due_soon(
+        self, deadline_no: int, due_at: datetime, actor: str, correlation_id: str
+    ) -> None:
+        if deadline_no != self.deadline_no or self.due_soon_recorded >= deadline_no:
+            raise IllegalTransitionError(f"deadline {deadline_no} is not pending a due-soon mark")
+        self.due_soon_recorded = deadline_no
+
+    @event("CaseBecameOverdue")
+    def mark_overdue(
+        self, deadline_no: int, due_at: datetime, actor: str, correlation_id: str
+    ) -> None:
+        if deadline_no != self.deadline_no or self.overdue_recorded >= deadline_no:
+            raise IllegalTransitionError(f"deadline {deadline_no} is not pending an overdue mark")
+        self.overdue_recorded = deadline_no
+
+    # -- personal data -------------------------------------------------------------------
+
+    @event("PersonalDataErased")
+    def note_erasure(self, actor: str, reason: str, correlation_id: str) -> None:
+        """Record that the citizen's key was destroyed; the token is now unreadable."""
+        if self.erased:
+            raise IllegalTransitionError("personal data is already erased")
+        self.erased = True

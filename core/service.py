@@ -1,0 +1,530 @@
+"""The service network (一网通办): commands on service cases, intake and dispatch policy.
+
+``ServiceDesk`` is the application service over the city log (``CityApp``). Each
+command loads a case, runs one or more transitions, and saves them together, or adds
+them to a worker's ``ProcessingEvent`` so that they commit with its input position.
+The places it needs (grid, jurisdictions, nearby open cases) come through ports.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+from uuid import UUID
+
+from eventsourcing.application import ProcessingEvent
+from eventsourcing.persistence import IntegrityError
+
+from core.app import CityApp
+from core.case import CHANNELS, ServiceCase, case_id
+from core.categories import Categories, Category
+from core.errors import DomainError, IllegalTransitionError, NotFoundError
+from core.personal import Contact, PersonalData
+from core.sla import deadline
+
+SYSTEM_INTAKE = "system:intake-policy"
+SYSTEM_SLA = "system:sla-clock"
+MAX_DESCRIPTION = 4_000
+
+
+class DuplicateSubmissionError(DomainError):
+    """This external case (or this exact request) was already submitted."""
+
+    def __init__(self, case_uuid: UUID) -> None:
+        super().__init__(f"already submitted as case {case_uuid}")
+        self.case_id = case_uuid
+
+
+class InvalidLocationError(DomainError):
+    """Coordinates outside WGS84 lon/lat, or no location at all."""
+
+
+class ConcurrentUpdateError(DomainError):
+    """Someone else changed the case meanwhile; reload and retry."""
+
+
+@dataclass(frozen=True, slots=True)
+class Place:
+    grid_code: str | None
+    district_code: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Department:
+    code: str
+    department_type: str
+    name: str
+    name_zh: str
+
+
+class Locator(Protocol):
+    """Where a point is on the city's reference layers (implemented in gis/)."""
+
+    def place(self, lon: float, lat: float) -> Place | None:
+        """Grid cell and district of a point; None outside the city."""
+        ...
+
+    def department_for(self, lon: float, lat: float, department_type: str) -> str | None:
+        """The department of that type whose jurisdiction polygon contains the point."""
+        ...
+
+    def departments(self) -> dict[str, Department]: ...
+
+
+class NearbyCases(Protocol):
+    """Open cases near a point (a read model): duplicate suggestions."""
+
+    def open_cases_near(
+        self, category: str, lon: float, lat: float, radius_m: float, limit: int
+    ) -> list[str]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitCase:
+    """A new service request from any channel."""
+
+    channel: str
+    external_id: str
+    category: str
+    description: str
+    lon: float | None = None
+    lat: float | None = None
+    address: str | None = None
+    attributes: dict[str, Any] = field(default_factory=dict)
+    contact: Contact = field(default_factory=Contact)
+    citizen_id: UUID | None = None  # set when the citizen is logged in
+
+
+def check_lonlat(lon: float | None, lat: float | None) -> None:
+    if lon is None and lat is None:
+        return
+    if lon is None or lat is None:
+        raise InvalidLocationError("give both lat and long, or neither")
+    if not (math.isfinite(lon) and math.isfinite(lat)):
+        raise InvalidLocationError("lat/long must be finite numbers")
+    if not (-180.0 <= lon <= 180.0 and -90.0 <= lat <= 90.0):
+        raise InvalidLocationError(f"lat/long out of range: lat={lat}, long={lon}")
+
+
+class ServiceDesk:
+    def __init__(
+        self,
+        app: CityApp,
+        categories: Categories,
+        locator: Locator,
+        personal: PersonalData,
+        nearby: NearbyCases | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        auto_accept: bool = True,
+    ) -> None:
+        self.app = app
+        self.categories = categories
+        self.locator = locator
+        self.personal = personal
+        self.nearby = nearby
+        self.clock = clock
+        self.auto_accept = auto_accept
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def get(self, case_uuid: UUID) -> ServiceCase:
+        return self.app.get_typed(case_uuid, ServiceCase, "case")
+
+    def _save(self, case: ServiceCase, pe: ProcessingEvent[UUID] | None) -> None:
+        if pe is not None:
+            pe.collect_events(case)
+            return
+        try:
+            self.app.save(case)
+        except IntegrityError:
+            raise ConcurrentUpdateError(
+                f"case {case.id} was changed by someone else; reload and retry"
+            ) from None
+
+    def _command(self, case_uuid: UUID, run: Callable[[ServiceCase], None]) -> ServiceCase:
+        case = self.get(case_uuid)
+        run(case)
+        self._save(case, None)
+        return case
+
+    # -- intake ---------------------------------------------------------------------------
+
+    def validate(self, cmd: SubmitCase) -> tuple[Category, dict[str, Any]]:
+        """Everything about a submission that can be refused before anything is stored."""
+        if cmd.channel not in CHANNELS:
+            raise DomainError(f"unknown channel {cmd.channel!r}")
+        if not cmd.external_id or len(cmd.external_id) > 128:
+            raise DomainError("external id must be 1 to 128 characters")
+        category = self.categories.get(cmd.category)
+        attributes = category.check_attributes(cmd.attributes)
+        if len(cmd.description) > MAX_DESCRIPTION:
+            raise DomainError(f"description is longer than {MAX_DESCRIPTION} characters")
+        check_lonlat(cmd.lon, cmd.lat)
+        if cmd.lon is None and not (cmd.address and cmd.address.strip()):
+            raise InvalidLocationError("a case needs lat/long or an address")
+        if cmd.address is not None and len(cmd.address) > 300:
+            raise DomainError("address is longer than 300 characters")
+        return category, attributes
+
+    def submit(
+        self,
+        cmd: SubmitCase,
+        actor: str,
+        correlation_id: str,
+        pe: ProcessingEvent[UUID] | None = None,
+    ) -> ServiceCase:
+        """Submit a case; with auto-accept on, register and dispatch it at once."""
+        category, attributes = self.validate(cmd)
+        new_id = case_id(cmd.channel, cmd.external_id)
+        if (pe is not None and new_id in pe.aggregates) or self.app.exists(new_id):
+            raise DuplicateSubmissionError(new_id)
+        citizen: UUID | None = cmd.citizen_id
+        token = None
+        if not cmd.contact.empty:
+            citizen, token = self.personal.seal(cmd.contact, cmd.citizen_id)
+        case = ServiceCase.submit(
+            new_id,
+            channel=cmd.channel,
+            external_id=cmd.external_id,
+            category=category.code,
+            categories_version=self.categories.version,
+            description=cmd.description,
+            lon=cmd.lon,
+            lat=cmd.lat,
+            address=cmd.address,
+            attributes=attributes,
+            citizen_id=None if citizen is None else str(citizen),
+            contact_token=token,
+            actor=actor,
+            correlation_id=correlation_id,
+        )
+        if self.auto_accept:
+            self._intake(case, category, correlation_id)
+        self._save(case, pe)
+        return case
+
+    def _intake(self, case: ServiceCase, category: Category, correlation_id: str) -> None:
+        """Intake policy: refuse what is not the city's, hold possible duplicates, else go."""
+        if case.lon is not None and case.lat is not None:
+            if self.locator.place(case.lon, case.lat) is None:
+                case.reject(
+                    rejection="not_our_city",
+                    duplicate_of=None,
+                    actor=SYSTEM_INTAKE,
+                    reason="the location is outside the city's districts",
+                    correlation_id=correlation_id,
+                )
+                return
+            if self.nearby is not None and category.duplicate_radius_m > 0:
+                near = [
+                    c
+                    for c in self.nearby.open_cases_near(
+                        category.code, case.lon, case.lat, category.duplicate_radius_m, 10
+                    )
+                    if c != str(case.id)
+                ]
+                if near:
+                    case.suggest_duplicates(
+                        possible_duplicates=near,
+                        actor=SYSTEM_INTAKE,
+                        reason=f"{len(near)} open {category.code} case(s) within "
+                        f"{category.duplicate_radius_m:g} m: a dispatcher decides",
+                        correlation_id=correlation_id,
+                    )
+                    return
+        case.accept(actor=SYSTEM_INTAKE, reason="registered", correlation_id=correlation_id)
+        self._dispatch(case, category, SYSTEM_INTAKE, correlation_id)
+
+    def _dispatch(
+        self, case: ServiceCase, category: Category, actor: str, correlation_id: str
+    ) -> None:
+        """Dispatch policy: the jurisdiction polygon of the category's department type."""
+        base = {
+            "by": "policy",
+            "department_type": category.department_type,
+            "categories_version": self.categories.version,
+        }
+        if case.lon is None or case.lat is None:
+            case.await_manual_assignment(
+                grid_code=None,
+                district_code=None,
+                decision={**base, "rule": "no_location"},
+                actor=actor,
+                reason="no coordinates, only an address: a dispatcher assigns it",
+                correlation_id=correlation_id,
+            )
+            return
+        place = self.locator.place(case.lon, case.lat) or Place(None, None)
+        department = self.locator.department_for(case.lon, case.lat, category.department_type)
+        if department is None:
+            case.await_manual_assignment(
+                grid_code=place.grid_code,
+                district_code=place.district_code,
+                decision={**base, "rule": "no_jurisdiction"},
+                actor=actor,
+                reason=f"no {category.department_type} jurisdiction covers this place",
+                correlation_id=correlation_id,
+            )
+            return
+        self._assign(
+            case,
+            category,
+            department,
+            place,
+            {**base, "rule": "jurisdiction_polygon", "jurisdiction": department},
+            actor,
+            f"jurisdiction of {department}",
+            correlation_id,
+        )
+
+    def _assign(
+        self,
+        case: ServiceCase,
+        category: Category,
+        department: str,
+        place: Place,
+        decision: dict[str, Any],
+        actor: str,
+        reason: str,
+        correlation_id: str,
+    ) -> None:
+        due = deadline(
+            self.categories.calendar, self.clock(), category.time_limit_h, category.clock
+        )
+        case.assign(
+            department_code=department,
+            grid_code=place.grid_code,
+            district_code=place.district_code,
+            decision={**decision, "time_limit_h": category.time_limit_h, "clock": category.clock},
+            due_at=due.due_at,
+            due_soon_at=due.due_soon_at,
+            actor=actor,
+            reason=reason,
+            correlation_id=correlation_id,
+        )
+
+    # -- dispatcher -----------------------------------------------------------------------
+
+    def accept(self, case_uuid: UUID, actor: str, reason: str, correlation_id: str) -> ServiceCase:
+        """Register a held case (立案) and dispatch it by policy."""
+
+        def run(case: ServiceCase) -> None:
+            case.accept(actor=actor, reason=reason or "registered", correlation_id=correlation_id)
+            self._dispatch(case, self.categories.get(case.category), actor, correlation_id)
+
+        return self._command(case_uuid, run)
+
+    def reject(
+        self,
+        case_uuid: UUID,
+        rejection: str,
+        duplicate_of: UUID | None,
+        actor: str,
+        reason: str,
+        correlation_id: str,
+    ) -> ServiceCase:
+        if duplicate_of is not None:
+            if duplicate_of == case_uuid:
+                raise IllegalTransitionError("a case cannot duplicate itself")
+            self.get(duplicate_of)  # must exist
+        return self._command(
+            case_uuid,
+            lambda c: c.reject(
+                rejection=rejection,
+                duplicate_of=None if duplicate_of is None else str(duplicate_of),
+                actor=actor,
+                reason=reason,
+                correlation_id=correlation_id,
+            ),
+        )
+
+    def assign(
+        self, case_uuid: UUID, department_code: str, actor: str, reason: str, correlation_id: str
+    ) -> ServiceCase:
+        """Manual dispatch (or re-dispatch of a returned case) to a named department."""
+        departments = self.locator.departments()
+        if department_code not in departments:
+            raise NotFoundError(f"unknown department {department_code!r}")
+
+        def run(case: ServiceCase) -> None:
+            category = self.categories.get(case.category)
+            place = Place(case.grid_code, case.district_code)
+            if case.lon is not None and case.lat is not None:
+                place = self.locator.place(case.lon, case.lat) or place
+            self._assign(
+                case,
+                category,
+                department_code,
+                place,
+                {
+                    "by": "manual",
+                    "rule": "dispatcher",
+                    "department_type": departments[department_code].department_type,
+                    "categories_version": self.categories.version,
+                },
+                actor,
+                reason or "assigned by a dispatcher",
+                correlation_id,
+            )
+
+        return self._command(case_uuid, run)
+
+    def decide_extension(
+        self, case_uuid: UUID, approve: bool, actor: str, reason: str, correlation_id: str
+    ) -> ServiceCase:
+        def run(case: ServiceCase) -> None:
+            if not approve:
+                case.refuse_extension(actor=actor, reason=reason, correlation_id=correlation_id)
+                return
+            if case.extension_request is None or case.due_at is None:
+                raise IllegalTransitionError("no extension request is pending")
+            category = self.categories.get(case.category)
+            hours = float(case.extension_request["hours"])
+            due = deadline(self.categories.calendar, case.due_at, hours, category.clock)
+            # Due soon again at 80 % of the added time, counted from the old deadline.
+            case.approve_extension(
+                due_at=due.due_at,
+                due_soon_at=due.due_soon_at,
+                actor=actor,
+                reason=reason,
+                correlation_id=correlation_id,
+            )
+
+        return self._command(case_uuid, run)
+
+    # -- department -----------------------------------------------------------------------
+
+    def start(self, case_uuid: UUID, actor: str, reason: str, correlation_id: str) -> ServiceCase:
+        return self._command(
+            case_uuid, lambda c: c.start(actor=actor, reason=reason, correlation_id=correlation_id)
+        )
+
+    def resolve(
+        self, case_uuid: UUID, reply: str, actor: str, reason: str, correlation_id: str
+    ) -> ServiceCase:
+        return self._command(
+            case_uuid,
+            lambda c: c.resolve(
+                reply=reply, actor=actor, reason=reason, correlation_id=correlation_id
+            ),
+        )
+
+    def return_case(
+        self, case_uuid: UUID, actor: str, reason: str, correlation_id: str
+    ) -> ServiceCase:
+        return self._command(
+            case_uuid,
+            lambda c: c.return_to_dispatch(
+                actor=actor, reason=reason, correlation_id=correlation_id
+            ),
+        )
+
+    def request_extension(
+        self, case_uuid: UUID, hours: float, actor: str, reason: str, correlation_id: str
+    ) -> ServiceCase:
+        return self._command(
+            case_uuid,
+            lambda c: c.request_extension(
+                hours=hours, actor=actor, reason=reason, correlation_id=correlation_id
+            ),
+        )
+
+    # -- citizen --------------------------------------------------------------------------
+
+    def rate(
+        self, case_uuid: UUID, rating: int, comment: str, actor: str, correlation_id: str
+    ) -> ServiceCase:
+        """Rate a resolved case; a bad rating reopens it for a revisit with a new deadline."""
+        policy = self.categories.revisit
+
+        def run(case: ServiceCase) -> None:
+            revisit = rating <= policy.max_rating
+            due = (
+                deadline(self.categories.calendar, self.clock(), policy.time_limit_h, policy.clock)
+                if revisit
+                else None
+            )
+            case.rate(
+                rating=rating,
+                comment=comment,
+                revisit=revisit,
+                due_at=None if due is None else due.due_at,
+                due_soon_at=None if due is None else due.due_soon_at,
+                actor=actor,
+                correlation_id=correlation_id,
+            )
+
+        return self._command(case_uuid, run)
+
+    def cancel(self, case_uuid: UUID, actor: str, reason: str, correlation_id: str) -> ServiceCase:
+        return self._command(
+            case_uuid, lambda c: c.cancel(actor=actor, reason=reason, correlation_id=correlation_id)
+        )
+
+    # -- SLA clock ------------------------------------------------------------------------
+
+    def check_deadlines(self, case_ids: Iterable[UUID], correlation_id: str) -> dict[str, int]:
+        """Record due-soon and overdue marks that are due now; each once per deadline.
+
+        Safe to run from several workers and after a crash: the marks live on the case,
+        and a concurrent writer makes the save fail instead of writing a second mark.
+        """
+        counts = {"due_soon": 0, "overdue": 0, "raced": 0}
+        now = self.clock()
+        for cid in case_ids:
+            case = self.get(cid)
+            changed = False
+            if case.due_soon_pending(now):
+                assert case.due_at is not None
+                case.mark_due_soon(
+                    deadline_no=case.deadline_no,
+                    due_at=case.due_at,
+                    actor=SYSTEM_SLA,
+                    correlation_id=correlation_id,
+                )
+                counts["due_soon"] += 1
+                changed = True
+            if case.overdue_pending(now):
+                assert case.due_at is not None
+                case.mark_overdue(
+                    deadline_no=case.deadline_no,
+                    due_at=case.due_at,
+                    actor=SYSTEM_SLA,
+                    correlation_id=correlation_id,
+                )
+                counts["overdue"] += 1
+                changed = True
+            if changed:
+                try:
+                    self.app.save(case)
+                except IntegrityError:
+                    counts["raced"] += 1
+        return counts
+
+    # -- personal data --------------------------------------------------------------------
+
+    def contact_of(self, case: ServiceCase) -> Contact | None:
+        """The case's contact in clear; None if there is none or it was erased."""
+        if case.citizen_id is None or case.contact_token is None:
+            return None
+        return self.personal.open(UUID(case.citizen_id), case.contact_token)
+
+    def erase_citizen(
+        self, citizen_id: UUID, case_ids: Iterable[UUID], actor: str, correlation_id: str
+    ) -> int:
+        """Destroy the citizen's key, then note the erasure on each of their cases."""
+        self.personal.erase(citizen_id)
+        noted = 0
+        for cid in case_ids:
+            case = self.get(cid)
+            if case.citizen_id != str(citizen_id) or case.erased:
+                continue
+            case.note_erasure(
+                actor=actor, reason="citizen's request (PIPL)", correlation_id=correlation_id
+            )
+            self._save(case, None)
+            noted += 1
+        return noted
