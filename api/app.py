@@ -8,11 +8,12 @@ from importlib import resources
 from typing import Any
 
 import orjson
-from fastapi import FastAPI, Request, Response
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi import Depends, FastAPI, Request, Response
+from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
-from api import errors, health, incidents, live, map, sensors
+from api import cases, errors, health, incidents, live, map, open311, sensors, session, telemetry
+from api.auth import STAFF_READ, ApiKeyVerifier, require
 from api.deps import Container
 from api.probes import kafka_probe, tcp_probe
 from cityops.settings import Settings
@@ -31,13 +32,26 @@ def layer_geojson(gdf: Any, id_column: str) -> dict[str, Any]:
 
 def build_container(settings: Settings) -> Container:
     from api.live import ChangeHub
-    from cityops.bootstrap import city_app, city_layers
+    from api.telemetry import TelemetryIntake
+    from cityops import kafka
+    from cityops.apikeys import PgApiKeys
+    from cityops.bootstrap import DeviceRegistry, city_app, city_layers, service_desk
     from cityops.pgstore import make_pool
+    from projections.case_queries import CaseQueries
     from projections.queries import ReadModels
+    from sensors.senml import Limits
 
     pool = make_pool(settings)
     read = ReadModels(pool)
     layers = city_layers(settings)
+    city = city_app(settings, pool_size=settings.db_pool_size)
+    case_queries = CaseQueries(pool)
+    telemetry = TelemetryIntake(
+        kafka.make_producer(settings, linger_ms=0),
+        kafka.Topics.of(settings),
+        DeviceRegistry(city),
+        Limits.from_settings(settings),
+    )
     probes = {
         "kafka": kafka_probe(settings.kafka_bootstrap),
         "mqtt": tcp_probe(settings.mqtt_host or "127.0.0.1", settings.mqtt_port),
@@ -45,9 +59,13 @@ def build_container(settings: Settings) -> Container:
     return Container(
         settings=settings,
         pool=pool,
-        city=city_app(settings, pool_size=2),
+        city=city,
         read=read,
-        hub=ChangeHub(settings.database_url, read),
+        hub=ChangeHub(settings.database_url, read, case_queries),
+        desk=service_desk(settings, city, pool, layers, case_queries),
+        cases=case_queries,
+        api_keys=ApiKeyVerifier(PgApiKeys(pool).lookup),
+        telemetry=telemetry,
         probes=probes,
         layers={
             "districts": layer_geojson(layers.districts, "district_code"),
@@ -69,12 +87,18 @@ def create_app(settings: Settings, container: Container | None = None) -> FastAP
         finally:
             await c.hub.stop()
             c.city.close()
+            if c.telemetry is not None:
+                c.telemetry.producer.close()
             c.pool.close()
 
     app = FastAPI(
         title="CityOps API",
         version="0.1.0",
-        description="Sensors, incidents and the live map of the city's management network.",
+        description=(
+            "CityOps: service cases (12345 / Open311) and the management network's sensors,"
+            " incidents and live map. Authenticate with a bearer token (`cityops token`) or"
+            " an API key (`cityops apikey`, header X-API-Key)."
+        ),
         lifespan=lifespan,
     )
     errors.install(app)
@@ -85,13 +109,15 @@ def create_app(settings: Settings, container: Container | None = None) -> FastAP
     ) -> Response:
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-            return JSONResponse(
-                {"detail": f"request body larger than {MAX_BODY_BYTES} bytes"}, status_code=413
-            )
+            return errors.respond(request, 413, f"request body larger than {MAX_BODY_BYTES} bytes")
         return await call_next(request)
 
-    for module in (health, sensors, incidents, map, live):
+    staff = [Depends(require(*STAFF_READ))]
+    # Public: health probes, the Open311 reads (open311 checks its own POST), the login.
+    for module in (health, open311, session, cases, telemetry):
         app.include_router(module.router)
+    for module in (sensors, incidents, map, live):
+        app.include_router(module.router, dependencies=staff)
 
     static = resources.files("api").joinpath("static")
     app.mount("/static", StaticFiles(directory=str(static)), name="static")

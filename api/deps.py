@@ -11,10 +11,14 @@ from psycopg_pool import ConnectionPool
 
 from cityops.settings import Settings
 from core.app import CityApp
+from core.service import ServiceDesk
+from projections.case_queries import CaseQueries
 from projections.queries import ReadModels
 
 if TYPE_CHECKING:
+    from api.auth import ApiKeyVerifier
     from api.live import ChangeHub
+    from api.telemetry import TelemetryIntake
 
 
 @dataclass
@@ -24,6 +28,10 @@ class Container:
     city: CityApp
     read: ReadModels
     hub: ChangeHub
+    desk: ServiceDesk
+    cases: CaseQueries
+    api_keys: ApiKeyVerifier
+    telemetry: TelemetryIntake | None = None
     probes: dict[str, Callable[[], tuple[bool, str]]] = field(default_factory=dict)
     layers: dict[str, Any] = field(default_factory=dict)
 
@@ -44,5 +52,15 @@ def city(request: Request) -> CityApp:
     return container(request).city
 
 
+def desk(request: Request) -> ServiceDesk:
+    return container(request).desk
+
+
+def case_queries(request: Request) -> CaseQueries:
+    return container(request).cases
+
+
 ReadDep = Annotated[ReadModels, Depends(read_models)]
 CityDep = Annotated[CityApp, Depends(city)]
+DeskDep = Annotated[ServiceDesk, Depends(desk)]
+CasesDep = Annotated[CaseQueries, Depends(case_queries)]

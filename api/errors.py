@@ -1,8 +1,14 @@
-"""Error translation at the HTTP boundary: JSON with a clear message, never a trace."""
+"""Error translation at the HTTP boundary: JSON with a clear message, never a trace.
+
+Open311 routes answer in the GeoReport v2 error format, ``[{"code": ..., "description":
+...}]``; the project's own API answers ``{"detail": ...}``.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -10,40 +16,64 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.errors import DomainError, IllegalTransitionError, NotFoundError
+from core.service import ConcurrentUpdateError, DuplicateSubmissionError
 
 log = logging.getLogger(__name__)
 
+OPEN311_PREFIX = "/open311/"
+
+
+def respond(
+    request: Request,
+    status: int,
+    detail: str,
+    headers: Mapping[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
+    """An error response in the format of the API the request went to."""
+    if request.url.path.startswith(OPEN311_PREFIX):
+        return JSONResponse([{"code": status, "description": detail}], status, headers=headers)
+    return JSONResponse({"detail": detail, **extra}, status, headers=headers)
+
+
+def status_of(exc: DomainError) -> int:
+    if isinstance(exc, NotFoundError):
+        return 404
+    if isinstance(exc, IllegalTransitionError | DuplicateSubmissionError | ConcurrentUpdateError):
+        return 409
+    return 422
+
 
 def install(app: FastAPI) -> None:
-    @app.exception_handler(NotFoundError)
-    async def not_found(_: Request, exc: NotFoundError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=404)
-
-    @app.exception_handler(IllegalTransitionError)
-    async def conflict(_: Request, exc: IllegalTransitionError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=409)
-
     @app.exception_handler(DomainError)
-    async def domain(_: Request, exc: DomainError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=422)
+    async def domain(request: Request, exc: DomainError) -> JSONResponse:
+        status = status_of(exc)
+        if request.url.path.startswith(OPEN311_PREFIX) and status == 422:
+            status = 400  # GeoReport v2 reports every bad request as 400
+        return respond(request, status, str(exc))
 
     @app.exception_handler(ValueError)
-    async def bad_value(_: Request, exc: ValueError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=400)
+    async def bad_value(request: Request, exc: ValueError) -> JSONResponse:
+        return respond(request, 400, str(exc))
 
     @app.exception_handler(RequestValidationError)
-    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [
             {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
             for e in exc.errors()
         ]
-        return JSONResponse({"detail": "invalid request", "errors": errors}, status_code=422)
+        if request.url.path.startswith(OPEN311_PREFIX):
+            text = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'][1:]) or 'request'}: {e['msg']}" for e in errors
+            )
+            return respond(request, 400, text or "invalid request")
+        return respond(request, 422, "invalid request", errors=errors)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+    async def http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return respond(request, exc.status_code, str(exc.detail), headers=exc.headers)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse({"detail": "internal error"}, status_code=500)
+        return respond(request, 500, "internal error")

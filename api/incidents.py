@@ -5,10 +5,11 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Query
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
+from api.auth import Principal, require
 from api.deps import CityDep, ReadDep
 from projections.queries import BBox, collection
 
@@ -18,7 +19,6 @@ Severity = Literal["warning", "minor", "major", "critical"]
 
 
 class Acknowledge(BaseModel):
-    actor: str = Field(min_length=1, max_length=100, description="who acknowledges")
     reason: str = Field(default="", max_length=1_000)
 
 
@@ -59,14 +59,17 @@ def get_incident(read: ReadDep, incident_id: uuid.UUID) -> dict[str, Any]:
 
 @router.post("/{incident_id}/acknowledge")
 async def acknowledge(
-    city: CityDep, incident_id: uuid.UUID, body: Acknowledge
+    who: Annotated[Principal, Depends(require("operator", "dispatcher"))],
+    city: CityDep,
+    incident_id: uuid.UUID,
+    body: Acknowledge | None = None,
 ) -> dict[str, Any]:
     """Acknowledge an incident's alarm; it closes once the alarm is also cleared."""
     incident = await run_in_threadpool(
         city.acknowledge_incident,
         incident_id,
-        actor=f"user:{body.actor}",
-        reason=body.reason,
+        actor=who.actor,
+        reason=(body or Acknowledge()).reason,
         correlation_id=f"http:{uuid.uuid4()}",
     )
     return {

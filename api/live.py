@@ -19,9 +19,11 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from sse_starlette.sse import EventSourceResponse
 
+from api.cases import summary
 from api.deps import ContainerDep
+from projections.case_queries import CaseQueries
 from projections.map import NOTIFY_CHANNEL
-from projections.queries import ReadModels
+from projections.queries import ReadModels, feature
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1", tags=["live"])
@@ -30,7 +32,14 @@ router = APIRouter(prefix="/api/v1", tags=["live"])
 class ChangeHub:
     """Fans database notifications out to subscribers' queues (bounded, drop-oldest)."""
 
-    def __init__(self, database_url: str, read: ReadModels, queue_size: int = 1_000) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        read: ReadModels,
+        cases: CaseQueries | None = None,
+        queue_size: int = 1_000,
+    ) -> None:
+        self.cases = cases
         self.database_url = database_url
         self.read = read
         self.queue_size = queue_size
@@ -70,6 +79,12 @@ class ChangeHub:
             return
         if change["layer"] == "incidents":
             feature = await run_in_threadpool(self.read.incident, UUID(change["id"]))
+        elif change["layer"] == "cases":
+            feature = (
+                None
+                if self.cases is None
+                else await run_in_threadpool(self._case_feature, UUID(change["id"]))
+            )
         else:
             feature = await run_in_threadpool(self.read.sensor_by_id, UUID(change["sensor_id"]))
         if feature is None:
@@ -80,6 +95,13 @@ class ChangeHub:
                 # A slow browser loses the oldest change, never blocks the others.
                 queue.get_nowait()
             queue.put_nowait(message)
+
+    def _case_feature(self, case_id: UUID) -> dict[str, Any] | None:
+        assert self.cases is not None
+        row = self.cases.case(case_id)
+        if row is None or row["lon"] is None:
+            return None
+        return feature({**summary(row), "lon": row["lon"], "lat": row["lat"]}, "case_id")
 
     @contextlib.asynccontextmanager
     async def subscribe(self) -> AsyncIterator[asyncio.Queue[dict[str, Any]]]:

@@ -5,6 +5,7 @@ Nothing connects at import time; each ``run_*`` function owns what it opens.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import threading
@@ -19,10 +20,15 @@ from cityops import kafka as topics
 from cityops.pgstore import apply_schema, eventstore_env, make_pool
 from cityops.settings import Settings
 from core.app import CityApp
+from core.categories import load_categories
+from core.personal import PersonalData
 from core.rules import DEPARTMENT_TYPE, RuleSet, load_rules
 from core.sensor import SensorSpec
 
 if TYPE_CHECKING:
+    from psycopg_pool import ConnectionPool
+
+    from core.service import NearbyCases, ServiceDesk
     from gis.layers import CityLayers
 
 log = logging.getLogger(__name__)
@@ -32,6 +38,34 @@ def city_app(
     settings: Settings, pool_size: int | None = None, *, create_tables: bool = False
 ) -> CityApp:
     return CityApp(env=eventstore_env(settings, pool_size, create_tables=create_tables))
+
+
+def personal_data(settings: Settings, pool: ConnectionPool) -> PersonalData:
+    from cityops.vault import PgKeyStore
+
+    return PersonalData(PgKeyStore(pool), settings.pii_pepper.get_secret_value().encode())
+
+
+def service_desk(
+    settings: Settings,
+    city: CityApp,
+    pool: ConnectionPool,
+    layers: CityLayers | None = None,
+    nearby: NearbyCases | None = None,
+) -> ServiceDesk:
+    """The service network's commands over the city log, with its ports wired."""
+    from core.service import ServiceDesk
+    from gis.locator import CityLocator
+    from projections.case_queries import CaseQueries
+
+    return ServiceDesk(
+        city,
+        load_categories(settings.categories_file),
+        CityLocator(layers if layers is not None else city_layers(settings)),
+        personal_data(settings, pool),
+        nearby=nearby if nearby is not None else CaseQueries(pool),
+        auto_accept=settings.cases_auto_accept,
+    )
 
 
 def ruleset(settings: Settings) -> RuleSet:
@@ -171,21 +205,30 @@ def run_bridge(settings: Settings, stop: threading.Event, client_id: str | None 
 
 
 def run_projector(settings: Settings, stop: threading.Event, rebuild: bool = False) -> None:
+    """Run every projection (live map, service cases) until stopped."""
     from eventsourcing.projection import ProjectionRunner
 
+    from projections.cases import CaseProjection
     from projections.map import MapProjection, MapView
 
     env = eventstore_env(settings, pool_size=2)
     if rebuild:
-        rebuild_projection(settings)
-    with ProjectionRunner(
-        application_class=CityApp,
-        projection_class=MapProjection,
-        view_class=MapView,
-        env=env,
-    ) as runner:
+        rebuild_projections(settings)
+    with contextlib.ExitStack() as stack:
+        runners = [
+            stack.enter_context(
+                ProjectionRunner(
+                    application_class=CityApp,
+                    projection_class=projection,
+                    view_class=MapView,
+                    env=env,
+                )
+            )
+            for projection in (MapProjection, CaseProjection)
+        ]
         while not stop.is_set():
-            runner.run_forever(timeout=0.5)
+            for runner in runners:
+                runner.run_forever(timeout=0.25)
 
 
 def run_in_thread(
@@ -198,18 +241,50 @@ def run_in_thread(
     return thread, stop
 
 
-def rebuild_projection(settings: Settings) -> None:
-    """Empty the map read model and its position: the projector then replays the log."""
+def rebuild_projections(settings: Settings) -> None:
+    """Empty the read models and their positions: the projector then replays the log."""
+    from projections.cases import CaseProjection
     from projections.map import MapProjection
 
     pool = make_pool(settings, max_size=1)
     try:
         with pool.connection() as conn, conn.transaction():
-            conn.execute("TRUNCATE map_sensors, map_incidents")
-            conn.execute(
-                sql.SQL("DELETE FROM {}").format(sql.Identifier(f"{MapProjection.name}_tracking"))
-            )
+            conn.execute("TRUNCATE map_sensors, map_incidents, service_cases")
+            for projection in (MapProjection, CaseProjection):
+                conn.execute(
+                    sql.SQL("DELETE FROM {}").format(sql.Identifier(f"{projection.name}_tracking"))
+                )
     finally:
+        pool.close()
+
+
+def run_intake(settings: Settings, stop: threading.Event, group_id: str = "case-intake") -> None:
+    """Kafka ``cityops.cases.inbound`` -> service cases (hotline systems)."""
+    from cityops.intake import CaseIntake
+
+    pool = make_pool(settings, max_size=2)
+    producer = topics.make_producer(settings)
+    app = city_app(settings, pool_size=2)
+    try:
+        CaseIntake(settings, service_desk(settings, app, pool), producer, group_id).run(stop)
+    finally:
+        app.close()
+        producer.close()
+        pool.close()
+
+
+def run_sla(settings: Settings, stop: threading.Event) -> None:
+    """The SLA clock: due-soon and overdue marks, once per deadline."""
+    from cityops.sla_clock import SlaClock
+    from projections.case_queries import CaseQueries
+
+    pool = make_pool(settings, max_size=2)
+    app = city_app(settings, pool_size=2)
+    try:
+        desk = service_desk(settings, app, pool)
+        SlaClock(desk, CaseQueries(pool), settings.sla_poll_s).run(stop)
+    finally:
+        app.close()
         pool.close()
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -138,6 +138,41 @@ class _Positions(ConsumerRebalanceListener):
             else:
                 self.consumer.seek(tp, offset)
         log.info("assigned %s", sorted((tp.topic, tp.partition) for tp in assigned))
+
+
+def record_partitions(
+    consumer: KafkaConsumer,
+    batch: Mapping[TopicPartition, Sequence[Any]],
+    process_partition: Callable[[TopicPartition, Sequence[Any]], object],
+    load_positions: Callable[[list[TopicPartition]], dict[TopicPartition, int]],
+) -> None:
+    """Record each partition's batch with its fenced position; retry lost races.
+
+    A ``StalePositionError`` means another worker owns the partition now: re-read the
+    stored position and seek there. Another ``IntegrityError`` means a concurrent write
+    to the same aggregates: run the batch again on fresh state.
+    """
+    from eventsourcing.persistence import IntegrityError
+
+    from cityops.pgstore import StalePositionError
+
+    for tp, records in batch.items():
+        if not records:
+            continue
+        for attempt in range(5):
+            try:
+                process_partition(tp, records)
+                break
+            except StalePositionError as exc:
+                log.warning("%s; re-reading position", exc)
+                found = load_positions([tp])
+                if tp in found:
+                    consumer.seek(tp, found[tp])
+                break
+            except IntegrityError:
+                log.info("concurrent update on %s, retry %d", tp, attempt + 1)
+        else:
+            raise RuntimeError(f"could not record batch of {tp} after 5 attempts")
 
 
 def make_consumer(

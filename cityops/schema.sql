@@ -93,3 +93,73 @@ CREATE TABLE IF NOT EXISTS map_tracking (
     application_name text PRIMARY KEY,
     notification_id  bigint
 );
+
+-- Citizens' keys (PIPL crypto-shredding): events hold contacts only sealed under these.
+-- Erasure deletes the key and the lookup hash; the row stays as a record of when.
+CREATE TABLE IF NOT EXISTS citizen_keys (
+    citizen_id uuid PRIMARY KEY,
+    lookup     text UNIQUE,          -- keyed hash (HMAC) of the phone or email
+    key        bytea,                -- NULL once erased
+    created_at timestamptz NOT NULL DEFAULT now(),
+    erased_at  timestamptz
+);
+
+-- API keys of machines (hotline systems, Open311 apps, gateways): only a hash is kept.
+CREATE TABLE IF NOT EXISTS api_keys (
+    key_id          text PRIMARY KEY,
+    key_hash        text NOT NULL UNIQUE,
+    name            text NOT NULL,
+    role            text NOT NULL,
+    department_code text,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    revoked_at      timestamptz
+);
+
+-- Read model of service cases (written by the cases projection, rebuildable).
+-- No personal data: the contact stays sealed in the event log.
+CREATE TABLE IF NOT EXISTS service_cases (
+    case_id         uuid PRIMARY KEY,
+    channel         text NOT NULL,
+    external_id     text NOT NULL,
+    category        text NOT NULL,
+    description     text NOT NULL,
+    status          text NOT NULL,
+    status_notes    text NOT NULL DEFAULT '',
+    lon             double precision,
+    lat             double precision,
+    address         text,
+    grid_code       text,
+    district_code   text,
+    department_code text,
+    citizen_id      uuid,
+    submitted_by    text NOT NULL,
+    rejection       text,
+    possible_duplicates int NOT NULL DEFAULT 0,
+    awaiting_assignment boolean NOT NULL DEFAULT false,
+    due_at          timestamptz,
+    due_soon_at     timestamptz,
+    deadline_no     int NOT NULL DEFAULT 0,
+    due_soon_marked int NOT NULL DEFAULT 0,
+    overdue_marked  int NOT NULL DEFAULT 0,
+    extension_pending boolean NOT NULL DEFAULT false,
+    extensions      int NOT NULL DEFAULT 0,
+    returns         int NOT NULL DEFAULT 0,
+    revisits        int NOT NULL DEFAULT 0,
+    rating          int,
+    submitted_at    timestamptz NOT NULL,
+    updated_at      timestamptz NOT NULL,
+    resolved_at     timestamptz,
+    closed_at       timestamptz,
+    version         int NOT NULL
+);
+CREATE INDEX IF NOT EXISTS service_cases_status_due ON service_cases (status, due_at);
+CREATE INDEX IF NOT EXISTS service_cases_department ON service_cases (department_code, status, due_at);
+CREATE INDEX IF NOT EXISTS service_cases_category_lonlat ON service_cases (category, lon, lat);
+CREATE INDEX IF NOT EXISTS service_cases_submitted ON service_cases (submitted_at);
+CREATE INDEX IF NOT EXISTS service_cases_citizen ON service_cases (citizen_id);
+CREATE INDEX IF NOT EXISTS service_cases_submitter ON service_cases (submitted_by);
+
+CREATE TABLE IF NOT EXISTS cases_tracking (
+    application_name text PRIMARY KEY,
+    notification_id  bigint
+);

@@ -6,13 +6,17 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Self
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Environment(StrEnum):
     DEVELOPMENT = "development"
     PRODUCTION = "production"
+
+
+DEV_JWT_SECRET = "dev-only-jwt-secret-do-not-use-in-production"  # noqa: S105
+DEV_PII_PEPPER = "dev-only-pii-pepper-do-not-use-in-production"
 
 
 class Settings(BaseSettings):
@@ -52,6 +56,25 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=1, le=65535)
 
+    # Access control: JWT bearer tokens (HS256) issued by `cityops token`; API keys for
+    # machines from `cityops apikey`. The development defaults are public: production
+    # refuses them.
+    jwt_secret: SecretStr = SecretStr(DEV_JWT_SECRET)
+    jwt_issuer: str = "cityops"
+    jwt_audience: str = "cityops-api"
+    token_ttl_s: int = Field(default=8 * 3600, ge=60)
+    # Development only: the operations-center page gets an operator token without a login.
+    dev_login: bool = True
+    # Keyed hash that finds a citizen by phone/email without storing either in clear.
+    pii_pepper: SecretStr = SecretStr(DEV_PII_PEPPER)
+
+    # Service cases: categories file (default: the packaged core/categories.yaml) and
+    # whether intake registers and dispatches cases at once (else a dispatcher does).
+    categories_file: Path | None = None
+    cases_auto_accept: bool = True
+    sla_poll_s: float = Field(default=5.0, gt=0)
+    cases_sim_rate: float = Field(default=0.5, ge=0, description="citizen reports per second")
+
     # Reference data: generated demo city lives here (GeoJSON / GeoPackage / YAML).
     data_dir: Path = Path("var/city")
     city_seed: int = 42
@@ -88,4 +111,13 @@ class Settings(BaseSettings):
                 raise ValueError("production needs external services; set " + ", ".join(missing))
             if self.mqtt_host and not self.mqtt_password:
                 raise ValueError("production MQTT needs CITYOPS_MQTT_PASSWORD")
+            for name, secret, dev in (
+                ("CITYOPS_JWT_SECRET", self.jwt_secret, DEV_JWT_SECRET),
+                ("CITYOPS_PII_PEPPER", self.pii_pepper, DEV_PII_PEPPER),
+            ):
+                value = secret.get_secret_value()
+                if value == dev or len(value) < 32:
+                    raise ValueError(f"production needs {name}: at least 32 random characters")
+            if self.dev_login:
+                raise ValueError("CITYOPS_DEV_LOGIN must be false in production")
         return self

@@ -276,14 +276,17 @@ class ServiceCase(Aggregate):
         self._require("rate", "resolved")
         if not 1 <= rating <= 5:
             raise IllegalTransitionError("a rating is 1 to 5")
-        self.rating = rating
-        self.rating_comment = comment
-        if revisit:
+        new_deadline: tuple[datetime, datetime] | None = None
+        if revisit:  # checked before any change: a refused command changes nothing
             if due_at is None or due_soon_at is None:
                 raise IllegalTransitionError("a revisit needs a new deadline")
+            new_deadline = (due_at, due_soon_at)
+        self.rating = rating
+        self.rating_comment = comment
+        if new_deadline is not None:
             self.status = "reopened"
             self.revisits += 1
-            self._set_deadline(due_at, due_soon_at)
+            self._set_deadline(*new_deadline)
             self.status_notes = "reopened for a revisit after a bad rating"
         else:
             self.status = "closed"
@@ -324,6 +327,7 @@ class ServiceCase(Aggregate):
     def mark_due_soon(
         self, deadline_no: int, due_at: datetime, actor: str, correlation_id: str
     ) -> None:
+        self._require("mark as due soon", *ACTIVE)
         if deadline_no != self.deadline_no or self.due_soon_recorded >= deadline_no:
             raise IllegalTransitionError(f"deadline {deadline_no} is not pending a due-soon mark")
         self.due_soon_recorded = deadline_no
@@ -332,6 +336,7 @@ class ServiceCase(Aggregate):
     def mark_overdue(
         self, deadline_no: int, due_at: datetime, actor: str, correlation_id: str
     ) -> None:
+        self._require("mark as overdue", *ACTIVE)
         if deadline_no != self.deadline_no or self.overdue_recorded >= deadline_no:
             raise IllegalTransitionError(f"deadline {deadline_no} is not pending an overdue mark")
         self.overdue_recorded = deadline_no

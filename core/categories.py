@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -167,7 +168,7 @@ def parse_categories(doc: Any) -> Categories:
                 raise CategoriesError(f"category {code}: class must be component or event")
             limit = float(raw["time_limit"])
             radius = float(raw["duplicate_radius_m"])
-            if limit <= 0 or radius < 0:
+            if not (0 < limit < math.inf and 0 <= radius < math.inf):
                 raise CategoriesError(f"category {code}: time_limit and radius must be positive")
             by_code[code] = Category(
                 code=code,

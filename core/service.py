@@ -29,6 +29,8 @@ SYSTEM_INTAKE = "system:intake-policy"
 SYSTEM_SLA = "system:sla-clock"
 MAX_DESCRIPTION = 4_000
 
+Check = Callable[[ServiceCase], None]
+
 
 class DuplicateSubmissionError(DomainError):
     """This external case (or this exact request) was already submitted."""
@@ -144,8 +146,12 @@ class ServiceDesk:
                 f"case {case.id} was changed by someone else; reload and retry"
             ) from None
 
-    def _command(self, case_uuid: UUID, run: Callable[[ServiceCase], None]) -> ServiceCase:
+    def _command(
+        self, case_uuid: UUID, run: Callable[[ServiceCase], None], check: Check | None
+    ) -> ServiceCase:
         case = self.get(case_uuid)
+        if check is not None:
+            check(case)  # the caller's authorization, on the state the command runs on
         run(case)
         self._save(case, None)
         return case
@@ -308,14 +314,21 @@ class ServiceDesk:
 
     # -- dispatcher -----------------------------------------------------------------------
 
-    def accept(self, case_uuid: UUID, actor: str, reason: str, correlation_id: str) -> ServiceCase:
+    def accept(
+        self,
+        case_uuid: UUID,
+        actor: str,
+        reason: str,
+        correlation_id: str,
+        check: Check | None = None,
+    ) -> ServiceCase:
         """Register a held case (立案) and dispatch it by policy."""
 
         def run(case: ServiceCase) -> None:
             case.accept(actor=actor, reason=reason or "registered", correlation_id=correlation_id)
             self._dispatch(case, self.categories.get(case.category), actor, correlation_id)
 
-        return self._command(case_uuid, run)
+        return self._command(case_uuid, run, check=check)
 
     def reject(
         self,
@@ -325,6 +338,7 @@ class ServiceDesk:
         actor: str,
         reason: str,
         correlation_id: str,
+        check: Check | None = None,
     ) -> ServiceCase:
         if duplicate_of is not None:
             if duplicate_of == case_uuid:
@@ -339,10 +353,17 @@ class ServiceDesk:
                 reason=reason,
                 correlation_id=correlation_id,
             ),
+            check=check,
         )
 
     def assign(
-        self, case_uuid: UUID, department_code: str, actor: str, reason: str, correlation_id: str
+        self,
+        case_uuid: UUID,
+        department_code: str,
+        actor: str,
+        reason: str,
+        correlation_id: str,
+        check: Check | None = None,
     ) -> ServiceCase:
         """Manual dispatch (or re-dispatch of a returned case) to a named department."""
         departments = self.locator.departments()
@@ -370,10 +391,16 @@ class ServiceDesk:
                 correlation_id,
             )
 
-        return self._command(case_uuid, run)
+        return self._command(case_uuid, run, check=check)
 
     def decide_extension(
-        self, case_uuid: UUID, approve: bool, actor: str, reason: str, correlation_id: str
+        self,
+        case_uuid: UUID,
+        approve: bool,
+        actor: str,
+        reason: str,
+        correlation_id: str,
+        check: Check | None = None,
     ) -> ServiceCase:
         def run(case: ServiceCase) -> None:
             if not approve:
@@ -393,49 +420,84 @@ class ServiceDesk:
                 correlation_id=correlation_id,
             )
 
-        return self._command(case_uuid, run)
+        return self._command(case_uuid, run, check=check)
 
     # -- department -----------------------------------------------------------------------
 
-    def start(self, case_uuid: UUID, actor: str, reason: str, correlation_id: str) -> ServiceCase:
+    def start(
+        self,
+        case_uuid: UUID,
+        actor: str,
+        reason: str,
+        correlation_id: str,
+        check: Check | None = None,
+    ) -> ServiceCase:
         return self._command(
-            case_uuid, lambda c: c.start(actor=actor, reason=reason, correlation_id=correlation_id)
+            case_uuid,
+            lambda c: c.start(actor=actor, reason=reason, correlation_id=correlation_id),
+            check=check,
         )
 
     def resolve(
-        self, case_uuid: UUID, reply: str, actor: str, reason: str, correlation_id: str
+        self,
+        case_uuid: UUID,
+        reply: str,
+        actor: str,
+        reason: str,
+        correlation_id: str,
+        check: Check | None = None,
     ) -> ServiceCase:
         return self._command(
             case_uuid,
             lambda c: c.resolve(
                 reply=reply, actor=actor, reason=reason, correlation_id=correlation_id
             ),
+            check=check,
         )
 
     def return_case(
-        self, case_uuid: UUID, actor: str, reason: str, correlation_id: str
+        self,
+        case_uuid: UUID,
+        actor: str,
+        reason: str,
+        correlation_id: str,
+        check: Check | None = None,
     ) -> ServiceCase:
         return self._command(
             case_uuid,
             lambda c: c.return_to_dispatch(
                 actor=actor, reason=reason, correlation_id=correlation_id
             ),
+            check=check,
         )
 
     def request_extension(
-        self, case_uuid: UUID, hours: float, actor: str, reason: str, correlation_id: str
+        self,
+        case_uuid: UUID,
+        hours: float,
+        actor: str,
+        reason: str,
+        correlation_id: str,
+        check: Check | None = None,
     ) -> ServiceCase:
         return self._command(
             case_uuid,
             lambda c: c.request_extension(
                 hours=hours, actor=actor, reason=reason, correlation_id=correlation_id
             ),
+            check=check,
         )
 
     # -- citizen --------------------------------------------------------------------------
 
     def rate(
-        self, case_uuid: UUID, rating: int, comment: str, actor: str, correlation_id: str
+        self,
+        case_uuid: UUID,
+        rating: int,
+        comment: str,
+        actor: str,
+        correlation_id: str,
+        check: Check | None = None,
     ) -> ServiceCase:
         """Rate a resolved case; a bad rating reopens it for a revisit with a new deadline."""
         policy = self.categories.revisit
@@ -457,11 +519,20 @@ class ServiceDesk:
                 correlation_id=correlation_id,
             )
 
-        return self._command(case_uuid, run)
+        return self._command(case_uuid, run, check=check)
 
-    def cancel(self, case_uuid: UUID, actor: str, reason: str, correlation_id: str) -> ServiceCase:
+    def cancel(
+        self,
+        case_uuid: UUID,
+        actor: str,
+        reason: str,
+        correlation_id: str,
+        check: Check | None = None,
+    ) -> ServiceCase:
         return self._command(
-            case_uuid, lambda c: c.cancel(actor=actor, reason=reason, correlation_id=correlation_id)
+            case_uuid,
+            lambda c: c.cancel(actor=actor, reason=reason, correlation_id=correlation_id),
+            check=check,
         )
 
     # -- SLA clock ------------------------------------------------------------------------

@@ -67,7 +67,8 @@ def add_hours(calendar: WorkCalendar, start: datetime, hours: float, clock: Cloc
     if hours < 0:
         raise ValueError("a time limit cannot be negative")
     if clock == "calendar":
-        return (start + timedelta(hours=hours)).astimezone(UTC)
+        # Elapsed time: add in UTC, not on the wall clock of ``start``'s zone (DST).
+        return start.astimezone(UTC) + timedelta(hours=hours)
     return calendar.add_working_hours(start, hours)
 
 

@@ -18,7 +18,7 @@ from numpy.typing import ArrayLike, NDArray
 from gis.crs import ensure_wgs84, valid_lonlat_mask, validate_lonlat
 from gis.layers import CityLayers, LayerError
 
-_NOWHERE = -1
+NOWHERE = -1
 _CHUNK = 32_768
 
 
@@ -45,7 +45,7 @@ class _PolygonIndex:
             raise ValueError(
                 f"lon and lat must be 1-D arrays of one length, got {x.shape}, {y.shape}"
             )
-        out = np.full(len(x), _NOWHERE, dtype=np.intp)
+        out = np.full(len(x), NOWHERE, dtype=np.intp)
         if len(self) == 0:
             return out
         valid = np.flatnonzero(valid_lonlat_mask(x, y))
@@ -69,7 +69,7 @@ class _PolygonIndex:
         # Lowest row position wins on shared edges (see module docstring).
         best = np.full(len(points), len(self), dtype=np.intp)
         np.minimum.at(best, point_pos, poly_pos)
-        best[best == len(self)] = _NOWHERE
+        best[best == len(self)] = NOWHERE
         return best
 
 
@@ -250,7 +250,7 @@ class Placer:
         """
         department = self.jurisdictions.department_for(lon, lat, department_type)
         pos = int(self.grid.locate([lon], [lat])[0])
-        if pos == _NOWHERE:
+        if pos == NOWHERE:
             return Placement(None, None, department)
         return Placement(
             str(self.grid.grid_codes[pos]), str(self.grid.district_codes[pos]), department
@@ -259,6 +259,6 @@ class Placer:
 
 def _take(values: NDArray[np.object_], positions: NDArray[np.intp]) -> NDArray[np.object_]:
     out = np.full(len(positions), None, dtype=object)
-    found = positions != _NOWHERE
+    found = positions != NOWHERE
     out[found] = values[positions[found]]
     return out

@@ -13,18 +13,17 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 from uuid import UUID
 
 import orjson
 from eventsourcing.application import ProcessingEvent
 from eventsourcing.persistence import IntegrityError, Tracking
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer, TopicPartition
 from psycopg_pool import ConnectionPool
 
 from cityops import kafka as topics
-from cityops.pgstore import StalePositionError
 from cityops.settings import Settings
 from core.app import CityApp
 from core.errors import NotFoundError
@@ -219,28 +218,6 @@ class SensorMonitor:
 
     # -- loop -------------------------------------------------------------------------
 
-    def handle(
-        self, consumer: KafkaConsumer, batch: Mapping[TopicPartition, Sequence[Any]]
-    ) -> None:
-        for tp, records in batch.items():
-            if not records:
-                continue
-            for attempt in range(5):
-                try:
-                    self.process_partition(tp, records)
-                    break
-                except StalePositionError as exc:
-                    log.warning("%s; re-reading position", exc)
-                    found = self.load_positions([tp])
-                    if tp in found:
-                        consumer.seek(tp, found[tp])
-                    break
-                except IntegrityError:
-                    # An operator changed one of the same incidents: retry on fresh state.
-                    log.info("concurrent update on %s, retry %d", tp, attempt + 1)
-            else:
-                raise RuntimeError(f"could not record batch of {tp} after 5 attempts")
-
     def run(self, stop: threading.Event) -> None:
         consumer = topics.make_consumer(
             self.settings,
@@ -254,7 +231,9 @@ class SensorMonitor:
             while not stop.is_set():
                 batch = consumer.poll(timeout_ms=200, max_records=2_000)
                 if batch:
-                    self.handle(consumer, batch)
+                    topics.record_partitions(
+                        consumer, batch, self.process_partition, self.load_positions
+                    )
                 if time.monotonic() >= next_check:
                     try:
                         self.check_silence()

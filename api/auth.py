@@ -1,0 +1,206 @@
+"""Access control: OAuth2 bearer tokens (JWT, PyJWT) for people, API keys for machines.
+
+Roles:
+- ``operator``   operations center: reads everything (personal data masked), submits
+                 cases for callers, acknowledges incidents;
+- ``dispatcher`` registers, rejects, dispatches cases, decides extensions; sees contacts;
+- ``department`` works its own queue only (``dept`` claim);
+- ``auditor``    reads everything, changes nothing, personal data masked;
+- ``gateway``    sends telemetry only;
+- ``citizen``    files cases and sees, rates and cancels its own.
+
+No credentials: 401. A role the route does not allow, or someone else's object: 403.
+"""
+
+from __future__ import annotations
+
+import hmac
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Literal, get_args
+
+import jwt
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+
+from cityops.apikeys import API_KEY_PREFIX, StoredKey, hash_secret
+from cityops.settings import Settings
+
+Role = Literal["operator", "dispatcher", "department", "auditor", "gateway", "citizen"]
+ROLES: tuple[str, ...] = get_args(Role)
+STAFF_READ: tuple[Role, ...] = ("operator", "dispatcher", "department", "auditor")
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: from a verified token or API key."""
+
+    subject: str
+    role: Role
+    department: str | None = None
+    via: Literal["token", "api_key"] = "token"
+
+    @property
+    def actor(self) -> str:
+        """How events record this caller."""
+        return f"{self.role}:{self.subject}"
+
+
+class Unauthorized(HTTPException):
+    def __init__(self, detail: str) -> None:
+        super().__init__(401, detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+class Forbidden(HTTPException):
+    def __init__(self, detail: str) -> None:
+        super().__init__(403, detail)
+
+
+# -- tokens -------------------------------------------------------------------------------
+
+
+def issue_token(
+    settings: Settings,
+    subject: str,
+    role: str,
+    department: str | None = None,
+    ttl_s: int | None = None,
+) -> str:
+    """A signed JWT for ``subject`` in ``role`` (the CLI and the development login use it)."""
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}")
+    if role == "department" and not department:
+        raise ValueError("a department token needs its department code")
+    if not subject or len(subject) > 128:
+        raise ValueError("subject must be 1 to 128 characters")
+    now = int(time.time())
+    claims: dict[str, object] = {
+        "sub": subject,
+        "role": role,
+        "iss": settings.jwt_issuer,
+        "aud": settings.jwt_audience,
+        "iat": now,
+        "exp": now + (ttl_s or settings.token_ttl_s),
+        "jti": uuid.uuid4().hex,
+    }
+    if department:
+        claims["dept"] = department
+    return jwt.encode(claims, settings.jwt_secret.get_secret_value(), algorithm="HS256")
+
+
+def verify_token(settings: Settings, token: str) -> Principal:
+    try:
+        claims = jwt.decode(
+            token,
+            settings.jwt_secret.get_secret_value(),
+            algorithms=["HS256"],
+            audience=settings.jwt_audience,
+            issuer=settings.jwt_issuer,
+            options={"require": ["exp", "iat", "sub", "iss", "aud"]},
+        )
+    except jwt.ExpiredSignatureError:
+        raise Unauthorized("token expired") from None
+    except jwt.InvalidTokenError as exc:
+        raise Unauthorized(f"invalid token: {exc}") from None
+    role = claims.get("role")
+    if role not in ROLES:
+        raise Unauthorized("token has no valid role")
+    dept = claims.get("dept")
+    if role == "department" and not dept:
+        raise Unauthorized("department token without a department")
+    return Principal(subject=str(claims["sub"]), role=role, department=dept)
+
+
+# -- API keys -----------------------------------------------------------------------------
+
+
+class ApiKeyVerifier:
+    """Checks ``cok_<id>_<secret>`` keys against their stored hash; cached for ``ttl``."""
+
+    def __init__(self, lookup: Callable[[str], StoredKey | None], ttl: float = 30.0) -> None:
+        self.lookup = lookup
+        self.ttl = ttl
+        self.cache: dict[str, tuple[float, StoredKey | None]] = {}
+        self.lock = threading.Lock()
+
+    def verify(self, key: str) -> Principal:
+        if not key.startswith(API_KEY_PREFIX) or key.count("_") < 2:
+            raise Unauthorized("malformed API key")
+        key_id, _, secret = key[len(API_KEY_PREFIX) :].partition("_")
+        now = time.monotonic()
+        with self.lock:
+            hit = self.cache.get(key_id)
+        if hit is None or now - hit[0] > self.ttl:
+            stored = self.lookup(key_id)
+            with self.lock:
+                if len(self.cache) > 10_000:
+                    self.cache.clear()
+                self.cache[key_id] = (now, stored)
+        else:
+            stored = hit[1]
+        if (
+            stored is None
+            or stored.revoked
+            or not hmac.compare_digest(stored.key_hash, hash_secret(secret))
+        ):
+            raise Unauthorized("unknown or revoked API key")
+        if stored.role not in ROLES:
+            raise Unauthorized("API key has no valid role")
+        return Principal(
+            subject=stored.name,
+            role=stored.role,  # type: ignore[arg-type]
+            department=stored.department,
+            via="api_key",
+        )
+
+
+# -- FastAPI dependencies -----------------------------------------------------------------
+
+_bearer = HTTPBearer(auto_error=False, description="JWT from `cityops token`")
+_api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="from `cityops apikey`")
+
+
+def optional_principal(
+    request: Request,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    api_key: Annotated[str | None, Depends(_api_key)],
+) -> Principal | None:
+    """The caller, if they sent credentials; invalid credentials are a 401."""
+    container = request.app.state.container
+    if bearer is not None:
+        return verify_token(container.settings, bearer.credentials)
+    key = api_key or request.query_params.get("api_key")
+    if key:
+        return container.api_keys.verify(key)
+    # EventSource cannot send headers: the live channel accepts the token in the query.
+    token = request.query_params.get("access_token")
+    if token and request.url.path.endswith("/live"):
+        return verify_token(container.settings, token)
+    return None
+
+
+def principal(
+    found: Annotated[Principal | None, Depends(optional_principal)],
+) -> Principal:
+    if found is None:
+        raise Unauthorized("authentication required: a bearer token or an API key")
+    return found
+
+
+def require(*roles: Role) -> Callable[[Principal], Principal]:
+    """A dependency that lets only ``roles`` through (403 for the others)."""
+
+    def check(who: Annotated[Principal, Depends(principal)]) -> Principal:
+        if who.role not in roles:
+            raise Forbidden(f"role {who.role} may not do this (needs {' or '.join(roles)})")
+        return who
+
+    return check
+
+
+PrincipalDep = Annotated[Principal, Depends(principal)]
+OptionalPrincipalDep = Annotated[Principal | None, Depends(optional_principal)]
+StaffReader = Annotated[Principal, Depends(require(*STAFF_READ))]

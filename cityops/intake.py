@@ -1,0 +1,153 @@
+"""Case intake: Kafka ``cityops.cases.inbound`` (hotline systems) -> service cases.
+
+Per partition and poll, one transaction records the new cases' events and the
+partition's next offset (a tracking record, fenced like the sensor monitor's). The case
+id is derived from the source and external id, so a message sent twice (or redelivered
+after a crash) is the same case: the second is counted as a duplicate, not stored.
+A message that fails the schema or the domain's checks goes to the dead letter with
+its reason; nothing else in its batch is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+from uuid import UUID
+
+import orjson
+from eventsourcing.application import ProcessingEvent
+from eventsourcing.persistence import Tracking
+from kafka import KafkaProducer, TopicPartition
+from pydantic import ValidationError
+
+from cityops import kafka as topics
+from cityops.hotline_schema import HotlineCase
+from cityops.settings import Settings
+from core.errors import DomainError
+from core.personal import Contact
+from core.service import DuplicateSubmissionError, ServiceDesk, SubmitCase
+
+log = logging.getLogger(__name__)
+SOURCE = "case-intake"
+
+
+def to_command(msg: HotlineCase) -> SubmitCase:
+    citizen = msg.citizen
+    return SubmitCase(
+        channel="hotline",
+        external_id=f"{msg.source}:{msg.external_id}",
+        category=msg.service_code,
+        description=msg.description,
+        lon=None if msg.location is None else msg.location.lon,
+        lat=None if msg.location is None else msg.location.lat,
+        address=msg.address,
+        attributes=msg.attributes,
+        contact=Contact()
+        if citizen is None
+        else Contact.parse(citizen.name, citizen.phone, citizen.email, citizen.address),
+    )
+
+
+def schema_reason(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first.get("loc", ())) or "message"
+    return f"schema: {where}: {first.get('msg', 'invalid')} ({exc.error_count()} error(s))"
+
+
+class CaseIntake:
+    def __init__(
+        self,
+        settings: Settings,
+        desk: ServiceDesk,
+        producer: KafkaProducer,
+        group_id: str = "case-intake",
+    ) -> None:
+        self.settings = settings
+        self.topics = topics.Topics.of(settings)
+        self.desk = desk
+        self.app = desk.app
+        self.producer = producer
+        self.group_id = group_id
+        self.positions: dict[TopicPartition, int | None] = {}
+        self.counters: Counter[str] = Counter()
+
+    def tracking_name(self, tp: TopicPartition) -> str:
+        return f"{self.group_id}|{tp.topic}|{tp.partition}"
+
+    def load_positions(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        found: dict[TopicPartition, int] = {}
+        for tp in tps:
+            pos = self.app.recorder.max_tracking_id(self.tracking_name(tp))  # type: ignore[attr-defined]
+            self.positions[tp] = pos
+            if pos is not None:
+                found[tp] = pos
+        return found
+
+    def forget(self, tps: Sequence[TopicPartition]) -> None:
+        for tp in tps:
+            self.positions.pop(tp, None)
+
+    def process_partition(self, tp: TopicPartition, records: Sequence[Any]) -> Counter[str]:
+        """Submit one partition's cases and record its position, in one transaction."""
+        pe: ProcessingEvent[UUID] = ProcessingEvent(
+            tracking=Tracking(self.tracking_name(tp), records[-1].offset + 1)
+        )
+        counts: Counter[str] = Counter()
+        rejects: list[bytes] = []
+        for record in records:
+            now = time.time()
+            try:
+                msg = HotlineCase.model_validate_json(record.value or b"")
+            except ValidationError as exc:
+                rejects.append(topics.deadletter_for(SOURCE, record, schema_reason(exc), now))
+                continue
+            try:
+                self.desk.submit(
+                    to_command(msg),
+                    actor=f"system:hotline:{msg.source}",
+                    correlation_id=f"{tp.topic}:{tp.partition}:{record.offset}",
+                    pe=pe,
+                )
+                counts["submitted"] += 1
+            except DuplicateSubmissionError:
+                counts["duplicates"] += 1
+            except DomainError as exc:
+                rejects.append(
+                    topics.deadletter_for(SOURCE, record, f"{type(exc).__name__}: {exc}", now)
+                )
+        pe.collect_events(expected_position=self.positions.get(tp))
+        self.app.record(pe)
+        self.positions[tp] = records[-1].offset + 1
+        for value in rejects:
+            self.producer.send(self.topics.deadletter, key=SOURCE.encode(), value=value)
+        counts["rejected"] += len(rejects)
+        self.counters.update(counts)
+        return counts
+
+    def run(self, stop: threading.Event) -> None:
+        consumer = topics.make_consumer(
+            self.settings,
+            self.topics.cases_inbound,
+            self.group_id,
+            load_positions=self.load_positions,
+            on_revoked=self.forget,
+        )
+        try:
+            while not stop.is_set():
+                batch = consumer.poll(timeout_ms=200, max_records=500)
+                if batch:
+                    topics.record_partitions(
+                        consumer, batch, self.process_partition, self.load_positions
+                    )
+        finally:
+            consumer.close(autocommit=False)
+            self.producer.flush()
+
+
+def encode(msg: HotlineCase) -> tuple[bytes, bytes]:
+    """Kafka key and value of an inbound case (what a hotline system sends)."""
+    return msg.external_id.encode(), orjson.dumps(msg.model_dump(mode="json", exclude_none=True))

@@ -1,0 +1,177 @@
+"""Read-side queries over the ``service_cases`` read model."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from psycopg import sql
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
+
+from core.case import ACTIVE, OPEN
+from projections.queries import BBox, Filters
+
+CASE_COLUMNS = (
+    "case_id, channel, external_id, category, description, status, status_notes, lon, lat,"
+    " address, grid_code, district_code, department_code, citizen_id, submitted_by,"
+    " rejection, possible_duplicates, awaiting_assignment, due_at, due_soon_at, deadline_no,"
+    " due_soon_marked, overdue_marked, extension_pending, extensions, returns, revisits,"
+    " rating, submitted_at, updated_at, resolved_at, closed_at, version"
+)
+# Open311's two statuses: everything still being worked on is "open".
+OPEN311_OPEN = OPEN
+EARTH_M_PER_DEG = 111_320.0
+
+
+@dataclass(frozen=True, slots=True)
+class CaseFilter:
+    """Filters of the case lists; ``None`` means "any"."""
+
+    statuses: tuple[str, ...] | None = None
+    categories: tuple[str, ...] | None = None
+    case_ids: tuple[UUID, ...] | None = None
+    department_code: str | None = None
+    district_code: str | None = None
+    grid_code: str | None = None
+    citizen_or_submitter: tuple[str | None, str] | None = None  # (citizen id, actor)
+    overdue: bool | None = None
+    awaiting_assignment: bool | None = None
+    submitted_from: datetime | None = None
+    submitted_to: datetime | None = None
+    bbox: BBox | None = None
+
+
+class CaseQueries:
+    def __init__(self, pool: ConnectionPool) -> None:
+        self.pool = pool
+
+    def _rows(self, query: sql.Composed | sql.SQL, params: list[Any]) -> list[dict[str, Any]]:
+        with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(query, params)
+            return cur.fetchall()
+
+    def _where(self, flt: CaseFilter) -> Filters:
+        f = (
+            Filters()
+            .eq("department_code", flt.department_code)
+            .eq("district_code", flt.district_code)
+            .eq("grid_code", flt.grid_code)
+            .eq("awaiting_assignment", flt.awaiting_assignment)
+        )
+        f.bbox(flt.bbox)
+        for column, values in (
+            ("status", flt.statuses),
+            ("category", flt.categories),
+            ("case_id", flt.case_ids),
+        ):
+            if values is not None:
+                f.parts.append(sql.SQL("{} = ANY(%s)").format(sql.Identifier(column)))
+                f.params.append(list(values))
+        if flt.overdue is not None:
+            overdue = sql.SQL(
+                "(overdue_marked = deadline_no AND deadline_no > 0 AND status = ANY(%s))"
+            )
+            f.parts.append(overdue if flt.overdue else sql.SQL("NOT ") + overdue)
+            f.params.append(list(ACTIVE))
+        if flt.citizen_or_submitter is not None:
+            citizen, actor = flt.citizen_or_submitter
+            f.parts.append(sql.SQL("(citizen_id = %s OR submitted_by = %s)"))
+            f.params.extend([citizen, actor])
+        if flt.submitted_from is not None:
+            f.parts.append(sql.SQL("submitted_at >= %s"))
+            f.params.append(flt.submitted_from)
+        if flt.submitted_to is not None:
+            f.parts.append(sql.SQL("submitted_at <= %s"))
+            f.params.append(flt.submitted_to)
+        return f
+
+    def cases(
+        self,
+        flt: CaseFilter,
+        *,
+        order: str = "due",
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[dict[str, Any]]:
+        """Case rows matching ``flt``: by due time (queues) or newest first."""
+        f = self._where(flt)
+        order_by = (
+            "due_at ASC NULLS LAST, submitted_at ASC, case_id"
+            if order == "due"
+            else "submitted_at DESC, case_id"
+        )
+        query = sql.SQL("SELECT {} FROM service_cases{} ORDER BY {} LIMIT %s OFFSET %s").format(
+            sql.SQL(CASE_COLUMNS), f.clause(), sql.SQL(order_by)
+        )
+        return self._rows(query, [*f.params, limit, offset])
+
+    def count(self, flt: CaseFilter) -> int:
+        f = self._where(flt)
+        rows = self._rows(
+            sql.SQL("SELECT count(*) AS n FROM service_cases{}").format(f.clause()), f.params
+        )
+        return int(rows[0]["n"])
+
+    def case(self, case_id: UUID) -> dict[str, Any] | None:
+        rows = self._rows(
+            sql.SQL("SELECT {} FROM service_cases WHERE case_id = %s").format(
+                sql.SQL(CASE_COLUMNS)
+            ),
+            [case_id],
+        )
+        return rows[0] if rows else None
+
+    def open_cases_near(
+        self, category: str, lon: float, lat: float, radius_m: float, limit: int
+    ) -> list[str]:
+        """Open cases of ``category`` within ``radius_m`` (equirectangular distance)."""
+        dlat = radius_m / EARTH_M_PER_DEG
+        dlon = radius_m / (EARTH_M_PER_DEG * max(0.01, math.cos(math.radians(lat))))
+        rows = self._rows(
+            sql.SQL(
+                "SELECT case_id FROM service_cases WHERE category = %s AND status = ANY(%s)"
+                " AND lon BETWEEN %s AND %s AND lat BETWEEN %s AND %s"
+                " AND power((lon - %s) * cos(radians(%s)) * %s, 2)"
+                " + power((lat - %s) * %s, 2) <= power(%s, 2)"
+                " ORDER BY submitted_at LIMIT %s"
+            ),
+            [
+                category,
+                list(OPEN),
+                lon - dlon,
+                lon + dlon,
+                lat - dlat,
+                lat + dlat,
+                lon,
+                lat,
+                EARTH_M_PER_DEG,
+                lat,
+                EARTH_M_PER_DEG,
+                radius_m,
+                limit,
+            ],
+        )
+        return [str(r["case_id"]) for r in rows]
+
+    def deadline_candidates(self, now: datetime, limit: int = 1_000) -> list[UUID]:
+        """Active cases whose due-soon or overdue mark for the current deadline is due."""
+        rows = self._rows(
+            sql.SQL(
+                "SELECT case_id FROM service_cases WHERE status = ANY(%s) AND ("
+                " (due_soon_at <= %s AND due_soon_marked < deadline_no)"
+                " OR (due_at <= %s AND overdue_marked < deadline_no))"
+                " ORDER BY due_soon_at LIMIT %s"
+            ),
+            [list(ACTIVE), now, now, limit],
+        )
+        return [r["case_id"] for r in rows]
+
+    def case_ids_of_citizen(self, citizen_id: UUID) -> list[UUID]:
+        rows = self._rows(
+            sql.SQL("SELECT case_id FROM service_cases WHERE citizen_id = %s"), [citizen_id]
+        )
+        return [r["case_id"] for r in rows]

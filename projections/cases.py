@@ -1,0 +1,167 @@
+"""The service-case read model: queues, Open311 lists, the SLA board. Tracked, rebuildable.
+
+Each case event becomes one SQL change of its ``service_cases`` row, written with the
+tracking record (and a ``pg_notify`` for the live channel) in one transaction. The rows
+hold no personal data: contacts stay sealed in the log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from eventsourcing.persistence import Tracking
+from eventsourcing.projection import Projection
+
+from core.case import ServiceCase
+from projections.map import MapView
+
+Statement = tuple[str, dict[str, Any]]
+
+_SET_DEADLINE = "due_at = %(due_at)s, due_soon_at = %(due_soon_at)s, deadline_no = deadline_no + 1"
+
+
+def _submitted(e: Any) -> Statement:
+    return (
+        "INSERT INTO service_cases (case_id, channel, external_id, category, description,"
+        " status, lon, lat, address, citizen_id, submitted_by, submitted_at, updated_at,"
+        " version) VALUES (%(id)s, %(channel)s, %(external_id)s, %(category)s,"
+        " %(description)s, 'submitted', %(lon)s, %(lat)s, %(address)s, %(citizen_id)s,"
+        " %(actor)s, %(ts)s, %(ts)s, %(version)s) ON CONFLICT (case_id) DO NOTHING",
+        {
+            "channel": e.channel,
+            "external_id": e.external_id,
+            "category": e.category,
+            "description": e.description,
+            "lon": e.lon,
+            "lat": e.lat,
+            "address": e.address,
+            "citizen_id": e.citizen_id,
+            "actor": e.actor,
+        },
+    )
+
+
+def _update(sets: str, **params: Any) -> Callable[[Any], Statement]:
+    """An UPDATE of the case's row; ``params`` name event attributes to bind."""
+
+    def build(e: Any) -> Statement:
+        return (
+            f"UPDATE service_cases SET {sets}, updated_at = %(ts)s, version = %(version)s"
+            " WHERE case_id = %(id)s",
+            {name: getattr(e, attr) for name, attr in params.items()},
+        )
+
+    return build
+
+
+def _rated(e: Any) -> Statement:
+    if e.revisit:
+        return _update(
+            f"status = 'reopened', rating = %(rating)s, revisits = revisits + 1, {_SET_DEADLINE},"
+            " status_notes = 'reopened for a revisit after a bad rating'",
+            rating="rating",
+            due_at="due_at",
+            due_soon_at="due_soon_at",
+        )(e)
+    return _update("status = 'closed', rating = %(rating)s, closed_at = %(ts)s", rating="rating")(e)
+
+
+def _rejected(e: Any) -> Statement:
+    return _update(
+        "status = 'rejected', rejection = %(rejection)s, status_notes = %(notes)s,"
+        " closed_at = %(ts)s",
+        rejection="rejection",
+        notes="reason",
+    )(e)
+
+
+_HANDLERS: dict[str, Callable[[Any], Statement]] = {
+    "CaseSubmitted": _submitted,
+    "CaseAccepted": _update("status = 'accepted', status_notes = %(notes)s", notes="reason"),
+    "DuplicatesSuggested": lambda e: (
+        "UPDATE service_cases SET possible_duplicates = %(n)s, status_notes = %(notes)s,"
+        " updated_at = %(ts)s, version = %(version)s WHERE case_id = %(id)s",
+        {"n": len(e.possible_duplicates), "notes": e.reason},
+    ),
+    "CaseRejected": _rejected,
+    "CaseAssigned": _update(
+        "status = 'assigned', department_code = %(department)s, grid_code = %(grid)s,"
+        f" district_code = %(district)s, awaiting_assignment = false, {_SET_DEADLINE},"
+        " extension_pending = false, status_notes = %(notes)s",
+        department="department_code",
+        grid="grid_code",
+        district="district_code",
+        due_at="due_at",
+        due_soon_at="due_soon_at",
+        notes="reason",
+    ),
+    "AssignmentPending": _update(
+        "awaiting_assignment = true, grid_code = %(grid)s, district_code = %(district)s,"
+        " status_notes = %(notes)s",
+        grid="grid_code",
+        district="district_code",
+        notes="reason",
+    ),
+    "CaseReturned": _update(
+        "status = 'accepted', department_code = NULL, due_at = NULL, due_soon_at = NULL,"
+        " awaiting_assignment = true, extension_pending = false, returns = returns + 1,"
+        " status_notes = %(notes)s",
+        notes="reason",
+    ),
+    "CaseStarted": _update("status = 'in_progress'"),
+    "CaseResolved": _update(
+        "status = 'resolved', resolved_at = %(ts)s, extension_pending = false,"
+        " status_notes = %(reply)s",
+        reply="reply",
+    ),
+    "ExtensionRequested": _update("extension_pending = true"),
+    "ExtensionApproved": _update(
+        f"extension_pending = false, extensions = extensions + 1, {_SET_DEADLINE}",
+        due_at="due_at",
+        due_soon_at="due_soon_at",
+    ),
+    "ExtensionRefused": _update("extension_pending = false"),
+    "CaseRated": _rated,
+    "CaseClosed": _update("status = 'closed', closed_at = %(ts)s"),
+    "CaseCancelled": _update(
+        "status = 'cancelled', closed_at = %(ts)s, extension_pending = false,"
+        " status_notes = %(notes)s",
+        notes="reason",
+    ),
+    "CaseDueSoon": _update("due_soon_marked = %(no)s", no="deadline_no"),
+    "CaseBecameOverdue": _update("overdue_marked = %(no)s", no="deadline_no"),
+}
+
+
+class CaseProjection(Projection[MapView]):
+    """Service cases as ``service_cases`` rows; the view shares the map's transaction shape."""
+
+    name = "cases"
+    topics = ()
+
+    def process_event(self, domain_event: Any, tracking: Tracking) -> None:
+        handler = (
+            _HANDLERS.get(type(domain_event).__name__)
+            if isinstance(domain_event, ServiceCase.Event)
+            else None
+        )
+        if handler is None:
+            # Events this view does not show still advance its position.
+            self.view.apply([], tracking, {"layer": None})
+            return
+        sql, params = handler(domain_event)
+        params.update(
+            id=domain_event.originator_id,
+            ts=domain_event.timestamp,
+            version=domain_event.originator_version,
+        )
+        self.view.apply(
+            [(sql, params)],
+            tracking,
+            {
+                "layer": "cases",
+                "id": str(domain_event.originator_id),
+                "event": type(domain_event).__name__,
+            },
+        )
