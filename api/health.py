@@ -8,9 +8,14 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
+from psycopg import sql
+
 from api.deps import ContainerDep
 
 router = APIRouter(tags=["health"])
+
+
+PROJECTIONS = ("map", "cases")
 
 
 @router.get("/healthz")
@@ -21,7 +26,7 @@ def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 def readyz(c: ContainerDep) -> JSONResponse:
-    """Each dependency answers: PostgreSQL, Kafka, MQTT, the map projection's lag."""
+    """Each dependency answers: PostgreSQL, Kafka, MQTT, and each projection's lag."""
     checks: dict[str, Any] = {}
     ok = True
     t0 = time.perf_counter()
@@ -29,11 +34,19 @@ def readyz(c: ContainerDep) -> JSONResponse:
         with c.pool.connection() as conn:
             conn.execute("SELECT 1")
             head = conn.execute("SELECT max(notification_id) FROM city_events").fetchone()
-            pos = conn.execute("SELECT max(notification_id) FROM map_tracking").fetchone()
+            seen = {
+                name: conn.execute(
+                    sql.SQL("SELECT max(notification_id) FROM {}").format(
+                        sql.Identifier(f"{name}_tracking")
+                    )
+                ).fetchone()
+                for name in PROJECTIONS
+            }
         last = (head[0] if head else None) or 0
-        seen = (pos[0] if pos else None) or 0
         checks["postgres"] = {"ok": True, "ms": round((time.perf_counter() - t0) * 1000, 1)}
-        checks["projection_map"] = {"ok": True, "lag_events": max(0, last - seen)}
+        for name, pos in seen.items():
+            lag = max(0, last - ((pos[0] if pos else None) or 0))
+            checks[f"projection_{name}"] = {"ok": True, "lag_events": lag}
     except Exception as exc:  # a readiness probe reports, it does not raise
         ok = False
         checks["postgres"] = {"ok": False, "error": type(exc).__name__}

@@ -100,6 +100,128 @@ def projector(rebuild: bool = False) -> None:
 
 
 @app.command()
+def intake(group: str = "case-intake") -> None:
+    """Case intake: Kafka cityops.cases.inbound (hotline systems) -> service cases."""
+    from cityops.bootstrap import run_intake
+
+    _logging()
+    settings = _settings()
+    _run_until_signal(lambda stop: run_intake(settings, stop, group_id=group))
+
+
+@app.command()
+def sla() -> None:
+    """SLA clock: due-soon (80 %) and overdue (100 %) marks on service cases."""
+    from cityops.bootstrap import run_sla
+
+    _logging()
+    settings = _settings()
+    _run_until_signal(lambda stop: run_sla(settings, stop))
+
+
+@app.command()
+def token(
+    role: Annotated[
+        str, typer.Option(help="operator, dispatcher, department, auditor, gateway, citizen")
+    ],
+    subject: Annotated[
+        str | None, typer.Option(help="who (user name; citizens: see --phone)")
+    ] = None,
+    department: Annotated[
+        str | None, typer.Option(help="department code (role department)")
+    ] = None,
+    phone: Annotated[str | None, typer.Option(help="citizen: find or create by phone")] = None,
+    ttl: Annotated[int | None, typer.Option(help="seconds of validity")] = None,
+) -> None:
+    """Print a signed bearer token (JWT) for a person."""
+    from api.auth import issue_token
+
+    settings = _settings()
+    if role == "citizen" and subject is None:
+        if phone is None:
+            raise typer.BadParameter("a citizen token needs --phone (or a citizen id as --subject)")
+        subject = str(_citizen_id(settings, phone))
+    if subject is None:
+        raise typer.BadParameter("--subject is required")
+    try:
+        typer.echo(issue_token(settings, subject, role, department, ttl))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+def _citizen_id(settings: Settings, phone: str) -> object:
+    from cityops.bootstrap import personal_data
+    from cityops.pgstore import make_pool
+    from core.personal import Contact
+
+    pool = make_pool(settings, max_size=1)
+    try:
+        personal = personal_data(settings, pool)
+        return personal.keys.find_or_create(personal.lookup_of(Contact.parse(phone=phone)))[0]
+    finally:
+        pool.close()
+
+
+@app.command()
+def apikey(
+    name: Annotated[str, typer.Option(help="the machine, e.g. hotline-12345 or gw-0001")],
+    role: Annotated[str, typer.Option(help="gateway, operator, citizen (an Open311 app), ...")],
+    department: Annotated[str | None, typer.Option()] = None,
+    revoke: Annotated[bool, typer.Option(help="revoke every key of this name instead")] = False,
+) -> None:
+    """Create (or revoke) an API key for a machine; the key is printed once."""
+    from api.auth import ROLES
+    from cityops.apikeys import PgApiKeys
+    from cityops.pgstore import make_pool
+
+    if role not in ROLES:
+        raise typer.BadParameter(f"role must be one of {', '.join(ROLES)}")
+    pool = make_pool(_settings(), max_size=1)
+    try:
+        keys = PgApiKeys(pool)
+        if revoke:
+            typer.echo(f"revoked {keys.revoke(name)} key(s) of {name}")
+        else:
+            typer.echo(keys.create(name, role, department))
+    finally:
+        pool.close()
+
+
+@app.command("erase-citizen")
+def erase_citizen(
+    phone: Annotated[str | None, typer.Option()] = None,
+    citizen_id: Annotated[str | None, typer.Option()] = None,
+) -> None:
+    """Erase one citizen's personal data (PIPL): their cases then read [erased]."""
+    import uuid
+
+    from cityops.bootstrap import city_app, service_desk
+    from cityops.pgstore import make_pool
+    from projections.case_queries import CaseQueries
+
+    settings = _settings()
+    pool = make_pool(settings, max_size=2)
+    city = city_app(settings, pool_size=2)
+    try:
+        desk = service_desk(settings, city, pool)
+        if citizen_id is not None:
+            found: uuid.UUID | None = uuid.UUID(citizen_id)
+        elif phone is not None:
+            found = desk.personal.citizen_for(phone=phone)
+        else:
+            raise typer.BadParameter("give --phone or --citizen-id")
+        if found is None:
+            typer.echo("no such citizen (or already erased)")
+            raise typer.Exit(1)
+        cases = CaseQueries(pool).case_ids_of_citizen(found)
+        noted = desk.erase_citizen(found, cases, "operator:cli", f"cli:{uuid.uuid4()}")
+        typer.echo(f"erased citizen {found}; noted on {noted} case(s)")
+    finally:
+        city.close()
+        pool.close()
+
+
+@app.command()
 def simulate(
     rate: Annotated[float | None, typer.Option(help="messages per second")] = None,
     duration: Annotated[float | None, typer.Option(help="seconds; default: forever")] = None,

@@ -93,7 +93,7 @@ def run_demo(
         )
         manager = Manager()
         env = dict(os.environ)
-        procs = ["api", "projector", "writer", "monitor", "bridge"]
+        procs = ["api", "projector", "writer", "monitor", "bridge", "intake", "sla"]
         if simulator:
             procs.append("simulate")
         for name in procs:

@@ -63,3 +63,14 @@ def settings(database_url: str, unique: str, tmp_path: Path) -> Settings:
         sim_sensors=40,
         monitor_silence_check_s=0.5,
     )
+
+
+def bearer(
+    settings: Settings, role: str = "operator", subject: str | None = None, **kw: str
+) -> dict[str, str]:
+    """An Authorization header with a token of ``role`` (subject defaults to the role)."""
+    from api.auth import issue_token
+
+    return {
+        "Authorization": f"Bearer {issue_token(settings, subject or f'test-{role}', role, **kw)}"
+    }

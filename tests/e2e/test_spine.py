@@ -30,6 +30,7 @@ from cityops.bootstrap import (
 from cityops.settings import Settings
 from core.rules import DEPARTMENT_TYPE
 from gis.assign import Jurisdictions
+from tests.conftest import bearer
 from tests.integration.test_pipeline_kafka import count, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -103,6 +104,7 @@ def test_senml_over_mqtt_becomes_incident_on_the_map(pipeline: Settings) -> None
     )
 
     with TestClient(create_app(settings)) as http:
+        http.headers.update(bearer(settings, "operator"))
 
         def incident() -> dict | None:
             found = http.get("/api/v1/incidents", params={"status": "open"}).json()["features"]

@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from cityops.bootstrap import seed
 from cityops.settings import Settings
+from tests.conftest import bearer
 
 pytestmark = pytest.mark.integration
 
@@ -19,6 +20,7 @@ pytestmark = pytest.mark.integration
 def http(settings: Settings) -> Iterator[TestClient]:
     seed(settings)
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        client.headers.update(bearer(settings, "operator"))
         yield client
 
 
@@ -26,7 +28,13 @@ def test_health_and_layers(http: TestClient) -> None:
     assert http.get("/healthz").json() == {"status": "ok"}
     ready = http.get("/readyz")
     assert ready.status_code == 200, ready.text
-    assert set(ready.json()["checks"]) == {"postgres", "projection_map", "kafka", "mqtt"}
+    assert set(ready.json()["checks"]) == {
+        "postgres",
+        "projection_map",
+        "projection_cases",
+        "kafka",
+        "mqtt",
+    }
     districts = http.get("/api/v1/map/layers/districts").json()
     assert districts["type"] == "FeatureCollection"
     assert len(districts["features"]) == 6
@@ -95,7 +103,7 @@ def test_sensor_filters_on_the_projected_read_model(http: TestClient, settings: 
         (
             "post",
             f"/api/v1/incidents/{uuid.uuid4()}/acknowledge",
-            {"json": {"actor": ""}},
+            {"json": {"reason": ["not", "text"]}},
             422,
             "invalid request",
         ),

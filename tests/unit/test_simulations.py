@@ -25,6 +25,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 import simulations.gateways
 import simulations.scenarios
 from cityops.settings import Settings
+from core.categories import load_categories
 from core.telemetry import SENSOR_TYPES, UNIT_CONVERSIONS
 from gis.assign import GridIndex
 from gis.crs import METRIC_CRS
@@ -119,8 +120,19 @@ def test_grid_cells(city: CityLayers) -> None:
 def test_jurisdictions(city: CityLayers) -> None:
     jur = city.jurisdictions
     assert len(jur) == 6 * len(DEPARTMENTS)
-    assert set(jur.department_type) == {"water", "environment", "roads", "lighting", "sanitation"}
-    assert jur.department_code.str.fullmatch(r"\d{6}-[a-z]+").all()
+    assert set(jur.department_type) == {
+        "water",
+        "environment",
+        "roads",
+        "lighting",
+        "sanitation",
+        "traffic",
+        "urban_management",
+    }
+    assert jur.department_code.str.fullmatch(r"\d{6}-[a-z_]+").all()
+    # Every service-case category can be dispatched by polygon in the demo city.
+    categories = load_categories()
+    assert {c.department_type for c in categories} <= set(jur.department_type)
     water = jur[jur.department_type == "water"]
     assert water.name_zh.str.endswith("水务局").all()
 
@@ -147,7 +159,7 @@ def test_every_sensor_is_inside_its_grid_cell(city: CityLayers) -> None:
 def test_manifest(city_dir: Path) -> None:
     manifest = yaml.safe_load((city_dir / "city.yaml").read_text())
     assert manifest["seed"] == SEED
-    assert manifest["version"] == 1
+    assert manifest["version"] == 2
     assert manifest["counts"]["sensors"] == N_SENSORS
     assert manifest["counts"]["grid_cells"] >= 3_000
 
@@ -173,6 +185,20 @@ def test_ensure_city_keeps_existing_data_and_warns_on_other_settings(
         layers = ensure_city(settings)
     assert len(layers.sensors) == N_SENSORS
     assert "using it as is" in caplog.text
+
+
+def test_ensure_city_regenerates_what_an_older_generator_made(tmp_path: Path) -> None:
+    generate_city(SEED, N_SENSORS, tmp_path)
+    manifest_path = tmp_path / "city.yaml"
+    manifest = yaml.safe_load(manifest_path.read_text(encoding="utf-8"))
+    manifest["version"] = 1
+    manifest_path.write_text(yaml.safe_dump(manifest), encoding="utf-8")
+    (tmp_path / "jurisdictions.geojson").write_text(
+        '{"type": "FeatureCollection", "features": []}', encoding="utf-8"
+    )
+    layers = ensure_city(Settings(data_dir=tmp_path, city_seed=SEED, sim_sensors=N_SENSORS))
+    assert len(layers.jurisdictions) == 6 * len(DEPARTMENTS)
+    assert yaml.safe_load(manifest_path.read_text(encoding="utf-8"))["version"] == 2
 
 
 def test_generate_rejects_too_few_sensors(tmp_path: Path) -> None:
