@@ -7,7 +7,6 @@ from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
-
 from psycopg import sql
 
 from api.deps import ContainerDep

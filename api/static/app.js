@@ -265,13 +265,61 @@
     return text;
   }
 
+  // ---------------------------------------------------------------- sign-in
+
+  // The API wants a bearer token. A token given as #token=... (from `cityops token`) is
+  // kept for this tab; without one, a development server hands out an operator token.
+  const TOKEN_KEY = 'cityops.token';
+  const auth = { token: null, pending: null };
+
+  function tokenFromHash() {
+    const m = /(?:^|[#&])token=([^&]+)/.exec(window.location.hash || '');
+    if (!m) return null;
+    history.replaceState(null, '', window.location.pathname + window.location.search);
+    return decodeURIComponent(m[1]);
+  }
+
+  async function obtainToken(force = false) {
+    if (!force) {
+      auth.token = auth.token || tokenFromHash() || sessionStorage.getItem(TOKEN_KEY);
+      if (auth.token) return auth.token;
+    }
+    if (!auth.pending) {
+      auth.pending = (async () => {
+        try {
+          const res = await fetch(`${API}/auth/dev-token`, { method: 'POST', headers: { Accept: 'application/json' } });
+          if (!res.ok) return null;
+          const data = await res.json();
+          return data && data.access_token ? data.access_token : null;
+        } catch (_) {
+          return null;
+        } finally {
+          auth.pending = null;
+        }
+      })();
+    }
+    const token = await auth.pending;
+    auth.token = token;
+    if (token) sessionStorage.setItem(TOKEN_KEY, token);
+    else sessionStorage.removeItem(TOKEN_KEY);
+    return token;
+  }
+
   /** fetch() that never throws: {ok, status, data, error}. */
-  async function request(url, options = {}, timeoutMs = 15_000) {
+  async function request(url, options = {}, timeoutMs = 15_000, retried = false) {
     const ctrl = new AbortController();
     const timer = setTimeout(() => ctrl.abort(), timeoutMs);
     try {
+      const token = await obtainToken();
       const headers = { Accept: 'application/json', ...(options.headers || {}) };
+      if (token) headers.Authorization = `Bearer ${token}`;
       const res = await fetch(url, { ...options, headers, signal: ctrl.signal });
+      if (res.status === 401 && !retried) {
+        // Expired or foreign token: get a fresh one once, then give up with the message.
+        clearTimeout(timer);
+        if (await obtainToken(true)) return request(url, options, timeoutMs, true);
+        return { ok: false, status: 401, data: null, error: 'sign-in required: open this page with #token=<a token from `cityops token`>' };
+      }
       const text = await res.text();
       let data = null;
       if (text) {
@@ -1368,7 +1416,7 @@
     const res = await request(`${API}/incidents/${encodeURIComponent(rec.id)}/acknowledge`, {
       method: 'POST',
       headers: { 'Content-Type': 'application/json' },
-      body: JSON.stringify({ actor: 'operator', reason: el.ackReason.value.trim() }),
+      body: JSON.stringify({ reason: el.ackReason.value.trim() }),
     });
     state.ackBusy = false;
     const same = state.selectedId === rec.id;
@@ -1595,7 +1643,8 @@
       return;
     }
     if (live.es) live.es.close();
-    const es = new EventSource(`${API}/live`);
+    const query = auth.token ? `?access_token=${encodeURIComponent(auth.token)}` : '';
+    const es = new EventSource(`${API}/live${query}`);
     live.es = es;
     setLive(live.everOpen ? 'reconnecting' : 'connecting');
     es.onopen = () => {
@@ -1616,8 +1665,10 @@
       if (live.es !== es) return;
       live.lost = true;
       if (es.readyState === EventSource.CLOSED) {
-        // The browser gave up (HTTP error or wrong content type): retry with backoff.
+        // The browser gave up (HTTP error or wrong content type): retry with backoff,
+        // with a fresh token in case this one expired.
         es.close();
+        obtainToken(true);
         live.es = null;
         const delay = Math.min(30_000, 1000 * 2 ** live.retry);
         live.retry += 1;
@@ -1702,10 +1753,13 @@
     // Relative times ("5 min ago") age on screen.
     setInterval(() => invalidate('list', 'detail'), 30_000);
 
-    const ready = loadLayers().then(() => {
-      document.body.dataset.ready = 'true';
+    const ready = obtainToken().then(() => {
+      const loaded = loadLayers().then(() => {
+        document.body.dataset.ready = 'true';
+      });
+      connectLive(); // after loadLayers started, so early changes are buffered and replayed
+      return loaded;
     });
-    connectLive(); // after loadLayers started, so early changes are buffered and replayed
 
     window.CityOps = {
       state,

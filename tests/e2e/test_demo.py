@@ -52,10 +52,16 @@ def test_demo_shows_incidents_within_a_minute(tmp_path: Path) -> None:
             assert proc.poll() is None, proc.stdout.read().decode()[-3000:]  # type: ignore[union-attr]
             time.sleep(1)
         ready_at = time.monotonic()
+        # The demo runs in development: the page's sign-in hands out an operator token.
+        login = httpx.post(f"{base}/api/v1/auth/dev-token", timeout=5)
+        assert login.status_code == 200, login.text
+        auth = {"Authorization": f"Bearer {login.json()['access_token']}"}
+        assert httpx.get(f"{base}/api/v1/incidents", timeout=5).status_code == 401
         incidents: list = []
         while time.monotonic() - ready_at < 60 and not incidents:
             time.sleep(2)
-            incidents = httpx.get(f"{base}/api/v1/incidents", timeout=5).json()["features"]
+            got = httpx.get(f"{base}/api/v1/incidents", headers=auth, timeout=5)
+            incidents = got.json()["features"]
         assert incidents, "no incident within a minute of the demo being ready"
         assert {f["properties"]["category"] for f in incidents} >= {"flooding"}
         page = httpx.get(base + "/", timeout=5)

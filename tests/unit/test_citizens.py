@@ -202,12 +202,15 @@ def test_rainstorm_reports_cluster_near_flooded_sensors(
     scenario = [r for r in storm if r.cause == "scenario"]
     assert len(scenario) > 20
     assert {r.service_code for r in scenario} == {"flooding", "drain_blocked"}
+    nearest = []
     for r in scenario:
         flooded = model.flooded(math.floor(r.t))
         assert len(flooded) > 0
         assert set(flooded.district_code) <= set(RIVERSIDE_DISTRICTS)
-        nearest = float(distance_m(r.lon, r.lat, flooded.lon, flooded.lat).min())
-        assert 45.0 <= nearest <= 255.0, r
+        nearest.append(float(distance_m(r.lon, r.lat, flooded.lon, flooded.lat).min()))
+    # 50 to 250 m from the sensor they are about; another one may be nearer still.
+    assert max(nearest) <= 255.0
+    assert sum(d >= 45.0 for d in nearest) > 0.7 * len(nearest)
     assert inside(city, scenario).all()
 
     # All flooding reports of the storm, everyday ones included, are mostly there.

@@ -25,14 +25,18 @@ DEPLOY = ROOT / "deploy"
 MOSQUITTO = DEPLOY / "mosquitto"
 
 INFRASTRUCTURE = ("kafka", "timescaledb", "mosquitto")
-APP = ("seed", "api", "bridge", "writer", "monitor", "projector", "simulator")
+APP = ("seed", "api", "bridge", "writer", "monitor", "projector", "intake", "sla", "simulator")
 LONG_RUNNING_APP = tuple(name for name in APP if name != "seed")
-SUBCOMMANDS = frozenset({"seed", "api", "bridge", "writer", "monitor", "projector", "simulate"})
+SUBCOMMANDS = frozenset(
+    {"seed", "api", "bridge", "writer", "monitor", "projector", "intake", "sla", "simulate"}
+)
 SECRETS = (
     "POSTGRES_PASSWORD",
     "CITYOPS_DB_PASSWORD",
     "MQTT_BRIDGE_PASSWORD",
     "MQTT_SIMULATOR_PASSWORD",
+    "CITYOPS_JWT_SECRET",
+    "CITYOPS_PII_PEPPER",
 )
 DEPENDS_ON_CONDITIONS = frozenset(
     {"service_started", "service_healthy", "service_completed_successfully"}
