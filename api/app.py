@@ -127,3 +127,8 @@ def create_app(settings: Settings, container: Container | None = None) -> FastAP
         return FileResponse(str(static.joinpath("index.html")))
 
     return app
+
+
+def app_from_env() -> FastAPI:
+    """The app from ``CITYOPS_*`` settings: for ``uvicorn --factory`` with several workers."""
+    return create_app(Settings())

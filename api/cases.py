@@ -132,9 +132,14 @@ def timeline(desk: ServiceDesk, case_id: uuid.UUID) -> list[dict[str, Any]]:
     return out
 
 
-def detail(desk: ServiceDesk, who: Principal, case: ServiceCase) -> dict[str, Any]:
-    """One case from its aggregate, with the contact as ``who`` may see it."""
-    return {
+def detail(
+    desk: ServiceDesk, who: Principal, case: ServiceCase, with_contact: bool = True
+) -> dict[str, Any]:
+    """One case from its aggregate, with the contact as ``who`` may see it.
+
+    Command answers leave the contact out: it costs a key lookup nobody needs there.
+    """
+    out = {
         "case_id": str(case.id),
         "channel": case.channel,
         "external_id": case.external_id,
@@ -146,7 +151,6 @@ def detail(desk: ServiceDesk, who: Principal, case: ServiceCase) -> dict[str, An
         "location": None if case.lon is None else {"lon": case.lon, "lat": case.lat},
         "address": case.address,
         "attributes": case.attributes,
-        "contact": contact_view(desk, who, case),
         "personal_data_erased": case.erased,
         "submitted_by": case.submitted_by,
         "rejection": case.rejection,
@@ -172,6 +176,9 @@ def detail(desk: ServiceDesk, who: Principal, case: ServiceCase) -> dict[str, An
         "updated_at": _iso(case.modified_on),
         "version": case.version,
     }
+    if with_contact:
+        out["contact"] = contact_view(desk, who, case)
+    return out
 
 
 # -- request bodies -------------------------------------------------------------------------
@@ -380,7 +387,7 @@ async def submit_case(
         citizen_id=_citizen_uuid(who),
     )
     case = await run_in_threadpool(desk.submit, cmd, who.actor, correlation())
-    return detail(desk, who, case)
+    return detail(desk, who, case, with_contact=False)
 
 
 def _citizen_uuid(who: Principal) -> uuid.UUID | None:
@@ -401,7 +408,7 @@ async def _run(
         authorize_read(who, case)
 
     def go() -> dict[str, Any]:
-        return detail(desk, who, command(check))
+        return detail(desk, who, command(check), with_contact=False)
 
     return await run_in_threadpool(go)
 

@@ -309,3 +309,29 @@ def run_simulator(
     )
     stats = simulator.run(duration_s=duration, stop_event=stop)
     log.info("simulator: %s", stats)
+
+
+def run_citizens(
+    settings: Settings, stop: threading.Event, *, duration: float | None = None
+) -> None:
+    """Citizens filing cases over Open311 and the hotline topic, until stopped."""
+    from api.auth import issue_token
+    from simulations.citizens import CitizenParams, CitizenSimulator
+
+    # The simulated Open311 app files for callers as an operator would.
+    token = issue_token(settings, "citizen-simulator", "operator", ttl_s=30 * 86_400)
+    host = "127.0.0.1" if settings.api_host in ("0.0.0.0", "::") else settings.api_host
+    # Block at most 5 s on a broker that is down; the simulator backs off and retries.
+    producer = topics.make_producer(settings, client_id="cityops-citizens", max_block_ms=5_000)
+    try:
+        simulator = CitizenSimulator.from_settings(
+            settings,
+            token=token,
+            base_url=settings.sim_api_url or f"http://{host}:{settings.api_port}",
+            params=CitizenParams(base_rate=settings.cases_sim_rate),
+            producer=producer,
+        )
+        stats = simulator.run(duration_s=duration, stop_event=stop)
+        log.info("citizen simulator: %s", stats)
+    finally:
+        producer.close()

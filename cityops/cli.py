@@ -238,6 +238,18 @@ def simulate(
 
 
 @app.command()
+def citizens(
+    duration: Annotated[float | None, typer.Option(help="seconds; default: forever")] = None,
+) -> None:
+    """Citizen simulator: cases over Open311 (HTTP) and the hotline topic (Kafka)."""
+    from cityops.bootstrap import run_citizens
+
+    _logging()
+    settings = _settings()
+    _run_until_signal(lambda stop: run_citizens(settings, stop, duration=duration))
+
+
+@app.command()
 def api() -> None:
     """The HTTP API and the operations-center page."""
     import uvicorn

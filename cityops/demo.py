@@ -95,7 +95,7 @@ def run_demo(
         env = dict(os.environ)
         procs = ["api", "projector", "writer", "monitor", "bridge", "intake", "sla"]
         if simulator:
-            procs.append("simulate")
+            procs += ["simulate", "citizens"]
         for name in procs:
             manager.add_process(name, command_line(name), env=env)
         manager.loop()

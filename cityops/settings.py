@@ -73,7 +73,9 @@ class Settings(BaseSettings):
     categories_file: Path | None = None
     cases_auto_accept: bool = True
     sla_poll_s: float = Field(default=5.0, gt=0)
-    cases_sim_rate: float = Field(default=0.5, ge=0, description="citizen reports per second")
+    # The citizen simulator: everyday reports per second, and the API it files to.
+    cases_sim_rate: float = Field(default=0.2, ge=0)
+    sim_api_url: str = ""  # default: http://<api_host>:<api_port>
 
     # Reference data: generated demo city lives here (GeoJSON / GeoPackage / YAML).
     data_dir: Path = Path("var/city")

@@ -185,7 +185,9 @@ class ServiceDesk:
         """Submit a case; with auto-accept on, register and dispatch it at once."""
         category, attributes = self.validate(cmd)
         new_id = case_id(cmd.channel, cmd.external_id)
-        if (pe is not None and new_id in pe.aggregates) or self.app.exists(new_id):
+        # A worker's batch checks first (its transaction must not fail); a direct save
+        # finds out from the event store's unique (id, version), with no extra query.
+        if pe is not None and (new_id in pe.aggregates or self.app.exists(new_id)):
             raise DuplicateSubmissionError(new_id)
         citizen: UUID | None = cmd.citizen_id
         token = None
@@ -207,13 +209,22 @@ class ServiceDesk:
             actor=actor,
             correlation_id=correlation_id,
         )
-        if self.auto_accept:
-            self._intake(case, category, correlation_id)
-        self._save(case, pe)
+        self._intake(case, category, correlation_id)
+        if pe is not None:
+            pe.collect_events(case)
+            return case
+        try:
+            self.app.save(case)
+        except IntegrityError:
+            raise DuplicateSubmissionError(new_id) from None
         return case
 
     def _intake(self, case: ServiceCase, category: Category, correlation_id: str) -> None:
-        """Intake policy: refuse what is not the city's, hold possible duplicates, else go."""
+        """Intake policy: refuse what is not the city's, hold possible duplicates, else go.
+
+        "Go" is registration and dispatch when auto-accept is on; else a dispatcher
+        registers the case.
+        """
         if case.lon is not None and case.lat is not None:
             if self.locator.place(case.lon, case.lat) is None:
                 case.reject(
@@ -241,8 +252,9 @@ class ServiceDesk:
                         correlation_id=correlation_id,
                     )
                     return
-        case.accept(actor=SYSTEM_INTAKE, reason="registered", correlation_id=correlation_id)
-        self._dispatch(case, category, SYSTEM_INTAKE, correlation_id)
+        if self.auto_accept:
+            case.accept(actor=SYSTEM_INTAKE, reason="registered", correlation_id=correlation_id)
+            self._dispatch(case, category, SYSTEM_INTAKE, correlation_id)
 
     def _dispatch(
         self, case: ServiceCase, category: Category, actor: str, correlation_id: str

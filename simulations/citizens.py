@@ -694,7 +694,7 @@ class CitizenSimulator:
         seed = settings.city_seed
         model = CitizenModel(
             ensure_city(settings),
-            load_categories(),
+            load_categories(settings.categories_file),
             make_scenario(scenario or settings.sim_scenario, seed),
             seed=seed,
             params=params,

@@ -425,9 +425,15 @@ class FakeProducer:
 class Api:
     """A fake Open311 endpoint: 201, or an Open311 error for some service codes."""
 
-    def __init__(self, reject: frozenset[str] = frozenset(), down_calls: int = 0) -> None:
+    def __init__(
+        self,
+        reject: frozenset[str] = frozenset(),
+        garble: frozenset[str] = frozenset(),
+        down_calls: int = 0,
+    ) -> None:
         self.requests: list[httpx.Request] = []
         self.reject = reject
+        self.garble = garble
         self.down_calls = down_calls
         self.calls = 0
 
@@ -441,7 +447,7 @@ class Api:
             return httpx.Response(
                 400, json=[{"code": 400, "description": "service_code not accepted"}]
             )
-        if form["service_code"] == "water_pollution":
+        if form["service_code"] in self.garble:
             return httpx.Response(422, text="not json")
         return httpx.Response(201, json=[{"service_request_id": f"c-{len(self.requests)}"}])
 
@@ -474,12 +480,16 @@ def test_simulator_sends_everything_and_counts_api_errors(
 ) -> None:
     model = model_of(city, categories, base_rate=2.0)
     expected = model_of(city, categories, base_rate=2.0).reports(0.0, 60.0)
-    api, producer, clock = Api(reject=frozenset({"noise_social"})), FakeProducer(), FakeClock()
+    api = Api(
+        reject=frozenset({"noise_social", "illegal_parking"}), garble=frozenset({"road_damage"})
+    )
+    producer, clock = FakeProducer(), FakeClock()
     stats = simulator(model, api, producer, clock).run(duration_s=60.0)
 
     by_channel = Counter(r.channel for r in expected)
     rejected = sum(
-        r.channel == "open311" and r.service_code in ("noise_social", "water_pollution")
+        r.channel == "open311"
+        and r.service_code in ("noise_social", "illegal_parking", "road_damage")
         for r in expected
     )
     assert rejected > 0

@@ -25,10 +25,32 @@ DEPLOY = ROOT / "deploy"
 MOSQUITTO = DEPLOY / "mosquitto"
 
 INFRASTRUCTURE = ("kafka", "timescaledb", "mosquitto")
-APP = ("seed", "api", "bridge", "writer", "monitor", "projector", "intake", "sla", "simulator")
+APP = (
+    "seed",
+    "api",
+    "bridge",
+    "writer",
+    "monitor",
+    "projector",
+    "intake",
+    "sla",
+    "simulator",
+    "citizens",
+)
 LONG_RUNNING_APP = tuple(name for name in APP if name != "seed")
 SUBCOMMANDS = frozenset(
-    {"seed", "api", "bridge", "writer", "monitor", "projector", "intake", "sla", "simulate"}
+    {
+        "seed",
+        "api",
+        "bridge",
+        "writer",
+        "monitor",
+        "projector",
+        "intake",
+        "sla",
+        "simulate",
+        "citizens",
+    }
 )
 SECRETS = (
     "POSTGRES_PASSWORD",
