@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+import functools
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any
 
 import orjson
-from fastapi import Depends, FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import cases, errors, health, incidents, live, map, open311, sensors, session, telemetry
 from api.auth import STAFF_READ, ApiKeyVerifier, require
@@ -19,6 +22,41 @@ from api.probes import kafka_probe, tcp_probe
 from cityops.settings import Settings
 
 MAX_BODY_BYTES = 64 * 1024
+
+
+class BodyLimit:
+    """413 for bodies over ``max_bytes``: by Content-Length, and counted while streaming.
+
+    Counting matters: a chunked request has no Content-Length to check up front. The
+    413 raised while reading reaches the app's error handlers like any HTTP error.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        too_large = f"request body larger than {self.max_bytes} bytes"
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+            await errors.respond(request, 413, too_large)(scope, receive, send)
+            return
+        seen = 0
+
+        async def counting_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise StarletteHTTPException(413, too_large)
+            return message
+
+        await self.app(scope, counting_receive, send)
 
 
 def layer_geojson(gdf: Any, id_column: str) -> dict[str, Any]:
@@ -51,6 +89,7 @@ def build_container(settings: Settings) -> Container:
         kafka.Topics.of(settings),
         DeviceRegistry(city),
         Limits.from_settings(settings),
+        gateway_of=functools.lru_cache(maxsize=100_000)(city.gateway_of),
     )
     probes = {
         "kafka": kafka_probe(settings.kafka_bootstrap),
@@ -103,14 +142,7 @@ def create_app(settings: Settings, container: Container | None = None) -> FastAP
     )
     errors.install(app)
 
-    @app.middleware("http")
-    async def limit_body(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-            return errors.respond(request, 413, f"request body larger than {MAX_BODY_BYTES} bytes")
-        return await call_next(request)
+    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
 
     staff = [Depends(require(*STAFF_READ))]
     # Public: health probes, the Open311 reads (open311 checks its own POST), the login.

@@ -79,6 +79,7 @@ def summary(row: dict[str, Any]) -> dict[str, Any]:
         "overdue": active and deadline_no > 0 and row["overdue_marked"] == deadline_no,
         "extension_pending": row["extension_pending"],
         "rating": row["rating"],
+        "personal_data_erased": row["personal_data_erased"],
         "submitted_at": _iso(row["submitted_at"]),
         "updated_at": _iso(row["updated_at"]),
         "version": row["version"],
@@ -253,7 +254,8 @@ def scoped(who: Principal, flt: CaseFilter) -> CaseFilter:
             raise Forbidden("departments see their own queue only")
         return CaseFilter(**{**_fields(flt), "department_code": who.department})
     if who.role == "citizen":
-        return CaseFilter(**{**_fields(flt), "citizen_or_submitter": (who.subject, who.actor)})
+        citizen = str(_citizen_uuid(who)) if who.via == "token" else None  # keys: no id
+        return CaseFilter(**{**_fields(flt), "citizen_or_submitter": (citizen, who.actor)})
     return flt
 
 
@@ -370,7 +372,7 @@ async def submit_case(
     who: Annotated[Principal, Depends(require("operator", "dispatcher", "citizen"))],
     desk: DeskDep,
     body: NewCase,
-    idempotency_key: Annotated[str | None, Header(max_length=128)] = None,
+    idempotency_key: Annotated[str | None, Header(max_length=100)] = None,
 ) -> dict[str, Any]:
     """File a case: staff for a caller (channel ``operator``), or a citizen (``app``)."""
     contact = body.contact or ContactIn()
@@ -570,6 +572,9 @@ async def erase_me(
     assert citizen is not None
 
     def go() -> int:
+        # The key goes first; the read model then finds every case to note it on.
+        desk.personal.erase(citizen)
+        cases.wait_until_current()
         return desk.erase_citizen(
             citizen, cases.case_ids_of_citizen(citizen), who.actor, correlation()
         )

@@ -9,6 +9,7 @@ operator or dispatcher. Errors use the spec's format: ``[{"code": 400, "descript
 from __future__ import annotations
 
 import hashlib
+import hmac
 import math
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -247,7 +248,7 @@ async def _fields(request: Request) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for key in form:
             values = [v for v in form.getlist(key) if isinstance(v, str)]
-            out[key] = values if key.endswith("[]") or len(values) > 1 else values[0]
+            out[key] = values if key.endswith("[]") or len(values) != 1 else values[0]
         return out
     raise bad("send application/x-www-form-urlencoded (or JSON)", 415)
 
@@ -284,6 +285,8 @@ def _coordinate(fields: dict[str, Any], name: str, low: float, high: float) -> f
     raw = fields.get(name)
     if raw is None or raw == "":
         return None
+    if isinstance(raw, bool):
+        raise bad(f"{name} must be a number")
     try:
         value = float(raw)
     except (TypeError, ValueError):
@@ -293,10 +296,15 @@ def _coordinate(fields: dict[str, Any], name: str, low: float, high: float) -> f
     return value
 
 
-def _dedup_key(fields: dict[str, Any]) -> str:
-    """Same request from the same caller on the same day: one case (a double submit)."""
-    canonical = {k: v for k, v in fields.items() if k != "api_key"}
-    digest = hashlib.sha256(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)).hexdigest()
+def _dedup_key(fields: dict[str, Any], pepper: bytes) -> str:
+    """Same request from the same caller on the same day: one case (a double submit).
+
+    Keyed (HMAC): the fields include the contact, and the key ends up in the case's
+    external id, which masked viewers see; a plain hash would give the phone away.
+    """
+    canonical = {k: v for k, v in fields.items() if k != "api_key" and isinstance(v, str | list)}
+    body = orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)
+    digest = hmac.new(pepper, body, hashlib.sha256).hexdigest()
     return f"{datetime.now(UTC).date().isoformat()}:{digest[:32]}"
 
 
@@ -305,7 +313,7 @@ async def create_request(
     request: Request,
     c: ContainerDep,
     who: OptionalPrincipalDep,
-    idempotency_key: Annotated[str | None, Header(max_length=128)] = None,
+    idempotency_key: Annotated[str | None, Header(max_length=100)] = None,
 ) -> JSONResponse:
     """File a service request. Returns ``[{"service_request_id": ..., ...}]``."""
     fields = await _fields(request)
@@ -336,7 +344,10 @@ async def create_request(
             raise Forbidden("citizen tokens carry a citizen id as subject") from None
     cmd = SubmitCase(
         channel="open311",
-        external_id=f"{who.actor}:{idempotency_key or _dedup_key(fields)}",
+        external_id=f"{who.actor}:"
+        + (
+            idempotency_key or _dedup_key(fields, c.settings.pii_pepper.get_secret_value().encode())
+        ),
         category=code,
         description=_text(fields, "description", 4_000) or "",
         lon=lon,

@@ -29,14 +29,23 @@ class TelemetryIntake:
     """Decode and forward one gateway message; the producer is the API's own."""
 
     def __init__(
-        self, producer: Any, topics: Topics, known_device: Callable[[str], bool], limits: Limits
+        self,
+        producer: Any,
+        topics: Topics,
+        known_device: Callable[[str], bool],
+        limits: Limits,
+        gateway_of: Callable[[str], str | None],
     ) -> None:
         self.producer = producer
         self.topics = topics
         self.known_device = known_device
         self.limits = limits
+        self.gateway_of = gateway_of
 
     def accept(self, gateway_id: str, device_id: str, payload: bytes) -> tuple[int, dict[str, Any]]:
+        if self.known_device(device_id) and self.gateway_of(device_id) != gateway_id:
+            # A gateway speaks for its own devices only.
+            return 403, {"detail": f"device {device_id!r} is not a device of {gateway_id}"}
         topic = f"cityops/{gateway_id}/{device_id}/telemetry"
         now = time.time()
         try:

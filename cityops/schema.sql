@@ -146,6 +146,7 @@ CREATE TABLE IF NOT EXISTS service_cases (
     returns         int NOT NULL DEFAULT 0,
     revisits        int NOT NULL DEFAULT 0,
     rating          int,
+    personal_data_erased boolean NOT NULL DEFAULT false,
     submitted_at    timestamptz NOT NULL,
     updated_at      timestamptz NOT NULL,
     resolved_at     timestamptz,

@@ -38,11 +38,14 @@ class PgKeyStore:
         return row[0], bytes(row[1])
 
     def ensure(self, citizen_id: UUID) -> bytes | None:
+        # After an erasure the citizen gets a new key: what they file from now on is
+        # readable again, what was sealed under the destroyed key stays unreadable.
         key = AESGCM.generate_key(bit_length=256)
         with self.pool.connection() as conn, conn.transaction():
             conn.execute(
                 "INSERT INTO citizen_keys (citizen_id, key) VALUES (%s, %s) "
-                "ON CONFLICT (citizen_id) DO NOTHING",
+                "ON CONFLICT (citizen_id) DO UPDATE SET key = EXCLUDED.key "
+                "WHERE citizen_keys.key IS NULL",
                 (citizen_id, key),
             )
             row = conn.execute(

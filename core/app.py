@@ -99,6 +99,13 @@ class CityApp(Application[UUID]):
             raise NotFoundError(f"unknown {what} {aggregate_id}")
         return aggregate
 
+    def gateway_of(self, device_id: str) -> str | None:
+        """The gateway a registered device belongs to (None if unknown)."""
+        try:
+            return self.get_sensor(device_id).gateway_id
+        except NotFoundError:
+            return None
+
     def is_registered(self, device_id: str) -> bool:
         return self.exists(sensor_id(device_id))
 

@@ -14,6 +14,7 @@ import hmac
 import os
 import re
 import threading
+import unicodedata
 import uuid
 from dataclasses import asdict, dataclass
 from typing import Protocol
@@ -57,11 +58,12 @@ class Contact:
         email = (email or "").strip().lower() or None
         digits = None
         if phone and phone.strip():
-            raw = phone.strip()
+            # Full-width digits (from Chinese input methods) become ASCII: one phone, one key.
+            raw = unicodedata.normalize("NFKC", phone).strip()
             digits = ("+" if raw.startswith("+") else "") + re.sub(r"[\s\-().]", "", raw).lstrip(
                 "+"
             )
-            if not re.fullmatch(r"\+?\d{5,20}", digits):
+            if not re.fullmatch(r"\+?[0-9]{5,20}", digits):
                 raise InvalidContactError("phone must be 5 to 20 digits")
         if email is not None and not _EMAIL.match(email):
             raise InvalidContactError("email is not a valid address")

@@ -162,8 +162,8 @@ class ServiceDesk:
         """Everything about a submission that can be refused before anything is stored."""
         if cmd.channel not in CHANNELS:
             raise DomainError(f"unknown channel {cmd.channel!r}")
-        if not cmd.external_id or len(cmd.external_id) > 128:
-            raise DomainError("external id must be 1 to 128 characters")
+        if not cmd.external_id or len(cmd.external_id) > 300:
+            raise DomainError("external id must be 1 to 300 characters")
         category = self.categories.get(cmd.category)
         attributes = category.check_attributes(cmd.attributes)
         if len(cmd.description) > MAX_DESCRIPTION:

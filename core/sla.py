@@ -87,9 +87,16 @@ def deadline(calendar: WorkCalendar, start: datetime, hours: float, clock: Clock
     )
 
 
+def _weekday(raw: object) -> int:
+    key = str(raw).lower()[:3]
+    if key not in WEEKDAYS:
+        raise ValueError(f"unknown working day {raw!r} (use mon ... sun)")
+    return WEEKDAYS.index(key)
+
+
 def parse_calendar(raw: dict[str, Any]) -> WorkCalendar:
     ZoneInfo(str(raw["timezone"]))  # fails early on an unknown zone
-    days = frozenset(WEEKDAYS.index(str(d).lower()[:3]) for d in raw["working_days"])
+    days = frozenset(_weekday(d) for d in raw["working_days"])
     periods = tuple(
         (time.fromisoformat(str(a)), time.fromisoformat(str(b))) for a, b in raw["hours"]
     )

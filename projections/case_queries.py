@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -20,7 +21,7 @@ CASE_COLUMNS = (
     " address, grid_code, district_code, department_code, citizen_id, submitted_by,"
     " rejection, possible_duplicates, awaiting_assignment, due_at, due_soon_at, deadline_no,"
     " due_soon_marked, overdue_marked, extension_pending, extensions, returns, revisits,"
-    " rating, submitted_at, updated_at, resolved_at, closed_at, version"
+    " rating, personal_data_erased, submitted_at, updated_at, resolved_at, closed_at, version"
 )
 # Open311's two statuses: everything still being worked on is "open".
 OPEN311_OPEN = OPEN
@@ -169,6 +170,21 @@ class CaseQueries:
             [list(ACTIVE), now, now, limit],
         )
         return [r["case_id"] for r in rows]
+
+    def wait_until_current(self, timeout: float = 10.0) -> bool:
+        """Wait until the read model has caught up with the log as it is now."""
+        with self.pool.connection() as conn:
+            row = conn.execute("SELECT max(notification_id) FROM city_events").fetchone()
+        head = (row[0] if row else None) or 0
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.pool.connection() as conn:
+                row = conn.execute("SELECT max(notification_id) FROM cases_tracking").fetchone()
+            if ((row[0] if row else None) or 0) >= head:
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
 
     def case_ids_of_citizen(self, citizen_id: UUID) -> list[UUID]:
         rows = self._rows(

@@ -131,6 +131,7 @@ _HANDLERS: dict[str, Callable[[Any], Statement]] = {
     ),
     "CaseDueSoon": _update("due_soon_marked = %(no)s", no="deadline_no"),
     "CaseBecameOverdue": _update("overdue_marked = %(no)s", no="deadline_no"),
+    "PersonalDataErased": _update("personal_data_erased = true"),
 }
 
 

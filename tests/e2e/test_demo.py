@@ -63,6 +63,14 @@ def test_demo_shows_incidents_within_a_minute(tmp_path: Path) -> None:
             got = httpx.get(f"{base}/api/v1/incidents", headers=auth, timeout=5)
             incidents = got.json()["features"]
         assert incidents, "no incident within a minute of the demo being ready"
+        # Citizens file cases (Open311 and the hotline topic) through the same pipeline.
+        cases: list = []
+        while time.monotonic() - ready_at < 90 and not cases:
+            got = httpx.get(f"{base}/api/v1/cases", headers=auth, timeout=5)
+            cases = got.json()["cases"]
+            time.sleep(0 if cases else 2)
+        assert cases, "no service case within 90 s of the demo being ready"
+        assert {c["channel"] for c in cases} <= {"open311", "hotline"}
         assert {f["properties"]["category"] for f in incidents} >= {"flooding"}
         page = httpx.get(base + "/", timeout=5)
         assert page.status_code == 200

@@ -23,6 +23,7 @@ from typing import Any
 from uuid import UUID
 
 import orjson
+import psycopg
 import pytest
 import yaml
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -48,7 +49,7 @@ from gis.locator import CityLocator
 from projections.case_queries import CaseFilter, CaseQueries
 from tests.integration.test_bridge import read_topic
 from tests.integration.test_crash import worker_env
-from tests.integration.test_pipeline_kafka import count, wait_until
+from tests.integration.test_pipeline_kafka import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -120,15 +121,35 @@ def topic_size(settings: Settings, topic: str) -> int:
         consumer.close()
 
 
-def tracked(settings: Settings, group: str = "case-intake") -> int:
+POSITIONS = (
+    "SELECT coalesce(sum(n), 0) FROM (SELECT max(notification_id) AS n FROM city_tracking"
+    " WHERE application_name LIKE %s GROUP BY application_name) t"
+)
+
+
+def positions(conn: psycopg.Connection[Any], settings: Settings, group: str = "case-intake") -> int:
     """Sum of the intake's recorded next offsets over the inbound topic's partitions."""
     inbound = topics.Topics.of(settings).cases_inbound
-    return count(
-        settings,
-        "SELECT coalesce(sum(n), 0) FROM (SELECT max(notification_id) AS n FROM city_tracking"
-        " WHERE application_name LIKE %s GROUP BY application_name) t",
-        f"{group}|{inbound}|%",
-    )
+    row = conn.execute(POSITIONS, (f"{group}|{inbound}|%",)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def tracked(settings: Settings) -> int:
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        return positions(conn, settings)
+
+
+def first_commit_after(
+    conn: psycopg.Connection[Any], settings: Settings, base: int, timeout: float = 60
+) -> int:
+    """Poll (tightly) until the intake records a position past ``base``; return it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        now = positions(conn, settings)
+        if now > base:
+            return now
+        time.sleep(0.005)
+    raise AssertionError(f"no intake progress past position {base} in {timeout} s")
 
 
 @dataclass
@@ -160,7 +181,8 @@ def intake_worker(settings: Settings) -> Iterator[Intake]:
 def start(settings: Settings, worker: str, **env: str) -> subprocess.Popen[bytes]:
     """``python -m cityops <worker>`` against the test's database and topics."""
     return subprocess.Popen(
-        [sys.executable, "-m", "cityops", worker], env={**worker_env(settings), **env}
+        [sys.executable, "-m", "cityops", worker],
+        env={**worker_env(settings), "CITYOPS_SIM_SENSORS": str(settings.sim_sensors), **env},
     )
 
 
@@ -335,40 +357,38 @@ def test_bad_messages_go_to_the_dead_letter_and_nothing_else_is_lost(
 def test_sigkilled_intake_neither_loses_nor_doubles_cases(seeded: Settings, unique: str) -> None:
     settings = seeded
     producer = topics.make_producer(settings)
-    total, phases = 300, 3
+    total = 300
     ids = [f"K-{unique}-{i:04d}" for i in range(total)]
+    chunks = [ids[:100], ids[100:200], ids[200:]]
+    kills: list[tuple[int, int]] = []  # (positions committed, messages sent) at each kill
     proc = start(settings, "intake")
     procs = [proc]
+    conn = psycopg.connect(settings.database_url, autocommit=True)
     try:
-        per_phase = total // phases
-        for phase in range(phases):
-            base = count(
-                settings, "SELECT count(*) FROM city_events WHERE topic LIKE %s", SUBMITTED
-            )
+        sent = 0
+        for n, chunk in enumerate(chunks):
+            base = positions(conn, settings)
             # Every tenth caller leaves a phone number: its key goes to the vault too.
             produce(
                 settings,
                 producer,
                 *(
                     hotline(ext) if i % 10 == 0 else hotline(ext, citizen=None)
-                    for i, ext in enumerate(ids[phase * per_phase : (phase + 1) * per_phase])
+                    for i, ext in enumerate(chunk)
                 ),
             )
-            # Kill it as soon as it has committed something of this phase: mid-stream.
-            wait_until(
-                lambda base=base: (
-                    count(
-                        settings, "SELECT count(*) FROM city_events WHERE topic LIKE %s", SUBMITTED
-                    )
-                    > base
-                ),
-                timeout=60,
-                what=f"progress in phase {phase}",
-            )
+            sent += len(chunk)
+            if n == len(chunks) - 1:
+                break
+            # SIGKILL it right after its first commit of this chunk: the poll's other
+            # partitions are being processed then (mid-stream, mid-transaction).
+            kills.append((first_commit_after(conn, settings, base), sent))
             sigkill(proc)
-            proc = start(settings, "intake")
+            proc = start(settings, "intake")  # joins once the dead member's session expires
             procs.append(proc)
-        wait_until(lambda: tracked(settings) == total, timeout=60, what=f"{total} positions")
+        wait_until(
+            lambda: positions(conn, settings) == total, timeout=60, what=f"{total} positions"
+        )
         submitted = per_case(settings, SUBMITTED)
         assert len(submitted) == total
         assert set(submitted.values()) == {1}
@@ -378,7 +398,9 @@ def test_sigkilled_intake_neither_loses_nor_doubles_cases(seeded: Settings, uniq
         assert set(assigned.values()) == {1}
         assert topic_size(settings, topics.Topics.of(settings).deadletter) == 0
         assert proc.poll() is None, "the last intake worker died"
+        print("kills at (positions, sent):", kills)
     finally:
+        conn.close()
         stop_all(procs)
         producer.close()
 
