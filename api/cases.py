@@ -415,13 +415,24 @@ async def _run(
     return await run_in_threadpool(go)
 
 
+class Accept(BaseModel):
+    reason: str = Field(default="", max_length=2_000)
+    department_code: str | None = Field(
+        default=None, max_length=64, description="dispatch here instead of by policy"
+    )
+
+
 @router.post("/cases/{case_id}/accept")
 async def accept(
-    who: Dispatcher, desk: DeskDep, case_id: uuid.UUID, body: Reason
+    who: Dispatcher, desk: DeskDep, case_id: uuid.UUID, body: Accept
 ) -> dict[str, Any]:
-    """Register a held case (立案); the dispatch policy then assigns it."""
+    """Register a held case (立案); the dispatch policy (or ``department_code``) assigns it."""
     return await _run(
-        desk, who, lambda check: desk.accept(case_id, who.actor, body.reason, correlation(), check)
+        desk,
+        who,
+        lambda check: desk.accept(
+            case_id, who.actor, body.reason, correlation(), check, body.department_code
+        ),
     )
 
 

@@ -27,14 +27,14 @@ class SlaClock:
     def tick(self) -> dict[str, int]:
         """One pass over the cases whose marks are due now."""
         now = datetime.now(UTC)
-        totals = {"due_soon": 0, "overdue": 0, "raced": 0}
+        totals = {"due_soon": 0, "overdue": 0, "raced": 0, "missing": 0}
         while True:
             candidates = self.cases.deadline_candidates(now, limit=500)
             if not candidates:
                 return totals
             counts = self.desk.check_deadlines(candidates, correlation_id=f"sla:{now.isoformat()}")
             for key, value in counts.items():
-                totals[key] += value
+                totals[key] = totals.get(key, 0) + value
             if len(candidates) < 500 or counts["due_soon"] + counts["overdue"] == 0:
                 # The rest is still in the read model's past: the next tick sees it.
                 return totals

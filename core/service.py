@@ -333,12 +333,17 @@ class ServiceDesk:
         reason: str,
         correlation_id: str,
         check: Check | None = None,
+        department_code: str | None = None,
     ) -> ServiceCase:
-        """Register a held case (立案) and dispatch it by policy."""
+        """Register a held case (立案); dispatch it by policy, or to ``department_code``."""
+        departments = self._known_department(department_code)
 
         def run(case: ServiceCase) -> None:
             case.accept(actor=actor, reason=reason or "registered", correlation_id=correlation_id)
-            self._dispatch(case, self.categories.get(case.category), actor, correlation_id)
+            if department_code is None:
+                self._dispatch(case, self.categories.get(case.category), actor, correlation_id)
+            else:
+                self._manual(case, department_code, departments, actor, reason, correlation_id)
 
         return self._command(case_uuid, run, check=check)
 
@@ -378,32 +383,47 @@ class ServiceDesk:
         check: Check | None = None,
     ) -> ServiceCase:
         """Manual dispatch (or re-dispatch of a returned case) to a named department."""
+        departments = self._known_department(department_code)
+        return self._command(
+            case_uuid,
+            lambda c: self._manual(c, department_code, departments, actor, reason, correlation_id),
+            check=check,
+        )
+
+    def _known_department(self, department_code: str | None) -> dict[str, Department]:
         departments = self.locator.departments()
-        if department_code not in departments:
+        if department_code is not None and department_code not in departments:
             raise NotFoundError(f"unknown department {department_code!r}")
+        return departments
 
-        def run(case: ServiceCase) -> None:
-            category = self.categories.get(case.category)
-            place = Place(case.grid_code, case.district_code)
-            if case.lon is not None and case.lat is not None:
-                place = self.locator.place(case.lon, case.lat) or place
-            self._assign(
-                case,
-                category,
-                department_code,
-                place,
-                {
-                    "by": "manual",
-                    "rule": "dispatcher",
-                    "department_type": departments[department_code].department_type,
-                    "categories_version": self.categories.version,
-                },
-                actor,
-                reason or "assigned by a dispatcher",
-                correlation_id,
-            )
-
-        return self._command(case_uuid, run, check=check)
+    def _manual(
+        self,
+        case: ServiceCase,
+        department_code: str,
+        departments: dict[str, Department],
+        actor: str,
+        reason: str,
+        correlation_id: str,
+    ) -> None:
+        category = self.categories.get(case.category)
+        place = Place(case.grid_code, case.district_code)
+        if case.lon is not None and case.lat is not None:
+            place = self.locator.place(case.lon, case.lat) or place
+        self._assign(
+            case,
+            category,
+            department_code,
+            place,
+            {
+                "by": "manual",
+                "rule": "dispatcher",
+                "department_type": departments[department_code].department_type,
+                "categories_version": self.categories.version,
+            },
+            actor,
+            reason or "assigned by a dispatcher",
+            correlation_id,
+        )
 
     def decide_extension(
         self,
@@ -555,11 +575,15 @@ class ServiceDesk:
         Safe to run from several workers and after a crash: the marks live on the case,
         and a concurrent writer makes the save fail instead of writing a second mark.
         """
-        counts = {"due_soon": 0, "overdue": 0, "raced": 0}
+        counts = {"due_soon": 0, "overdue": 0, "raced": 0, "missing": 0}
         now = self.clock()
         for cid in case_ids:
-            case = self.get(cid)
-            changed = False
+            try:
+                case = self.get(cid)
+            except NotFoundError:
+                counts["missing"] += 1  # a read-model row without a case: skip, go on
+                continue
+            marked = []
             if case.due_soon_pending(now):
                 assert case.due_at is not None
                 case.mark_due_soon(
@@ -568,8 +592,7 @@ class ServiceDesk:
                     actor=SYSTEM_SLA,
                     correlation_id=correlation_id,
                 )
-                counts["due_soon"] += 1
-                changed = True
+                marked.append("due_soon")
             if case.overdue_pending(now):
                 assert case.due_at is not None
                 case.mark_overdue(
@@ -578,13 +601,16 @@ class ServiceDesk:
                     actor=SYSTEM_SLA,
                     correlation_id=correlation_id,
                 )
-                counts["overdue"] += 1
-                changed = True
-            if changed:
-                try:
-                    self.app.save(case)
-                except IntegrityError:
-                    counts["raced"] += 1
+                marked.append("overdue")
+            if not marked:
+                continue
+            try:
+                self.app.save(case)
+            except IntegrityError:
+                counts["raced"] += 1  # someone changed the case: the next pass decides
+                continue
+            for mark in marked:
+                counts[mark] += 1
         return counts
 
     # -- personal data --------------------------------------------------------------------

@@ -7,6 +7,7 @@ Deadlines are checked against values worked out by hand (Asia/Shanghai, working 
 from __future__ import annotations
 
 import copy
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -1086,21 +1087,51 @@ def marks(app: CityApp, cid: UUID) -> list[tuple[str, int]]:
 def test_check_deadlines_marks_each_once(app: CityApp, desk: ServiceDesk, clock: FakeClock) -> None:
     cid = submit(desk, category="manhole_cover_missing").id  # soon 03:06Z, due 03:30Z
     clock.now = utc(2026, 3, 2, 3, 5, 59)
-    assert desk.check_deadlines([cid], "s1") == {"due_soon": 0, "overdue": 0, "raced": 0}
+    assert desk.check_deadlines([cid], "s1") == {
+        "due_soon": 0,
+        "overdue": 0,
+        "raced": 0,
+        "missing": 0,
+    }
     clock.now = utc(2026, 3, 2, 3, 6)
-    assert desk.check_deadlines([cid, cid], "s2") == {"due_soon": 1, "overdue": 0, "raced": 0}
-    assert desk.check_deadlines([cid], "s3") == {"due_soon": 0, "overdue": 0, "raced": 0}
+    assert desk.check_deadlines([cid, cid], "s2") == {
+        "due_soon": 1,
+        "overdue": 0,
+        "raced": 0,
+        "missing": 0,
+    }
+    assert desk.check_deadlines([cid], "s3") == {
+        "due_soon": 0,
+        "overdue": 0,
+        "raced": 0,
+        "missing": 0,
+    }
     clock.now = utc(2026, 3, 2, 3, 29, 59)
     assert desk.check_deadlines([cid], "s4")["overdue"] == 0
     assert not desk.get(cid).overdue
     clock.now = utc(2026, 3, 2, 3, 30)
-    assert desk.check_deadlines([cid], "s5") == {"due_soon": 0, "overdue": 1, "raced": 0}
+    assert desk.check_deadlines([cid], "s5") == {
+        "due_soon": 0,
+        "overdue": 1,
+        "raced": 0,
+        "missing": 0,
+    }
     for _ in range(3):
         clock.advance(hours=5)
-        assert desk.check_deadlines([cid, cid], "s6") == {"due_soon": 0, "overdue": 0, "raced": 0}
+        assert desk.check_deadlines([cid, cid], "s6") == {
+            "due_soon": 0,
+            "overdue": 0,
+            "raced": 0,
+            "missing": 0,
+        }
     # Another desk (another worker, after a restart) reads the marks from the store.
     other = make_desk(app, FakeClock(utc(2026, 4, 1)))
-    assert other.check_deadlines([cid], "s7") == {"due_soon": 0, "overdue": 0, "raced": 0}
+    assert other.check_deadlines([cid], "s7") == {
+        "due_soon": 0,
+        "overdue": 0,
+        "raced": 0,
+        "missing": 0,
+    }
     assert marks(app, cid) == [("CaseDueSoon", 1), ("CaseBecameOverdue", 1)]
     events = [e for e in stored(app, cid) if type(e).__name__.startswith("Case")][-2:]
     assert [(e.actor, e.correlation_id, e.due_at) for e in events] == [
@@ -1116,7 +1147,12 @@ def test_both_marks_at_once_when_the_check_comes_late(
     a = submit(desk, category="manhole_cover_missing").id
     b = submit(desk, external_id="e-2").id  # working clock: due Thursday
     clock.now = utc(2026, 3, 3)
-    assert desk.check_deadlines([a, b], "s") == {"due_soon": 1, "overdue": 1, "raced": 0}
+    assert desk.check_deadlines([a, b], "s") == {
+        "due_soon": 1,
+        "overdue": 1,
+        "raced": 0,
+        "missing": 0,
+    }
     assert marks(app, a) == [("CaseDueSoon", 1), ("CaseBecameOverdue", 1)]
     assert marks(app, b) == []
 
@@ -1132,9 +1168,19 @@ def test_a_new_deadline_gets_its_own_marks(
     assert not case.overdue
     assert (case.due_soon_at, case.due_at) == (utc(2026, 3, 2, 5, 54), utc(2026, 3, 2, 6, 30))
     clock.now = utc(2026, 3, 2, 5, 53)
-    assert desk.check_deadlines([cid], "s2") == {"due_soon": 0, "overdue": 0, "raced": 0}
+    assert desk.check_deadlines([cid], "s2") == {
+        "due_soon": 0,
+        "overdue": 0,
+        "raced": 0,
+        "missing": 0,
+    }
     clock.now = utc(2026, 3, 2, 7)
-    assert desk.check_deadlines([cid], "s3") == {"due_soon": 1, "overdue": 1, "raced": 0}
+    assert desk.check_deadlines([cid], "s3") == {
+        "due_soon": 1,
+        "overdue": 1,
+        "raced": 0,
+        "missing": 0,
+    }
     desk.resolve(cid, "covered", actor="dept", reason="", correlation_id="c")
     clock.now = utc(2026, 3, 2, 8)  # Monday 16:00 local
     case = desk.rate(cid, 1, "it rattles", actor="citizen:1", correlation_id="c")
@@ -1142,8 +1188,18 @@ def test_a_new_deadline_gets_its_own_marks(
     # Revisit: 16 working hours from Monday 16:00 -> Wednesday 16:00 local.
     assert case.due_at == utc(2026, 3, 4, 8)
     clock.now = utc(2026, 3, 4, 8)
-    assert desk.check_deadlines([cid], "s4") == {"due_soon": 1, "overdue": 1, "raced": 0}
-    assert desk.check_deadlines([cid], "s5") == {"due_soon": 0, "overdue": 0, "raced": 0}
+    assert desk.check_deadlines([cid], "s4") == {
+        "due_soon": 1,
+        "overdue": 1,
+        "raced": 0,
+        "missing": 0,
+    }
+    assert desk.check_deadlines([cid], "s5") == {
+        "due_soon": 0,
+        "overdue": 0,
+        "raced": 0,
+        "missing": 0,
+    }
     assert marks(app, cid) == [
         ("CaseDueSoon", 1),
         ("CaseBecameOverdue", 1),
@@ -1162,7 +1218,12 @@ def test_a_resolved_case_gets_no_overdue_mark(
     assert desk.check_deadlines([cid], "s1")["due_soon"] == 1
     desk.resolve(cid, "covered", actor="dept", reason="", correlation_id="c")
     clock.now = utc(2026, 3, 9)
-    assert desk.check_deadlines([cid], "s2") == {"due_soon": 0, "overdue": 0, "raced": 0}
+    assert desk.check_deadlines([cid], "s2") == {
+        "due_soon": 0,
+        "overdue": 0,
+        "raced": 0,
+        "missing": 0,
+    }
     assert marks(app, cid) == [("CaseDueSoon", 1)]
     case = desk.get(cid)
     assert not case.overdue
@@ -1183,7 +1244,12 @@ def test_cancelled_or_returned_cases_get_no_marks(
     else:
         desk.return_case(cid, actor="dept", reason="not ours", correlation_id="c")
     clock.now = utc(2026, 3, 9)
-    assert desk.check_deadlines([cid], "s") == {"due_soon": 0, "overdue": 0, "raced": 0}
+    assert desk.check_deadlines([cid], "s") == {
+        "due_soon": 0,
+        "overdue": 0,
+        "raced": 0,
+        "missing": 0,
+    }
     assert marks(app, cid) == []
 
 
@@ -1195,7 +1261,9 @@ def test_a_concurrent_mark_is_counted_as_raced_not_written_twice(
     clock.now = utc(2026, 3, 3)
     make_desk(app, clock).check_deadlines([cid], "other-worker")
     monkeypatch.setattr(desk, "get", lambda _id: copy.deepcopy(stale))
-    assert desk.check_deadlines([cid], "late-worker")["raced"] == 1
+    counts = desk.check_deadlines([cid], "late-worker")
+    assert counts["raced"] == 1
+    assert counts["due_soon"] == counts["overdue"] == 0  # nothing of it was written
     assert marks(app, cid) == [("CaseDueSoon", 1), ("CaseBecameOverdue", 1)]
     assert {e.correlation_id for e in stored(app, cid)[-2:]} == {"other-worker"}
 
@@ -1247,3 +1315,26 @@ def test_an_erased_citizen_cannot_submit_contact_data_again(
     with pytest.raises(InvalidContactError, match="erased"):
         submit(desk, external_id="e-2", citizen_id=citizen, contact=Contact.parse(name="赵六"))
     assert not app.exists(case_id("app", "e-2"))
+
+
+def test_an_unknown_case_id_is_skipped_and_the_batch_goes_on(
+    app: CityApp, desk: ServiceDesk, clock: FakeClock
+) -> None:
+    cid = submit(desk, category="manhole_cover_missing").id
+    clock.now = utc(2026, 3, 3)
+    counts = desk.check_deadlines([uuid.uuid4(), cid], "s")
+    assert counts == {"due_soon": 1, "overdue": 1, "raced": 0, "missing": 1}
+
+
+def test_a_dispatcher_accepts_a_held_case_into_a_department_of_their_choice(app: CityApp) -> None:
+    desk = make_desk(app, nearby=FakeNearby([str(uuid.uuid4())]))
+    held = submit(desk)
+    assert held.status == "submitted"
+    case = desk.accept(
+        held.id, "dispatcher:d", "not a duplicate", "c", department_code="roads-east"
+    )
+    assert (case.status, case.department_code) == ("assigned", "roads-east")
+    assert case.dispatch is not None
+    assert (case.dispatch["by"], case.dispatch["rule"]) == ("manual", "dispatcher")
+    with pytest.raises(NotFoundError):
+        desk.accept(held.id, "dispatcher:d", "", "c", department_code="nowhere")

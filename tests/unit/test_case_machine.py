@@ -311,7 +311,7 @@ class CaseMachine(RuleBasedStateMachine):
     def check_deadlines(self, repeat: int, advance: float) -> None:
         self.clock.now += timedelta(hours=advance)
         now = self.clock.now
-        expected = {"due_soon": 0, "overdue": 0, "raced": 0}
+        expected = {"due_soon": 0, "overdue": 0, "raced": 0, "missing": 0}
         for cid, m in self.model.items():
             case: ServiceCase = self.app.repository.get(cid)
             if m.status not in ACTIVE:
