@@ -49,6 +49,7 @@ def to_command(msg: HotlineCase) -> SubmitCase:
         contact=Contact()
         if citizen is None
         else Contact.parse(citizen.name, citizen.phone, citizen.email, citizen.address),
+        received_at=msg.received_at,
     )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 from uuid import UUID
 
@@ -42,6 +42,10 @@ class DuplicateSubmissionError(DomainError):
 
 class InvalidLocationError(DomainError):
     """Coordinates outside WGS84 lon/lat, or no location at all."""
+
+
+class InvalidTextError(DomainError):
+    """Text the stores cannot hold (a NUL character)."""
 
 
 class ConcurrentUpdateError(DomainError):
@@ -98,6 +102,27 @@ class SubmitCase:
     attributes: dict[str, Any] = field(default_factory=dict)
     contact: Contact = field(default_factory=Contact)
     citizen_id: UUID | None = None  # set when the citizen is logged in
+    received_at: datetime | None = None  # when the source took it; starts the clock
+
+
+def nul_field(value: Any, where: str = "") -> str | None:
+    """The first field whose text holds a NUL (U+0000), which PostgreSQL text refuses.
+
+    JSON allows ``"\\u0000"``; let through, such a case would stop the read model's
+    projector for good (every later event waits behind it).
+    """
+    if isinstance(value, str):
+        return (where or "message") if "\x00" in value else None
+    pairs: list[tuple[Any, Any]] = []
+    if isinstance(value, dict):
+        pairs = list(value.items())
+    elif isinstance(value, list | tuple):
+        pairs = list(enumerate(value))
+    for key, item in pairs:
+        found = nul_field(key, where) or nul_field(item, f"{where}.{key}" if where else str(key))
+        if found is not None:
+            return found
+    return None
 
 
 def check_lonlat(lon: float | None, lat: float | None) -> None:
@@ -169,6 +194,16 @@ class ServiceDesk:
         if len(cmd.description) > MAX_DESCRIPTION:
             raise DomainError(f"description is longer than {MAX_DESCRIPTION} characters")
         check_lonlat(cmd.lon, cmd.lat)
+        nul = nul_field(
+            {
+                "external_id": cmd.external_id,
+                "description": cmd.description,
+                "address": cmd.address,
+                "attributes": cmd.attributes,
+            }
+        )
+        if nul is not None:
+            raise InvalidTextError(f"{nul}: text must not contain NUL (U+0000)")
         if cmd.lon is None and not (cmd.address and cmd.address.strip()):
             raise InvalidLocationError("a case needs lat/long or an address")
         if cmd.address is not None and len(cmd.address) > 300:
@@ -209,7 +244,7 @@ class ServiceDesk:
             actor=actor,
             correlation_id=correlation_id,
         )
-        self._intake(case, category, correlation_id)
+        self._intake(case, category, correlation_id, self._clock_start(cmd.received_at))
         if pe is not None:
             pe.collect_events(case)
             return case
@@ -219,7 +254,26 @@ class ServiceDesk:
             raise DuplicateSubmissionError(new_id) from None
         return case
 
-    def _intake(self, case: ServiceCase, category: Category, correlation_id: str) -> None:
+    def _clock_start(self, received_at: datetime | None) -> datetime:
+        """When the time limit starts: when the hotline took the call, if it says so.
+
+        Only within the last week and not in the future; else now (a wrong clock in a
+        source system must not make a case overdue at once, or extend its time).
+        """
+        now = self.clock()
+        if received_at is None or received_at.tzinfo is None:
+            return now
+        if now - timedelta(days=7) <= received_at <= now:
+            return received_at
+        return now
+
+    def _intake(
+        self,
+        case: ServiceCase,
+        category: Category,
+        correlation_id: str,
+        start: datetime | None = None,
+    ) -> None:
         """Intake policy: refuse what is not the city's, hold possible duplicates, else go.
 
         "Go" is registration and dispatch when auto-accept is on; else a dispatcher
@@ -254,10 +308,15 @@ class ServiceDesk:
                     return
         if self.auto_accept:
             case.accept(actor=SYSTEM_INTAKE, reason="registered", correlation_id=correlation_id)
-            self._dispatch(case, category, SYSTEM_INTAKE, correlation_id)
+            self._dispatch(case, category, SYSTEM_INTAKE, correlation_id, start)
 
     def _dispatch(
-        self, case: ServiceCase, category: Category, actor: str, correlation_id: str
+        self,
+        case: ServiceCase,
+        category: Category,
+        actor: str,
+        correlation_id: str,
+        start: datetime | None = None,
     ) -> None:
         """Dispatch policy: the jurisdiction polygon of the category's department type."""
         base = {
@@ -296,6 +355,7 @@ class ServiceDesk:
             actor,
             f"jurisdiction of {department}",
             correlation_id,
+            start,
         )
 
     def _assign(
@@ -308,15 +368,20 @@ class ServiceDesk:
         actor: str,
         reason: str,
         correlation_id: str,
+        start: datetime | None = None,
     ) -> None:
-        due = deadline(
-            self.categories.calendar, self.clock(), category.time_limit_h, category.clock
-        )
+        started = start or self.clock()
+        due = deadline(self.categories.calendar, started, category.time_limit_h, category.clock)
         case.assign(
             department_code=department,
             grid_code=place.grid_code,
             district_code=place.district_code,
-            decision={**decision, "time_limit_h": category.time_limit_h, "clock": category.clock},
+            decision={
+                **decision,
+                "time_limit_h": category.time_limit_h,
+                "clock": category.clock,
+                "clock_started_at": started.isoformat(),
+            },
             due_at=due.due_at,
             due_soon_at=due.due_soon_at,
             actor=actor,

@@ -17,7 +17,7 @@ class CityLocator:
     --------
     >>> locator = CityLocator(layers)  # doctest: +SKIP
     >>> locator.department_for(121.47, 31.23, "water")  # doctest: +SKIP
-    '310101-water'
+    '310104-water'
     """
 
     def __init__(self, layers: CityLayers) -> None:

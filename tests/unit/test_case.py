@@ -7,6 +7,7 @@ Deadlines are checked against values worked out by hand (Asia/Shanghai, working 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -707,6 +708,7 @@ def test_submit_inside_a_jurisdiction_accepts_and_dispatches(
         "jurisdiction": "roads-west",
         "time_limit_h": 24.0,
         "clock": "working",
+        "clock_started_at": "2026-03-02T01:30:00+00:00",
     }
     # 24 working hours from Monday 09:30: Mon 7.5 h, Tue 8, Wed 8, Thu 0.5 -> Thu 09:30.
     assert case.due_at == utc(2026, 3, 5, 1, 30)
@@ -882,6 +884,7 @@ def test_no_jurisdiction_awaits_manual_assignment(
         "categories_version": 1,
         "time_limit_h": 2.0,
         "clock": "calendar",
+        "clock_started_at": "2026-03-02T02:00:00+00:00",
     }
     assert (case.due_at, case.due_soon_at) == (utc(2026, 3, 2, 4), utc(2026, 3, 2, 3, 36))
     event = stored(app, case.id)[-1]
@@ -1338,3 +1341,24 @@ def test_a_dispatcher_accepts_a_held_case_into_a_department_of_their_choice(app:
     assert (case.dispatch["by"], case.dispatch["rule"]) == ("manual", "dispatcher")
     with pytest.raises(NotFoundError):
         desk.accept(held.id, "dispatcher:d", "", "c", department_code="nowhere")
+
+
+@pytest.mark.parametrize(
+    ("received", "expected_start"),
+    [
+        (utc(2026, 3, 2, 1, 0), utc(2026, 3, 2, 1, 0)),  # the hotline took the call earlier
+        (utc(2026, 3, 3), utc(2026, 3, 2, 1, 30)),  # in the future: now
+        (utc(2026, 1, 1), utc(2026, 3, 2, 1, 30)),  # months ago: now
+        (None, utc(2026, 3, 2, 1, 30)),
+    ],
+)
+def test_the_clock_starts_when_the_source_received_the_case(
+    desk: ServiceDesk, received: datetime | None, expected_start: datetime
+) -> None:
+    case = submit(
+        desk,
+        cmd=dataclasses.replace(request(category="manhole_cover_missing"), received_at=received),
+    )
+    assert case.dispatch is not None
+    assert case.dispatch["clock_started_at"] == expected_start.isoformat()
+    assert case.due_at == expected_start + timedelta(hours=2)

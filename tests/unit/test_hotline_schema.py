@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from cityops.hotline_schema import HotlineCase, json_schema
 from cityops.intake import encode, schema_reason, to_command
+from core.service import nul_field
 
 PUBLISHED = Path(__file__).resolve().parents[2] / "docs" / "schemas" / "hotline-case.schema.json"
 
@@ -127,3 +128,14 @@ def test_bad_messages_are_refused_with_a_reason_naming_the_problem(raw: bytes, w
     reason = schema_reason(info.value)
     assert reason.startswith("schema: ")
     assert where in reason
+
+
+def test_nul_characters_are_found_wherever_they_hide() -> None:
+    """JSON allows U+0000 but PostgreSQL text does not: intake refuses such messages."""
+    assert nul_field(HotlineCase.model_validate(realistic()).model_dump()) is None
+    assert nul_field(_with(description="a\x00b")) == "description"
+    assert nul_field(_with(attributes={"size": ["ok", "b\x00"]})) == "attributes.size.1"
+    assert nul_field(_with(citizen={"name": "\x00"})) == "citizen.name"
+    raw = orjson.dumps(_with(address="x\x00"))
+    assert b"\\u0000" in raw  # valid JSON, so the schema alone lets it through
+    assert nul_field(HotlineCase.model_validate_json(raw).model_dump()) == "address"
