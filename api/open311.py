@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse
 
 from api.auth import Forbidden, OptionalPrincipalDep, Principal, Unauthorized
 from api.deps import CasesDep, ContainerDep, DeskDep
-from core.case import OPEN, ServiceCase
+from core.case import OPEN, STATUSES, ServiceCase
 from core.categories import Category
 from core.personal import Contact
 from core.service import ServiceDesk, SubmitCase
@@ -188,7 +188,7 @@ def list_requests(
             unknown = set(statuses) - {"open", "closed"}
             if unknown:
                 raise bad("status must be open, closed or both")
-            wanted = tuple(s for s in _ALL_STATUSES if public_status(s) in statuses)
+            wanted = tuple(s for s in STATUSES if public_status(s) in statuses)
         end = _date(end_date, "end_date")
         start = _date(start_date, "start_date")
         if start is None and end is None:
@@ -203,19 +203,6 @@ def list_requests(
         )
     rows = cases.cases(flt, order="newest", limit=page_size, offset=(page - 1) * page_size)
     return [public_request(desk, r) for r in rows]
-
-
-_ALL_STATUSES = (
-    "submitted",
-    "accepted",
-    "rejected",
-    "assigned",
-    "in_progress",
-    "resolved",
-    "reopened",
-    "closed",
-    "cancelled",
-)
 
 
 @router.get("/requests/{request_id}.json")

@@ -73,29 +73,13 @@ class CaseIntake:
         self.app = desk.app
         self.producer = producer
         self.group_id = group_id
-        self.positions: dict[TopicPartition, int | None] = {}
+        self.tracked = topics.TrackedPositions(desk.app.recorder, group_id)
         self.counters: Counter[str] = Counter()
-
-    def tracking_name(self, tp: TopicPartition) -> str:
-        return f"{self.group_id}|{tp.topic}|{tp.partition}"
-
-    def load_positions(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
-        found: dict[TopicPartition, int] = {}
-        for tp in tps:
-            pos = self.app.recorder.max_tracking_id(self.tracking_name(tp))  # type: ignore[attr-defined]
-            self.positions[tp] = pos
-            if pos is not None:
-                found[tp] = pos
-        return found
-
-    def forget(self, tps: Sequence[TopicPartition]) -> None:
-        for tp in tps:
-            self.positions.pop(tp, None)
 
     def process_partition(self, tp: TopicPartition, records: Sequence[Any]) -> Counter[str]:
         """Submit one partition's cases and record its position, in one transaction."""
         pe: ProcessingEvent[UUID] = ProcessingEvent(
-            tracking=Tracking(self.tracking_name(tp), records[-1].offset + 1)
+            tracking=Tracking(self.tracked.name(tp), records[-1].offset + 1)
         )
         counts: Counter[str] = Counter()
         rejects: list[bytes] = []
@@ -120,9 +104,9 @@ class CaseIntake:
                 rejects.append(
                     topics.deadletter_for(SOURCE, record, f"{type(exc).__name__}: {exc}", now)
                 )
-        pe.collect_events(expected_position=self.positions.get(tp))
+        pe.collect_events(expected_position=self.tracked.positions.get(tp))
         self.app.record(pe)
-        self.positions[tp] = records[-1].offset + 1
+        self.tracked.positions[tp] = records[-1].offset + 1
         for value in rejects:
             self.producer.send(self.topics.deadletter, key=SOURCE.encode(), value=value)
         counts["rejected"] += len(rejects)
@@ -134,15 +118,15 @@ class CaseIntake:
             self.settings,
             self.topics.cases_inbound,
             self.group_id,
-            load_positions=self.load_positions,
-            on_revoked=self.forget,
+            load_positions=self.tracked.load,
+            on_revoked=self.tracked.forget,
         )
         try:
             while not stop.is_set():
                 batch = consumer.poll(timeout_ms=200, max_records=500)
                 if batch:
                     topics.record_partitions(
-                        consumer, batch, self.process_partition, self.load_positions
+                        consumer, batch, self.process_partition, self.tracked.load
                     )
         finally:
             consumer.close(autocommit=False)

@@ -140,6 +140,36 @@ class _Positions(ConsumerRebalanceListener):
         log.info("assigned %s", sorted((tp.topic, tp.partition) for tp in assigned))
 
 
+class TrackedPositions:
+    """A worker's Kafka positions, kept as eventsourcing tracking records in its app.
+
+    One tracking name per (group, topic, partition); ``positions`` holds what this
+    worker last saw, which its next write is fenced against.
+    """
+
+    def __init__(self, recorder: Any, group_id: str) -> None:
+        self.recorder = recorder
+        self.group_id = group_id
+        self.positions: dict[TopicPartition, int | None] = {}
+
+    def name(self, tp: TopicPartition) -> str:
+        return f"{self.group_id}|{tp.topic}|{tp.partition}"
+
+    def load(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        """Read the stored next offsets of ``tps`` (those that have one)."""
+        found: dict[TopicPartition, int] = {}
+        for tp in tps:
+            pos = self.recorder.max_tracking_id(self.name(tp))
+            self.positions[tp] = pos
+            if pos is not None:
+                found[tp] = pos
+        return found
+
+    def forget(self, tps: Sequence[TopicPartition]) -> None:
+        for tp in tps:
+            self.positions.pop(tp, None)
+
+
 def record_partitions(
     consumer: KafkaConsumer,
     batch: Mapping[TopicPartition, Sequence[Any]],

@@ -29,6 +29,17 @@ CHANNELS = ("hotline", "open311", "app", "web", "wechat", "operator")
 ACTIVE = ("assigned", "in_progress", "reopened")
 OPEN = ("submitted", "accepted", *ACTIVE)
 TERMINAL = ("rejected", "closed", "cancelled")
+STATUSES = (
+    "submitted",
+    "accepted",
+    "rejected",
+    "assigned",
+    "in_progress",
+    "resolved",
+    "reopened",
+    "closed",
+    "cancelled",
+)
 
 
 def case_id(channel: str, external_id: str) -> UUID:

@@ -55,24 +55,16 @@ class SensorMonitor:
         self.producer = producer
         self.group_id = group_id
         self.clock = clock
-        self.positions: dict[TopicPartition, int | None] = {}
+        self.tracked = topics.TrackedPositions(app.recorder, group_id)
         self.states: dict[str, DeviceState] = {}
         self.partition_of: dict[str, int] = {}
         self.types: dict[str, str | None] = {}
         self.counters: Counter[str] = Counter()
 
-    def tracking_name(self, tp: TopicPartition) -> str:
-        return f"{self.group_id}|{tp.topic}|{tp.partition}"
-
     # -- positions and state ------------------------------------------------------------
 
     def load_positions(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
-        found: dict[TopicPartition, int] = {}
-        for tp in tps:
-            pos = self.app.recorder.max_tracking_id(self.tracking_name(tp))  # type: ignore[attr-defined]
-            self.positions[tp] = pos
-            if pos is not None:
-                found[tp] = pos
+        found = self.tracked.load(tps)
         self._load_state({tp.partition for tp in tps})
         return found
 
@@ -86,8 +78,7 @@ class SensorMonitor:
 
     def forget(self, tps: Sequence[TopicPartition]) -> None:
         gone = {tp.partition for tp in tps}
-        for tp in tps:
-            self.positions.pop(tp, None)
+        self.tracked.forget(tps)
         for device_id in [d for d, p in self.partition_of.items() if p in gone]:
             self.states.pop(device_id, None)
             self.partition_of.pop(device_id, None)
@@ -111,7 +102,7 @@ class SensorMonitor:
         """Evaluate one partition's records and record the outcome in one transaction."""
         next_offset = records[-1].offset + 1
         pe: ProcessingEvent[UUID] = ProcessingEvent(
-            tracking=Tracking(self.tracking_name(tp), next_offset)
+            tracking=Tracking(self.tracked.name(tp), next_offset)
         )
         before: dict[str, dict[str, Any] | None] = {}
         rejects: list[bytes] = []
@@ -135,7 +126,7 @@ class SensorMonitor:
         state_rows = [
             (device_id, self._state_json(device_id, tp.partition)) for device_id in before
         ]
-        pe.collect_events(expected_position=self.positions.get(tp), state_rows=state_rows)
+        pe.collect_events(expected_position=self.tracked.positions.get(tp), state_rows=state_rows)
         try:
             self.app.record(pe)
         except Exception:
@@ -146,7 +137,7 @@ class SensorMonitor:
                 else:
                     self.states[device_id] = DeviceState.from_json(raw)
             raise
-        self.positions[tp] = next_offset
+        self.tracked.positions[tp] = next_offset
         for value in rejects:
             self.producer.send(self.topics.deadletter, key=b"sensor-monitor", value=value)
         self.counters["messages"] += len(records)
