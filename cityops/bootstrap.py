@@ -273,6 +273,21 @@ def run_intake(settings: Settings, stop: threading.Event, group_id: str = "case-
         pool.close()
 
 
+def run_relay(settings: Settings, stop: threading.Event) -> None:
+    """The city log -> Kafka cityops.domain-events, each event once, in log order."""
+    from cityops.relay import DomainEventRelay
+
+    pool = make_pool(settings, max_size=1)
+    producer = topics.make_producer(settings)
+    app = city_app(settings, pool_size=2)
+    try:
+        DomainEventRelay(settings, app.recorder, pool, producer).run(stop)
+    finally:
+        app.close()
+        producer.close()
+        pool.close()
+
+
 def run_sla(settings: Settings, stop: threading.Event) -> None:
     """The SLA clock: due-soon and overdue marks, once per deadline."""
     from cityops.sla_clock import SlaClock

@@ -110,6 +110,16 @@ def intake(group: str = "case-intake") -> None:
 
 
 @app.command()
+def relay() -> None:
+    """Domain-events relay: every recorded event to Kafka cityops.domain-events, once."""
+    from cityops.bootstrap import run_relay
+
+    _logging()
+    settings = _settings()
+    _run_until_signal(lambda stop: run_relay(settings, stop))
+
+
+@app.command()
 def sla() -> None:
     """SLA clock: due-soon (80 %) and overdue (100 %) marks on service cases."""
     from cityops.bootstrap import run_sla

@@ -93,7 +93,7 @@ def run_demo(
         )
         manager = Manager()
         env = dict(os.environ)
-        procs = ["api", "projector", "writer", "monitor", "bridge", "intake", "sla"]
+        procs = ["api", "projector", "writer", "monitor", "bridge", "intake", "sla", "relay"]
         if simulator:
             procs += ["simulate", "citizens"]
         for name in procs:

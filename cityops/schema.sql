@@ -164,3 +164,9 @@ CREATE TABLE IF NOT EXISTS cases_tracking (
     application_name text PRIMARY KEY,
     notification_id  bigint
 );
+
+-- Position of the domain-events relay in the city log (last notification id published).
+CREATE TABLE IF NOT EXISTS relay_positions (
+    name            text PRIMARY KEY,
+    notification_id bigint NOT NULL
+);

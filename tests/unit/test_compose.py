@@ -34,6 +34,7 @@ APP = (
     "projector",
     "intake",
     "sla",
+    "relay",
     "simulator",
     "citizens",
 )
@@ -48,6 +49,7 @@ SUBCOMMANDS = frozenset(
         "projector",
         "intake",
         "sla",
+        "relay",
         "simulate",
         "citizens",
     }
