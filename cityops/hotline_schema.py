@@ -72,3 +72,8 @@ class HotlineCase(BaseModel):
 
 def json_schema() -> dict[str, Any]:
     return HotlineCase.model_json_schema()
+
+
+def encode(msg: HotlineCase) -> tuple[bytes, bytes]:
+    """Kafka key and value of an inbound case (what a hotline system sends)."""
+    return msg.external_id.encode(), msg.model_dump_json(exclude_none=True).encode()

@@ -18,7 +18,6 @@ from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
-import orjson
 from eventsourcing.application import ProcessingEvent
 from eventsourcing.persistence import Tracking
 from kafka import KafkaProducer, TopicPartition
@@ -132,7 +131,3 @@ class CaseIntake:
             consumer.close(autocommit=False)
             self.producer.flush()
 
-
-def encode(msg: HotlineCase) -> tuple[bytes, bytes]:
-    """Kafka key and value of an inbound case (what a hotline system sends)."""
-    return msg.external_id.encode(), orjson.dumps(msg.model_dump(mode="json", exclude_none=True))

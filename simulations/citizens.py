@@ -32,7 +32,7 @@ from kafka.errors import KafkaError
 from numpy.typing import NDArray
 
 from cityops.hotline_schema import Citizen as HotlineCitizen
-from cityops.hotline_schema import HotlineCase, Location
+from cityops.hotline_schema import HotlineCase, Location, encode
 from cityops.kafka import CASES_INBOUND, Topics, make_producer
 from cityops.settings import Settings
 from core.categories import Attribute, Categories, Category, load_categories
@@ -554,7 +554,7 @@ def hotline_message(report: CaseReport, received_at: datetime | None = None) -> 
         else HotlineCitizen(name=contact.name, phone=contact.phone, email=contact.email),
         received_at=received_at or datetime.now(UTC),
     )
-    return report.external_id.encode(), case.model_dump_json(exclude_none=True).encode()
+    return encode(case)
 
 
 class SendFuture(Protocol):

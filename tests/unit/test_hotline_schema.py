@@ -10,8 +10,8 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
-from cityops.hotline_schema import HotlineCase, json_schema
-from cityops.intake import encode, schema_reason, to_command
+from cityops.hotline_schema import HotlineCase, encode, json_schema
+from cityops.intake import schema_reason, to_command
 from core.service import nul_field
 
 PUBLISHED = Path(__file__).resolve().parents[2] / "docs" / "schemas" / "hotline-case.schema.json"
