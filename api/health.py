@@ -7,14 +7,11 @@ from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
-from psycopg import sql
 
 from api.deps import ContainerDep
+from projections.positions import lags
 
 router = APIRouter(tags=["health"])
-
-
-PROJECTIONS = ("map", "cases")
 
 
 @router.get("/healthz")
@@ -32,20 +29,10 @@ def readyz(c: ContainerDep) -> JSONResponse:
     try:
         with c.pool.connection() as conn:
             conn.execute("SELECT 1")
-            head = conn.execute("SELECT max(notification_id) FROM city_events").fetchone()
-            seen = {
-                name: conn.execute(
-                    sql.SQL("SELECT max(notification_id) FROM {}").format(
-                        sql.Identifier(f"{name}_tracking")
-                    )
-                ).fetchone()
-                for name in PROJECTIONS
-            }
-        last = (head[0] if head else None) or 0
+            lag = lags(conn)
         checks["postgres"] = {"ok": True, "ms": round((time.perf_counter() - t0) * 1000, 1)}
-        for name, pos in seen.items():
-            lag = max(0, last - ((pos[0] if pos else None) or 0))
-            checks[f"projection_{name}"] = {"ok": True, "lag_events": lag}
+        for name, events in lag.items():
+            checks[f"projection_{name}"] = {"ok": True, "lag_events": events}
     except Exception as exc:  # a readiness probe reports, it does not raise
         ok = False
         checks["postgres"] = {"ok": False, "error": type(exc).__name__}

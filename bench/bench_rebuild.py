@@ -23,14 +23,13 @@ from cityops.pgstore import make_pool
 from cityops.services import throwaway_services
 from cityops.settings import Settings
 from core.service import SubmitCase
+from projections.positions import PROJECTIONS, head, position
 
 
-def positions(settings: Settings) -> tuple[int, int, int]:
+def positions(settings: Settings) -> tuple[int, list[int]]:
+    """The log's head, and each projection's position."""
     with psycopg.connect(settings.database_url) as conn:
-        head = conn.execute("SELECT max(notification_id) FROM city_events").fetchone()
-        m = conn.execute("SELECT max(notification_id) FROM map_tracking").fetchone()
-        c = conn.execute("SELECT max(notification_id) FROM cases_tracking").fetchone()
-    return tuple(int((r[0] if r else None) or 0) for r in (head, m, c))  # type: ignore[return-value]
+        return head(conn), [position(conn, name) for name in PROJECTIONS]
 
 
 def main() -> None:
@@ -72,7 +71,7 @@ def main() -> None:
         thread = threading.Thread(target=run_projector, args=(settings, stop))
         t0 = time.perf_counter()
         thread.start()
-        while min(positions(settings)[1:]) < total:
+        while min(positions(settings)[1]) < total:
             time.sleep(0.05)
         elapsed = time.perf_counter() - t0
         stop.set()

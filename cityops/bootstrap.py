@@ -243,17 +243,14 @@ def run_in_thread(
 
 def rebuild_projections(settings: Settings) -> None:
     """Empty the read models and their positions: the projector then replays the log."""
-    from projections.cases import CaseProjection
-    from projections.map import MapProjection
+    from projections.positions import PROJECTIONS
 
     pool = make_pool(settings, max_size=1)
     try:
         with pool.connection() as conn, conn.transaction():
             conn.execute("TRUNCATE map_sensors, map_incidents, service_cases")
-            for projection in (MapProjection, CaseProjection):
-                conn.execute(
-                    sql.SQL("DELETE FROM {}").format(sql.Identifier(f"{projection.name}_tracking"))
-                )
+            for name in PROJECTIONS:
+                conn.execute(sql.SQL("DELETE FROM {}").format(sql.Identifier(f"{name}_tracking")))
     finally:
         pool.close()
 

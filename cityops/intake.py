@@ -130,4 +130,3 @@ class CaseIntake:
         finally:
             consumer.close(autocommit=False)
             self.producer.flush()
-

@@ -14,6 +14,8 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 from core.case import ACTIVE, OPEN
+from projections import positions
+from projections.cases import CaseProjection
 from projections.queries import BBox, Filters
 
 CASE_COLUMNS = (
@@ -174,14 +176,12 @@ class CaseQueries:
     def wait_until_current(self, timeout: float = 10.0) -> bool:
         """Wait until the read model has caught up with the log as it is now."""
         with self.pool.connection() as conn:
-            row = conn.execute("SELECT max(notification_id) FROM city_events").fetchone()
-        head = (row[0] if row else None) or 0
+            target = positions.head(conn)
         deadline = time.monotonic() + timeout
         while True:
             with self.pool.connection() as conn:
-                row = conn.execute("SELECT max(notification_id) FROM cases_tracking").fetchone()
-            if ((row[0] if row else None) or 0) >= head:
-                return True
+                if positions.position(conn, CaseProjection.name) >= target:
+                    return True
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.05)

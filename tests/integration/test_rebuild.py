@@ -19,6 +19,7 @@ from cityops.pgstore import make_pool
 from cityops.settings import Settings
 from core.personal import Contact
 from core.service import SubmitCase
+from projections.positions import lags
 from tests.integration.test_pipeline_kafka import wait_until
 
 pytestmark = pytest.mark.integration
@@ -45,13 +46,7 @@ def checksums(settings: Settings) -> dict[str, tuple[int, str]]:
 
 def caught_up(settings: Settings) -> bool:
     with psycopg.connect(settings.database_url) as conn:
-        head = conn.execute("SELECT max(notification_id) FROM city_events").fetchone()
-        seen = [
-            conn.execute(f"SELECT max(notification_id) FROM {name}_tracking").fetchone()
-            for name in ("map", "cases")
-        ]
-    top = (head[0] if head else None) or 0
-    return all(((s[0] if s else None) or 0) >= top for s in seen)
+        return not any(lags(conn).values())
 
 
 def project(settings: Settings) -> None:
