@@ -582,15 +582,9 @@ async def erase_me(
     citizen = _citizen_uuid(who)
     assert citizen is not None
 
-    def go() -> int:
-        # The key goes first; the read model then finds every case to note it on.
-        desk.personal.erase(citizen)
-        cases.wait_until_current()
-        return desk.erase_citizen(
-            citizen, cases.case_ids_of_citizen(citizen), who.actor, correlation()
-        )
-
-    noted = await run_in_threadpool(go)
+    noted = await run_in_threadpool(
+        desk.erase_citizen, citizen, cases.case_ids_of_citizen, who.actor, correlation()
+    )
     return {
         "citizen_id": str(citizen),
         "cases_noted": noted,

@@ -223,11 +223,9 @@ def erase_citizen(
         if found is None:
             typer.echo("no such citizen (or already erased)")
             raise typer.Exit(1)
-        desk.personal.erase(found)
-        queries = CaseQueries(pool)
-        queries.wait_until_current()
-        cases = queries.case_ids_of_citizen(found)
-        noted = desk.erase_citizen(found, cases, "operator:cli", f"cli:{uuid.uuid4()}")
+        noted = desk.erase_citizen(
+            found, CaseQueries(pool).case_ids_of_citizen, "operator:cli", f"cli:{uuid.uuid4()}"
+        )
         typer.echo(f"erased citizen {found}; noted on {noted} case(s)")
     finally:
         city.close()

@@ -160,10 +160,7 @@ class ServiceDesk:
     def get(self, case_uuid: UUID) -> ServiceCase:
         return self.app.get_typed(case_uuid, ServiceCase, "case")
 
-    def _save(self, case: ServiceCase, pe: ProcessingEvent[UUID] | None) -> None:
-        if pe is not None:
-            pe.collect_events(case)
-            return
+    def _save(self, case: ServiceCase) -> None:
         try:
             self.app.save(case)
         except IntegrityError:
@@ -178,7 +175,7 @@ class ServiceDesk:
         if check is not None:
             check(case)  # the caller's authorization, on the state the command runs on
         run(case)
-        self._save(case, None)
+        self._save(case)
         return case
 
     # -- intake ---------------------------------------------------------------------------
@@ -687,18 +684,26 @@ class ServiceDesk:
         return self.personal.open(UUID(case.citizen_id), case.contact_token)
 
     def erase_citizen(
-        self, citizen_id: UUID, case_ids: Iterable[UUID], actor: str, correlation_id: str
+        self,
+        citizen_id: UUID,
+        cases_of: Callable[[UUID], Iterable[UUID]],
+        actor: str,
+        correlation_id: str,
     ) -> int:
-        """Destroy the citizen's key, then note the erasure on each of their cases."""
+        """Destroy the citizen's key, then note the erasure on each of their cases.
+
+        ``cases_of`` is asked after the key is gone, so a case filed meanwhile is
+        either unreadable already or found and noted.
+        """
         self.personal.erase(citizen_id)
         noted = 0
-        for cid in case_ids:
+        for cid in cases_of(citizen_id):
             case = self.get(cid)
             if case.citizen_id != str(citizen_id) or case.erased:
                 continue
             case.note_erasure(
                 actor=actor, reason="citizen's request (PIPL)", correlation_id=correlation_id
             )
-            self._save(case, None)
+            self._save(case)
             noted += 1
         return noted

@@ -187,6 +187,8 @@ class CaseQueries:
             time.sleep(0.05)
 
     def case_ids_of_citizen(self, citizen_id: UUID) -> list[UUID]:
+        """Every case of a citizen, as of the log now (waits for the read model)."""
+        self.wait_until_current()
         rows = self._rows(
             sql.SQL("SELECT case_id FROM service_cases WHERE citizen_id = %s"), [citizen_id]
         )
