@@ -29,7 +29,7 @@ import psycopg
 
 from api.auth import issue_token
 from cityops.bootstrap import city_layers, seed
-from cityops.services import free_port, throwaway_services
+from cityops.services import create_database, free_port, throwaway_services
 from cityops.settings import Settings
 
 Headers = dict[str, str]
@@ -141,12 +141,11 @@ def main() -> None:
         if not os.environ.get("CITYOPS_DATABASE_URL"):
             os.environ.update(stack.enter_context(throwaway_services("cityops-bench-")))
         run = uuid.uuid4().hex[:8]
-        base_url = os.environ["CITYOPS_DATABASE_URL"]
-        with psycopg.connect(base_url, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "bench_{run}"')
         os.environ.update(
             {
-                "CITYOPS_DATABASE_URL": base_url.rsplit("/", 1)[0] + f"/bench_{run}",
+                "CITYOPS_DATABASE_URL": create_database(
+                    os.environ["CITYOPS_DATABASE_URL"], f"bench_{run}"
+                ),
                 "CITYOPS_KAFKA_TOPIC_PREFIX": f"bench{run}.",
                 "CITYOPS_DATA_DIR": str(Path("var/bench-city")),
                 "CITYOPS_CASES_AUTO_ACCEPT": "false",  # the dispatcher's command dispatches

@@ -20,7 +20,7 @@ import psycopg
 
 from cityops.bootstrap import city_app, rebuild_projections, run_projector, seed, service_desk
 from cityops.pgstore import make_pool
-from cityops.services import throwaway_services
+from cityops.services import create_database, throwaway_services
 from cityops.settings import Settings
 from core.service import SubmitCase
 from projections.positions import PROJECTIONS, head, position
@@ -40,11 +40,10 @@ def main() -> None:
         if not os.environ.get("CITYOPS_DATABASE_URL"):
             os.environ.update(stack.enter_context(throwaway_services("cityops-bench-")))
         run = uuid.uuid4().hex[:8]
-        base = os.environ["CITYOPS_DATABASE_URL"]
-        with psycopg.connect(base, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "rebuild_{run}"')
         os.environ.update(
-            CITYOPS_DATABASE_URL=base.rsplit("/", 1)[0] + f"/rebuild_{run}",
+            CITYOPS_DATABASE_URL=create_database(
+                os.environ["CITYOPS_DATABASE_URL"], f"rebuild_{run}"
+            ),
             CITYOPS_KAFKA_TOPIC_PREFIX=f"rb{run}.",
             CITYOPS_DATA_DIR="var/bench-city",
             CITYOPS_LOG_LEVEL="WARNING",

@@ -7,9 +7,9 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 
+from cityops.services import create_database, drop_database
 from cityops.settings import Settings
 
 SERVICES = ("CITYOPS_DATABASE_URL", "CITYOPS_KAFKA_BOOTSTRAP", "CITYOPS_MQTT_HOST")
@@ -44,11 +44,8 @@ def database_url(unique: str) -> Iterator[str]:
     """A fresh database on the test PostgreSQL server, dropped afterwards."""
     base = os.environ["CITYOPS_DATABASE_URL"]
     name = f"t_{unique}"
-    with psycopg.connect(base, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield base.rsplit("/", 1)[0] + "/" + name
-    with psycopg.connect(base, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    yield create_database(base, name)
+    drop_database(base, name)
 
 
 @pytest.fixture

@@ -41,6 +41,7 @@ from cityops.bootstrap import (
     seed,
 )
 from cityops.pgstore import make_pool
+from cityops.services import create_database, drop_database
 from cityops.settings import Settings
 from core.case import ACTIVE, ServiceCase
 from core.categories import load_categories
@@ -201,10 +202,8 @@ def served_city(data_dir: Path) -> Iterator[World]:
     base = os.environ["CITYOPS_DATABASE_URL"]
     unique = uuid.uuid4().hex[:10]
     name = f"t_{unique}"
-    with psycopg.connect(base, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
     settings = Settings(
-        database_url=base.rsplit("/", 1)[0] + "/" + name,
+        database_url=create_database(base, name),
         kafka_topic_prefix=f"t{unique}.",
         mqtt_share_group=f"bridge-{unique}",
         mqtt_client_id=f"bridge-{unique}",
@@ -225,8 +224,7 @@ def served_city(data_dir: Path) -> Iterator[World]:
         finally:
             pool.close()
     finally:
-        with psycopg.connect(base, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_database(base, name)
 
 
 @pytest.fixture(scope="module")
