@@ -49,6 +49,16 @@ class Principal:
         return f"{self.role}:{self.subject}"
 
 
+def citizen_uuid(who: Principal) -> uuid.UUID | None:
+    """A citizen's id (the subject of their token); None for every other role."""
+    if who.role != "citizen":
+        return None
+    try:
+        return uuid.UUID(who.subject)
+    except ValueError:
+        raise Forbidden("citizen tokens carry a citizen id as subject") from None
+
+
 class Unauthorized(HTTPException):
     def __init__(self, detail: str) -> None:
         super().__init__(401, detail, headers={"WWW-Authenticate": "Bearer"})

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, Header, Query
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
-from api.auth import Forbidden, Principal, require
+from api.auth import Forbidden, Principal, citizen_uuid, require
 from api.deps import CasesDep, DeskDep
 from core.case import ACTIVE, OPEN, REJECTION_REASONS, ServiceCase
 from core.personal import ERASED_VIEW, Contact
@@ -254,7 +254,7 @@ def scoped(who: Principal, flt: CaseFilter) -> CaseFilter:
             raise Forbidden("departments see their own queue only")
         return CaseFilter(**{**_fields(flt), "department_code": who.department})
     if who.role == "citizen":
-        citizen = str(_citizen_uuid(who)) if who.via == "token" else None  # keys: no id
+        citizen = str(citizen_uuid(who)) if who.via == "token" else None  # keys: no id
         return CaseFilter(**{**_fields(flt), "citizen_or_submitter": (citizen, who.actor)})
     return flt
 
@@ -386,19 +386,10 @@ async def submit_case(
         address=body.address,
         attributes=body.attributes,
         contact=Contact.parse(contact.name, contact.phone, contact.email, contact.address),
-        citizen_id=_citizen_uuid(who),
+        citizen_id=citizen_uuid(who),
     )
     case = await run_in_threadpool(desk.submit, cmd, who.actor, correlation())
     return detail(desk, who, case, with_contact=False)
-
-
-def _citizen_uuid(who: Principal) -> uuid.UUID | None:
-    if who.role != "citizen":
-        return None
-    try:
-        return uuid.UUID(who.subject)
-    except ValueError:
-        raise Forbidden("citizen tokens carry a citizen id as subject") from None
 
 
 async def _run(
@@ -579,7 +570,7 @@ async def erase_me(
     who: Annotated[Principal, Depends(require("citizen"))], desk: DeskDep, cases: CasesDep
 ) -> dict[str, Any]:
     """Erase your personal data (PIPL): cases stay, their contact reads ``[erased]``."""
-    citizen = _citizen_uuid(who)
+    citizen = citizen_uuid(who)
     assert citizen is not None
 
     noted = await run_in_threadpool(

@@ -39,21 +39,8 @@ APP = (
     "citizens",
 )
 LONG_RUNNING_APP = tuple(name for name in APP if name != "seed")
-SUBCOMMANDS = frozenset(
-    {
-        "seed",
-        "api",
-        "bridge",
-        "writer",
-        "monitor",
-        "projector",
-        "intake",
-        "sla",
-        "relay",
-        "simulate",
-        "citizens",
-    }
-)
+# Each app service runs the subcommand of its name (the gateway simulator: `simulate`).
+SUBCOMMANDS = frozenset("simulate" if name == "simulator" else name for name in APP)
 SECRETS = (
     "POSTGRES_PASSWORD",
     "CITYOPS_DB_PASSWORD",
