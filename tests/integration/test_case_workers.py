@@ -38,8 +38,8 @@ from cityops.bootstrap import (
     seed,
     service_desk,
 )
-from cityops.hotline_schema import HotlineCase
-from cityops.intake import CaseIntake, encode
+from cityops.hotline_schema import HotlineCase, encode
+from cityops.intake import CaseIntake
 from cityops.pgstore import make_pool
 from cityops.settings import Settings
 from core.app import CityApp
