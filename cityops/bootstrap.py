@@ -5,7 +5,6 @@ Nothing connects at import time; each ``run_*`` function owns what it opens.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import socket
 import threading
@@ -13,8 +12,6 @@ import time
 import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING
-
-from psycopg import sql
 
 from cityops import kafka as topics
 from cityops.pgstore import apply_schema, eventstore_env, make_pool
@@ -30,6 +27,7 @@ if TYPE_CHECKING:
 
     from core.service import NearbyCases, ServiceDesk
     from gis.layers import CityLayers
+    from projections.runner import SqlProjection
 
 log = logging.getLogger(__name__)
 
@@ -204,31 +202,36 @@ def run_bridge(settings: Settings, stop: threading.Event, client_id: str | None 
         app.close()
 
 
-def run_projector(settings: Settings, stop: threading.Event, rebuild: bool = False) -> None:
-    """Run every projection (live map, service cases) until stopped."""
-    from eventsourcing.projection import ProjectionRunner
-
+def projections() -> list[SqlProjection]:
+    """Every read model the projector writes (the live map, the service cases)."""
     from projections.cases import CaseProjection
-    from projections.map import MapProjection, MapView
+    from projections.map import MapProjection
 
-    env = eventstore_env(settings, pool_size=2)
+    return [MapProjection(), CaseProjection()]
+
+
+def run_projector(
+    settings: Settings,
+    stop: threading.Event,
+    rebuild: bool = False,
+    batch_size: int | None = None,
+) -> None:
+    """Run every projection until stopped, in batches (one transaction per batch)."""
+    from projections.runner import ProjectionWorker
+
     if rebuild:
         rebuild_projections(settings)
-    with contextlib.ExitStack() as stack:
-        runners = [
-            stack.enter_context(
-                ProjectionRunner(
-                    application_class=CityApp,
-                    projection_class=projection,
-                    view_class=MapView,
-                    env=env,
-                )
-            )
-            for projection in (MapProjection, CaseProjection)
-        ]
-        while not stop.is_set():
-            for runner in runners:
-                runner.run_forever(timeout=0.25)
+    app = city_app(settings, pool_size=2)
+    try:
+        worker = ProjectionWorker(
+            app,
+            settings.database_url,
+            projections(),
+            batch_size=batch_size or settings.projector_batch,
+        )
+        worker.run(stop)
+    finally:
+        app.close()
 
 
 def run_in_thread(
@@ -243,14 +246,12 @@ def run_in_thread(
 
 def rebuild_projections(settings: Settings) -> None:
     """Empty the read models and their positions: the projector then replays the log."""
-    from projections.positions import PROJECTIONS
+    from projections.runner import reset
 
     pool = make_pool(settings, max_size=1)
     try:
         with pool.connection() as conn, conn.transaction():
-            conn.execute("TRUNCATE map_sensors, map_incidents, service_cases")
-            for name in PROJECTIONS:
-                conn.execute(sql.SQL("DELETE FROM {}").format(sql.Identifier(f"{name}_tracking")))
+            reset(conn, projections())
     finally:
         pool.close()
 

@@ -86,6 +86,26 @@ CREATE TABLE IF NOT EXISTS map_incidents (
 CREATE INDEX IF NOT EXISTS map_incidents_status ON map_incidents (status, severity);
 CREATE INDEX IF NOT EXISTS map_incidents_grid ON map_incidents (grid_code);
 CREATE INDEX IF NOT EXISTS map_incidents_device ON map_incidents (device_id);
+-- Issue 4: the incident workflow (GB/T 30428: 派遣 -> 处置 -> 反馈 -> 核查 -> 结案) and links
+-- with citizen cases. ``status`` stays open/closed; ``stage`` is where the work is:
+-- reported, dispatched, accepted, resolved, closed.
+ALTER TABLE map_incidents ADD COLUMN IF NOT EXISTS stage text NOT NULL DEFAULT 'reported';
+ALTER TABLE map_incidents ADD COLUMN IF NOT EXISTS dispatched_at timestamptz;
+ALTER TABLE map_incidents ADD COLUMN IF NOT EXISTS accepted_at timestamptz;
+ALTER TABLE map_incidents ADD COLUMN IF NOT EXISTS resolved_at timestamptz;
+ALTER TABLE map_incidents ADD COLUMN IF NOT EXISTS due_at timestamptz;
+ALTER TABLE map_incidents ADD COLUMN IF NOT EXISTS resolution text;
+ALTER TABLE map_incidents ADD COLUMN IF NOT EXISTS reworks int NOT NULL DEFAULT 0;
+ALTER TABLE map_incidents ADD COLUMN IF NOT EXISTS escalation_level int NOT NULL DEFAULT 0;
+ALTER TABLE map_incidents ADD COLUMN IF NOT EXISTS linked_cases int NOT NULL DEFAULT 0;
+ALTER TABLE map_incidents ADD COLUMN IF NOT EXISTS verified_at timestamptz;
+ALTER TABLE map_incidents ADD COLUMN IF NOT EXISTS escalate_at timestamptz;
+ALTER TABLE map_incidents ADD COLUMN IF NOT EXISTS confirmed_by_reports boolean NOT NULL DEFAULT false;
+ALTER TABLE map_incidents ADD COLUMN IF NOT EXISTS merged_into uuid;
+CREATE INDEX IF NOT EXISTS map_incidents_escalate ON map_incidents (escalate_at) WHERE escalate_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS map_incidents_grid_opened ON map_incidents (grid_code, opened_at);
+CREATE INDEX IF NOT EXISTS map_incidents_department ON map_incidents (department_code, stage, due_at);
+CREATE INDEX IF NOT EXISTS map_incidents_opened ON map_incidents (opened_at);
 
 -- Position of the map projection in the event log (the eventsourcing library's
 -- single-row tracking table; created here so that no worker runs DDL at start).
@@ -159,6 +179,15 @@ CREATE INDEX IF NOT EXISTS service_cases_category_lonlat ON service_cases (categ
 CREATE INDEX IF NOT EXISTS service_cases_submitted ON service_cases (submitted_at);
 CREATE INDEX IF NOT EXISTS service_cases_citizen ON service_cases (citizen_id);
 CREATE INDEX IF NOT EXISTS service_cases_submitter ON service_cases (submitted_by);
+-- Issue 4: the incident a case is linked to, and what nearby sensors said about it
+-- (confirmed, not_confirmed, no_sensors); ``proactive`` when the incident's resolution
+-- resolved the case (主动服务).
+ALTER TABLE service_cases ADD COLUMN IF NOT EXISTS incident_id uuid;
+ALTER TABLE service_cases ADD COLUMN IF NOT EXISTS sensor_check text;
+ALTER TABLE service_cases ADD COLUMN IF NOT EXISTS proactive boolean NOT NULL DEFAULT false;
+CREATE INDEX IF NOT EXISTS service_cases_incident ON service_cases (incident_id);
+CREATE INDEX IF NOT EXISTS service_cases_grid_submitted ON service_cases (grid_code, submitted_at);
+CREATE INDEX IF NOT EXISTS service_cases_district_submitted ON service_cases (district_code, submitted_at);
 
 CREATE TABLE IF NOT EXISTS cases_tracking (
     application_name text PRIMARY KEY,

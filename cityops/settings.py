@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -72,7 +72,19 @@ class Settings(BaseSettings):
     # whether intake registers and dispatches cases at once (else a dispatcher does).
     categories_file: Path | None = None
     cases_auto_accept: bool = True
+    # The urban brain: correlation rules and incident time limits (default: the packaged
+    # core/correlation.yaml); events per projector transaction.
+    correlation_file: Path | None = None
+    projector_batch: int = Field(default=2_000, ge=1, le=100_000)
     sla_poll_s: float = Field(default=5.0, gt=0)
+    # Resolution notices to citizens: "log" only logs them; "smtp" emails (SMS is logged).
+    notify_backend: Literal["log", "smtp"] = "log"
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = Field(default=25, ge=1, le=65535)
+    smtp_sender: str = "12345@cityops.local"
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_starttls: bool = False
     # The citizen simulator: everyday reports per second, and the API it files to.
     cases_sim_rate: float = Field(default=0.2, ge=0)
     sim_api_url: str = ""  # default: http://<api_host>:<api_port>

@@ -29,6 +29,7 @@ CHANNELS = ("hotline", "open311", "app", "web", "wechat", "operator")
 ACTIVE = ("assigned", "in_progress", "reopened")
 OPEN = ("submitted", "accepted", *ACTIVE)
 TERMINAL = ("rejected", "closed", "cancelled")
+SENSOR_CHECKS = ("confirmed", "not_confirmed", "no_sensors")
 STATUSES = (
     "submitted",
     "accepted",
@@ -99,6 +100,9 @@ class ServiceCase(Aggregate):
         self.rating: int | None = None
         self.rating_comment: str | None = None
         self.erased = False
+        self.incident_id: str | None = None
+        self.sensor_check: str | None = None
+        self.proactive = False
 
     @classmethod
     def submit(cls, case_uuid: UUID, **kwargs: Any) -> ServiceCase:
@@ -236,6 +240,23 @@ class ServiceCase(Aggregate):
         self.extension_request = None
         self.status_notes = reply
 
+    @event("CaseResolvedWithIncident")
+    def resolve_with_incident(
+        self, incident_id: str, reply: str, actor: str, reason: str, correlation_id: str
+    ) -> None:
+        """The city fixed the linked incident (主动服务): the case is resolved with it,
+        whatever stage of dispatch it had reached."""
+        self._require("resolve", *OPEN)
+        if self.incident_id != incident_id:
+            raise IllegalTransitionError(f"the case is not linked to incident {incident_id}")
+        if not reply.strip():
+            raise IllegalTransitionError("resolving needs a reply to the citizen")
+        self.status = "resolved"
+        self.reply = reply
+        self.proactive = True
+        self.extension_request = None
+        self.status_notes = reply
+
     @event("ExtensionRequested")
     def request_extension(self, hours: float, actor: str, reason: str, correlation_id: str) -> None:
         self._require("request an extension for", *ACTIVE)
@@ -351,6 +372,39 @@ class ServiceCase(Aggregate):
         if deadline_no != self.deadline_no or self.overdue_recorded >= deadline_no:
             raise IllegalTransitionError(f"deadline {deadline_no} is not pending an overdue mark")
         self.overdue_recorded = deadline_no
+
+    # -- the join with the management network ---------------------------------------------
+
+    @event("LinkedToIncident")
+    def link_incident(
+        self,
+        incident_id: str,
+        rule_id: str,
+        rule_version: int,
+        distance_m: float,
+        actor: str,
+        correlation_id: str,
+    ) -> None:
+        """The case reports the same problem as the incident (the correlation rule says)."""
+        self._require("link", *OPEN)
+        if self.incident_id == incident_id:
+            raise IllegalTransitionError(f"the case is already linked to {incident_id}")
+        self.incident_id = incident_id
+
+    @event("SensorsChecked")
+    def note_sensor_check(
+        self,
+        result: str,
+        sensors: list[str],
+        rule_id: str,
+        rule_version: int,
+        actor: str,
+        correlation_id: str,
+    ) -> None:
+        """What sensors of the right type nearby show: confirmed, not_confirmed, no_sensors."""
+        if result not in SENSOR_CHECKS:
+            raise IllegalTransitionError(f"unknown sensor check result {result!r}")
+        self.sensor_check = result
 
     # -- personal data -------------------------------------------------------------------
 

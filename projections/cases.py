@@ -1,8 +1,9 @@
 """The service-case read model: queues, Open311 lists, the SLA board. Tracked, rebuildable.
 
-Each case event becomes one SQL change of its ``service_cases`` row, written with the
-tracking record (and a ``pg_notify`` for the live channel) in one transaction. The rows
-hold no personal data: contacts stay sealed in the log.
+Each case event becomes one SQL change of its ``service_cases`` row; the projection
+worker (``projections.runner``) writes it with the tracking position and a change
+notice for the live channel in one transaction. The rows hold no personal data:
+contacts stay sealed in the log.
 """
 
 from __future__ import annotations
@@ -10,13 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from eventsourcing.persistence import Tracking
-from eventsourcing.projection import Projection
-
 from core.case import ServiceCase
-from projections.map import MapView
-
-Statement = tuple[str, dict[str, Any]]
+from projections.runner import NO_EFFECT, Effect, Statement
 
 _SET_DEADLINE = "due_at = %(due_at)s, due_soon_at = %(due_soon_at)s, deadline_no = deadline_no + 1"
 
@@ -132,37 +128,31 @@ _HANDLERS: dict[str, Callable[[Any], Statement]] = {
     "CaseDueSoon": _update("due_soon_marked = %(no)s", no="deadline_no"),
     "CaseBecameOverdue": _update("overdue_marked = %(no)s", no="deadline_no"),
     "PersonalDataErased": _update("personal_data_erased = true"),
+    "LinkedToIncident": _update("incident_id = %(incident)s", incident="incident_id"),
+    "SensorsChecked": _update("sensor_check = %(result)s", result="result"),
+    "CaseResolvedWithIncident": _update(
+        "status = 'resolved', resolved_at = %(ts)s, extension_pending = false,"
+        " proactive = true, status_notes = %(reply)s",
+        reply="reply",
+    ),
 }
 
 
-class CaseProjection(Projection[MapView]):
-    """Service cases as ``service_cases`` rows; the view shares the map's transaction shape."""
+class CaseProjection:
+    """Service cases as ``service_cases`` rows."""
 
     name = "cases"
-    topics = ()
+    tables: tuple[str, ...] = ("service_cases",)
 
-    def process_event(self, domain_event: Any, tracking: Tracking) -> None:
+    def handle(self, event: Any) -> Effect:
         handler = (
-            _HANDLERS.get(type(domain_event).__name__)
-            if isinstance(domain_event, ServiceCase.Event)
-            else None
+            _HANDLERS.get(type(event).__name__) if isinstance(event, ServiceCase.Event) else None
         )
         if handler is None:
-            # Events this view does not show still advance its position.
-            self.view.apply([], tracking, {"layer": None})
-            return
-        sql, params = handler(domain_event)
-        params.update(
-            id=domain_event.originator_id,
-            ts=domain_event.timestamp,
-            version=domain_event.originator_version,
-        )
-        self.view.apply(
+            return NO_EFFECT  # events this view does not show still advance its position
+        sql, params = handler(event)
+        params.update(id=event.originator_id, ts=event.timestamp, version=event.originator_version)
+        return Effect(
             [(sql, params)],
-            tracking,
-            {
-                "layer": "cases",
-                "id": str(domain_event.originator_id),
-                "event": type(domain_event).__name__,
-            },
+            {"layer": "cases", "id": str(event.originator_id), "event": type(event).__name__},
         )

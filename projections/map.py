@@ -1,169 +1,73 @@
-"""The live-map projection: sensors and incidents as read-model rows, with tracking.
+"""The live-map projection: sensors and incidents as read-model rows.
 
-Each event's row changes, its tracking record and a ``pg_notify`` for the live push go
-in one transaction, so the view is never ahead of or behind its recorded position.
-Rebuild: truncate the tables, delete the tracking row, run again from the start.
+Each event becomes SQL changes of its row plus a change notice for the live push; the
+projection worker (``projections.runner``) writes a batch of them with the tracking
+position in one transaction. Rebuild: empty the tables and the position, run again.
 """
 
 from __future__ import annotations
 
-from functools import singledispatchmethod
+from collections.abc import Callable
 from typing import Any
-
-import orjson
-from eventsourcing.persistence import Tracking
-from eventsourcing.postgres import PostgresTrackingRecorder
-from eventsourcing.projection import Projection
 
 from core.incident import Incident
 from core.sensor import Sensor
+from projections.runner import NO_EFFECT, NOTIFY_CHANNEL, Effect, Statement
 
-NOTIFY_CHANNEL = "cityops_map"
+__all__ = ["NOTIFY_CHANNEL", "MapProjection"]
 
 _SENSOR_STATE = (
     "CASE WHEN silent THEN 'silent' WHEN alarms <> '{}'::jsonb THEN 'alarm' ELSE 'normal' END"
 )
+# A second statement, so that the state is computed from the already-updated columns.
+_SENSOR_STATE_UPDATE = (
+    f"UPDATE map_sensors SET state = {_SENSOR_STATE}, updated_at = %(ts)s,"
+    " version = %(version)s WHERE sensor_id = %(sensor_id)s"
+)
+
+_INCIDENT_OPENED = (
+    "INSERT INTO map_incidents (incident_id, kind, title, category, severity, status,"
+    " alarm_status, acknowledged, device_id, rule_id, rule_version, metric, last_value,"
+    " trigger_count, lon, lat, grid_code, district_code, department_code, opened_at,"
+    " updated_at, version) VALUES (%(id)s, %(kind)s, %(title)s, %(category)s,"
+    " %(severity)s, 'open', %(alarm_status)s, false, %(device_id)s, %(rule_id)s,"
+    " %(rule_version)s, %(metric)s, %(value)s, 1, %(lon)s, %(lat)s, %(grid_code)s,"
+    " %(district_code)s, %(department_code)s, %(ts)s, %(ts)s, %(version)s)"
+    " ON CONFLICT (incident_id) DO NOTHING"
+)
+_OPENED_FIELDS = (
+    "kind",
+    "title",
+    "category",
+    "severity",
+    "device_id",
+    "rule_id",
+    "rule_version",
+    "metric",
+    "value",
+    "lon",
+    "lat",
+    "grid_code",
+    "district_code",
+    "department_code",
+)
 
 
-class MapView(PostgresTrackingRecorder):
-    """Read model of the live map in PostgreSQL (tables from cityops/schema.sql)."""
-
-    def apply(
-        self,
-        statements: list[tuple[str, dict[str, Any]]],
-        tracking: Tracking,
-        change: dict[str, Any],
-    ) -> None:
-        with self.datastore.transaction(commit=True) as curs:
-            for sql, params in statements:
-                curs.execute(sql, params)
-            self._insert_tracking(curs, tracking)
-            curs.execute(
-                "SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, orjson.dumps(change).decode())
-            )
-
-
-class MapProjection(Projection[MapView]):
-    name = "map"
-
-    def _sensor(self, event: Any, tracking: Tracking, sql: str, params: dict[str, Any]) -> None:
-        params = {
-            **params,
-            "sensor_id": event.originator_id,
-            "ts": event.timestamp,
-            "version": event.originator_version,
-        }
-        self.view.apply(
-            [(sql + " WHERE sensor_id = %(sensor_id)s", params), (_SENSOR_STATE_UPDATE, params)],
-            tracking,
-            {
-                "layer": "sensors",
-                "sensor_id": str(event.originator_id),
-                "event": type(event).__name__,
-            },
-        )
-
-    def _incident(self, event: Any, tracking: Tracking, sql: str, params: dict[str, Any]) -> None:
-        params = {
-            **params,
-            "id": event.originator_id,
-            "ts": event.timestamp,
-            "version": event.originator_version,
-        }
-        self.view.apply(
-            [(sql, params)],
-            tracking,
-            {"layer": "incidents", "id": str(event.originator_id), "event": type(event).__name__},
-        )
-
-    @singledispatchmethod
-    def process_event(self, domain_event: Any, tracking: Tracking) -> None:
-        # Events this view does not show still advance its position.
-        self.view.apply([], tracking, {"layer": None})
-
-    @process_event.register
-    def _(self, e: Sensor.Registered, tracking: Tracking) -> None:  # type: ignore[name-defined]
-        self.view.apply(
-            [
-                (
-                    "INSERT INTO map_sensors (device_id, sensor_id, sensor_type, gateway_id, lon,"
-                    " lat, grid_code, district_code, department_code, state, alarms, updated_at,"
-                    " version) VALUES (%(device_id)s, %(sensor_id)s, %(sensor_type)s,"
-                    " %(gateway_id)s, %(lon)s, %(lat)s, %(grid_code)s, %(district_code)s,"
-                    " %(department_code)s, 'normal', '{}'::jsonb, %(ts)s, %(version)s)"
-                    " ON CONFLICT (device_id) DO NOTHING",
-                    {
-                        "device_id": e.device_id,
-                        "sensor_id": e.originator_id,
-                        "sensor_type": e.sensor_type,
-                        "gateway_id": e.gateway_id,
-                        "lon": e.lon,
-                        "lat": e.lat,
-                        "grid_code": e.grid_code,
-                        "district_code": e.district_code,
-                        "department_code": e.department_code,
-                        "ts": e.timestamp,
-                        "version": e.originator_version,
-                    },
-                )
-            ],
-            tracking,
-            {"layer": "sensors", "sensor_id": str(e.originator_id), "event": "Registered"},
-        )
-
-    @process_event.register(Sensor.AlarmRaised)  # type: ignore[attr-defined]
-    @process_event.register(Sensor.AlarmSeverityChanged)  # type: ignore[attr-defined]
-    def _(self, e: Any, tracking: Tracking) -> None:
-        self._sensor(
-            e,
-            tracking,
-            "UPDATE map_sensors SET alarms = alarms || jsonb_build_object(%(rule)s::text,"
-            " %(severity)s::text)",
-            {"rule": e.rule_id, "severity": e.severity},
-        )
-
-    @process_event.register
-    def _(self, e: Sensor.AlarmCleared, tracking: Tracking) -> None:  # type: ignore[name-defined]
-        self._sensor(
-            e,
-            tracking,
-            "UPDATE map_sensors SET alarms = alarms - %(rule)s::text",
-            {"rule": e.rule_id},
-        )
-
-    @process_event.register
-    def _(self, e: Sensor.WentSilent, tracking: Tracking) -> None:  # type: ignore[name-defined]
-        self._sensor(e, tracking, "UPDATE map_sensors SET silent = true", {})
-
-    @process_event.register
-    def _(self, e: Sensor.CameBack, tracking: Tracking) -> None:  # type: ignore[name-defined]
-        self._sensor(e, tracking, "UPDATE map_sensors SET silent = false", {})
-
-    @process_event.register
-    def _(self, e: Incident.Opened, tracking: Tracking) -> None:  # type: ignore[name-defined]
-        self._incident(
-            e,
-            tracking,
-            "INSERT INTO map_incidents (incident_id, kind, title, category, severity, status,"
-            " alarm_status, acknowledged, device_id, rule_id, rule_version, metric, last_value,"
-            " trigger_count, lon, lat, grid_code, district_code, department_code, opened_at,"
-            " updated_at, version) VALUES (%(id)s, %(kind)s, %(title)s, %(category)s,"
-            " %(severity)s, 'open', 'active', false, %(device_id)s, %(rule_id)s,"
-            " %(rule_version)s, %(metric)s, %(value)s, 1, %(lon)s, %(lat)s, %(grid_code)s,"
-            " %(district_code)s, %(department_code)s, %(ts)s, %(ts)s, %(version)s)"
-            " ON CONFLICT (incident_id) DO NOTHING",
+def _sensor_registered(e: Any) -> list[Statement]:
+    return [
+        (
+            "INSERT INTO map_sensors (device_id, sensor_id, sensor_type, gateway_id, lon,"
+            " lat, grid_code, district_code, department_code, state, alarms, updated_at,"
+            " version) VALUES (%(device_id)s, %(id)s, %(sensor_type)s,"
+            " %(gateway_id)s, %(lon)s, %(lat)s, %(grid_code)s, %(district_code)s,"
+            " %(department_code)s, 'normal', '{}'::jsonb, %(ts)s, %(version)s)"
+            " ON CONFLICT (device_id) DO NOTHING",
             {
                 k: getattr(e, k)
                 for k in (
-                    "kind",
-                    "title",
-                    "category",
-                    "severity",
                     "device_id",
-                    "rule_id",
-                    "rule_version",
-                    "metric",
-                    "value",
+                    "sensor_type",
+                    "gateway_id",
                     "lon",
                     "lat",
                     "grid_code",
@@ -172,62 +76,137 @@ class MapProjection(Projection[MapView]):
                 )
             },
         )
-
-    @process_event.register
-    def _(self, e: Incident.Retriggered, tracking: Tracking) -> None:  # type: ignore[name-defined]
-        self._incident(
-            e,
-            tracking,
-            "UPDATE map_incidents SET alarm_status = 'active', severity = %(severity)s,"
-            " last_value = %(value)s, trigger_count = trigger_count + 1, cleared_at = NULL,"
-            " updated_at = %(ts)s, version = %(version)s WHERE incident_id = %(id)s",
-            {"severity": e.severity, "value": e.value},
-        )
-
-    @process_event.register
-    def _(self, e: Incident.SeverityChanged, tracking: Tracking) -> None:  # type: ignore[name-defined]
-        self._incident(
-            e,
-            tracking,
-            "UPDATE map_incidents SET severity = %(severity)s, last_value = %(value)s,"
-            " updated_at = %(ts)s, version = %(version)s WHERE incident_id = %(id)s",
-            {"severity": e.severity, "value": e.value},
-        )
-
-    @process_event.register
-    def _(self, e: Incident.AlarmCleared, tracking: Tracking) -> None:  # type: ignore[name-defined]
-        self._incident(
-            e,
-            tracking,
-            "UPDATE map_incidents SET alarm_status = 'cleared', last_value = %(value)s,"
-            " cleared_at = %(ts)s, updated_at = %(ts)s, version = %(version)s"
-            " WHERE incident_id = %(id)s",
-            {"value": e.value},
-        )
-
-    @process_event.register
-    def _(self, e: Incident.Acknowledged, tracking: Tracking) -> None:  # type: ignore[name-defined]
-        self._incident(
-            e,
-            tracking,
-            "UPDATE map_incidents SET acknowledged = true, acknowledged_by = %(actor)s,"
-            " updated_at = %(ts)s, version = %(version)s WHERE incident_id = %(id)s",
-            {"actor": e.actor},
-        )
-
-    @process_event.register
-    def _(self, e: Incident.Closed, tracking: Tracking) -> None:  # type: ignore[name-defined]
-        self._incident(
-            e,
-            tracking,
-            "UPDATE map_incidents SET status = 'closed', closed_at = %(ts)s,"
-            " updated_at = %(ts)s, version = %(version)s WHERE incident_id = %(id)s",
-            {},
-        )
+    ]
 
 
-# A second statement, so that the state is computed from the already-updated columns.
-_SENSOR_STATE_UPDATE = (
-    f"UPDATE map_sensors SET state = {_SENSOR_STATE}, updated_at = %(ts)s,"
-    " version = %(version)s WHERE sensor_id = %(sensor_id)s"
-)
+def _sensor(sets: str, **params: str) -> Callable[[Any], list[Statement]]:
+    """An UPDATE of the sensor's row, then its state recomputed."""
+
+    def build(e: Any) -> list[Statement]:
+        bound = {name: getattr(e, attr) for name, attr in params.items()}
+        return [
+            (f"UPDATE map_sensors SET {sets} WHERE sensor_id = %(id)s", bound),
+            (_SENSOR_STATE_UPDATE, {}),
+        ]
+
+    return build
+
+
+def _incident(sets: str, **params: str) -> Callable[[Any], list[Statement]]:
+    """An UPDATE of the incident's row; ``params`` name event attributes to bind."""
+
+    def build(e: Any) -> list[Statement]:
+        return [
+            (
+                f"UPDATE map_incidents SET {sets}, updated_at = %(ts)s, version = %(version)s"
+                " WHERE incident_id = %(id)s",
+                {name: getattr(e, attr) for name, attr in params.items()},
+            )
+        ]
+
+    return build
+
+
+def _incident_opened(e: Any) -> list[Statement]:
+    params = {k: getattr(e, k) for k in _OPENED_FIELDS}
+    params["alarm_status"] = "active" if e.kind in ("sensor_alarm", "device_silent") else "none"
+    return [(_INCIDENT_OPENED, params)]
+
+
+_SENSOR_HANDLERS: dict[type[Any], Callable[[Any], list[Statement]]] = {
+    Sensor.Registered: _sensor_registered,  # type: ignore[attr-defined]
+    Sensor.AlarmRaised: _sensor(  # type: ignore[attr-defined]
+        "alarms = alarms || jsonb_build_object(%(rule)s::text, %(severity)s::text)",
+        rule="rule_id",
+        severity="severity",
+    ),
+    Sensor.AlarmSeverityChanged: _sensor(  # type: ignore[attr-defined]
+        "alarms = alarms || jsonb_build_object(%(rule)s::text, %(severity)s::text)",
+        rule="rule_id",
+        severity="severity",
+    ),
+    Sensor.AlarmCleared: _sensor("alarms = alarms - %(rule)s::text", rule="rule_id"),  # type: ignore[attr-defined]
+    Sensor.WentSilent: _sensor("silent = true"),  # type: ignore[attr-defined]
+    Sensor.CameBack: _sensor("silent = false"),  # type: ignore[attr-defined]
+}
+
+_INCIDENT_HANDLERS: dict[type[Any], Callable[[Any], list[Statement]]] = {
+    Incident.Opened: _incident_opened,  # type: ignore[attr-defined]
+    Incident.Retriggered: _incident(  # type: ignore[attr-defined]
+        "alarm_status = 'active', severity = %(severity)s, last_value = %(value)s,"
+        " trigger_count = trigger_count + 1, cleared_at = NULL",
+        severity="severity",
+        value="value",
+    ),
+    Incident.SeverityChanged: _incident(  # type: ignore[attr-defined]
+        "severity = %(severity)s, last_value = %(value)s", severity="severity", value="value"
+    ),
+    Incident.AlarmCleared: _incident(  # type: ignore[attr-defined]
+        "alarm_status = 'cleared', last_value = %(value)s, cleared_at = %(ts)s", value="value"
+    ),
+    Incident.Acknowledged: _incident(  # type: ignore[attr-defined]
+        "acknowledged = true, acknowledged_by = %(actor)s", actor="actor"
+    ),
+    Incident.Closed: _incident(  # type: ignore[attr-defined]
+        "status = 'closed', stage = 'closed', closed_at = %(ts)s, escalate_at = NULL"
+    ),
+    Incident.Dispatched: _incident(  # type: ignore[attr-defined]
+        "stage = 'dispatched', department_code = %(department)s, dispatched_at = %(ts)s,"
+        " due_at = %(due_at)s, escalate_at = %(due_at)s",
+        department="department_code",
+        due_at="due_at",
+    ),
+    Incident.WorkAccepted: _incident("stage = 'accepted', accepted_at = %(ts)s"),  # type: ignore[attr-defined]
+    Incident.Resolved: _incident(  # type: ignore[attr-defined]
+        "stage = 'resolved', resolved_at = %(ts)s, resolution = %(feedback)s, escalate_at = NULL",
+        feedback="feedback",
+    ),
+    Incident.Verified: _incident("verified_at = %(ts)s"),  # type: ignore[attr-defined]
+    Incident.ReworkOrdered: _incident(  # type: ignore[attr-defined]
+        "stage = 'dispatched', reworks = reworks + 1, resolved_at = NULL, resolution = NULL,"
+        " due_at = %(due_at)s, escalate_at = %(due_at)s",
+        due_at="due_at",
+    ),
+    Incident.Escalated: _incident(  # type: ignore[attr-defined]
+        "escalation_level = %(level)s, escalate_at = %(next_at)s",
+        level="level",
+        next_at="next_at",
+    ),
+    Incident.CaseLinked: _incident("linked_cases = linked_cases + 1"),  # type: ignore[attr-defined]
+    Incident.ConfirmedByReports: _incident(  # type: ignore[attr-defined]
+        "severity = %(severity)s, confirmed_by_reports = true", severity="severity"
+    ),
+    Incident.MergedInto: _incident(  # type: ignore[attr-defined]
+        "status = 'closed', stage = 'closed', closed_at = %(ts)s, merged_into = %(target)s,"
+        " escalate_at = NULL",
+        target="target_id",
+    ),
+}
+
+
+class MapProjection:
+    """Sensors and incidents of the live map (tables from cityops/schema.sql)."""
+
+    name = "map"
+    tables: tuple[str, ...] = ("map_sensors", "map_incidents")
+
+    def handle(self, event: Any) -> Effect:
+        build = _SENSOR_HANDLERS.get(type(event))
+        if build is not None:
+            layer, id_key = "sensors", "sensor_id"
+        else:
+            build = _INCIDENT_HANDLERS.get(type(event))
+            if build is None:
+                return NO_EFFECT  # events this view does not show still advance it
+            layer, id_key = "incidents", "id"
+        statements = build(event)
+        common = {
+            "id": event.originator_id,
+            "sensor_id": event.originator_id,
+            "ts": event.timestamp,
+            "version": event.originator_version,
+        }
+        for _, params in statements:
+            params.update(common)
+        change = {"layer": layer, id_key: str(event.originator_id), "event": type(event).__name__}
+        return Effect(statements, change)
