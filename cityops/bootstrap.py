@@ -25,6 +25,9 @@ from core.sensor import SensorSpec
 if TYPE_CHECKING:
     from psycopg_pool import ConnectionPool
 
+    from cityops.follower import LogFollower
+    from core.correlation import CorrelationPolicy
+    from core.incident_desk import IncidentDesk
     from core.service import NearbyCases, ServiceDesk
     from gis.layers import CityLayers
     from projections.runner import SqlProjection
@@ -63,6 +66,9 @@ def service_desk(
         personal_data(settings, pool),
         nearby=nearby if nearby is not None else CaseQueries(pool),
         auto_accept=settings.cases_auto_accept,
+        correlated=frozenset(
+            c for rule in correlation_policy(settings).rules for c in rule.case_categories
+        ),
     )
 
 
@@ -295,7 +301,9 @@ def run_sla(settings: Settings, stop: threading.Event) -> None:
     app = city_app(settings, pool_size=2)
     try:
         desk = service_desk(settings, app, pool)
-        SlaClock(desk, CaseQueries(pool), settings.sla_poll_s).run(stop)
+        SlaClock(
+            desk, CaseQueries(pool), settings.sla_poll_s, incidents=incident_desk(settings, app)
+        ).run(stop)
     finally:
         app.close()
         pool.close()
@@ -348,3 +356,64 @@ def run_citizens(
         log.info("citizen simulator: %s", stats)
     finally:
         producer.close()
+
+
+def correlation_policy(settings: Settings) -> CorrelationPolicy:
+    from core.correlation import load_policy
+
+    return load_policy(settings.correlation_file)
+
+
+def incident_desk(settings: Settings, city: CityApp) -> IncidentDesk:
+    from core.incident_desk import IncidentDesk
+
+    return IncidentDesk(city, correlation_policy(settings))
+
+
+def brain_follower(settings: Settings, app: CityApp, pool: ConnectionPool) -> LogFollower:
+    """The correlation worker: links reports and incidents as the log grows."""
+    from cityops.brain import CORRELATION_EVENTS, CorrelationHandler
+    from cityops.follower import LogFollower
+    from core.correlation import Correlator
+    from gis.crs import distance_m
+    from projections.nearby import NearbyQueries
+
+    nearby = NearbyQueries(pool)
+    correlator = Correlator(
+        correlation_policy(settings),
+        nearby,
+        get=app.get_typed,
+        exists=app.exists,
+        alarm_categories={rule.id: rule.category for rule in ruleset(settings).rules},
+        distance_m=distance_m,
+    )
+    handler = CorrelationHandler(correlator, nearby)
+    return LogFollower(app, "urban-brain", CORRELATION_EVENTS, handler, on_recorded=handler.written)
+
+
+def run_brain(settings: Settings, stop: threading.Event) -> None:
+    """Correlation of citizen reports with sensor incidents, until stopped."""
+    pool = make_pool(settings, max_size=2)
+    app = city_app(settings, pool_size=2)
+    try:
+        brain_follower(settings, app, pool).run(stop)
+    finally:
+        app.close()
+        pool.close()
+
+
+def run_notifier(settings: Settings, stop: threading.Event) -> None:
+    """Tell citizens their case was resolved (notification port from settings)."""
+    from cityops.brain import NOTICE_EVENTS, notice_handler
+    from cityops.follower import LogFollower
+    from cityops.notify import notifier_from_settings
+
+    pool = make_pool(settings, max_size=2)
+    app = city_app(settings, pool_size=2)
+    try:
+        desk = service_desk(settings, app, pool)
+        handler = notice_handler(desk, notifier_from_settings(settings))
+        LogFollower(app, "citizen-notifier", NOTICE_EVENTS, handler).run(stop)
+    finally:
+        app.close()
+        pool.close()

@@ -1,8 +1,10 @@
-"""The SLA clock worker: records due-soon (80 %) and overdue (100 %) marks on cases.
+"""The SLA clock worker: due-soon (80 %) and overdue (100 %) marks on cases, and the
+escalation (督办) of incidents past their deadline.
 
-It polls the case read model for candidates and lets ``ServiceDesk.check_deadlines``
-decide on the aggregate itself, so a mark is written once per deadline even across
-restarts, with several clocks running, or with a read model that lags.
+It polls the read models for candidates and lets ``ServiceDesk.check_deadlines`` and
+``IncidentDesk.check_escalations`` decide on the aggregate itself, so a mark or an
+escalation is written once per deadline even across restarts, with several clocks
+running, or with a read model that lags.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import threading
 import time
 from datetime import UTC, datetime
 
+from core.incident_desk import IncidentDesk
 from core.service import ServiceDesk
 from projections.case_queries import CaseQueries
 
@@ -19,15 +22,28 @@ log = logging.getLogger(__name__)
 
 
 class SlaClock:
-    def __init__(self, desk: ServiceDesk, cases: CaseQueries, poll_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        desk: ServiceDesk,
+        cases: CaseQueries,
+        poll_s: float = 5.0,
+        incidents: IncidentDesk | None = None,
+    ) -> None:
         self.desk = desk
         self.cases = cases
         self.poll_s = poll_s
+        self.incidents = incidents
 
     def tick(self) -> dict[str, int]:
         """One pass over the cases whose marks are due now."""
         now = datetime.now(UTC)
-        totals = {"due_soon": 0, "overdue": 0, "raced": 0, "missing": 0}
+        totals = {"due_soon": 0, "overdue": 0, "raced": 0, "missing": 0, "escalated": 0}
+        if self.incidents is not None:
+            due = self.cases.escalation_candidates(now)
+            if due:
+                totals["escalated"] = self.incidents.check_escalations(
+                    due, correlation_id=f"sla:{now.isoformat()}"
+                )
         while True:
             candidates = self.cases.deadline_candidates(now, limit=500)
             if not candidates:
@@ -44,7 +60,7 @@ class SlaClock:
             started = time.monotonic()
             try:
                 counts = self.tick()
-                if counts["due_soon"] or counts["overdue"]:
+                if counts["due_soon"] or counts["overdue"] or counts["escalated"]:
                     log.info("SLA clock: %s", counts)
             except Exception:
                 log.exception("SLA clock pass failed; retrying next tick")

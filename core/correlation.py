@@ -197,11 +197,12 @@ class Correlator:
         rule = self.policy.rule_for_case(case.category)
         if rule is None or case.lon is None or case.lat is None:
             return "no_rule"
-        if case.status not in OPEN or case.incident_id is not None:
+        if case.status not in OPEN:
             return "not_open"
+        self._sensor_check(case, rule, correlation_id, pe)
+        if case.incident_id is not None:
+            return "already_linked"
         since = case.created_on - rule.window
-        if rule.sensor_types:
-            self._sensor_check(case, rule, correlation_id, pe)
         candidates = self.nearby.incidents_near(
             case.lon, case.lat, rule.radius_m, rule.incident_categories, since
         )
@@ -220,6 +221,8 @@ class Correlator:
         correlation_id: str,
         pe: ProcessingEvent[UUID],
     ) -> None:
+        if not rule.sensor_types or case.sensor_check is not None:
+            return
         assert case.lon is not None
         assert case.lat is not None
         sensors = self.nearby.sensors_near(case.lon, case.lat, rule.radius_m, rule.sensor_types)
@@ -306,6 +309,7 @@ class Correlator:
         correlation_id: str,
         pe: ProcessingEvent[UUID],
     ) -> None:
+        self._sensor_check(case, rule, correlation_id, pe)
         version, distance = self.policy.version, round(distance_m, 1)
         incident.link_case(
             case_id=str(case.id),

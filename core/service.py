@@ -146,7 +146,10 @@ class ServiceDesk:
         nearby: NearbyCases | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         auto_accept: bool = True,
+        correlated: frozenset[str] = frozenset(),
     ) -> None:
+        """``correlated``: categories the urban brain merges (one incident per problem);
+        intake registers their nearby repeats instead of holding them for a dispatcher."""
         self.app = app
         self.categories = categories
         self.locator = locator
@@ -154,6 +157,7 @@ class ServiceDesk:
         self.nearby = nearby
         self.clock = clock
         self.auto_accept = auto_accept
+        self.correlated = correlated
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -286,7 +290,11 @@ class ServiceDesk:
                     correlation_id=correlation_id,
                 )
                 return
-            if self.nearby is not None and category.duplicate_radius_m > 0:
+            if (
+                self.nearby is not None
+                and category.duplicate_radius_m > 0
+                and category.code not in self.correlated
+            ):
                 near = [
                     c
                     for c in self.nearby.open_cases_near(

@@ -173,6 +173,18 @@ class CaseQueries:
         )
         return [r["case_id"] for r in rows]
 
+    def escalation_candidates(self, now: datetime, limit: int = 500) -> list[UUID]:
+        """Incidents being worked whose deadline (or next escalation) has passed."""
+        rows = self._rows(
+            sql.SQL(
+                "SELECT incident_id FROM map_incidents WHERE escalate_at <= %s"
+                " AND status = 'open' AND stage IN ('dispatched', 'accepted')"
+                " ORDER BY escalate_at LIMIT %s"
+            ),
+            [now, limit],
+        )
+        return [r["incident_id"] for r in rows]
+
     def wait_until_current(self, timeout: float = 10.0) -> bool:
         """Wait until the read model has caught up with the log as it is now."""
         with self.pool.connection() as conn:

@@ -1,6 +1,7 @@
 """Read-side queries over the map read models and the readings table.
 
-Routes call these; they return plain dicts / GeoJSON features, never rows.
+Routes call these; they return plain dicts / GeoJSON features, never rows. The live
+map's layers come rendered (GeoJSON bytes with an entity tag) from ``MapLayers``.
 """
 
 from __future__ import annotations

@@ -1,0 +1,98 @@
+"""The correlation policy's spatial look-ups over the read models (``core.correlation.Nearby``).
+
+A bounding box in degrees narrows each query on the (lon, lat) indexes; the exact
+great-circle distance then filters and orders in Python.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from datetime import datetime
+from typing import Any
+
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
+
+from core.case import OPEN
+from core.correlation import NearCase, NearIncident, NearSensor
+from gis.crs import distance_m
+from projections import positions
+
+EARTH_M_PER_DEG = 111_320.0
+
+
+def _box(lon: float, lat: float, radius_m: float) -> list[float]:
+    dlat = radius_m / EARTH_M_PER_DEG
+    dlon = radius_m / (EARTH_M_PER_DEG * max(0.01, math.cos(math.radians(lat))))
+    return [lon - dlon, lon + dlon, lat - dlat, lat + dlat]
+
+
+class NearbyQueries:
+    def __init__(self, pool: ConnectionPool) -> None:
+        self.pool = pool
+
+    def _rows(self, query: str, params: list[Any]) -> list[dict[str, Any]]:
+        with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(query, params)
+            return cur.fetchall()
+
+    def _within(
+        self, rows: list[dict[str, Any]], lon: float, lat: float, radius_m: float
+    ) -> list[tuple[float, dict[str, Any]]]:
+        found = [(float(distance_m(lon, lat, r["lon"], r["lat"])), r) for r in rows]
+        return sorted((d, r) for d, r in found if d <= radius_m)
+
+    def incidents_near(
+        self, lon: float, lat: float, radius_m: float, categories: tuple[str, ...], since: datetime
+    ) -> list[NearIncident]:
+        rows = self._rows(
+            "SELECT incident_id, kind, lon, lat FROM map_incidents WHERE status = 'open'"
+            " AND stage IN ('reported', 'dispatched', 'accepted') AND category = ANY(%s)"
+            " AND lon BETWEEN %s AND %s AND lat BETWEEN %s AND %s"
+            " AND (opened_at >= %s OR alarm_status = 'active')",
+            [list(categories), *_box(lon, lat, radius_m), since],
+        )
+        return [
+            NearIncident(r["incident_id"], d, r["kind"])
+            for d, r in self._within(rows, lon, lat, radius_m)
+        ]
+
+    def cases_near(
+        self, lon: float, lat: float, radius_m: float, categories: tuple[str, ...], since: datetime
+    ) -> list[NearCase]:
+        rows = self._rows(
+            "SELECT case_id, lon, lat FROM service_cases WHERE status = ANY(%s)"
+            " AND incident_id IS NULL AND category = ANY(%s)"
+            " AND lon BETWEEN %s AND %s AND lat BETWEEN %s AND %s AND submitted_at >= %s"
+            " LIMIT 500",
+            [list(OPEN), list(categories), *_box(lon, lat, radius_m), since],
+        )
+        return [NearCase(r["case_id"], d) for d, r in self._within(rows, lon, lat, radius_m)]
+
+    def sensors_near(
+        self, lon: float, lat: float, radius_m: float, sensor_types: tuple[str, ...]
+    ) -> list[NearSensor]:
+        rows = self._rows(
+            "SELECT device_id, lon, lat, alarms, silent FROM map_sensors"
+            " WHERE sensor_type = ANY(%s) AND lon BETWEEN %s AND %s AND lat BETWEEN %s AND %s",
+            [list(sensor_types), *_box(lon, lat, radius_m)],
+        )
+        return [
+            NearSensor(r["device_id"], d, tuple(sorted(r["alarms"] or {})), bool(r["silent"]))
+            for d, r in self._within(rows, lon, lat, radius_m)
+        ]
+
+    def wait_for(self, notification_id: int, timeout: float = 10.0) -> bool:
+        """Wait until every read model has projected the log up to ``notification_id``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.pool.connection() as conn:
+                if all(
+                    positions.position(conn, name) >= notification_id
+                    for name in positions.PROJECTIONS
+                ):
+                    return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)

@@ -1,0 +1,345 @@
+"""The urban brain on real PostgreSQL: a rainstorm's reports and alarms, one incident per
+flooded place; links, confirmation, merging, proactive resolution and notices, the
+incident workflow with escalation, and a SIGKILLed projection worker."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+import psycopg
+import pytest
+from eventsourcing.application import ProcessingEvent
+
+from cityops.bootstrap import (
+    brain_follower,
+    city_app,
+    city_layers,
+    incident_desk,
+    rebuild_projections,
+    run_in_thread,
+    run_projector,
+    seed,
+    service_desk,
+)
+from cityops.brain import NOTICE_EVENTS, notice_handler
+from cityops.follower import LogFollower
+from cityops.pgstore import make_pool
+from cityops.settings import Settings
+from core.app import CityApp
+from core.errors import IllegalTransitionError
+from core.management import IncidentPolicy
+from core.notify import Notice
+from core.personal import Contact
+from core.rules import Transition, load_rules
+from core.sensor import SensorSpec
+from core.service import ServiceDesk, SubmitCase
+from projections.positions import head, position
+from tests.integration.test_pipeline_kafka import wait_until
+from tests.integration.test_rebuild import caught_up, checksums
+
+pytestmark = pytest.mark.integration
+
+M_PER_DEG = 111_320.0
+
+
+def offset(lon: float, lat: float, east_m: float, north_m: float) -> tuple[float, float]:
+    return (
+        lon + east_m / (M_PER_DEG * math.cos(math.radians(lat))),
+        lat + north_m / M_PER_DEG,
+    )
+
+
+class Outbox:
+    def __init__(self) -> None:
+        self.sent: list[Notice] = []
+
+    def send(self, notice: Notice) -> None:
+        self.sent.append(notice)
+
+
+@pytest.fixture
+def city(settings: Settings) -> Iterator[tuple[CityApp, ServiceDesk, Any]]:
+    seed(settings)
+    pool = make_pool(settings, max_size=4)
+    app = city_app(settings, pool_size=4)
+    desk = service_desk(settings, app, pool)
+    try:
+        yield app, desk, pool
+    finally:
+        app.close()
+        pool.close()
+
+
+def places(settings: Settings, n: int) -> list[tuple[float, float, str]]:
+    """``n`` grid-cell centres at least 3 km apart (lon, lat, district)."""
+    grid = city_layers(settings).grid
+    out: list[tuple[float, float, str]] = []
+    for row in grid.itertuples():
+        c = row.geometry.centroid
+        if all(math.dist((c.x, c.y), (x, y)) * M_PER_DEG > 3_000 for x, y, _ in out):
+            out.append((c.x, c.y, str(row.district_code)))
+        if len(out) == n:
+            return out
+    raise AssertionError("the test city is too small")
+
+
+def flood_alarm(app: CityApp, device_id: str) -> UUID:
+    """What the sensor monitor does on a water level over the flooding threshold."""
+    pe: ProcessingEvent[UUID] = ProcessingEvent()
+    IncidentPolicy(app, load_rules()).apply(
+        app.get_sensor(device_id),
+        [Transition("raised", "water_level_high", "major", "water_level", 62.0, 1.0)],
+        "test-storm",
+        pe,
+    )
+    app.record(pe)
+    return UUID(app.get_sensor(device_id).open_incidents["water_level_high"])
+
+
+def report(desk: ServiceDesk, key: str, lon: float, lat: float, category: str = "flooding") -> UUID:
+    attributes = {"water_depth": "knee"} if category == "flooding" else {}
+    case = desk.submit(
+        SubmitCase(
+            "hotline",
+            key,
+            category,
+            f"storm report {key}",
+            lon=lon,
+            lat=lat,
+            attributes=attributes,
+            contact=Contact(phone="13800138000"),
+        ),
+        actor="hotline:test",
+        correlation_id=key,
+    )
+    return case.id
+
+
+def rows(settings: Settings, query: str, *params: Any) -> list[tuple[Any, ...]]:
+    with psycopg.connect(settings.database_url) as conn:
+        return conn.execute(query, params).fetchall()
+
+
+def test_rainstorm_gives_one_incident_per_flooded_place(
+    settings: Settings, city: tuple[CityApp, ServiceDesk, Any]
+) -> None:
+    app, desk, pool = city
+    (ax, ay, _), (bx, by, _), (cx, cy, _), (dx, dy, _) = places(settings, 4)
+    # Water-level sensors: one at A (will alarm), one near B (stays normal), one at C.
+    specs = [
+        SensorSpec("wl-a", "water_level", "gw-t", ax, ay, None, None, "dept-water"),
+        SensorSpec("wl-b", "water_level", "gw-t", *offset(bx, by, 150, 0), None, None, None),
+        SensorSpec("wl-c", "water_level", "gw-t", *offset(cx, cy, 60, 0), None, None, "dept-w"),
+    ]
+    app.register_sensors(specs, actor="test", correlation_id="test")
+    projector, stop_projector = run_in_thread(lambda s: run_projector(settings, s), "projector")
+    brain = brain_follower(settings, app, pool)
+    stop_brain = threading.Event()
+    brain_thread = threading.Thread(target=brain.run, args=(stop_brain,), daemon=True)
+    brain_thread.start()
+    try:
+        incident_a = flood_alarm(app, "wl-a")
+        # A: five reports 50-250 m around the flooded sensor.
+        a_cases = [
+            report(desk, f"a{i}", *offset(ax, ay, 50 * (i + 1) * (-1) ** i, 20)) for i in range(5)
+        ]
+        # B: three reports close together; the sensor nearby shows nothing.
+        b_cases = [report(desk, f"b{i}", *offset(bx, by, 30 * i, 10)) for i in range(3)]
+        # C: two reports first (they open an incident together), then the sensor alarms.
+        c_cases = [report(desk, f"c{i}", *offset(cx, cy, -40 * i, 0)) for i in range(2)]
+        # D: a lone report far from everything.
+        d_case = report(desk, "d0", dx, dy)
+
+        def linked(case_ids: list[UUID]) -> bool:
+            return all(desk.get(c).incident_id is not None for c in case_ids)
+
+        wait_until(lambda: linked(a_cases + b_cases + c_cases), 60, "reports linked")
+        incident_c = flood_alarm(app, "wl-c")
+        wait_until(
+            lambda: all(desk.get(c).incident_id == str(incident_c) for c in c_cases),
+            60,
+            "C's reports adopted by the alarm",
+        )
+        wait_until(lambda: caught_up(settings), 60, "projections at the head")
+        wait_until(lambda: brain.position is not None and brain.step() == 0, 30, "brain done")
+
+        # A: all five linked to the alarm's incident; confirmed by reports -> critical.
+        a = app.get_incident(incident_a)
+        assert sorted(a.linked_cases) == sorted(str(c) for c in a_cases)
+        assert a.confirmed_by_reports
+        assert a.severity == "critical"
+        for c in a_cases:
+            case = desk.get(c)
+            assert case.incident_id == str(incident_a)
+            assert case.sensor_check == "confirmed"
+        link = a.linked_cases[str(a_cases[0])]
+        assert link["rule_id"] == "flooding"
+        assert link["rule_version"] == 1
+        # B: one incident opened by the citizens together, not confirmed by sensors.
+        b_incidents = {desk.get(c).incident_id for c in b_cases}
+        assert len(b_incidents) == 1
+        b = app.get_incident(UUID(b_incidents.pop() or ""))
+        assert b.kind == "citizen_reports"
+        assert sorted(b.linked_cases) == sorted(str(c) for c in b_cases)
+        assert {desk.get(c).sensor_check for c in b_cases} == {"not_confirmed"}
+        # C: the reports' own incident merged into the alarm's.
+        c = app.get_incident(incident_c)
+        assert sorted(c.linked_cases) == sorted(str(x) for x in c_cases)
+        merged = rows(
+            settings,
+            "SELECT incident_id, status FROM map_incidents WHERE merged_into = %s",
+            incident_c,
+        )
+        assert len(merged) == 1
+        assert merged[0][1] == "closed"
+        # D: alone, no incident; with no sensor nearby.
+        assert desk.get(d_case).incident_id is None
+        assert desk.get(d_case).sensor_check == "no_sensors"
+        # The map shows one open flooding incident per flooded place: A, B, C.
+        open_flooding = rows(
+            settings,
+            "SELECT incident_id, linked_cases FROM map_incidents"
+            " WHERE category = 'flooding' AND status = 'open' ORDER BY linked_cases",
+        )
+        assert sorted(n for _, n in open_flooding) == [2, 3, 5]
+        linked_rows = rows(
+            settings, "SELECT count(*) FROM service_cases WHERE incident_id IS NOT NULL"
+        )
+        assert linked_rows[0][0] == 10
+
+        # Proactive service: resolving A resolves its five cases and notifies each citizen.
+        incidents = incident_desk(settings, app)
+        incidents.dispatch(incident_a, None, "user:dispatcher", "storm", "t-a")
+        incidents.accept(incident_a, "user:water", "t-a")
+        _, resolved = incidents.resolve(incident_a, "drains cleared, water gone", "user:w", "t-a")
+        assert sorted(x.id for x in resolved) == sorted(a_cases)
+        for cid in a_cases:
+            case = desk.get(cid)
+            assert case.status == "resolved"
+            assert case.proactive
+            assert "drains cleared" in (case.reply or "")
+        outbox = Outbox()
+        notifier = LogFollower(app, "notifier-test", NOTICE_EVENTS, notice_handler(desk, outbox))
+        while notifier.step():
+            pass
+        assert sorted(n.case_id for n in outbox.sent) == sorted(a_cases)
+        assert all(n.address == "13800138000" and n.channel == "sms" for n in outbox.sent)
+        assert notifier.step() == 0  # recorded: a restart sends nothing again
+        again = LogFollower(app, "notifier-test", NOTICE_EVENTS, notice_handler(desk, outbox))
+        assert again.step() == 0
+        assert len(outbox.sent) == 5
+
+        # Verification fails -> rework; then passes -> closed.
+        incidents.verify(incident_a, False, "water still on the road", "user:inspector", "t-a")
+        assert app.get_incident(incident_a).stage == "dispatched"
+        assert app.get_incident(incident_a).reworks == 1
+        incidents.resolve(incident_a, "second pump run", "user:w", "t-a")
+        incidents.verify(incident_a, True, "dry", "user:inspector", "t-a")
+        assert app.get_incident(incident_a).status == "closed"
+        with pytest.raises(IllegalTransitionError):
+            incidents.verify(incident_a, True, "again", "user:inspector", "t-a")
+
+        # Escalation: B dispatched and left; past its deadline it escalates once per level.
+        incidents.dispatch(b.id, "dept-water", "user:dispatcher", "storm", "t-b")
+        late = incident_desk(settings, app)
+        late.now = lambda: datetime.now(UTC) + timedelta(hours=9)  # major: 8 h
+        assert late.check_escalations([b.id], "t-b") == 1
+        assert late.check_escalations([b.id], "t-b") == 0  # next one 8 h later
+        later = incident_desk(settings, app)
+        later.now = lambda: datetime.now(UTC) + timedelta(hours=18)
+        assert later.check_escalations([b.id], "t-b") == 1
+        assert later.check_escalations([b.id], "t-b") == 0  # max level 2
+        assert app.get_incident(b.id).escalation_level == 2
+        wait_until(lambda: caught_up(settings), 60, "projections at the head")
+        b_row = rows(
+            settings,
+            "SELECT stage, escalation_level, escalate_at FROM map_incidents WHERE incident_id = %s",
+            b.id,
+        )
+        assert b_row == [("dispatched", 2, None)]
+    finally:
+        stop_brain.set()
+        stop_projector.set()
+        brain_thread.join(15)
+        projector.join(15)
+    # Rebuild after all that: identical views.
+    live = checksums(settings)
+    rebuild_projections(settings)
+    thread, stop = run_in_thread(lambda s: run_projector(settings, s), "projector")
+    try:
+        wait_until(lambda: caught_up(settings), 60, "rebuilt")
+    finally:
+        stop.set()
+        thread.join(15)
+    assert checksums(settings) == live
+
+
+PROJECTOR = """
+import sys, threading
+from cityops.bootstrap import run_projector
+from cityops.settings import Settings
+run_projector(Settings(), threading.Event(), batch_size=int(sys.argv[1]))
+"""
+
+
+def test_projection_worker_killed_mid_batch_equals_a_fresh_rebuild(
+    settings: Settings, city: tuple[CityApp, ServiceDesk, Any]
+) -> None:
+    app, desk, _ = city
+    lon, lat, _ = places(settings, 1)[0]
+    for i in range(600):
+        report(desk, f"k{i}", *offset(lon, lat, 40 * (i % 50), 40 * (i // 50)), "drain_blocked")
+    env = {**os.environ, **settings_env(settings)}
+    with psycopg.connect(settings.database_url) as conn:
+        top = head(conn)
+    seen: list[int] = []
+    for _ in range(3):
+        # Kill it once it has written some batches but not all: mid-stream.
+        before = seen[-1] if seen else 0
+        proc = subprocess.Popen([sys.executable, "-c", PROJECTOR, "5"], env=env)
+        try:
+            wait_until(lambda b=before: b < cases_position(settings) < top, 60, "progress")
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        seen.append(cases_position(settings))
+    assert seen[-1] < top, seen
+    proc = subprocess.Popen([sys.executable, "-c", PROJECTOR, "50"], env=env)
+    try:
+        wait_until(lambda: caught_up(settings), 90, "projections at the head after kills")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    survived = checksums(settings)
+    assert survived["service_cases"][0] == 600
+    rebuild_projections(settings)
+    thread, stop = run_in_thread(lambda s: run_projector(settings, s), "projector")
+    try:
+        wait_until(lambda: caught_up(settings), 60, "rebuilt")
+    finally:
+        stop.set()
+        thread.join(15)
+    assert checksums(settings) == survived
+
+
+def cases_position(settings: Settings) -> int:
+    with psycopg.connect(settings.database_url) as conn:
+        return position(conn, "cases")
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    return {
+        "CITYOPS_DATABASE_URL": settings.database_url,
+        "CITYOPS_DATA_DIR": str(settings.data_dir),
+        "CITYOPS_KAFKA_TOPIC_PREFIX": settings.kafka_topic_prefix,
+        "CITYOPS_LOG_LEVEL": "WARNING",
+    }
