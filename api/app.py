@@ -15,7 +15,19 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api import cases, errors, health, incidents, live, map, open311, sensors, session, telemetry
+from api import (
+    cases,
+    errors,
+    health,
+    incidents,
+    live,
+    map,
+    open311,
+    scorecards,
+    sensors,
+    session,
+    telemetry,
+)
 from api.auth import STAFF_READ, ApiKeyVerifier, require
 from api.deps import Container
 from api.probes import kafka_probe, tcp_probe
@@ -148,7 +160,7 @@ def create_app(settings: Settings, container: Container | None = None) -> FastAP
     # Public: health probes, the Open311 reads (open311 checks its own POST), the login.
     for module in (health, open311, session, cases, telemetry):
         app.include_router(module.router)
-    for module in (sensors, incidents, map, live):
+    for module in (sensors, incidents, map, live, scorecards):
         app.include_router(module.router, dependencies=staff)
 
     static = resources.files("api").joinpath("static")

@@ -294,7 +294,7 @@ run_projector(Settings(), threading.Event(), batch_size=int(sys.argv[1]))
 def test_projection_worker_killed_mid_batch_equals_a_fresh_rebuild(
     settings: Settings, city: tuple[CityApp, ServiceDesk, Any]
 ) -> None:
-    app, desk, _ = city
+    _, desk, _ = city
     lon, lat, _ = places(settings, 1)[0]
     for i in range(600):
         report(desk, f"k{i}", *offset(lon, lat, 40 * (i % 50), 40 * (i // 50)), "drain_blocked")
