@@ -11,6 +11,7 @@ from psycopg_pool import ConnectionPool
 
 from cityops.settings import Settings
 from core.app import CityApp
+from core.incident_desk import IncidentDesk
 from core.service import ServiceDesk
 from projections.case_queries import CaseQueries
 from projections.queries import ReadModels
@@ -31,6 +32,7 @@ class Container:
     desk: ServiceDesk
     cases: CaseQueries
     api_keys: ApiKeyVerifier
+    incidents: IncidentDesk | None = None
     telemetry: TelemetryIntake | None = None
     probes: dict[str, Callable[[], tuple[bool, str]]] = field(default_factory=dict)
     layers: dict[str, Any] = field(default_factory=dict)
@@ -56,6 +58,12 @@ def desk(request: Request) -> ServiceDesk:
     return container(request).desk
 
 
+def incident_desk(request: Request) -> IncidentDesk:
+    desk = container(request).incidents
+    assert desk is not None, "the container has no incident desk"
+    return desk
+
+
 def case_queries(request: Request) -> CaseQueries:
     return container(request).cases
 
@@ -64,3 +72,4 @@ ReadDep = Annotated[ReadModels, Depends(read_models)]
 CityDep = Annotated[CityApp, Depends(city)]
 DeskDep = Annotated[ServiceDesk, Depends(desk)]
 CasesDep = Annotated[CaseQueries, Depends(case_queries)]
+IncidentDeskDep = Annotated[IncidentDesk, Depends(incident_desk)]

@@ -120,8 +120,28 @@ def relay() -> None:
 
 
 @app.command()
+def brain() -> None:
+    """Urban brain: correlate citizen reports with sensor incidents (one per problem)."""
+    from cityops.bootstrap import run_brain
+
+    _logging()
+    settings = _settings()
+    _run_until_signal(lambda stop: run_brain(settings, stop))
+
+
+@app.command()
+def notifier() -> None:
+    """Tell citizens their case was resolved (CITYOPS_NOTIFY_BACKEND: log or smtp)."""
+    from cityops.bootstrap import run_notifier
+
+    _logging()
+    settings = _settings()
+    _run_until_signal(lambda stop: run_notifier(settings, stop))
+
+
+@app.command()
 def sla() -> None:
-    """SLA clock: due-soon (80 %) and overdue (100 %) marks on service cases."""
+    """SLA clock: due-soon and overdue marks on cases; escalation of late incidents."""
     from cityops.bootstrap import run_sla
 
     _logging()

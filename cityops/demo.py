@@ -93,7 +93,18 @@ def run_demo(
         )
         manager = Manager()
         env = dict(os.environ)
-        procs = ["api", "projector", "writer", "monitor", "bridge", "intake", "sla", "relay"]
+        procs = [
+            "api",
+            "projector",
+            "writer",
+            "monitor",
+            "bridge",
+            "intake",
+            "sla",
+            "relay",
+            "brain",
+            "notifier",
+        ]
         if simulator:
             procs += ["simulate", "citizens"]
         for name in procs:

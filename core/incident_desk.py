@@ -22,6 +22,8 @@ from core.incident import Incident
 from core.service import ConcurrentUpdateError
 
 SYSTEM_ESCALATION = "system:incident-clock"
+# The caller's authorization, run on the incident the command is about to change.
+Check = Callable[[Incident], None]
 
 
 def proactive_reply(feedback: str) -> str:
@@ -84,17 +86,28 @@ class IncidentDesk:
         self._save(incident)
         return incident
 
-    def accept(self, incident_uuid: UUID, actor: str, correlation_id: str) -> Incident:
+    def accept(
+        self, incident_uuid: UUID, actor: str, correlation_id: str, check: Check | None = None
+    ) -> Incident:
         incident = self.get(incident_uuid)
+        if check is not None:
+            check(incident)
         incident.accept_work(actor=actor, correlation_id=correlation_id)
         self._save(incident)
         return incident
 
     def resolve(
-        self, incident_uuid: UUID, feedback: str, actor: str, correlation_id: str
+        self,
+        incident_uuid: UUID,
+        feedback: str,
+        actor: str,
+        correlation_id: str,
+        check: Check | None = None,
     ) -> tuple[Incident, list[ServiceCase]]:
         """Field feedback (处置反馈); every linked open case is resolved with it, atomically."""
         incident = self.get(incident_uuid)
+        if check is not None:
+            check(incident)
         incident.resolve(feedback=feedback, actor=actor, correlation_id=correlation_id)
         cases = []
         for key in incident.linked_cases:

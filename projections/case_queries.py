@@ -173,6 +173,17 @@ class CaseQueries:
         )
         return [r["case_id"] for r in rows]
 
+    def cases_of_incident(self, incident_id: UUID) -> list[dict[str, Any]]:
+        """The cases linked to an incident (no personal data), oldest first."""
+        return self._rows(
+            sql.SQL(
+                "SELECT case_id, external_id, channel, category, status, sensor_check, proactive,"
+                " lon, lat, submitted_at, resolved_at FROM service_cases WHERE incident_id = %s"
+                " ORDER BY submitted_at"
+            ),
+            [incident_id],
+        )
+
     def escalation_candidates(self, now: datetime, limit: int = 500) -> list[UUID]:
         """Incidents being worked whose deadline (or next escalation) has passed."""
         rows = self._rows(

@@ -72,6 +72,17 @@ def test_demo_shows_incidents_within_a_minute(tmp_path: Path) -> None:
         assert cases, "no service case within 90 s of the demo being ready"
         assert {c["channel"] for c in cases} <= {"open311", "hotline"}
         assert {f["properties"]["category"] for f in incidents} >= {"flooding"}
+        # The urban brain links the citizens' flooding reports to the flooded sensors.
+        linked = 0
+        while time.monotonic() - ready_at < 150 and not linked:
+            got = httpx.get(
+                f"{base}/api/v1/incidents", headers=auth, params={"status": "open"}, timeout=10
+            )
+            linked = max(
+                (f["properties"]["linked_cases"] for f in got.json()["features"]), default=0
+            )
+            time.sleep(0 if linked else 3)
+        assert linked, "no citizen report linked to an incident within 150 s of ready"
         page = httpx.get(base + "/", timeout=5)
         assert page.status_code == 200
         assert "CityOps" in page.text

@@ -35,6 +35,8 @@ APP = (
     "intake",
     "sla",
     "relay",
+    "brain",
+    "notifier",
     "simulator",
     "citizens",
 )

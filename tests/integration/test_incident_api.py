@@ -1,0 +1,137 @@
+"""The incident workflow over HTTP on real PostgreSQL: detail with linked cases and
+sensors, dispatch -> accept -> resolve (linked cases resolved) -> verify, rework, and
+every refusal with its status code."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+from uuid import UUID, uuid4
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from cityops.bootstrap import city_app, projections, seed, service_desk
+from cityops.pgstore import make_pool
+from cityops.settings import Settings
+from core.correlation import Correlator, load_policy
+from core.sensor import SensorSpec
+from gis.crs import distance_m
+from projections.nearby import NearbyQueries
+from projections.runner import ProjectionWorker
+from tests.conftest import bearer
+from tests.integration.test_urban_brain import flood_alarm, offset, places, report
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def world(settings: Settings) -> Iterator[dict[str, Any]]:
+    seed(settings)
+    pool = make_pool(settings, max_size=2)
+    app = city_app(settings, pool_size=2)
+    desk = service_desk(settings, app, pool)
+    lon, lat, _ = places(settings, 1)[0]
+    place = desk.locator.place(lon, lat)
+    assert place is not None
+    water = desk.locator.department_for(lon, lat, "water")
+    assert water is not None
+    app.register_sensors(
+        [SensorSpec("wl-x", "water_level", "gw-t", lon, lat, None, None, water)],
+        actor="test",
+        correlation_id="t",
+    )
+    incident = flood_alarm(app, "wl-x")
+    cases = [report(desk, f"x{i}", *offset(lon, lat, 60 * i, 30)) for i in range(2)]
+    worker = ProjectionWorker(app, settings.database_url, projections())
+    worker.catch_up()
+    # Link the reports as the brain would (its worker is tested in test_urban_brain).
+    from eventsourcing.application import ProcessingEvent
+
+    correlator = Correlator(
+        load_policy(), NearbyQueries(pool), app.get_typed, app.exists, {}, distance_m
+    )
+    for case_id in cases:
+        pe: ProcessingEvent[UUID] = ProcessingEvent()
+        correlator.case_accepted(case_id, "t", pe)
+        app.record(pe)
+    worker.catch_up()
+    with TestClient(create_app(settings)) as client:
+        yield {
+            "client": client,
+            "incident": incident,
+            "cases": cases,
+            "water": water,
+            "worker": worker,
+            "desk": desk,
+        }
+    worker.close()
+    app.close()
+    pool.close()
+
+
+def test_incident_workflow_over_http(settings: Settings, world: dict[str, Any]) -> None:
+    client: TestClient = world["client"]
+    iid = world["incident"]
+    url = f"/api/v1/incidents/{iid}"
+    operator = bearer(settings, "operator")
+    dispatcher = bearer(settings, "dispatcher")
+    own = bearer(settings, "department", "crew", department=world["water"])
+    other = bearer(settings, "department", "other", department="not-" + world["water"])
+
+    detail = client.get(url, headers=operator).json()
+    assert detail["properties"]["stage"] == "reported"
+    assert detail["properties"]["linked_cases"] == 2
+    assert sorted(f["id"] for f in detail["linked_cases"]) == sorted(str(c) for c in world["cases"])
+    assert detail["sensors"][0]["device_id"] == "wl-x"
+    assert detail["sensors"][0]["alarms"] == ["water_level_high"]
+
+    # Refusals: no token, wrong role, unknown ids, bad bodies.
+    assert client.post(f"{url}/dispatch", json={}).status_code == 401
+    assert client.post(f"{url}/dispatch", json={}, headers=own).status_code == 403
+    assert client.post(f"{url}/verify", json={"passed": True}, headers=own).status_code == 403
+    auditor = bearer(settings, "auditor")
+    assert client.post(f"{url}/dispatch", json={}, headers=auditor).status_code == 403
+    missing = f"/api/v1/incidents/{uuid4()}/dispatch"
+    assert client.post(missing, json={}, headers=dispatcher).status_code == 404
+    malformed = client.post("/api/v1/incidents/nope/dispatch", json={}, headers=dispatcher)
+    assert malformed.status_code == 422
+    unknown = client.post(f"{url}/dispatch", json={"department_code": "xx"}, headers=dispatcher)
+    assert unknown.status_code == 422
+    assert "unknown department" in unknown.json()["detail"]
+    assert client.post(f"{url}/accept", headers=own).status_code == 409  # not dispatched yet
+
+    r = client.post(f"{url}/dispatch", json={"reason": "storm"}, headers=dispatcher)
+    assert r.status_code == 200, r.text
+    assert r.json()["stage"] == "dispatched"
+    assert r.json()["department_code"] == world["water"]
+    assert r.json()["due_at"] is not None
+    assert client.post(f"{url}/dispatch", json={}, headers=dispatcher).status_code == 409
+    assert client.post(f"{url}/accept", headers=other).status_code == 403
+    assert client.post(f"{url}/accept", headers=own).json()["stage"] == "accepted"
+    assert client.post(f"{url}/resolve", json={"feedback": ""}, headers=own).status_code == 422
+    r = client.post(f"{url}/resolve", json={"feedback": "pumped dry"}, headers=own)
+    assert r.status_code == 200, r.text
+    assert sorted(r.json()["resolved_cases"]) == sorted(str(c) for c in world["cases"])
+    for case_id in world["cases"]:
+        assert world["desk"].get(case_id).status == "resolved"
+
+    bad = client.post(f"{url}/verify", json={"passed": False}, headers=dispatcher)
+    assert bad.status_code == 422
+    rework = client.post(
+        f"{url}/verify", json={"passed": False, "note": "still wet"}, headers=dispatcher
+    )
+    assert rework.json()["stage"] == "dispatched"
+    assert rework.json()["reworks"] == 1
+    client.post(f"{url}/resolve", json={"feedback": "second pass"}, headers=own)
+    done = client.post(f"{url}/verify", json={"passed": True, "note": "dry"}, headers=dispatcher)
+    assert done.json()["status"] == "closed"
+    again = client.post(f"{url}/verify", json={"passed": True}, headers=dispatcher)
+    assert again.status_code == 409
+
+    world["worker"].catch_up()
+    final = client.get(url, headers=operator).json()["properties"]
+    assert final["stage"] == "closed"
+    assert final["reworks"] == 1
+    assert final["resolution"] == "second pass"
