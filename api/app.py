@@ -85,7 +85,13 @@ def build_container(settings: Settings) -> Container:
     from api.telemetry import TelemetryIntake
     from cityops import kafka
     from cityops.apikeys import PgApiKeys
-    from cityops.bootstrap import DeviceRegistry, city_app, city_layers, service_desk
+    from cityops.bootstrap import (
+        DeviceRegistry,
+        city_app,
+        city_layers,
+        incident_desk,
+        service_desk,
+    )
     from cityops.pgstore import make_pool
     from projections.case_queries import CaseQueries
     from projections.queries import ReadModels
@@ -115,6 +121,7 @@ def build_container(settings: Settings) -> Container:
         hub=ChangeHub(settings.database_url, read, case_queries),
         desk=service_desk(settings, city, pool, layers, case_queries),
         cases=case_queries,
+        incidents=incident_desk(settings, city),
         api_keys=ApiKeyVerifier(PgApiKeys(pool).lookup),
         telemetry=telemetry,
         probes=probes,

@@ -191,20 +191,25 @@ def _score(weights: Weights) -> sql.Composable:
     return sql.SQL("100 * ({}) / nullif({}, 0)").format(numerator, denominator)
 
 
+# Each item is narrowed to what the figures need before the (sorted) grouping: a
+# year of a city's work is a few hundred thousand rows. date_part, not extract: extract
+# returns numeric since PostgreSQL 14, several times slower to compute on.
 SCORECARDS = """
 WITH items AS (
     SELECT {unit} AS unit_code, district_code, true AS is_case,
            status IN ('resolved', 'closed') AS closed,
-           submitted_at AS started_at, resolved_at AS finished_at, resolved_at AS done_at,
-           due_at, revisits > 0 AS reworked, extensions > 0 AS extended, rating
+           date_part('epoch', resolved_at - submitted_at) / 3600 AS hours,
+           resolved_at <= due_at AS on_time,
+           revisits > 0 AS reworked, extensions > 0 AS extended, rating
     FROM service_cases
     WHERE submitted_at >= %(start)s AND submitted_at < %(end)s AND status <> 'rejected'
           AND {unit} IS NOT NULL{filters}
     UNION ALL
     SELECT {unit}, district_code, false,
            status = 'closed',
-           opened_at, closed_at, coalesce(resolved_at, closed_at),
-           due_at, reworks > 0, NULL, NULL
+           date_part('epoch', closed_at - opened_at) / 3600,
+           coalesce(resolved_at, closed_at) <= due_at,
+           reworks > 0, NULL, NULL
     FROM map_incidents
     WHERE opened_at >= %(start)s AND opened_at < %(end)s
           AND {unit} IS NOT NULL{filters}
@@ -216,16 +221,14 @@ units AS (
            count(*) FILTER (WHERE NOT is_case) AS incidents,
            count(*) AS volume,
            count(*) FILTER (WHERE closed) AS closed,
-           count(*) FILTER (WHERE closed AND due_at IS NOT NULL AND done_at IS NOT NULL)
-               AS closed_with_due,
-           count(*) FILTER (WHERE closed AND done_at <= due_at) AS closed_on_time,
+           -- on_time is NULL without a due time or a done time
+           count(on_time) FILTER (WHERE closed) AS closed_with_due,
+           count(*) FILTER (WHERE closed AND on_time) AS closed_on_time,
            count(*) FILTER (WHERE closed AND reworked) AS reworked,
            count(*) FILTER (WHERE extended) AS extended,
-           avg(extract(epoch FROM finished_at - started_at)::float8 / 3600)
-               FILTER (WHERE closed) AS mean_hours,
-           percentile_cont(0.5) WITHIN GROUP (
-               ORDER BY extract(epoch FROM finished_at - started_at)::float8 / 3600
-           ) FILTER (WHERE closed) AS median_hours,
+           avg(hours) FILTER (WHERE closed) AS mean_hours,
+           percentile_cont(0.5) WITHIN GROUP (ORDER BY hours) FILTER (WHERE closed)
+               AS median_hours,
            count(rating) AS rated,
            avg(rating)::float8 AS mean_rating,
            count(*) FILTER (WHERE rating <= 2) AS bad_ratings
