@@ -22,6 +22,7 @@ from api import (
     incidents,
     live,
     map,
+    metrics,
     open311,
     scorecards,
     sensors,
@@ -164,8 +165,8 @@ def create_app(settings: Settings, container: Container | None = None) -> FastAP
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
 
     staff = [Depends(require(*STAFF_READ))]
-    # Public: health probes, the Open311 reads (open311 checks its own POST), the login.
-    for module in (health, open311, session, cases, telemetry):
+    # Public: health probes and metrics, the Open311 reads (open311 checks its own POST), the login.
+    for module in (health, metrics, open311, session, cases, telemetry):
         app.include_router(module.router)
     for module in (sensors, incidents, map, live, scorecards):
         app.include_router(module.router, dependencies=staff)

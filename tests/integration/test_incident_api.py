@@ -135,3 +135,18 @@ def test_incident_workflow_over_http(settings: Settings, world: dict[str, Any]) 
     assert final["stage"] == "closed"
     assert final["reworks"] == 1
     assert final["resolution"] == "second pass"
+
+
+def test_metrics_show_each_projection_lag(settings: Settings, world: dict[str, Any]) -> None:
+    client: TestClient = world["client"]
+    text = client.get("/metrics").text
+    assert 'cityops_projection_lag_events{projection="map"} 0.0' in text
+    assert 'cityops_projection_lag_events{projection="cases"} 0.0' in text
+    # An event the projector has not seen yet shows as lag.
+    report(world["desk"], "lagging", *places(settings, 2)[1][:2], "drain_blocked")
+    text = client.get("/metrics").text
+    assert 'cityops_projection_lag_events{projection="cases"} 0.0' not in text
+    ready = client.get("/readyz").json()["checks"]
+    assert ready["projection_cases"]["lag_events"] > 0
+    world["worker"].catch_up()
+    assert 'cityops_projection_lag_events{projection="cases"} 0.0' in client.get("/metrics").text
