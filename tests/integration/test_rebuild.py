@@ -102,3 +102,55 @@ def test_rebuilt_views_equal_the_live_ones(settings: Settings) -> None:
     assert checksums(settings)["service_cases"][0] == 0
     project(settings)
     assert checksums(settings) == live
+
+
+def test_views_count_what_the_log_holds_while_writers_run(settings: Settings) -> None:
+    """Four writers and two projectors (fenced) at once: nothing skipped, nothing twice."""
+    import threading
+
+    seed(settings)
+    pool = make_pool(settings, max_size=6)
+    app = city_app(settings, pool_size=6)
+    projectors = [
+        run_in_thread(lambda s: run_projector(settings, s, batch_size=7), f"projector-{i}")
+        for i in range(2)
+    ]
+    try:
+        desk = service_desk(settings, app, pool)
+        department = sorted(desk.locator.departments())[0]
+
+        def write(w: int) -> None:
+            for i in range(60):
+                case = desk.submit(
+                    SubmitCase("hotline", f"w{w}-{i}", "road_damage", "hole", address="Road"),
+                    actor="system:test",
+                    correlation_id=f"w{w}-{i}",
+                )
+                if i % 2:
+                    desk.assign(case.id, department, "dispatcher:d", "", "c")
+                    desk.return_case(case.id, "department:x", "not ours", "c")
+
+        writers = [threading.Thread(target=write, args=(w,)) for w in range(4)]
+        for t in writers:
+            t.start()
+        for t in writers:
+            t.join(120)
+        wait_until(lambda: caught_up(settings), 60, "projections at the head")
+    finally:
+        for thread, stop in projectors:
+            stop.set()
+            thread.join(15)
+        app.close()
+        pool.close()
+    with psycopg.connect(settings.database_url) as conn:
+        in_log = conn.execute(
+            "SELECT count(*) FILTER (WHERE topic LIKE '%.CaseSubmitted'),"
+            " count(*) FILTER (WHERE topic LIKE '%.CaseReturned') FROM city_events"
+        ).fetchone()
+        in_view = conn.execute("SELECT count(*), sum(returns) FROM service_cases").fetchone()
+    assert in_log == (240, 120)
+    assert in_view == (240, 120)  # a second apply of a return would count it twice
+    live = checksums(settings)
+    rebuild_projections(settings)
+    project(settings)
+    assert checksums(settings) == live
