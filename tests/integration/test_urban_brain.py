@@ -44,7 +44,7 @@ from core.sensor import SensorSpec
 from core.service import ServiceDesk, SubmitCase
 from projections.positions import head, position
 from tests.integration.test_pipeline_kafka import wait_until
-from tests.integration.test_rebuild import caught_up, checksums
+from tests.integration.test_rebuild import caught_up, checksums, project
 
 pytestmark = pytest.mark.integration
 
@@ -274,12 +274,7 @@ def test_rainstorm_gives_one_incident_per_flooded_place(
     # Rebuild after all that: identical views.
     live = checksums(settings)
     rebuild_projections(settings)
-    thread, stop = run_in_thread(lambda s: run_projector(settings, s), "projector")
-    try:
-        wait_until(lambda: caught_up(settings), 60, "rebuilt")
-    finally:
-        stop.set()
-        thread.join(15)
+    project(settings)
     assert checksums(settings) == live
 
 
@@ -322,12 +317,7 @@ def test_projection_worker_killed_mid_batch_equals_a_fresh_rebuild(
     survived = checksums(settings)
     assert survived["service_cases"][0] == 600
     rebuild_projections(settings)
-    thread, stop = run_in_thread(lambda s: run_projector(settings, s), "projector")
-    try:
-        wait_until(lambda: caught_up(settings), 60, "rebuilt")
-    finally:
-        stop.set()
-        thread.join(15)
+    project(settings)
     assert checksums(settings) == survived
 
 
