@@ -1,7 +1,7 @@
 """Read-side queries over the map read models and the readings table.
 
 Routes call these; they return plain dicts / GeoJSON features, never rows. The live
-map's layers come rendered (GeoJSON bytes with an entity tag) from ``MapLayers``.
+map's layers come from the same queries.
 """
 
 from __future__ import annotations
@@ -25,7 +25,9 @@ INCIDENT_COLUMNS = (
     "incident_id, kind, title, category, severity, status, alarm_status, acknowledged,"
     " acknowledged_by, device_id, rule_id, rule_version, metric, last_value, trigger_count,"
     " lon, lat, grid_code, district_code, department_code, opened_at, updated_at, cleared_at,"
-    " closed_at, version"
+    " closed_at, version, stage, dispatched_at, accepted_at, resolved_at, verified_at, due_at,"
+    " resolution, reworks, escalation_level, escalate_at, linked_cases, confirmed_by_reports,"
+    " merged_into"
 )
 
 
