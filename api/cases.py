@@ -16,7 +16,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
 from api.auth import Forbidden, Principal, citizen_uuid, require
-from api.deps import CasesDep, DeskDep
+from api.deps import CasesDep, DeskDep, correlation
 from core.case import ACTIVE, OPEN, REJECTION_REASONS, ServiceCase
 from core.personal import ERASED_VIEW, Contact
 from core.service import Check, ServiceDesk, SubmitCase
@@ -238,10 +238,6 @@ class ExtensionRequest(BaseModel):
 class Rate(BaseModel):
     rating: int = Field(ge=1, le=5)
     comment: str = Field(default="", max_length=2_000)
-
-
-def correlation() -> str:
-    return f"http:{uuid.uuid4()}"
 
 
 # -- lists ---------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any
@@ -36,6 +37,11 @@ class Container:
     telemetry: TelemetryIntake | None = None
     probes: dict[str, Callable[[], tuple[bool, str]]] = field(default_factory=dict)
     layers: dict[str, Any] = field(default_factory=dict)
+
+
+def correlation() -> str:
+    """The correlation id of one HTTP command."""
+    return f"http:{uuid.uuid4()}"
 
 
 def container(request: Request) -> Container:

@@ -12,7 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
 from api.auth import Forbidden, Principal, require
-from api.deps import CityDep, ContainerDep, IncidentDeskDep, ReadDep
+from api.deps import CityDep, ContainerDep, IncidentDeskDep, ReadDep, correlation
 from core.incident import Incident
 from projections.nearby import NearbyQueries
 from projections.queries import BBox, collection, feature
@@ -104,7 +104,7 @@ async def acknowledge(
         incident_id,
         actor=who.actor,
         reason=(body or Acknowledge()).reason,
-        correlation_id=f"http:{uuid.uuid4()}",
+        correlation_id=correlation(),
     )
     return {
         "incident_id": str(incident.id),
@@ -171,7 +171,7 @@ async def dispatch(
     if body.department_code is not None and body.department_code not in known:
         raise HTTPException(422, f"unknown department {body.department_code!r}")
     incident = await run_in_threadpool(
-        desk.dispatch, incident_id, body.department_code, who.actor, body.reason, _cid()
+        desk.dispatch, incident_id, body.department_code, who.actor, body.reason, correlation()
     )
     return _state(incident)
 
@@ -184,7 +184,7 @@ async def accept_work(
 ) -> dict[str, Any]:
     """The department takes the incident on (处置 begins)."""
     incident = await run_in_threadpool(
-        desk.accept, incident_id, who.actor, _cid(), _own_department(who)
+        desk.accept, incident_id, who.actor, correlation(), _own_department(who)
     )
     return _state(incident)
 
@@ -198,7 +198,7 @@ async def resolve(
 ) -> dict[str, Any]:
     """Field feedback (反馈): the incident is resolved, and so is every linked open case."""
     incident, cases = await run_in_threadpool(
-        desk.resolve, incident_id, body.feedback, who.actor, _cid(), _own_department(who)
+        desk.resolve, incident_id, body.feedback, who.actor, correlation(), _own_department(who)
     )
     return _state(incident, resolved_cases=[str(c.id) for c in cases])
 
@@ -214,10 +214,6 @@ async def verify(
     if not body.passed and not body.note.strip():
         raise HTTPException(422, "a failed verification needs a note saying what is wrong")
     incident = await run_in_threadpool(
-        desk.verify, incident_id, body.passed, body.note, who.actor, _cid()
+        desk.verify, incident_id, body.passed, body.note, who.actor, correlation()
     )
     return _state(incident)
-
-
-def _cid() -> str:
-    return f"http:{uuid.uuid4()}"

@@ -43,7 +43,6 @@ class CorrelationHandler:
         self.nearby = nearby
         self.wait_s = wait_s
         self.last_written = 0
-        self.outcomes: dict[str, int] = {}
 
     def written(self, notification_id: int) -> None:
         self.last_written = max(self.last_written, notification_id)
@@ -58,8 +57,6 @@ class CorrelationHandler:
             outcome = self.correlator.case_accepted(event.originator_id, correlation_id, pe)
         else:
             outcome = self.correlator.incident_opened(event.originator_id, correlation_id, pe)
-        key = outcome.split()[0]
-        self.outcomes[key] = self.outcomes.get(key, 0) + 1
         log.debug("correlation of %s %s: %s", type(event).__name__, event.originator_id, outcome)
 
 

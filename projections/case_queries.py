@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -28,6 +27,13 @@ CASE_COLUMNS = (
 # Open311's two statuses: everything still being worked on is "open".
 OPEN311_OPEN = OPEN
 EARTH_M_PER_DEG = 111_320.0
+
+
+def box_around(lon: float, lat: float, radius_m: float) -> list[float]:
+    """West, east, south, north (degrees) of a box holding the circle of ``radius_m``."""
+    dlat = radius_m / EARTH_M_PER_DEG
+    dlon = radius_m / (EARTH_M_PER_DEG * max(0.01, math.cos(math.radians(lat))))
+    return [lon - dlon, lon + dlon, lat - dlat, lat + dlat]
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,8 +138,6 @@ class CaseQueries:
         self, category: str, lon: float, lat: float, radius_m: float, limit: int
     ) -> list[str]:
         """Open cases of ``category`` within ``radius_m`` (equirectangular distance)."""
-        dlat = radius_m / EARTH_M_PER_DEG
-        dlon = radius_m / (EARTH_M_PER_DEG * max(0.01, math.cos(math.radians(lat))))
         rows = self._rows(
             sql.SQL(
                 "SELECT case_id FROM service_cases WHERE category = %s AND status = ANY(%s)"
@@ -145,10 +149,7 @@ class CaseQueries:
             [
                 category,
                 list(OPEN),
-                lon - dlon,
-                lon + dlon,
-                lat - dlat,
-                lat + dlat,
+                *box_around(lon, lat, radius_m),
                 lon,
                 lat,
                 EARTH_M_PER_DEG,
@@ -200,14 +201,7 @@ class CaseQueries:
         """Wait until the read model has caught up with the log as it is now."""
         with self.pool.connection() as conn:
             target = positions.head(conn)
-        deadline = time.monotonic() + timeout
-        while True:
-            with self.pool.connection() as conn:
-                if positions.position(conn, CaseProjection.name) >= target:
-                    return True
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.05)
+        return positions.wait_for(self.pool, target, (CaseProjection.name,), timeout)
 
     def case_ids_of_citizen(self, citizen_id: UUID) -> list[UUID]:
         """Every case of a citizen, as of the log now (waits for the read model)."""

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from core.case import ServiceCase
-from projections.runner import NO_EFFECT, Effect, Statement
+from projections.runner import NO_EFFECT, Effect, Statement, row_update
 
 _SET_DEADLINE = "due_at = %(due_at)s, due_soon_at = %(due_soon_at)s, deadline_no = deadline_no + 1"
 
@@ -38,17 +38,9 @@ def _submitted(e: Any) -> Statement:
     )
 
 
-def _update(sets: str, **params: Any) -> Callable[[Any], Statement]:
+def _update(sets: str, **params: str) -> Callable[[Any], Statement]:
     """An UPDATE of the case's row; ``params`` name event attributes to bind."""
-
-    def build(e: Any) -> Statement:
-        return (
-            f"UPDATE service_cases SET {sets}, updated_at = %(ts)s, version = %(version)s"
-            " WHERE case_id = %(id)s",
-            {name: getattr(e, attr) for name, attr in params.items()},
-        )
-
-    return build
+    return row_update("service_cases", "case_id", sets, **params)
 
 
 def _rated(e: Any) -> Statement:

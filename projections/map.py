@@ -12,7 +12,7 @@ from typing import Any
 
 from core.incident import Incident
 from core.sensor import Sensor
-from projections.runner import NO_EFFECT, NOTIFY_CHANNEL, Effect, Statement
+from projections.runner import NO_EFFECT, NOTIFY_CHANNEL, Effect, Statement, row_update
 
 __all__ = ["NOTIFY_CHANNEL", "MapProjection"]
 
@@ -94,17 +94,8 @@ def _sensor(sets: str, **params: str) -> Callable[[Any], list[Statement]]:
 
 def _incident(sets: str, **params: str) -> Callable[[Any], list[Statement]]:
     """An UPDATE of the incident's row; ``params`` name event attributes to bind."""
-
-    def build(e: Any) -> list[Statement]:
-        return [
-            (
-                f"UPDATE map_incidents SET {sets}, updated_at = %(ts)s, version = %(version)s"
-                " WHERE incident_id = %(id)s",
-                {name: getattr(e, attr) for name, attr in params.items()},
-            )
-        ]
-
-    return build
+    build = row_update("map_incidents", "incident_id", sets, **params)
+    return lambda e: [build(e)]
 
 
 def _incident_opened(e: Any) -> list[Statement]:

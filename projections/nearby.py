@@ -6,8 +6,6 @@ great-circle distance then filters and orders in Python.
 
 from __future__ import annotations
 
-import math
-import time
 from datetime import datetime
 from typing import Any
 
@@ -18,14 +16,7 @@ from core.case import OPEN
 from core.correlation import NearCase, NearIncident, NearSensor
 from gis.crs import distance_m
 from projections import positions
-
-EARTH_M_PER_DEG = 111_320.0
-
-
-def _box(lon: float, lat: float, radius_m: float) -> list[float]:
-    dlat = radius_m / EARTH_M_PER_DEG
-    dlon = radius_m / (EARTH_M_PER_DEG * max(0.01, math.cos(math.radians(lat))))
-    return [lon - dlon, lon + dlon, lat - dlat, lat + dlat]
+from projections.case_queries import box_around
 
 
 class NearbyQueries:
@@ -51,7 +42,7 @@ class NearbyQueries:
             " AND stage IN ('reported', 'dispatched', 'accepted') AND category = ANY(%s)"
             " AND lon BETWEEN %s AND %s AND lat BETWEEN %s AND %s"
             " AND (opened_at >= %s OR alarm_status = 'active')",
-            [list(categories), *_box(lon, lat, radius_m), since],
+            [list(categories), *box_around(lon, lat, radius_m), since],
         )
         return [
             NearIncident(r["incident_id"], d, r["kind"])
@@ -66,7 +57,7 @@ class NearbyQueries:
             " AND incident_id IS NULL AND category = ANY(%s)"
             " AND lon BETWEEN %s AND %s AND lat BETWEEN %s AND %s AND submitted_at >= %s"
             " LIMIT 500",
-            [list(OPEN), list(categories), *_box(lon, lat, radius_m), since],
+            [list(OPEN), list(categories), *box_around(lon, lat, radius_m), since],
         )
         return [NearCase(r["case_id"], d) for d, r in self._within(rows, lon, lat, radius_m)]
 
@@ -76,7 +67,7 @@ class NearbyQueries:
         rows = self._rows(
             "SELECT device_id, lon, lat, alarms, silent FROM map_sensors"
             " WHERE sensor_type = ANY(%s) AND lon BETWEEN %s AND %s AND lat BETWEEN %s AND %s",
-            [list(sensor_types), *_box(lon, lat, radius_m)],
+            [list(sensor_types), *box_around(lon, lat, radius_m)],
         )
         return [
             NearSensor(r["device_id"], d, tuple(sorted(r["alarms"] or {})), bool(r["silent"]))
@@ -85,14 +76,4 @@ class NearbyQueries:
 
     def wait_for(self, notification_id: int, timeout: float = 10.0) -> bool:
         """Wait until every read model has projected the log up to ``notification_id``."""
-        deadline = time.monotonic() + timeout
-        while True:
-            with self.pool.connection() as conn:
-                if all(
-                    positions.position(conn, name) >= notification_id
-                    for name in positions.PROJECTIONS
-                ):
-                    return True
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.02)
+        return positions.wait_for(self.pool, notification_id, timeout=timeout)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterable
 from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg_pool import ConnectionPool
 
 from projections.cases import CaseProjection
 from projections.map import MapProjection
@@ -31,3 +34,18 @@ def lags(conn: psycopg.Connection[Any]) -> dict[str, int]:
     """Events each projection still has to read."""
     top = head(conn)
     return {name: max(0, top - position(conn, name)) for name in PROJECTIONS}
+
+
+def wait_for(
+    pool: ConnectionPool, target: int, names: Iterable[str] = PROJECTIONS, timeout: float = 10.0
+) -> bool:
+    """Wait until projections ``names`` have written the log up to ``target``."""
+    names = tuple(names)
+    deadline = time.monotonic() + timeout
+    while True:
+        with pool.connection() as conn:
+            if all(position(conn, name) >= target for name in names):
+                return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)

@@ -62,6 +62,20 @@ class SqlProjection(Protocol):
     def handle(self, event: Any) -> Effect: ...
 
 
+def row_update(table: str, key: str, sets: str, **params: str) -> Callable[[Any], Statement]:
+    """An UPDATE of one view row keyed by the event's aggregate id; ``params`` name the
+    event attributes to bind. The handler adds ``id``, ``ts`` and ``version``."""
+    query = (
+        f"UPDATE {table} SET {sets}, updated_at = %(ts)s, version = %(version)s"
+        f" WHERE {key} = %(id)s"
+    )
+
+    def build(e: Any) -> Statement:
+        return (query, {name: getattr(e, attr) for name, attr in params.items()})
+
+    return build
+
+
 class StalePositionError(Exception):
     """A tracking row moved under this worker (another worker, or a rebuild)."""
 
@@ -103,7 +117,6 @@ class ProjectionWorker:
         *,
         batch_size: int = 2_000,
         notify_limit: int = 200,
-        on_batch: Callable[[int, int], None] | None = None,
     ) -> None:
         if not projections:
             raise ValueError("a projection worker needs at least one projection")
@@ -112,7 +125,6 @@ class ProjectionWorker:
         self.projections = list(projections)
         self.batch_size = batch_size
         self.notify_limit = notify_limit
-        self.on_batch = on_batch
         self.positions: dict[str, int] = {}
         self.conn: psycopg.Connection[Any] | None = None
 
@@ -177,8 +189,6 @@ class ProjectionWorker:
             return 0
         for p in self.projections:
             self.positions[p.name] = max(self.positions[p.name], last)
-        if self.on_batch is not None:
-            self.on_batch(len(notifications), last)
         return len(notifications)
 
     def _write(
