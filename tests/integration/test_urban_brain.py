@@ -291,8 +291,9 @@ def test_projection_worker_killed_mid_batch_equals_a_fresh_rebuild(
 ) -> None:
     _, desk, _ = city
     lon, lat, _ = places(settings, 1)[0]
-    for i in range(600):
-        report(desk, f"k{i}", *offset(lon, lat, 40 * (i % 50), 40 * (i // 50)), "drain_blocked")
+    # Enough batches (about 1,800 of 5 events) that each kill lands mid-stream.
+    for i in range(3_000):
+        report(desk, f"k{i}", *offset(lon, lat, 20 * (i % 60), 20 * (i // 60)), "drain_blocked")
     env = {**os.environ, **settings_env(settings)}
     with psycopg.connect(settings.database_url) as conn:
         top = head(conn)
@@ -315,7 +316,7 @@ def test_projection_worker_killed_mid_batch_equals_a_fresh_rebuild(
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     survived = checksums(settings)
-    assert survived["service_cases"][0] == 600
+    assert survived["service_cases"][0] == 3_000
     rebuild_projections(settings)
     project(settings)
     assert checksums(settings) == survived
