@@ -18,13 +18,14 @@ import hmac
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Literal, get_args
 
 import jwt
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
 from cityops.apikeys import API_KEY_PREFIX, StoredKey, hash_secret
 from cityops.settings import Settings
@@ -173,18 +174,24 @@ _bearer = HTTPBearer(auto_error=False, description="JWT from `cityops token`")
 _api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="from `cityops apikey`")
 
 
-def optional_principal(
+async def optional_principal(
     request: Request,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     api_key: Annotated[str | None, Depends(_api_key)],
 ) -> Principal | None:
-    """The caller, if they sent credentials; invalid credentials are a 401."""
+    """The caller, if they sent credentials; invalid credentials are a 401.
+
+    The auth dependencies are async: run on the event loop they cost no thread hand-off
+    (about half a millisecond per request). Only an API key's lookup touches the database,
+    and it runs in the thread pool.
+    """
     container = request.app.state.container
     if bearer is not None:
         return verify_token(container.settings, bearer.credentials)
     key = api_key or request.query_params.get("api_key")
     if key:
-        return container.api_keys.verify(key)
+        verified: Principal = await run_in_threadpool(container.api_keys.verify, key)
+        return verified
     # EventSource cannot send headers: the live channel accepts the token in the query.
     token = request.query_params.get("access_token")
     if token and request.url.path.endswith("/live"):
@@ -192,7 +199,7 @@ def optional_principal(
     return None
 
 
-def principal(
+async def principal(
     found: Annotated[Principal | None, Depends(optional_principal)],
 ) -> Principal:
     if found is None:
@@ -200,10 +207,10 @@ def principal(
     return found
 
 
-def require(*roles: Role) -> Callable[[Principal], Principal]:
+def require(*roles: Role) -> Callable[[Principal], Awaitable[Principal]]:
     """A dependency that lets only ``roles`` through (403 for the others)."""
 
-    def check(who: Annotated[Principal, Depends(principal)]) -> Principal:
+    async def check(who: Annotated[Principal, Depends(principal)]) -> Principal:
         if who.role not in roles:
             raise Forbidden(f"role {who.role} may not do this (needs {' or '.join(roles)})")
         return who

@@ -1,30 +1,110 @@
-"""Map layers as GeoJSON FeatureCollections (RFC 7946, WGS84 lon/lat)."""
+"""Map layers as GeoJSON FeatureCollections (RFC 7946, WGS84 lon/lat).
+
+A layer request may name a viewport (``bbox``) and filters; the answer carries an ETag,
+and ``If-None-Match`` with the current one gets 304. Bodies come from ``MapLayers``,
+which serves them from memory while the map view has not moved.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import threading
+from typing import Annotated, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
 
-from api.deps import ContainerDep
-from projections.queries import collection
+from api.deps import container
+from api.incidents import Severity
+from api.sensors import SensorState, SensorType
+from projections.queries import GEOJSON, POINT_LAYERS, BBox, LayerQuery, MapLayers
 
 router = APIRouter(prefix="/api/v1/map", tags=["map"])
 
+CACHE_LAYERS = True  # False: every request reads PostgreSQL (bench/bench_map.py --no-cache)
 
-@router.get("/layers/{layer}")
-def layer(c: ContainerDep, layer: Literal["districts", "grid", "sensors", "incidents"]) -> Any:
-    """One layer of the live map."""
-    if layer == "districts":
-        return c.layers["districts"]
-    if layer == "grid":
-        load = c.read.grid_load()
-        empty = {"sensors": 0, "open_incidents": 0}
-        features = [
-            {**f, "properties": {**f["properties"], **load.get(f["id"], empty)}}
-            for f in c.layers["grid"]["features"]
-        ]
-        return collection(features)
-    if layer == "sensors":
-        return collection(c.read.sensors(limit=1_000_000))
-    return collection(c.read.incidents(status="open", limit=1_000_000))
+Layer = Literal["districts", "grid", "sensors", "incidents"]
+Stage = Literal["reported", "dispatched", "accepted", "resolved", "closed"]
+FILTERS: dict[str, tuple[str, ...]] = {
+    "districts": (),
+    "grid": (),
+    **{name: point.filters for name, point in POINT_LAYERS.items()},
+}
+_building = threading.Lock()
+
+
+async def map_layers(request: Request) -> MapLayers:
+    """The app's map layers; async, so that requests after the first take no thread hop."""
+    layers: MapLayers | None = getattr(request.app.state, "map_layers", None)
+    if layers is None:  # the first request builds them, off the event loop
+        layers = await run_in_threadpool(_build_map_layers, request)
+    return layers
+
+
+def _build_map_layers(request: Request) -> MapLayers:
+    with _building:
+        layers: MapLayers | None = getattr(request.app.state, "map_layers", None)
+        if layers is None:
+            c = container(request)
+            layers = request.app.state.map_layers = MapLayers(c.read, c.layers, cache=CACHE_LAYERS)
+        return layers
+
+
+MapLayersDep = Annotated[MapLayers, Depends(map_layers)]
+
+
+@router.get(
+    "/layers/{layer}",
+    response_class=Response,
+    responses={
+        200: {"content": {GEOJSON: {}}, "description": "a GeoJSON FeatureCollection"},
+        304: {"description": "unchanged since the ETag sent in If-None-Match"},
+    },
+)
+def layer(
+    request: Request,
+    layers: MapLayersDep,
+    layer: Layer,
+    bbox: Annotated[
+        str | None, Query(description="viewport west,south,east,north (WGS84 degrees)")
+    ] = None,
+    state: Annotated[SensorState | None, Query(description="sensors")] = None,
+    sensor_type: Annotated[SensorType | None, Query(description="sensors")] = None,
+    severity: Annotated[Severity | None, Query(description="incidents")] = None,
+    stage: Annotated[Stage | None, Query(description="incidents")] = None,
+    category: Annotated[
+        str | None, Query(pattern=r"^[a-z][a-z0-9_]{0,63}$", description="incidents")
+    ] = None,
+) -> Response:
+    """One layer of the live map, optionally cut to a viewport and filtered."""
+    given = {
+        "state": state,
+        "sensor_type": sensor_type,
+        "severity": severity,
+        "stage": stage,
+        "category": category,
+    }
+    wrong = [
+        name for name, value in given.items() if value is not None and name not in FILTERS[layer]
+    ]
+    if wrong:
+        raise HTTPException(422, f"the {layer} layer has no filter {', '.join(wrong)}")
+    try:
+        box = None if bbox is None else BBox.parse(bbox)
+    except ValueError as exc:
+        raise HTTPException(422, f"bbox: {exc}") from None
+    query = LayerQuery(
+        box, tuple((name, value) for name, value in given.items() if value is not None)
+    )
+    rendered = layers.render(layer, query)
+    headers = {"ETag": rendered.etag, "Cache-Control": "no-cache"}
+    if _matches(request.headers.get("if-none-match"), rendered.etag):
+        return Response(status_code=304, headers=headers)
+    return Response(rendered.body, media_type=GEOJSON, headers=headers)
+
+
+def _matches(if_none_match: str | None, etag: str) -> bool:
+    """RFC 9110 If-None-Match: weak comparison against any listed tag, or ``*``."""
+    if not if_none_match:
+        return False
+    tags = [tag.strip() for tag in if_none_match.split(",")]
+    return "*" in tags or any(tag.removeprefix("W/") == etag for tag in tags)
