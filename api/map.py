@@ -16,7 +16,8 @@ from fastapi.concurrency import run_in_threadpool
 from api.deps import container
 from api.incidents import Severity
 from api.sensors import SensorState, SensorType
-from projections.queries import GEOJSON, POINT_LAYERS, BBox, LayerQuery, MapLayers
+from projections.map_layers import MapLayers
+from projections.queries import GEOJSON, POINT_LAYERS, BBox, LayerQuery
 
 router = APIRouter(prefix="/api/v1/map", tags=["map"])
 

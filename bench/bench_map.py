@@ -430,6 +430,9 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=5.0, help="seconds of load not counted")
     ap.add_argument("--workers", type=int, default=2, help="uvicorn worker processes")
     ap.add_argument("--no-cache", action="store_true", help="every request queries PostgreSQL")
+    ap.add_argument(
+        "--churn", type=float, default=1.0, help="seconds between incident changes (0: none)"
+    )
     args = ap.parse_args()
 
     with ExitStack() as stack:
@@ -486,8 +489,11 @@ def main() -> None:
                 time.sleep(0.5)
         token = issue_token(settings, "bench-map", "operator")
         stop = threading.Event()
-        updater = threading.Thread(target=churn, args=(settings.database_url, stop), daemon=True)
-        updater.start()
+        updater = threading.Thread(
+            target=churn, args=(settings.database_url, stop, args.churn), daemon=True
+        )
+        if args.churn > 0:
+            updater.start()
         cpu = CpuMeter(api.pid)
         before = _position(settings)
         try:
@@ -498,7 +504,8 @@ def main() -> None:
             advanced = _position(settings) - before
         finally:
             stop.set()
-            updater.join(10)
+            if updater.is_alive():
+                updater.join(10)
         report(results, args, advanced)
         print(f"  {usage}")
 

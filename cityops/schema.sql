@@ -1,5 +1,7 @@
 -- CityOps tables besides the event store (which the eventsourcing library creates).
--- Idempotent: applied at every start by `cityops seed` and the workers.
+-- Idempotent: applied at every start by `cityops seed` and the workers, one at a time
+-- (two sessions replacing the same function at once would fail).
+SELECT pg_advisory_xact_lock(7202611);
 
 -- Raw telemetry (not domain events). A hypertable when TimescaleDB is present.
 CREATE TABLE IF NOT EXISTS readings (
@@ -104,6 +106,25 @@ ALTER TABLE map_incidents ADD COLUMN IF NOT EXISTS confirmed_by_reports boolean 
 ALTER TABLE map_incidents ADD COLUMN IF NOT EXISTS merged_into uuid;
 CREATE INDEX IF NOT EXISTS map_incidents_escalate ON map_incidents (escalate_at) WHERE escalate_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS map_incidents_grid_opened ON map_incidents (grid_code, opened_at);
+-- The live map's cache (projections/map_layers.py) reads only the rows written since it
+-- last looked: every insert and update of a map row takes the next change number.
+-- One fenced projector writes these tables, one transaction per batch, so numbers
+-- commit in order.
+CREATE SEQUENCE IF NOT EXISTS map_change_seq;
+ALTER TABLE map_sensors ADD COLUMN IF NOT EXISTS change_seq bigint NOT NULL DEFAULT nextval('map_change_seq');
+ALTER TABLE map_incidents ADD COLUMN IF NOT EXISTS change_seq bigint NOT NULL DEFAULT nextval('map_change_seq');
+CREATE INDEX IF NOT EXISTS map_sensors_change_seq ON map_sensors (change_seq);
+CREATE INDEX IF NOT EXISTS map_incidents_change_seq ON map_incidents (change_seq);
+CREATE OR REPLACE FUNCTION map_stamp_change() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.change_seq := nextval('map_change_seq');
+    RETURN NEW;
+END
+$$;
+CREATE OR REPLACE TRIGGER map_sensors_changed BEFORE UPDATE ON map_sensors
+    FOR EACH ROW EXECUTE FUNCTION map_stamp_change();
+CREATE OR REPLACE TRIGGER map_incidents_changed BEFORE UPDATE ON map_incidents
+    FOR EACH ROW EXECUTE FUNCTION map_stamp_change();
 CREATE INDEX IF NOT EXISTS map_incidents_department ON map_incidents (department_code, stage, due_at);
 CREATE INDEX IF NOT EXISTS map_incidents_opened ON map_incidents (opened_at);
 

@@ -15,12 +15,12 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from cityops.pgstore import apply_schema
 from cityops.settings import Settings
+from projections.map_layers import MapLayers
 from projections.queries import (
     INCIDENT_COLUMNS,
     SENSOR_COLUMNS,
     BBox,
     LayerQuery,
-    MapLayers,
     ReadModels,
 )
 from projections.runner import TRACKING_NAME
@@ -440,6 +440,18 @@ def test_cache_is_never_behind_the_projection_position(
     db.commit()
     assert features(http.get(f"{URL}/sensors")) == {}
     assert features(http.get(f"{URL}/incidents", params=view)) == {}
+    # Emptied and filled again (here: by hand, with other rows) before anyone looks, the
+    # position back where it was: the map shows the new rows only.
+    first = add_sensor(db, 121.45, 31.22)
+    advance(db)
+    assert set(features(http.get(f"{URL}/sensors"))) == {first}
+    db.execute("TRUNCATE map_sensors")
+    again = add_sensor(db, 121.45, 31.22)
+    db.commit()
+    assert set(features(http.get(f"{URL}/sensors"))) == {again}
+    db.execute("TRUNCATE map_sensors")
+    db.commit()
+    assert features(http.get(f"{URL}/sensors")) == {}
 
 
 def test_rendered_bodies_are_bounded(
