@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-
 import psycopg
 import pytest
 
@@ -19,29 +17,16 @@ from cityops.pgstore import make_pool
 from cityops.settings import Settings
 from core.personal import Contact
 from core.service import SubmitCase
+from projections.checksum import checksums as view_checksums
 from projections.positions import lags
 from tests.integration.test_pipeline_kafka import wait_until
 
 pytestmark = pytest.mark.integration
 
-VIEWS = {
-    "map_sensors": "device_id",
-    "map_incidents": "incident_id",
-    "service_cases": "case_id",
-}
-
 
 def checksums(settings: Settings) -> dict[str, tuple[int, str]]:
-    """Row count and an md5 over every row of each view, in key order."""
-    out = {}
     with psycopg.connect(settings.database_url) as conn:
-        for table, key in VIEWS.items():
-            rows = conn.execute(f"SELECT t::text FROM {table} t ORDER BY {key}").fetchall()
-            digest = hashlib.md5(  # noqa: S324 - a checksum, not security
-                "\n".join(r[0] for r in rows).encode()
-            ).hexdigest()
-            out[table] = (len(rows), digest)
-    return out
+        return view_checksums(conn)
 
 
 def caught_up(settings: Settings) -> bool:
