@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import (
+    audit,
     cases,
     errors,
     health,
@@ -25,6 +26,7 @@ from api import (
     map,
     metrics,
     open311,
+    replay,
     scorecards,
     sensors,
     session,
@@ -175,6 +177,9 @@ def create_app(settings: Settings, container: Container | None = None) -> FastAP
         app.include_router(module.router)
     for module in (sensors, incidents, map, live, scorecards):
         app.include_router(module.router, dependencies=staff)
+    # Audit routes check their own roles (and record each read).
+    for module in (audit, replay):
+        app.include_router(module.router)
 
     static = resources.files("api").joinpath("static")
     app.mount("/static", StaticFiles(directory=str(static)), name="static")

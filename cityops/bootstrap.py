@@ -13,8 +13,10 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import psycopg
+
 from cityops import kafka as topics
-from cityops.pgstore import apply_schema, eventstore_env, make_pool
+from cityops.pgstore import apply_audit_schema, apply_schema, eventstore_env, make_pool
 from cityops.settings import Settings
 from core.app import CityApp
 from core.categories import load_categories
@@ -38,7 +40,11 @@ log = logging.getLogger(__name__)
 def city_app(
     settings: Settings, pool_size: int | None = None, *, create_tables: bool = False
 ) -> CityApp:
-    return CityApp(env=eventstore_env(settings, pool_size, create_tables=create_tables))
+    app = CityApp(env=eventstore_env(settings, pool_size, create_tables=create_tables))
+    if create_tables:
+        with psycopg.connect(settings.database_url) as conn:
+            apply_audit_schema(conn)
+    return app
 
 
 def personal_data(settings: Settings, pool: ConnectionPool) -> PersonalData:

@@ -15,9 +15,12 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
+from cityops import audit_cli, replay_cli
 from cityops.settings import Settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+app.add_typer(audit_cli.app, name="audit")
+app.add_typer(replay_cli.app, name="replay")
 
 
 def _settings() -> Settings:

@@ -124,6 +124,14 @@ def make_pool(
     return pool
 
 
+def apply_audit_schema(conn: psycopg.Connection[Any]) -> None:
+    """The log's hash chain and append-only guards (cityops/audit.sql); needs the event
+    store's tables, so it runs after the library has created them."""
+    statements = resources.files("cityops").joinpath("audit.sql").read_text(encoding="utf-8")
+    with conn.transaction():
+        conn.execute(statements)
+
+
 def apply_schema(conn: psycopg.Connection[Any]) -> bool:
     """Create the project's own tables (idempotent). Returns True when TimescaleDB is present."""
     timescale = False

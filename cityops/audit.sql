@@ -1,0 +1,57 @@
+-- Tamper evidence for the city log (issue 5). Applied after the event store's tables
+-- exist (``cityops.pgstore.apply_audit_schema``). Idempotent.
+SELECT pg_advisory_xact_lock(7202612);
+
+-- One link per recorded event, written in the same transaction as the event:
+--   hash(n) = sha256(hash(n-1) || event_chain_record(n)),  hash(0) = 32 zero bytes.
+-- The event store serializes its inserts (LOCK TABLE ... IN EXCLUSIVE MODE), so links
+-- are made in notification order. ``recorded_at``: when the event was recorded (the
+-- clock of the database), the audit's "as of" instants map to log positions by it.
+CREATE TABLE IF NOT EXISTS event_chain (
+    notification_id bigint PRIMARY KEY,
+    recorded_at     timestamptz NOT NULL DEFAULT clock_timestamp(),
+    hash            bytea NOT NULL
+);
+CREATE INDEX IF NOT EXISTS event_chain_recorded_at ON event_chain (recorded_at, notification_id);
+
+-- The canonical bytes of a stored event: every column, lengths where a field varies.
+CREATE OR REPLACE FUNCTION event_chain_record(
+    id bigint, originator uuid, version bigint, topic text, state bytea
+) RETURNS bytea LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+    SELECT int8send(id) || uuid_send(originator) || int8send(version)
+        || int4send(octet_length(convert_to(topic, 'UTF8'))) || convert_to(topic, 'UTF8')
+        || int4send(octet_length(state)) || state
+$$;
+
+CREATE OR REPLACE FUNCTION event_chain_extend() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    prev bytea;
+BEGIN
+    SELECT hash INTO prev FROM event_chain ORDER BY notification_id DESC LIMIT 1;
+    INSERT INTO event_chain (notification_id, hash) VALUES (
+        NEW.notification_id,
+        sha256(coalesce(prev, '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea)
+            || event_chain_record(NEW.notification_id, NEW.originator_id,
+                                  NEW.originator_version, NEW.topic, NEW.state)));
+    RETURN NULL;
+END
+$$;
+CREATE OR REPLACE TRIGGER city_events_chain AFTER INSERT ON city_events
+    FOR EACH ROW EXECUTE FUNCTION event_chain_extend();
+
+-- The log is append-only: no role (but a superuser who disables the triggers) may change
+-- or remove a recorded event or a link of the chain.
+CREATE OR REPLACE FUNCTION refuse_rewrite() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'the city log is append-only: % on % refused', TG_OP, TG_TABLE_NAME
+        USING ERRCODE = 'insufficient_privilege';
+END
+$$;
+CREATE OR REPLACE TRIGGER city_events_append_only BEFORE UPDATE OR DELETE ON city_events
+    FOR EACH ROW EXECUTE FUNCTION refuse_rewrite();
+CREATE OR REPLACE TRIGGER city_events_no_truncate BEFORE TRUNCATE ON city_events
+    FOR EACH STATEMENT EXECUTE FUNCTION refuse_rewrite();
+CREATE OR REPLACE TRIGGER event_chain_append_only BEFORE UPDATE OR DELETE ON event_chain
+    FOR EACH ROW EXECUTE FUNCTION refuse_rewrite();
+CREATE OR REPLACE TRIGGER event_chain_no_truncate BEFORE TRUNCATE ON event_chain
+    FOR EACH STATEMENT EXECUTE FUNCTION refuse_rewrite();
