@@ -79,6 +79,11 @@ def summary(row: dict[str, Any]) -> dict[str, Any]:
         "overdue": active and deadline_no > 0 and row["overdue_marked"] == deadline_no,
         "extension_pending": row["extension_pending"],
         "rating": row["rating"],
+        # The urban brain's link: the incident this report is part of, what the sensors
+        # near it showed, and whether it was resolved with that incident (主动服务).
+        "incident_id": None if row["incident_id"] is None else str(row["incident_id"]),
+        "sensor_check": row["sensor_check"],
+        "proactive": row["proactive"],
         "personal_data_erased": row["personal_data_erased"],
         "submitted_at": _iso(row["submitted_at"]),
         "updated_at": _iso(row["updated_at"]),

@@ -22,7 +22,8 @@ CASE_COLUMNS = (
     " address, grid_code, district_code, department_code, citizen_id, submitted_by,"
     " rejection, possible_duplicates, awaiting_assignment, due_at, due_soon_at, deadline_no,"
     " due_soon_marked, overdue_marked, extension_pending, extensions, returns, revisits,"
-    " rating, personal_data_erased, submitted_at, updated_at, resolved_at, closed_at, version"
+    " rating, personal_data_erased, submitted_at, updated_at, resolved_at, closed_at, version,"
+    " incident_id, sensor_check, proactive"
 )
 # Open311's two statuses: everything still being worked on is "open".
 OPEN311_OPEN = OPEN

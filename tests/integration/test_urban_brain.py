@@ -19,6 +19,7 @@ import psycopg
 import pytest
 from eventsourcing.application import ProcessingEvent
 
+from api.cases import summary
 from cityops.bootstrap import (
     brain_follower,
     city_app,
@@ -42,6 +43,7 @@ from core.personal import Contact
 from core.rules import Transition, load_rules
 from core.sensor import SensorSpec
 from core.service import ServiceDesk, SubmitCase
+from projections.case_queries import CaseQueries
 from projections.positions import head, position
 from tests.integration.test_pipeline_kafka import wait_until
 from tests.integration.test_rebuild import caught_up, checksums, project
@@ -215,6 +217,11 @@ def test_rainstorm_gives_one_incident_per_flooded_place(
             settings, "SELECT count(*) FROM service_cases WHERE incident_id IS NOT NULL"
         )
         assert linked_rows[0][0] == 10
+        # The case API shows each report's incident and sensor check.
+        shown = summary(CaseQueries(pool).case(a_cases[0]) or {})
+        assert shown["incident_id"] == str(incident_a)
+        assert shown["sensor_check"] == "confirmed"
+        assert shown["proactive"] is False
 
         # Proactive service: resolving A resolves its five cases and notifies each citizen.
         incidents = incident_desk(settings, app)
