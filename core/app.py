@@ -13,9 +13,9 @@ from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
 from eventsourcing.domain import Aggregate
-from eventsourcing.persistence import Recording
+from eventsourcing.persistence import IntegrityError, Recording
 
-from core.errors import NotFoundError
+from core.errors import ConcurrentUpdateError, NotFoundError
 from core.incident import Incident
 from core.sensor import Sensor, SensorSpec, sensor_id
 
@@ -35,6 +35,16 @@ class CityApp(Application[UUID]):
     def construct_recorder(self) -> Any:
         # Workers record their input position with their events: use a process recorder.
         return self.factory.process_recorder()
+
+    def save_unless_changed(self, *aggregates: Aggregate, what: str) -> None:
+        """Save; when someone else recorded a version first, a ConcurrentUpdateError (409)
+        naming ``what``, and nothing of this save is recorded."""
+        try:
+            self.save(*aggregates)
+        except IntegrityError:
+            raise ConcurrentUpdateError(
+                f"{what} was changed by someone else; reload and retry"
+            ) from None
 
     # -- commands -------------------------------------------------------------------
 

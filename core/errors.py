@@ -11,3 +11,7 @@ class NotFoundError(DomainError):
 
 class IllegalTransitionError(DomainError):
     """The command is not allowed in the aggregate's current state."""
+
+
+class ConcurrentUpdateError(DomainError):
+    """Someone else changed the aggregate meanwhile; reload and retry."""

@@ -12,14 +12,11 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from uuid import UUID
 
-from eventsourcing.persistence import IntegrityError
-
 from core.app import CityApp
 from core.case import OPEN, ServiceCase
 from core.correlation import CorrelationPolicy
-from core.errors import IllegalTransitionError
+from core.errors import ConcurrentUpdateError, IllegalTransitionError
 from core.incident import Incident
-from core.service import ConcurrentUpdateError
 
 SYSTEM_ESCALATION = "system:incident-clock"
 # The caller's authorization, run on the incident the command is about to change.
@@ -51,12 +48,7 @@ class IncidentDesk:
         return self.app.get_incident(incident_uuid)
 
     def _save(self, *aggregates: Incident | ServiceCase) -> None:
-        try:
-            self.app.save(*aggregates)
-        except IntegrityError:
-            raise ConcurrentUpdateError(
-                f"incident {aggregates[0].id} was changed by someone else; reload and retry"
-            ) from None
+        self.app.save_unless_changed(*aggregates, what=f"incident {aggregates[0].id}")
 
     def _due(self, incident: Incident) -> datetime:
         return self.now() + self.policy.time_limit(incident.severity)

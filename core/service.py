@@ -48,10 +48,6 @@ class InvalidTextError(DomainError):
     """Text the stores cannot hold (a NUL character)."""
 
 
-class ConcurrentUpdateError(DomainError):
-    """Someone else changed the case meanwhile; reload and retry."""
-
-
 @dataclass(frozen=True, slots=True)
 class Place:
     grid_code: str | None
@@ -165,12 +161,7 @@ class ServiceDesk:
         return self.app.get_typed(case_uuid, ServiceCase, "case")
 
     def _save(self, case: ServiceCase) -> None:
-        try:
-            self.app.save(case)
-        except IntegrityError:
-            raise ConcurrentUpdateError(
-                f"case {case.id} was changed by someone else; reload and retry"
-            ) from None
+        self.app.save_unless_changed(case, what=f"case {case.id}")
 
     def _command(
         self, case_uuid: UUID, run: Callable[[ServiceCase], None], check: Check | None
