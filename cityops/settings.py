@@ -109,6 +109,14 @@ class Settings(BaseSettings):
     sim_scenario: str = "rainstorm"
     sim_sensors: int = Field(default=2_000, ge=4)
 
+    # Tamper evidence (`cityops audit`): the Ed25519 key that signs checkpoints of the
+    # log's hash chain (made with mode 0600 on first use, its public half beside it as
+    # <file>.pub) and the JSON-lines file the signed checkpoints are appended to. Both
+    # live outside the database: keep them where the database's administrators cannot
+    # write.
+    audit_key_file: Path = Path("var/audit/signing-key.pem")
+    audit_checkpoint_file: Path = Path("var/audit/checkpoints.jsonl")
+
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Self:
         if self.environment is Environment.PRODUCTION:
