@@ -59,9 +59,20 @@ class BBox:
         return cls(w, s, e, n)
 
 
+def pg_isoformat(value: datetime) -> str:
+    """ISO 8601 as PostgreSQL's to_json writes it (fractional seconds without trailing
+    zeros), so that a feature built here and one built by PostgreSQL (the map layers)
+    are the same text."""
+    text = value.isoformat()
+    if value.microsecond:
+        stamp, sign, offset = text[:26], text[26:27], text[27:]
+        text = stamp.rstrip("0") + sign + offset
+    return text
+
+
 def _json_value(value: Any) -> Any:
     if isinstance(value, datetime):
-        return value.isoformat()
+        return pg_isoformat(value)
     if isinstance(value, UUID):
         return str(value)
     return value
