@@ -12,6 +12,9 @@ CREATE TABLE IF NOT EXISTS event_chain (
     recorded_at     timestamptz NOT NULL DEFAULT clock_timestamp(),
     hash            bytea NOT NULL
 );
+-- The position of the link before (a hint outside the hash: an event deleted together
+-- with its link is then named exactly, though notification ids may skip numbers).
+ALTER TABLE event_chain ADD COLUMN IF NOT EXISTS prev_id bigint;
 CREATE INDEX IF NOT EXISTS event_chain_recorded_at ON event_chain (recorded_at, notification_id);
 
 -- The canonical bytes of a stored event: every column, lengths where a field varies.
@@ -26,10 +29,13 @@ $$;
 CREATE OR REPLACE FUNCTION event_chain_extend() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     prev bytea;
+    prev_position bigint;
 BEGIN
-    SELECT hash INTO prev FROM event_chain ORDER BY notification_id DESC LIMIT 1;
-    INSERT INTO event_chain (notification_id, hash) VALUES (
+    SELECT notification_id, hash INTO prev_position, prev
+        FROM event_chain ORDER BY notification_id DESC LIMIT 1;
+    INSERT INTO event_chain (notification_id, prev_id, hash) VALUES (
         NEW.notification_id,
+        prev_position,
         sha256(coalesce(prev, '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea)
             || event_chain_record(NEW.notification_id, NEW.originator_id,
                                   NEW.originator_version, NEW.topic, NEW.state)));

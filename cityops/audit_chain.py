@@ -44,7 +44,7 @@ _EVENTS = (
     "SELECT notification_id, originator_id, originator_version, topic, state"
     " FROM city_events ORDER BY notification_id"
 )
-_LINKS = "SELECT notification_id, hash FROM event_chain ORDER BY notification_id"
+_LINKS = "SELECT notification_id, hash, prev_id FROM event_chain ORDER BY notification_id"
 
 
 def record(
@@ -328,24 +328,25 @@ def verify(
     return state.result(head_recorded_at=recorded_at)
 
 
-_Row = tuple[int, UUID | None, int | None, str | None, bytes | None, bytes | None]
+_Row = tuple[int, UUID | None, int | None, str | None, bytes | None, bytes | None, int | None]
 
 
 def _side_by_side(
     events: Iterable[tuple[Any, ...]], links: Iterable[tuple[Any, ...]]
 ) -> Iterator[_Row]:
-    """Merge events and links by position: (id, event columns or Nones, hash or None)."""
+    """Merge events and links by position: (id, event columns or Nones, the link's hash
+    and previous position, or Nones)."""
     ev, ln = iter(events), iter(links)
     e, c = next(ev, None), next(ln, None)
     while e is not None or c is not None:
         if e is not None and (c is None or e[0] < c[0]):
-            yield (*e, None)
+            yield (*e, None, None)
             e = next(ev, None)
         elif c is not None and (e is None or c[0] < e[0]):
-            yield (c[0], None, None, None, None, c[1])
+            yield (c[0], None, None, None, None, c[1], c[2])
             c = next(ln, None)
         elif e is not None and c is not None:
-            yield (*e, c[1])
+            yield (*e, c[1], c[2])
             e, c = next(ev, None), next(ln, None)
 
 
@@ -375,6 +376,7 @@ class _Walk:
         topic: str | None,
         state: bytes | None,
         stored: bytes | None,
+        previous: int | None = None,
     ) -> Verification | None:
         if self.next < len(self.checkpoints):
             passed = self.checkpoints[self.next]
@@ -385,6 +387,15 @@ class _Walk:
                     f"the signed position {passed.position} is no longer in the log"
                     f" (removed after position {self.position})",
                 )
+        if previous is not None and previous > self.position:
+            # Each link names the position before it: an event deleted together with its
+            # link is named exactly (notification ids may skip numbers legitimately).
+            return self.fail(
+                previous,
+                Problem.MISSING,
+                f"deleted with its chain link: the link of {notification_id} names {previous}"
+                " as the event before it",
+            )
         if originator_id is None or version is None or topic is None or state is None:
             return self.fail(
                 notification_id, Problem.MISSING, "its chain link is there, the event is not"

@@ -137,13 +137,30 @@ def test_a_deleted_event_is_named(city) -> None:
     assert (result.position, result.problem) == (ids[77], Problem.MISSING)
 
 
-def test_an_event_deleted_with_its_link_is_found_at_the_next_position(city) -> None:
+def test_an_event_deleted_with_its_link_is_named(city) -> None:
     settings, _ = city
     ids = positions(settings)
     tamper(
         settings,
         ("DELETE FROM city_events WHERE notification_id = %s", (ids[77],)),
         ("DELETE FROM event_chain WHERE notification_id = %s", (ids[77],)),
+    )
+    result = check(settings)
+    assert (result.position, result.problem) == (ids[77], Problem.MISSING)
+    assert f"the link of {ids[78]} names {ids[77]}" in result.detail
+
+
+def test_an_event_deleted_with_its_link_and_the_hint_is_found_at_the_next_position(
+    city,
+) -> None:
+    """The previous-position hint is outside the hash: rewritten, the hash still differs."""
+    settings, _ = city
+    ids = positions(settings)
+    tamper(
+        settings,
+        ("DELETE FROM city_events WHERE notification_id = %s", (ids[77],)),
+        ("DELETE FROM event_chain WHERE notification_id = %s", (ids[77],)),
+        ("UPDATE event_chain SET prev_id = %s WHERE notification_id = %s", (ids[76], ids[78])),
     )
     result = check(settings)
     assert (result.position, result.problem) == (ids[78], Problem.ALTERED)
