@@ -61,3 +61,37 @@ CREATE OR REPLACE TRIGGER event_chain_append_only BEFORE UPDATE OR DELETE ON eve
     FOR EACH ROW EXECUTE FUNCTION refuse_rewrite();
 CREATE OR REPLACE TRIGGER event_chain_no_truncate BEFORE TRUNCATE ON event_chain
     FOR EACH STATEMENT EXECUTE FUNCTION refuse_rewrite();
+
+-- The application's role. Processes that record events and write the views log in as a
+-- member of ``cityops_writer`` (see README, "Database roles"): it may read the log and
+-- append to it, never UPDATE or DELETE a recorded event, and it does not own the tables,
+-- so it cannot disable the guards above. (The event store takes LOCK TABLE ... IN
+-- EXCLUSIVE MODE to serialize inserts, which PostgreSQL grants only with UPDATE, DELETE or
+-- TRUNCATE privilege: the role holds TRUNCATE, which the guard refuses.) The chain is
+-- written only by its trigger, which runs as the tables' owner.
+DO $$
+BEGIN
+    CREATE ROLE cityops_writer NOLOGIN;
+EXCEPTION
+    WHEN duplicate_object THEN NULL;
+    WHEN insufficient_privilege THEN
+        RAISE NOTICE 'cityops_writer not created: % may not create roles', current_user;
+END
+$$;
+DO $$
+BEGIN
+    IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'cityops_writer') THEN
+        EXECUTE format('GRANT CONNECT ON DATABASE %I TO cityops_writer', current_database());
+        GRANT USAGE ON SCHEMA public TO cityops_writer;
+        GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON ALL TABLES IN SCHEMA public TO cityops_writer;
+        GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA public TO cityops_writer;
+        ALTER DEFAULT PRIVILEGES IN SCHEMA public
+            GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON TABLES TO cityops_writer;
+        ALTER DEFAULT PRIVILEGES IN SCHEMA public
+            GRANT USAGE, SELECT, UPDATE ON SEQUENCES TO cityops_writer;
+        REVOKE UPDATE, DELETE ON city_events FROM cityops_writer;
+        REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON event_chain FROM cityops_writer;
+    END IF;
+END
+$$;
+ALTER FUNCTION event_chain_extend() SECURITY DEFINER SET search_path = public, pg_temp;

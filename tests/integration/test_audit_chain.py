@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from psycopg import sql
 from typer.testing import CliRunner
 
 from cityops.audit_chain import (
@@ -305,3 +308,49 @@ def test_the_cli_exit_codes(city) -> None:
     done = runner.invoke(cli, ["audit", "checkpoint"], env=env)
     assert done.exit_code == 1
     assert len(read_checkpoints(settings.audit_checkpoint_file)) == 1
+
+
+def test_the_application_role_records_but_cannot_rewrite(city) -> None:
+    """A login role in ``cityops_writer`` (the README's deployment) records events through
+    the event store (which locks the table), and PostgreSQL itself refuses it the rest."""
+    settings, _ = city
+    role = f"app_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(settings.database_url, autocommit=True) as admin:
+        admin.execute(
+            sql.SQL("CREATE ROLE {} LOGIN IN ROLE cityops_writer").format(sql.Identifier(role))
+        )
+    try:
+        parts = urlsplit(settings.database_url)
+        as_app = settings.model_copy(
+            update={
+                "database_url": urlunsplit(
+                    parts._replace(netloc=f"{role}@{parts.hostname}:{parts.port}")
+                )
+            }
+        )
+        app = city_app(as_app, pool_size=1)
+        try:
+            record_events(app, 20, "as-app")
+        finally:
+            app.close()
+        refused = [
+            "UPDATE city_events SET topic = 'x'",
+            "DELETE FROM city_events",
+            "ALTER TABLE city_events DISABLE TRIGGER city_events_append_only",
+            "SET session_replication_role = replica",
+            "INSERT INTO event_chain (notification_id, hash) VALUES (999999, '\\x00')",
+            "UPDATE event_chain SET hash = '\\x00'",
+        ]
+        with psycopg.connect(as_app.database_url, autocommit=True) as conn:
+            assert conn.execute("SELECT current_user").fetchone() == (role,)
+            for statement in refused:
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    conn.execute(statement)
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
+                conn.execute("TRUNCATE city_events")
+        assert check(settings).ok
+        assert check(settings).events == 320
+    finally:
+        with psycopg.connect(settings.database_url, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+            admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
