@@ -220,3 +220,34 @@ CREATE TABLE IF NOT EXISTS relay_positions (
     name            text PRIMARY KEY,
     notification_id bigint NOT NULL
 );
+
+-- >>> Time travel (issue 5 item 2): replay checkpoints, see projections/replay.py. >>>
+-- Snapshots of the replayed views, computed from the log by the replay itself (never
+-- copied from the live views), taken every N events by ``cityops replay --snapshot``.
+-- Stored as row versions: a row is written at the first checkpoint where it differs
+-- from its previous version and is valid for positions [from_pos, to_pos); so the cost
+-- is about one copy of the views plus the rows that changed across checkpoints, not one
+-- full copy per checkpoint. A column added to a view must be added here too (the
+-- replay refuses snapshots whose columns differ, and replays from the start instead).
+CREATE TABLE IF NOT EXISTS replay_checkpoints (
+    position    bigint PRIMARY KEY,
+    recorded_at timestamptz,
+    versions    int NOT NULL,          -- row versions written at this checkpoint
+    taken_at    timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS replay_snapshot_map_sensors (
+    LIKE map_sensors, from_pos bigint NOT NULL, to_pos bigint
+);
+CREATE UNIQUE INDEX IF NOT EXISTS replay_snapshot_map_sensors_current
+    ON replay_snapshot_map_sensors (device_id) WHERE to_pos IS NULL;
+CREATE TABLE IF NOT EXISTS replay_snapshot_map_incidents (
+    LIKE map_incidents, from_pos bigint NOT NULL, to_pos bigint
+);
+CREATE UNIQUE INDEX IF NOT EXISTS replay_snapshot_map_incidents_current
+    ON replay_snapshot_map_incidents (incident_id) WHERE to_pos IS NULL;
+CREATE TABLE IF NOT EXISTS replay_snapshot_service_cases (
+    LIKE service_cases, from_pos bigint NOT NULL, to_pos bigint
+);
+CREATE UNIQUE INDEX IF NOT EXISTS replay_snapshot_service_cases_current
+    ON replay_snapshot_service_cases (case_id) WHERE to_pos IS NULL;
+-- <<< Time travel <<<

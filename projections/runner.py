@@ -102,6 +102,36 @@ def reset(conn: psycopg.Connection[Any], projections: Sequence[SqlProjection]) -
         conn.execute(sql.SQL("DELETE FROM {}").format(tracking_table(p.name)))
 
 
+def effects(
+    mapper: Any,
+    notifications: Sequence[Any],
+    projections: Sequence[SqlProjection],
+    positions: dict[str, int] | None = None,
+) -> tuple[list[Statement], list[dict[str, Any]]]:
+    """Decode each notification once and collect every projection's statements and change
+    notices, in log order; a projection already at or past a notification (``positions``)
+    skips it. Shared by the worker and the replay (``projections.replay``)."""
+    statements: list[Statement] = []
+    changes: list[dict[str, Any]] = []
+    for notification in notifications:
+        event = mapper.to_domain_event(notification)
+        for p in projections:
+            if positions is not None and notification.id <= positions[p.name]:
+                continue
+            effect = p.handle(event)
+            statements.extend(effect.statements)
+            if effect.change is not None:
+                changes.append(effect.change)
+    return statements, changes
+
+
+def execute(cur: psycopg.Cursor[Any], statements: Sequence[Statement]) -> None:
+    """Run ``statements`` on ``cur`` in order (the caller opens the pipeline and the
+    transaction)."""
+    for query, params in statements:
+        cur.execute(query, params)
+
+
 class ProjectionWorker:
     """Runs projections over the city log, ``batch_size`` events per transaction.
 
@@ -168,18 +198,9 @@ class ProjectionWorker:
         )
         if not notifications:
             return 0
-        mapper = self.app.mapper
-        statements: list[Statement] = []
-        changes: list[dict[str, Any]] = []
-        for notification in notifications:
-            event = mapper.to_domain_event(notification)
-            for p in self.projections:
-                if notification.id <= self.positions[p.name]:
-                    continue
-                effect = p.handle(event)
-                statements.extend(effect.statements)
-                if effect.change is not None:
-                    changes.append(effect.change)
+        statements, changes = effects(
+            self.app.mapper, notifications, self.projections, self.positions
+        )
         last = notifications[-1].id
         try:
             self._write(conn, statements, changes, last)
@@ -208,8 +229,7 @@ class ProjectionWorker:
             if len(changes) > self.notify_limit:
                 changes = [{"layer": "*", "event": "reload"}]
             with conn.pipeline(), conn.cursor() as cur:
-                for query, params in statements:
-                    cur.execute(query, params)
+                execute(cur, statements)
                 for p in self.projections:
                     cur.execute(
                         sql.SQL(

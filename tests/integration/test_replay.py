@@ -1,0 +1,335 @@
+"""Time travel on real PostgreSQL: the views at past instants, replayed from the log (with
+and without checkpoints), equal what the live views held then; the map as GeoJSON; a
+window of changes as NDJSON; bad requests refused clearly."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+import orjson
+import psycopg
+import pytest
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from cityops.bootstrap import city_app, city_layers, incident_desk, projections, seed, service_desk
+from cityops.pgstore import make_pool
+from cityops.settings import Settings
+from core.personal import Contact
+from core.sensor import SensorSpec
+from core.service import SubmitCase
+from projections import replay
+from projections.checksum import checksums
+from tests.conftest import bearer
+from tests.integration.test_rebuild import project
+from tests.integration.test_urban_brain import flood_alarm
+
+pytestmark = pytest.mark.integration
+
+
+class Moment:
+    """An instant of the scenario and what the live views held then."""
+
+    def __init__(self, settings: Settings) -> None:
+        with psycopg.connect(settings.database_url) as conn:
+            conn.execute("SET TimeZone = 'UTC'")
+            self.views = checksums(conn)
+            self.head = replay.at_position(conn, _head(conn)).position
+            row = conn.execute("SELECT clock_timestamp()").fetchone()
+            assert row is not None
+            self.at: datetime = row[0]
+            self.open_incidents = _count(
+                conn, "SELECT count(*) FROM map_incidents WHERE status = 'open'"
+            )
+            self.sensors = _count(conn, "SELECT count(*) FROM map_sensors")
+
+
+def _head(conn: psycopg.Connection[Any]) -> int:
+    return _count(conn, "SELECT max(notification_id) FROM city_events")
+
+
+def _count(conn: psycopg.Connection[Any], query: str) -> int:
+    row = conn.execute(query).fetchone()
+    return int(row[0] or 0) if row else 0
+
+
+def cells(settings: Settings, n: int) -> list[tuple[str, float, float]]:
+    grid = city_layers(settings).grid
+    out = []
+    for row in grid.itertuples():
+        c = row.geometry.representative_point()
+        out.append((str(row.grid_code), c.x, c.y))
+        if len(out) == n:
+            return out
+    raise AssertionError("the test city is too small")
+
+
+@pytest.fixture
+def scenario(settings: Settings) -> Iterator[list[Moment]]:
+    """Three instants of a small city's day: alarms and reports, work done, more of both."""
+    seed(settings)
+    pool = make_pool(settings, max_size=2)
+    app = city_app(settings, pool_size=2)
+    moments: list[Moment] = []
+    try:
+        desk = service_desk(settings, app, pool)
+        incidents = incident_desk(settings, app)
+        departments = sorted(desk.locator.departments())
+        places = cells(settings, 4)
+        app.register_sensors(
+            [
+                SensorSpec(f"wl-r{i}", "water_level", "gw-t", x, y, code, code[:6], "dept-water")
+                for i, (code, x, y) in enumerate(places)
+            ],
+            actor="test",
+            correlation_id="replay-seed",
+        )
+
+        def submit(key: str, x: float, y: float) -> UUID:
+            return desk.submit(
+                SubmitCase(
+                    "hotline",
+                    key,
+                    "road_damage",
+                    f"private text {key}",
+                    lon=x,
+                    lat=y,
+                    contact=Contact.parse(phone="13800138000", name="Wang"),
+                ),
+                actor=f"citizen:{key}",
+                correlation_id=key,
+            ).id
+
+        # 1: two alarms open incidents; five reports.
+        opened = [flood_alarm(app, "wl-r0"), flood_alarm(app, "wl-r1")]
+        cases = [submit(f"r{i}", places[i % 4][1], places[i % 4][2]) for i in range(5)]
+        project(settings)
+        moments.append(Moment(settings))
+        # 2: one incident worked to closure; cases assigned, resolved, rated, cancelled.
+        incidents.dispatch(opened[0], None, "user:dispatcher", "storm", "c2")
+        incidents.accept(opened[0], "user:water", "c2")
+        incidents.resolve(opened[0], "pumped", "user:water", "c2")
+        incidents.verify(opened[0], True, "dry", "user:inspector", "c2")
+        for i, case_id in enumerate(cases):
+            if desk.get(case_id).status == "accepted":  # not placed by the intake policy
+                desk.assign(case_id, departments[i % len(departments)], "dispatcher:d", "", "c2")
+        desk.resolve(cases[0], "fixed", "department:x", "", "c2")
+        desk.rate(cases[0], 5, "", "citizen:r0", "c2")
+        desk.cancel(cases[1], "citizen:r1", "solved myself", "c2")
+        project(settings)
+        moments.append(Moment(settings))
+        # 3: another alarm, more reports.
+        flood_alarm(app, "wl-r2")
+        for i in range(5, 9):
+            submit(f"r{i}", places[i % 4][1], places[i % 4][2])
+        project(settings)
+        moments.append(Moment(settings))
+    finally:
+        app.close()
+        pool.close()
+    return moments
+
+
+def replayed_views(
+    settings: Settings, position: int, *, use_snapshots: bool
+) -> tuple[dict[str, tuple[int, str]], replay.Replayed]:
+    app = city_app(settings, pool_size=1)
+    try:
+        with psycopg.connect(settings.database_url) as conn, conn.transaction():
+            done = replay.materialize(
+                conn, app.mapper, projections(), position, use_snapshots=use_snapshots
+            )
+            views = checksums(conn)
+        with psycopg.connect(settings.database_url) as conn:  # the temp tables are gone
+            assert conn.execute("SELECT to_regclass('pg_temp.map_sensors')").fetchone() == (None,)
+        return views, done
+    finally:
+        app.close()
+
+
+def test_replay_at_each_instant_reproduces_the_live_views(
+    settings: Settings, scenario: list[Moment]
+) -> None:
+    with psycopg.connect(settings.database_url) as conn:
+        for m in scenario:
+            assert replay.at_instant(conn, m.at).position == m.head
+    for m in scenario:
+        views, done = replayed_views(settings, m.head, use_snapshots=False)
+        assert views == m.views
+        assert (done.checkpoint, done.events) == (0, m.head)
+    app = city_app(settings, pool_size=1)
+    try:
+        every = 7
+        taken = replay.snapshot_up_to_head(
+            settings.database_url, app.mapper, projections(), every=every
+        )
+        assert taken == list(range(every, scenario[-1].head + 1, every))
+        # Nothing left to take: a second call is a no-op.
+        assert (
+            replay.snapshot_up_to_head(
+                settings.database_url, app.mapper, projections(), every=every
+            )
+            == []
+        )
+    finally:
+        app.close()
+    for m in scenario:
+        views, done = replayed_views(settings, m.head, use_snapshots=True)
+        assert views == m.views
+        assert done.checkpoint == m.head // every * every
+        assert done.events == m.head - done.checkpoint
+    with psycopg.connect(settings.database_url) as conn:
+        storage = replay.snapshot_storage(conn)
+    assert storage["checkpoints"] == len(taken)
+    assert 0 < storage["row_versions"] < scenario[-1].head  # versions, not copies
+
+
+def test_map_and_window_over_http(settings: Settings, scenario: list[Moment]) -> None:
+    first, second, third = scenario
+    with TestClient(create_app(settings), raise_server_exceptions=False) as http:
+        http.headers.update(bearer(settings, "auditor"))
+        doc = http.get("/api/v1/audit/city", params={"at": first.at.isoformat()})
+        assert doc.status_code == 200, doc.text
+        city = doc.json()
+        assert city["position"] == first.head
+        layers = city["layers"]
+        assert len(layers["incidents"]["features"]) == first.open_incidents == 2
+        assert len(layers["sensors"]["features"]) == first.sensors
+        alarmed = [f for f in layers["sensors"]["features"] if f["properties"]["state"] == "alarm"]
+        assert sorted(f["id"] for f in alarmed) == ["wl-r0", "wl-r1"]
+        open_cases = layers["cases"]["features"]
+        assert len(open_cases) == 5
+        assert all("description" not in f["properties"] for f in open_cases)
+        assert all(f["geometry"]["type"] == "Point" for f in open_cases)
+        grid = {f["id"]: f["properties"] for f in layers["grid"]["features"]}
+        assert sum(p["open_incidents"] for p in grid.values()) == 2
+        assert sum(p["sensors"] for p in grid.values()) <= first.sensors
+        assert sum(p["open_cases"] for p in grid.values()) == 5
+        assert all(f["geometry"] is not None for f in layers["grid"]["features"])
+
+        later = http.get("/api/v1/audit/city", params={"position": second.head}).json()
+        assert len(later["layers"]["incidents"]["features"]) == second.open_incidents == 1
+        assert len(later["layers"]["cases"]["features"]) == 3  # one closed, one cancelled
+
+        # The window between the first and the third instant, in pages of 10.
+        window = {"from": first.at.isoformat(), "to": third.at.isoformat(), "limit": 10}
+        events: list[dict[str, Any]] = []
+        after = None
+        while True:
+            page = http.get(
+                "/api/v1/audit/city/changes",
+                params={**window, **({"after": after} if after else {})},
+            )
+            assert page.status_code == 200, page.text
+            assert page.headers["content-type"].startswith("application/x-ndjson")
+            lines = [orjson.loads(line) for line in page.content.splitlines()]
+            assert lines[0]["kind"] == "window"
+            assert lines[0]["from"]["position"] == first.head
+            assert lines[0]["to"]["position"] == third.head
+            assert lines[-1]["kind"] == "end"
+            events += lines[1:-1]
+            after = lines[-1]["next_after"]
+            if after is None:
+                break
+        assert [e["position"] for e in events] == list(range(first.head + 1, third.head + 1))
+        with psycopg.connect(settings.database_url) as conn:
+            logged = conn.execute(
+                "SELECT notification_id, originator_id::text, originator_version, topic"
+                " FROM city_events WHERE notification_id > %s AND notification_id <= %s"
+                " ORDER BY notification_id",
+                (first.head, third.head),
+            ).fetchall()
+        assert [(e["position"], e["aggregate_id"], e["version"]) for e in events] == [
+            r[:3] for r in logged
+        ]
+        assert [e["type"] for e in events] == [r[3].rpartition(":")[2] for r in logged]
+        text = orjson.dumps(events).decode()
+        for private in ("contact_token", "citizen_id", "private text", "13800138000"):
+            assert private not in text
+        submitted = [e for e in events if e["type"] == "ServiceCase.CaseSubmitted"]
+        assert submitted
+        assert all(e["event"]["actor"] == "citizen:[masked]" for e in submitted)
+        assert all(e["recorded_at"] for e in events)
+
+        # Bad requests: clear 422s; other roles: 403.
+        now = third.at
+        bad = {
+            "future": ("/api/v1/audit/city", {"at": (now + timedelta(days=1)).isoformat()}),
+            "before": ("/api/v1/audit/city", {"at": "2000-01-01T00:00:00+00:00"}),
+            "no zone": ("/api/v1/audit/city", {"at": "2025-01-01T00:00:00"}),
+            "both": ("/api/v1/audit/city", {"at": first.at.isoformat(), "position": 1}),
+            "beyond head": ("/api/v1/audit/city", {"position": 10**9}),
+            "reversed": (
+                "/api/v1/audit/city/changes",
+                {"from": third.at.isoformat(), "to": first.at.isoformat()},
+            ),
+            "page": ("/api/v1/audit/city/changes", {**window, "limit": replay.MAX_PAGE + 1}),
+            "cursor": ("/api/v1/audit/city/changes", {**window, "after": third.head + 5}),
+            "not a time": ("/api/v1/audit/city", {"at": "yesterday"}),
+        }
+        for what, (path, params) in bad.items():
+            r = http.get(path, params=params)
+            assert r.status_code == 422, (what, r.text)
+            assert r.json()["detail"], what
+        assert "future" in http.get(*bad["future"][:1], params=bad["future"][1]).json()["detail"]
+        assert "before" in http.get(*bad["before"][:1], params=bad["before"][1]).json()["detail"]
+        original = replay.MAX_WINDOW
+        replay.MAX_WINDOW = 3
+        try:
+            r = http.get("/api/v1/audit/city/changes", params=window)
+            assert r.status_code == 422
+            assert "more than 3" in r.json()["detail"]
+        finally:
+            replay.MAX_WINDOW = original
+        denied = http.get(
+            "/api/v1/audit/city",
+            params={"position": 1},
+            headers=bearer(settings, "department", department="310101-water"),
+        )
+        assert denied.status_code == 403
+
+
+def test_cli_writes_the_map_and_the_window(
+    settings: Settings, scenario: list[Moment], tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from cityops.cli import app as cli
+
+    monkeypatch.setenv("CITYOPS_DATABASE_URL", settings.database_url)
+    monkeypatch.setenv("CITYOPS_DATA_DIR", str(settings.data_dir))
+    runner = CliRunner()
+    out = tmp_path / "city.json"
+    done = runner.invoke(cli, ["replay", "--at", scenario[1].at.isoformat(), "--out", str(out)])
+    assert done.exit_code == 0, done.output
+    city = orjson.loads(out.read_bytes())
+    assert city["position"] == scenario[1].head
+    assert set(city["layers"]) == {"incidents", "sensors", "cases", "grid"}
+    assert all(v["type"] == "FeatureCollection" for v in city["layers"].values())
+    changes = tmp_path / "changes.ndjson"
+    done = runner.invoke(
+        cli,
+        [
+            "replay",
+            "--from",
+            scenario[0].at.isoformat(),
+            "--to",
+            scenario[2].at.isoformat(),
+            "--out",
+            str(changes),
+        ],
+    )
+    assert done.exit_code == 0, done.output
+    lines = [orjson.loads(x) for x in changes.read_bytes().splitlines()]
+    assert lines[0]["kind"] == "window"
+    assert lines[-1]["kind"] == "end"
+    assert len(lines) - 2 == scenario[2].head - scenario[0].head == lines[-1]["events"]
+    done = runner.invoke(cli, ["replay", "--snapshot", "--every", "10"])
+    assert done.exit_code == 0, done.output
+    assert "checkpoints taken" in done.output
+    done = runner.invoke(cli, ["replay", "--at", "2000-01-01T00:00:00Z"])
+    assert done.exit_code == 2
+    assert "before the city's history" in done.output
