@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for pkg in postgresql postgresql-15-postgis-3 mosquitto; do
+# chromium: the operations center's browser tests; a CJK font so its Chinese labels render.
+for pkg in postgresql postgresql-15-postgis-3 mosquitto chromium fonts-wqy-microhei; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
