@@ -26,6 +26,7 @@ from api import (
     map,
     metrics,
     open311,
+    ops,
     replay,
     scorecards,
     sensors,
@@ -175,7 +176,7 @@ def create_app(settings: Settings, container: Container | None = None) -> FastAP
     # Public: health probes and metrics, the Open311 reads (open311 checks its own POST), the login.
     for module in (health, metrics, open311, session, cases, telemetry):
         app.include_router(module.router)
-    for module in (sensors, incidents, map, live, scorecards):
+    for module in (sensors, incidents, map, live, scorecards, ops):
         app.include_router(module.router, dependencies=staff)
     # Audit routes check their own roles (and record each read).
     for module in (audit, replay):

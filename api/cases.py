@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, Header, Query
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
-from api.auth import Forbidden, Principal, citizen_uuid, require
+from api.auth import Forbidden, Principal, Role, citizen_uuid, require
 from api.deps import CasesDep, DeskDep, correlation
 from core.case import ACTIVE, OPEN, REJECTION_REASONS, ServiceCase
 from core.personal import ERASED_VIEW, Contact
@@ -42,8 +42,28 @@ CLEAR_CONTACT = ("dispatcher",)
 # Events whose fields are safe to show in a timeline (no sealed contact, no citizen id).
 _HIDDEN_FIELDS = {"contact_token", "citizen_id", "originator_id", "originator_version"}
 
-Dispatcher = Annotated[Principal, Depends(require("dispatcher"))]
-DepartmentStaff = Annotated[Principal, Depends(require("department"))]
+# Who may run each case command (departments: on their own queue's cases; citizens: on
+# their own cases). The routes below take their roles from here, and so does the
+# operations center's list of what a caller may do (api/ops.py).
+DISPATCHER_ROLES: tuple[Role, ...] = ("dispatcher",)
+DEPARTMENT_ROLES: tuple[Role, ...] = ("department",)
+CASE_ACTION_ROLES: dict[str, tuple[Role, ...]] = {
+    "submit": ("operator", "dispatcher", "citizen"),
+    "accept": DISPATCHER_ROLES,
+    "reject": DISPATCHER_ROLES,
+    "assign": DISPATCHER_ROLES,
+    "approve_extension": DISPATCHER_ROLES,
+    "refuse_extension": DISPATCHER_ROLES,
+    "start": DEPARTMENT_ROLES,
+    "resolve": DEPARTMENT_ROLES,
+    "return": DEPARTMENT_ROLES,
+    "request_extension": DEPARTMENT_ROLES,
+    "rate": ("citizen", "dispatcher"),
+    "cancel": ("citizen", "dispatcher"),
+}
+
+Dispatcher = Annotated[Principal, Depends(require(*DISPATCHER_ROLES))]
+DepartmentStaff = Annotated[Principal, Depends(require(*DEPARTMENT_ROLES))]
 CaseReader = Annotated[
     Principal, Depends(require("operator", "dispatcher", "department", "auditor", "citizen"))
 ]
@@ -370,7 +390,7 @@ async def get_case(who: CaseReader, desk: DeskDep, case_id: uuid.UUID) -> dict[s
 
 @router.post("/cases", status_code=201)
 async def submit_case(
-    who: Annotated[Principal, Depends(require("operator", "dispatcher", "citizen"))],
+    who: Annotated[Principal, Depends(require(*CASE_ACTION_ROLES["submit"]))],
     desk: DeskDep,
     body: NewCase,
     idempotency_key: Annotated[str | None, Header(max_length=100)] = None,
@@ -536,7 +556,7 @@ async def request_extension(
 
 @router.post("/cases/{case_id}/rate")
 async def rate(
-    who: Annotated[Principal, Depends(require("citizen", "dispatcher"))],
+    who: Annotated[Principal, Depends(require(*CASE_ACTION_ROLES["rate"]))],
     desk: DeskDep,
     case_id: uuid.UUID,
     body: Rate,
@@ -553,7 +573,7 @@ async def rate(
 
 @router.post("/cases/{case_id}/cancel")
 async def cancel(
-    who: Annotated[Principal, Depends(require("citizen", "dispatcher"))],
+    who: Annotated[Principal, Depends(require(*CASE_ACTION_ROLES["cancel"]))],
     desk: DeskDep,
     case_id: uuid.UUID,
     body: Reason,

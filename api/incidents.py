@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
-from api.auth import Forbidden, Principal, require
+from api.auth import Forbidden, Principal, Role, require
 from api.deps import CityDep, ContainerDep, IncidentDeskDep, ReadDep, correlation
 from core.incident import Incident
 from projections.nearby import NearbyQueries
@@ -20,6 +20,20 @@ from projections.queries import BBox, collection, feature
 router = APIRouter(prefix="/api/v1/incidents", tags=["incidents"])
 
 Severity = Literal["warning", "minor", "major", "critical"]
+# Who may run each workflow command (departments: on their own incidents only). The
+# routes below take their roles from here, and so does the operations center's list of
+# what a caller may do (api/ops.py).
+INCIDENT_ACTION_ROLES: dict[str, tuple[Role, ...]] = {
+    "acknowledge": ("operator", "dispatcher"),
+    "dispatch": ("operator", "dispatcher"),
+    "accept": ("operator", "dispatcher", "department"),
+    "resolve": ("operator", "dispatcher", "department"),
+    "verify": ("operator", "dispatcher"),
+}
+
+
+def _may(action: str) -> Any:
+    return Depends(require(*INCIDENT_ACTION_ROLES[action]))
 
 
 class Acknowledge(BaseModel):
@@ -93,7 +107,7 @@ def get_incident(c: ContainerDep, incident_id: uuid.UUID) -> dict[str, Any]:
 
 @router.post("/{incident_id}/acknowledge")
 async def acknowledge(
-    who: Annotated[Principal, Depends(require("operator", "dispatcher"))],
+    who: Annotated[Principal, _may("acknowledge")],
     city: CityDep,
     incident_id: uuid.UUID,
     body: Acknowledge | None = None,
@@ -160,7 +174,7 @@ def _own_department(who: Principal) -> Any:
 
 @router.post("/{incident_id}/dispatch")
 async def dispatch(
-    who: Annotated[Principal, Depends(require("operator", "dispatcher"))],
+    who: Annotated[Principal, _may("dispatch")],
     c: ContainerDep,
     desk: IncidentDeskDep,
     incident_id: uuid.UUID,
@@ -178,7 +192,7 @@ async def dispatch(
 
 @router.post("/{incident_id}/accept")
 async def accept_work(
-    who: Annotated[Principal, Depends(require("operator", "dispatcher", "department"))],
+    who: Annotated[Principal, _may("accept")],
     desk: IncidentDeskDep,
     incident_id: uuid.UUID,
 ) -> dict[str, Any]:
@@ -191,7 +205,7 @@ async def accept_work(
 
 @router.post("/{incident_id}/resolve")
 async def resolve(
-    who: Annotated[Principal, Depends(require("operator", "dispatcher", "department"))],
+    who: Annotated[Principal, _may("resolve")],
     desk: IncidentDeskDep,
     incident_id: uuid.UUID,
     body: Feedback,
@@ -205,7 +219,7 @@ async def resolve(
 
 @router.post("/{incident_id}/verify")
 async def verify(
-    who: Annotated[Principal, Depends(require("operator", "dispatcher"))],
+    who: Annotated[Principal, _may("verify")],
     desk: IncidentDeskDep,
     incident_id: uuid.UUID,
     body: Verification,
