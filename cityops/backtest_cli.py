@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from cityops.backtest import BacktestError, BacktestRequest, run_backtest
 from cityops.settings import Settings
-from core.backtest import AlarmEpisode, BacktestReport
+from core.backtest import AlarmEpisode, BacktestReport, CorrelationOutcome, Decision
 
 
 def _instant(text: str, name: str) -> datetime:
@@ -48,11 +48,39 @@ def _summary(report: BacktestReport) -> str:
             f"{_line(m.live)} -> {m.backtest.severity}/{m.backtest.peak_severity}"
             for m in report.severity_differs
         )
-    out.append(f"links recorded in the window: {len(report.links_recorded)}")
-    if report.correlation_note:
-        out.append(f"note: {report.correlation_note}")
-    out.append("identical" if report.alarms_identical else "differences found")
+    if report.correlation is not None:
+        out.extend(_correlation(report.correlation))
+    out.append("identical" if report.identical else "differences found")
     return "\n".join(out)
+
+
+def _decision(d: Decision) -> str:
+    version = "" if d.rule_version is None else f"v{d.rule_version}"
+    rule = f" ({' '.join(x for x in (d.rule_id, version) if x)})" if d.rule_id or version else ""
+    what = {
+        "link": f"case {d.subject} -> incident {d.outcome}",
+        "cluster": f"incident {d.subject} opened by reports, {d.outcome}",
+        "sensor_check": f"case {d.subject}: {d.outcome}",
+        "confirmation": f"incident {d.subject} confirmed by reports -> {d.outcome}",
+        "merge": f"incident {d.subject} merged into {d.outcome}",
+    }[d.kind]
+    return f"{what}{rule}"
+
+
+def _correlation(c: CorrelationOutcome) -> list[str]:
+    out = [
+        f"correlation v{c.version} against live v"
+        + (",".join(str(v) for v in c.live_versions) or "-")
+        + f": {c.triggers} cases accepted / incidents opened replayed"
+    ]
+    for kind, d in c.diffs.items():
+        out.append(f"{kind}: same {len(d.same)}, missing {len(d.missing)}, extra {len(d.extra)}")
+        out.extend(f"  missing: {_decision(x)}" for x in d.missing)
+        out.extend(f"  extra: {_decision(x)}" for x in d.extra)
+    if c.not_applied:
+        out.append(f"{c.not_applied} recorded events did not fit the replayed state")
+    out.extend(f"correlator refused: {e}" for e in c.errors)
+    return out
 
 
 def backtest_command(
@@ -67,7 +95,7 @@ def backtest_command(
     ] = None,
     json: Annotated[bool, typer.Option("--json", help="print the full report as JSON")] = False,
 ) -> None:
-    """Re-run sensor rules over stored readings and compare with the incidents recorded."""
+    """Re-run sensor and correlation rules over a stored window; compare with what happened."""
     request = BacktestRequest(
         _instant(from_, "--from"), _instant(to, "--to"), rules=rules, correlation=correlation
     )

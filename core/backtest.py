@@ -8,17 +8,31 @@ them, read-only). The readings go through the monitor's own evaluation
 
 The unit compared is the alarm episode: a raise (which opens an incident, or re-triggers
 the one still open for that sensor and rule), its highest severity, and its clear.
+
+Correlation rules: ``CorrelationReplay`` takes the log's events in order (decoded), applies
+them to a ``ScratchCity`` in memory, leaves out the urban brain's own decisions for the
+window's triggers and lets the real ``Correlator`` decide instead. The unit compared is
+the ``Decision`` (a link, a cluster incident, a sensor check, a confirmation, a merge),
+read off the recorded and the replayed events by the same function.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from uuid import UUID
 
-from core.incident import SEVERITIES
+from eventsourcing.application import ProcessingEvent
+from eventsourcing.domain import AggregateCreated
+
+from core.backtest_nearby import ScratchCity
+from core.case import ServiceCase
+from core.correlation import SYSTEM_BRAIN, CorrelationPolicy, Correlator
+from core.errors import DomainError
+from core.incident import SEVERITIES, Incident
 from core.rules import DeviceState, Rule, RuleSet, RuleState, evaluate_readings
 
 
@@ -80,20 +94,6 @@ class EpisodeMatch:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class Link:
-    """A case linked to an incident by a correlation rule."""
-
-    case_id: str
-    incident_id: str
-    rule_id: str
-    rule_version: int
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return self.case_id, self.incident_id
-
-
 @dataclass(slots=True)
 class ReplayStats:
     readings: int = 0
@@ -127,12 +127,7 @@ class BacktestReport:
     severity_differs: list[EpisodeMatch] = field(default_factory=list)
     would_not_have_opened: list[AlarmEpisode] = field(default_factory=list)
     would_have_opened: list[AlarmEpisode] = field(default_factory=list)
-    correlation_version: int | None = None
-    links_recorded: list[Link] = field(default_factory=list)
-    links_same: list[Link] = field(default_factory=list)
-    links_missing: list[Link] = field(default_factory=list)
-    links_extra: list[Link] = field(default_factory=list)
-    correlation_note: str | None = None
+    correlation: CorrelationOutcome | None = None
 
     @property
     def alarms_identical(self) -> bool:
@@ -143,6 +138,11 @@ class BacktestReport:
             and not self.would_have_opened
             and all(m.time_shift_s == 0 for m in self.matched)
         )
+
+    @property
+    def identical(self) -> bool:
+        """Neither the sensor rules nor the correlation rules would have done otherwise."""
+        return self.alarms_identical and (self.correlation is None or self.correlation.identical)
 
     def to_json(self) -> dict[str, Any]:
         def match(m: EpisodeMatch) -> dict[str, Any]:
@@ -165,23 +165,13 @@ class BacktestReport:
                 "severity_differs": len(self.severity_differs),
                 "would_not_have_opened": len(self.would_not_have_opened),
                 "would_have_opened": len(self.would_have_opened),
-                "links_recorded": len(self.links_recorded),
-                "links_same": len(self.links_same),
-                "links_missing": len(self.links_missing),
-                "links_extra": len(self.links_extra),
             },
             "matched": [match(m) for m in self.matched],
             "severity_differs": [match(m) for m in self.severity_differs],
             "would_not_have_opened": [_episode_json(e) for e in self.would_not_have_opened],
             "would_have_opened": [_episode_json(e) for e in self.would_have_opened],
-            "correlation": {
-                "version": self.correlation_version,
-                "note": self.correlation_note,
-                "recorded": [asdict(x) for x in self.links_recorded],
-                "same": [asdict(x) for x in self.links_same],
-                "missing": [asdict(x) for x in self.links_missing],
-                "extra": [asdict(x) for x in self.links_extra],
-            },
+            "correlation": None if self.correlation is None else self.correlation.to_json(),
+            "identical": self.identical,
         }
 
 
@@ -318,18 +308,6 @@ def compare_episodes(
     return same, differs, missing, extra
 
 
-def compare_links(
-    recorded: Iterable[Link], replayed: Iterable[Link]
-) -> tuple[list[Link], list[Link], list[Link]]:
-    """(same, missing: recorded only, extra: replay only), by (case, incident)."""
-    rec = {x.key: x for x in recorded}
-    rep = {x.key: x for x in replayed}
-    same = [rec[k] for k in sorted(rec.keys() & rep.keys())]
-    missing = [rec[k] for k in sorted(rec.keys() - rep.keys())]
-    extra = [rep[k] for k in sorted(rep.keys() - rec.keys())]
-    return same, missing, extra
-
-
 @dataclass(frozen=True, slots=True)
 class AlarmEvent:
     """A recorded Sensor alarm event, decoded: what the live monitor did."""
@@ -382,3 +360,222 @@ def live_episodes(
         elif ev.kind == "cleared" and key in current:
             current.pop(key).cleared_at = ev.reading_ts
     return episodes, {d: r for d, r in at_start.items() if r}
+
+
+# -- correlation rules ----------------------------------------------------------------------
+
+DECISION_KINDS = ("link", "cluster", "sensor_check", "confirmation", "merge")
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """One decision of the correlation policy, recorded by the brain or replayed.
+
+    ``subject``: the case (link, sensor_check) or the incident (cluster, confirmation,
+    merge). ``outcome``: the incident linked or merged into, the check's result, the
+    cluster's or the confirmed severity.
+    """
+
+    kind: str
+    subject: str
+    outcome: str
+    rule_id: str | None = None
+    rule_version: int | None = None
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return self.kind, self.subject, self.outcome
+
+
+def decisions_of(events: Iterable[Any]) -> list[Decision]:
+    """The correlation decisions among these domain events (a case's LinkedToIncident
+    mirrors its incident's CaseLinked and is not counted twice)."""
+    out = []
+    for e in events:
+        subject = str(e.originator_id)
+        if isinstance(e, Incident.CaseLinked):  # type: ignore[attr-defined]
+            out.append(Decision("link", e.case_id, subject, e.rule_id, e.rule_version))
+        elif isinstance(e, Incident.Opened) and e.kind == "citizen_reports":  # type: ignore[attr-defined]
+            out.append(Decision("cluster", subject, e.severity, e.rule_id, e.rule_version))
+        elif isinstance(e, ServiceCase.SensorsChecked):  # type: ignore[attr-defined]
+            out.append(Decision("sensor_check", subject, e.result, e.rule_id, e.rule_version))
+        elif isinstance(e, Incident.ConfirmedByReports):  # type: ignore[attr-defined]
+            out.append(Decision("confirmation", subject, e.severity, None, e.rule_version))
+        elif isinstance(e, Incident.MergedInto):  # type: ignore[attr-defined]
+            out.append(Decision("merge", subject, e.target_id))
+    return out
+
+
+@dataclass(slots=True)
+class DecisionDiff:
+    same: list[Decision] = field(default_factory=list)
+    missing: list[Decision] = field(default_factory=list)  # recorded, not replayed
+    extra: list[Decision] = field(default_factory=list)  # replayed, not recorded
+
+    @property
+    def identical(self) -> bool:
+        return not self.missing and not self.extra
+
+
+def compare_decisions(
+    recorded: Iterable[Decision], replayed: Iterable[Decision]
+) -> dict[str, DecisionDiff]:
+    """Per kind: same, missing (recorded only) and extra (replayed only), by
+    (kind, subject, outcome); rule versions may differ."""
+    rec = {d.key: d for d in recorded}
+    rep = {d.key: d for d in replayed}
+    diffs = {kind: DecisionDiff() for kind in DECISION_KINDS}
+    for key in sorted(rec.keys() | rep.keys()):
+        diff = diffs[key[0]]
+        if key in rec and key in rep:
+            diff.same.append(rec[key])
+        elif key in rec:
+            diff.missing.append(rec[key])
+        else:
+            diff.extra.append(rep[key])
+    return diffs
+
+
+@dataclass(slots=True)
+class CorrelationOutcome:
+    """The correlation half of the report."""
+
+    version: int
+    live_versions: list[int]
+    triggers: int  # cases accepted and incidents opened in the window, replayed
+    diffs: dict[str, DecisionDiff]
+    # Recorded events the scratch state refused (their aggregate took another turn), and
+    # the Correlator's refusals: the replay goes on past both.
+    not_applied: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def identical(self) -> bool:
+        return all(d.identical for d in self.diffs.values())
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "live_versions": self.live_versions,
+            "triggers": self.triggers,
+            "identical": self.identical,
+            "events_not_applied": self.not_applied,
+            "errors": self.errors,
+            "counts": {
+                kind: {"same": len(d.same), "missing": len(d.missing), "extra": len(d.extra)}
+                for kind, d in self.diffs.items()
+            },
+            **{
+                kind: {
+                    "missing": [asdict(x) for x in d.missing],
+                    "extra": [asdict(x) for x in d.extra],
+                    "same": [asdict(x) for x in d.same],
+                }
+                for kind, d in self.diffs.items()
+            },
+        }
+
+
+def brain_trigger(event: Any) -> int | None:
+    """For an event the urban brain recorded: the log position of the event it decided on
+    (its correlation id is ``brain:<position>``); None for anyone else's event."""
+    if getattr(event, "actor", None) != SYSTEM_BRAIN:
+        return None
+    prefix, _, position = str(getattr(event, "correlation_id", "")).partition(":")
+    return int(position) if prefix == "brain" and position.isdigit() else None
+
+
+class CorrelationReplay:
+    """The correlation policy re-run over log positions [start, end], in scratch state.
+
+    Feed every event of the log up to ``end`` in log order (and the brain's events after
+    it). Before ``start`` everything applies as recorded: the scratch state at the window's
+    start is the live one. From ``start`` on, the brain's decisions on the window's
+    triggers are set aside as the recorded ones, and the ``Correlator`` decides on each
+    trigger (a case accepted, an incident opened) as the brain does.
+    """
+
+    def __init__(
+        self,
+        policy: CorrelationPolicy,
+        alarm_categories: dict[str, str],
+        distance_m: Callable[[float, float, float, float], float],
+        start: int,
+        end: int,
+    ) -> None:
+        self.city = ScratchCity(distance_m)
+        self.policy = policy
+        self.correlator = Correlator(
+            policy,
+            self.city,
+            get=self.city.get,
+            exists=self.city.exists,
+            alarm_categories=alarm_categories,
+            distance_m=distance_m,
+        )
+        self.start, self.end = start, end
+        self.recorded: list[Decision] = []
+        self.replayed: list[Decision] = []
+        self.triggers = 0
+        self.not_applied = 0
+        self.errors: list[str] = []
+
+    def feed(self, position: int, event: Any) -> None:
+        trigger = brain_trigger(event)
+        if trigger is not None and trigger >= self.start:
+            if trigger <= self.end:
+                self.recorded.extend(decisions_of([event]))
+            return
+        if position > self.end:
+            return
+        if not self._apply(event):
+            self.not_applied += 1
+        if position >= self.start and isinstance(
+            event,
+            (ServiceCase.CaseAccepted, Incident.Opened),  # type: ignore[attr-defined]
+        ):
+            self._correlate(position, event)
+
+    def _apply(self, event: Any) -> bool:
+        """Apply a recorded event to the scratch state; False if it does not fit there."""
+        current = self.city.find(event.originator_id)
+        try:
+            if isinstance(event, AggregateCreated):
+                if current is not None:
+                    return False
+                self.city.hold(event.mutate(None))
+                return True
+            if current is None:
+                return False
+            # The scratch aggregate's own history differs from the log's (the brain's
+            # events left out, the Correlator's added): take the log's numbering.
+            current.version = event.originator_version - 1
+            event.mutate(current)
+        except DomainError:
+            return False
+        return True
+
+    def _correlate(self, position: int, event: Any) -> None:
+        self.triggers += 1
+        pe: ProcessingEvent[UUID] = ProcessingEvent()
+        correlation_id = f"brain:{position}"  # as the live brain names its decisions
+        try:
+            if isinstance(event, ServiceCase.CaseAccepted):  # type: ignore[attr-defined]
+                self.correlator.case_accepted(event.originator_id, correlation_id, pe)
+            else:
+                self.correlator.incident_opened(event.originator_id, correlation_id, pe)
+        except DomainError as exc:
+            self.errors.append(f"at {position}: {exc}")
+        for aggregate in pe.aggregates.values():
+            self.city.hold(aggregate)
+        self.replayed.extend(decisions_of(pe.events))
+
+    def outcome(self) -> CorrelationOutcome:
+        return CorrelationOutcome(
+            version=self.policy.version,
+            live_versions=sorted({d.rule_version for d in self.recorded if d.rule_version}),
+            triggers=self.triggers,
+            diffs=compare_decisions(self.recorded, self.replayed),
+            not_applied=self.not_applied,
+            errors=self.errors,
+        )

@@ -130,6 +130,10 @@ def test_backtest_reproduces_live_incidents_and_reports_threshold_changes(
     assert {m.live.incident_outcome for m in same.matched} == {"opened"}
     assert all(m.time_shift_s == 0 for m in same.matched)
     assert same.live_rules_versions == [1]
+    # No brain ran: nothing recorded, and the alarms' incidents adopt no report in replay.
+    assert same.correlation is not None
+    assert same.correlation.identical
+    assert same.correlation.triggers == 2
 
     higher = run_backtest(
         settings.database_url,
