@@ -37,14 +37,28 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+def as_owner(settings: Settings) -> Settings:
+    """The settings with the schema owner's URL (``admin_database_url``) as the database
+    URL: for DDL only, every other statement runs as the application's role."""
+    if not settings.admin_database_url:
+        return settings
+    return settings.model_copy(update={"database_url": settings.admin_database_url})
+
+
+def create_event_tables(settings: Settings) -> None:
+    """The event store's tables and the log's chain and guards, as the schema owner."""
+    owner = as_owner(settings)
+    CityApp(env=eventstore_env(owner, 1, create_tables=True)).close()
+    with psycopg.connect(owner.database_url) as conn:
+        apply_audit_schema(conn)
+
+
 def city_app(
     settings: Settings, pool_size: int | None = None, *, create_tables: bool = False
 ) -> CityApp:
-    app = CityApp(env=eventstore_env(settings, pool_size, create_tables=create_tables))
     if create_tables:
-        with psycopg.connect(settings.database_url) as conn:
-            apply_audit_schema(conn)
-    return app
+        create_event_tables(settings)
+    return CityApp(env=eventstore_env(settings, pool_size))
 
 
 def personal_data(settings: Settings, pool: ConnectionPool) -> PersonalData:
@@ -143,8 +157,12 @@ def sensor_specs(layers: CityLayers) -> list[SensorSpec]:
 
 
 def seed(settings: Settings) -> dict[str, int]:
-    """Create schemas and topics, load the reference city, register its sensors."""
-    pool = make_pool(settings, max_size=2)
+    """Create schemas and topics, load the reference city, register its sensors.
+
+    Tables are created as the schema owner (``admin_database_url``); the sensors are
+    registered as the application's role, like every later event.
+    """
+    pool = make_pool(as_owner(settings), max_size=2)
     try:
         with pool.connection() as conn:
             timescale = apply_schema(conn)

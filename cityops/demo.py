@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
 
+import psycopg
 from honcho.manager import Manager
 from psycopg import sql
 
@@ -45,6 +47,23 @@ def _reset_kafka_positions(settings: Settings) -> None:
         pool.close()
 
 
+APP_ROLE = "cityops_app"
+
+
+def _app_role_url(owner_url: str, role: str = APP_ROLE) -> str:
+    """Make ``role`` a login member of ``cityops_writer`` (idempotent); return its URL.
+
+    The embedded server trusts local connections, so the role has no password.
+    """
+    with psycopg.connect(owner_url, autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone():
+            conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+        conn.execute(sql.SQL("GRANT cityops_writer TO {}").format(sql.Identifier(role)))
+    parts = urlsplit(owner_url)
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{quote(role, safe='')}@{host}"))
+
+
 def run_demo(
     settings: Settings,
     *,
@@ -61,8 +80,10 @@ def run_demo(
     logs = state_dir / "logs"
     with running([]) as services:
         overrides: dict[str, str] = {}
-        if not settings.database_url:
+        embedded_db = not settings.database_url
+        if embedded_db:
             services.append(start_embedded_postgres(state_dir / "pg"))
+            os.environ.pop("CITYOPS_ADMIN_DATABASE_URL", None)  # its superuser owns all
         fresh_broker = not settings.kafka_bootstrap
         if fresh_broker:
             services.append(start_kafka(logs, kafka_port or free_port()))
@@ -78,11 +99,19 @@ def run_demo(
         result = seed(effective)
         if fresh_broker:
             _reset_kafka_positions(effective)
+        owner = ""
+        if embedded_db:
+            # Seeded as the superuser (the owner); the processes run as a login role in
+            # cityops_writer, which cannot rewrite the log (README, "Database roles").
+            owner = f"    schema owner     {effective.database_url}\n"
+            os.environ["CITYOPS_DATABASE_URL"] = _app_role_url(effective.database_url)
+            effective = Settings()
         print(
             "\nCityOps demo\n"
             f"  operations center  http://{effective.api_host}:{effective.api_port}/\n"
             f"  API docs           http://{effective.api_host}:{effective.api_port}/docs\n"
             f"  PostgreSQL         {effective.database_url}\n"
+            f"{owner}"
             f"  Kafka              {effective.kafka_bootstrap}\n"
             f"  MQTT               {effective.mqtt_host}:{effective.mqtt_port}"
             f" (MQTT {'5' if effective.mqtt_protocol == 5 else '3.1.1'})\n"

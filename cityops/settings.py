@@ -123,6 +123,11 @@ class Settings(BaseSettings):
     # vectors only (works offline). A deployment with its own tile server sets an XYZ URL,
     # e.g. http://tiles.internal/{z}/{x}/{y}.png (the page requests nothing else outside).
     map_tile_url: str | None = None
+    # Issue 5: the role that owns the schema and the tables (`cityops seed` creates them
+    # and the log's guards as it). Every other process connects with CITYOPS_DATABASE_URL
+    # as a member of `cityops_writer`, which may not rewrite the log nor drop its guards
+    # (README, "Database roles"). Empty: CITYOPS_DATABASE_URL is also the owner.
+    admin_database_url: str = ""
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Self:

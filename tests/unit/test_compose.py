@@ -46,6 +46,7 @@ SUBCOMMANDS = frozenset("simulate" if name == "simulator" else name for name in 
 SECRETS = (
     "POSTGRES_PASSWORD",
     "CITYOPS_DB_PASSWORD",
+    "CITYOPS_APP_DB_PASSWORD",
     "MQTT_BRIDGE_PASSWORD",
     "MQTT_SIMULATOR_PASSWORD",
     "CITYOPS_JWT_SECRET",
@@ -276,6 +277,25 @@ def test_timescaledb_image_has_postgis_and_the_init_script_creates_both(
     assert "CREATE EXTENSION IF NOT EXISTS timescaledb" in script
     assert "CREATE EXTENSION IF NOT EXISTS postgis" in script
     assert "CITYOPS_DB_PASSWORD" in env
+    assert "CITYOPS_APP_DB_PASSWORD" in env
+
+
+def test_the_init_script_creates_the_application_roles(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """Issue 5: the owner `cityops` for the schema, `cityops_app` in cityops_writer (the
+    group cityops/audit.sql grants its rights to) for every other process."""
+    init = next(v for v in services["timescaledb"]["volumes"] if "docker-entrypoint-initdb.d" in v)
+    script = (ROOT / init.split(":")[0]).read_text(encoding="utf-8")
+    assert ': "${CITYOPS_APP_DB_PASSWORD:?' in script
+    assert "CREATE ROLE cityops_writer NOLOGIN" in script
+    assert re.search(
+        r"CREATE ROLE cityops_app LOGIN PASSWORD %L IN ROLE cityops_writer', :'app_password'",
+        script,
+    )
+    assert "ALTER DATABASE %I OWNER TO cityops'" in script
+    audit = (ROOT / "cityops" / "audit.sql").read_text(encoding="utf-8")
+    assert "REVOKE UPDATE, DELETE ON city_events FROM cityops_writer" in audit
 
 
 def _volume_targets(service: dict[str, Any], kind: str) -> list[str]:
@@ -308,7 +328,7 @@ def test_every_app_service_reaches_the_external_services(
     secrets = dict.fromkeys(SECRETS, "s3cret")
     assert env["CITYOPS_ENVIRONMENT"] == "production"
     url = interpolate(env["CITYOPS_DATABASE_URL"], secrets)
-    assert re.fullmatch(r"postgresql://cityops:s3cret@timescaledb:5432/cityops", url), url
+    assert re.fullmatch(r"postgresql://cityops_app:s3cret@timescaledb:5432/cityops", url), url
     assert env["CITYOPS_KAFKA_BOOTSTRAP"] == "kafka:9092"
     assert env["CITYOPS_MQTT_HOST"] == "mosquitto"
     assert env["CITYOPS_MQTT_PORT"] == "1883"
@@ -420,8 +440,29 @@ def test_secrets_are_required_and_nothing_is_silently_empty(compose: dict[str, A
 
 def test_missing_secret_is_refused_by_interpolation(services: dict[str, dict[str, Any]]) -> None:
     url = environment(services["api"])["CITYOPS_DATABASE_URL"]
-    with pytest.raises(KeyError, match="CITYOPS_DB_PASSWORD"):
+    with pytest.raises(KeyError, match="CITYOPS_APP_DB_PASSWORD"):
         interpolate(url, {})
+    admin = environment(services["seed"])["CITYOPS_ADMIN_DATABASE_URL"]
+    with pytest.raises(KeyError, match="CITYOPS_DB_PASSWORD"):
+        interpolate(admin, {})
+
+
+def test_only_the_seed_connects_as_the_owner(services: dict[str, dict[str, Any]]) -> None:
+    """Issue 5: the tables' owner may rewrite the log; no long-running process is it."""
+    secrets = dict.fromkeys(SECRETS, "s3cret")
+    seed = environment(services["seed"])
+    admin = interpolate(seed["CITYOPS_ADMIN_DATABASE_URL"], secrets)
+    assert admin == "postgresql://cityops:s3cret@timescaledb:5432/cityops"
+    assert "CITYOPS_DB_PASSWORD" in seed["CITYOPS_ADMIN_DATABASE_URL"]
+    for name in LONG_RUNNING_APP:
+        env = environment(services[name])
+        assert "CITYOPS_ADMIN_DATABASE_URL" not in env, name
+        assert "CITYOPS_DB_PASSWORD" not in env["CITYOPS_DATABASE_URL"], name
+        user = interpolate(env["CITYOPS_DATABASE_URL"], secrets).split("//")[1].split(":")[0]
+        assert user == "cityops_app", name
+    for name, service in services.items():
+        if name not in ("seed", "timescaledb"):
+            assert not any("CITYOPS_DB_PASSWORD" in v for v in _strings(service)), name
 
 
 # --- mosquitto -------------------------------------------------------------------------
