@@ -252,6 +252,12 @@ def run_projector(
     if rebuild:
         rebuild_projections(settings)
     app = city_app(settings, pool_size=2)
+    # The replay's checkpoints (issue 5) are computed from the log beside the views.
+    done = threading.Event()  # set when this projector stops, however it stops
+    snapshots = threading.Thread(
+        target=run_snapshotter, args=(settings, done), name="replay-snapshots", daemon=True
+    )
+    snapshots.start()
     try:
         worker = ProjectionWorker(
             app,
@@ -260,6 +266,32 @@ def run_projector(
             batch_size=batch_size or settings.projector_batch,
         )
         worker.run(stop)
+    finally:
+        done.set()
+        snapshots.join(30)
+        app.close()
+
+
+def run_snapshotter(settings: Settings, stop: threading.Event, interval_s: float = 30.0) -> None:
+    """Every ``interval_s``, the replay checkpoints missing up to the log's head
+    (one every ``settings.replay_snapshot_every`` events; one process at a time)."""
+    from projections.replay import snapshot_up_to_head
+
+    app = city_app(settings, pool_size=1)
+    try:
+        while not stop.wait(interval_s):
+            try:
+                taken = snapshot_up_to_head(
+                    settings.database_url,
+                    app.mapper,
+                    projections(),
+                    every=settings.replay_snapshot_every,
+                )
+            except psycopg.Error:
+                log.exception("replay snapshots failed; retrying in %.0f s", interval_s)
+                continue
+            if taken:
+                log.info("replay checkpoints taken at %s", taken)
     finally:
         app.close()
 
