@@ -2,11 +2,13 @@
 
 The model (:class:`CitizenModel`) is pure: which reports are filed in an interval of
 scenario time is a function of the seed and the interval only. Everyday reports arrive
-as a Poisson process over the whole city; a scenario adds its own, so far the
-rainstorm's flooding and blocked-drain reports near the water-level sensors that read
-above the flooding alarm. The adapters turn a report into an Open311 GeoReport v2 POST
-(:func:`open311_form`) or a hotline Kafka message (:func:`hotline_message`), and
-:class:`CitizenSimulator` sends them in real time.
+as a Poisson process over the whole city; a scenario adds its own, as its
+``citizen_reports`` say (``simulations.scenarios.NearAlarms``: calls around the sensors
+past their alarm threshold, e.g. flooding reports near flooded water-level sensors;
+``AtVenue``: calls around a place no sensor watches, e.g. a festival). The adapters
+turn a report into an Open311 GeoReport v2 POST (:func:`open311_form`) or a hotline
+Kafka message (:func:`hotline_message`), and :class:`CitizenSimulator` sends them in
+real time.
 
 Time is cut into one-second slots and each slot draws its reports from a generator
 seeded by (seed, slot). So the reports of ``[t0, t1)`` do not depend on how the caller
@@ -36,11 +38,20 @@ from cityops.hotline_schema import HotlineCase, Location, encode
 from cityops.kafka import CASES_INBOUND, Topics, make_producer
 from cityops.settings import Settings
 from core.categories import Attribute, Categories, Category, load_categories
-from core.rules import load_rules
 from gis.crs import distance_m
 from gis.layers import CityLayers
 from simulations.city import ensure_city
-from simulations.scenarios import Fleet, Scenario, make_scenario
+from simulations.scenarios import (
+    AtVenue,
+    Fleet,
+    NearAlarms,
+    ReportSource,
+    Scenario,
+    Threshold,
+    alarm_threshold,
+    citizen_reports,
+    make_scenario,
+)
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +93,6 @@ CATEGORY_WEIGHTS: dict[str, float] = {
     "water_main_burst": 0.5,
 }
 _DEFAULT_WEIGHT = 1.0
-# What people call about when the street floods.
-FLOOD_CATEGORY_WEIGHTS: dict[str, float] = {"flooding": 0.8, "drain_blocked": 0.2}
-# Scenario reports are made this far from a flooded sensor (metres).
-FLOOD_REPORT_RADIUS_M: tuple[float, float] = (50.0, 250.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,13 +135,12 @@ class CitizenParams:
 
     The default 0.2 everyday reports per second (about 17,000 a day) is the order of
     magnitude a megacity's 12345 line takes, and shows the demo map a new case every
-    few seconds. A rainstorm adds ``flood_rate_per_sensor`` per flooded water-level
-    sensor: with the default 2,000-sensor city about 170 sensors flood, about 0.7
-    extra reports per second at the peak.
+    few seconds. A scenario adds its own reports at the rates its ``citizen_reports``
+    give, times ``scenario_scale`` (0 switches them off).
     """
 
     base_rate: float = 0.2  # everyday reports per second, whole city
-    flood_rate_per_sensor: float = 0.004  # extra reports per second per flooded sensor
+    scenario_scale: float = 1.0  # multiplies the scenario's own report rates
     open311_share: float = 0.4  # the rest goes over the hotline
     outside_share: float = 0.01  # everyday reports placed just outside the city
     anonymous_share: float = 0.12
@@ -145,7 +151,7 @@ class CitizenParams:
     chinese_share: float = 0.3  # descriptions with a Chinese phrase
 
     def __post_init__(self) -> None:
-        if self.base_rate < 0 or self.flood_rate_per_sensor < 0:
+        if self.base_rate < 0 or self.scenario_scale < 0:
             raise ValueError("rates must not be negative")
         shares = (
             self.open311_share,
@@ -165,30 +171,37 @@ class CitizenParams:
 
 
 @dataclass(frozen=True, slots=True)
-class FloodedSensors:
-    """The water-level sensors above the flooding threshold at one instant."""
+class AlarmingSensors:
+    """The sensors of one type past their alarm threshold at one instant."""
 
     device_id: NDArray[np.object_]
     lon: NDArray[np.float64]
     lat: NDArray[np.float64]
-    level_cm: NDArray[np.float64]
+    value: NDArray[np.float64]  # the reading of the watched metric
     district_code: NDArray[np.object_]
 
     def __len__(self) -> int:
         return len(self.device_id)
 
 
-def flooding_threshold_cm() -> float:
-    """The lowest raise level of the packaged water-level rule (the flooding alarm)."""
-    levels = [
-        level.raise_at
-        for rule in load_rules().rules
-        if rule.sensor_type == "water_level" and rule.metric == "water_level" and rule.op == ">"
-        for level in rule.levels
-    ]
-    if not levels:
-        raise ValueError("the rules have no water-level threshold")
-    return min(levels)
+@dataclass(frozen=True, slots=True)
+class _Watched:
+    """The sensors of one type a ``NearAlarms`` source watches, and their threshold."""
+
+    fleet: Fleet
+    lon: NDArray[np.float64]
+    lat: NDArray[np.float64]
+    threshold: Threshold
+
+
+@dataclass(frozen=True, slots=True)
+class _Source:
+    """A scenario's report source, resolved against the city and the categories."""
+
+    spec: ReportSource
+    codes: list[str]  # the spec's categories this categories file knows
+    cum: NDArray[np.float64]
+    venue: tuple[float, float] | None = None  # AtVenue: the venue's lon, lat
 
 
 class CitizenModel:
@@ -216,16 +229,15 @@ class CitizenModel:
         *,
         seed: int = 0,
         params: CitizenParams | None = None,
-        flood_threshold_cm: float | None = None,
+        thresholds: Mapping[str, Threshold] | None = None,
         id_prefix: str | None = None,
     ) -> None:
         self.categories = categories
         self.scenario = scenario
         self.seed = seed
         self.params = params or CitizenParams()
-        self.flood_threshold_cm = (
-            flooding_threshold_cm() if flood_threshold_cm is None else flood_threshold_cm
-        )
+        # Alarm thresholds per sensor type (default: the packaged core/rules.yaml).
+        self.thresholds = dict(thresholds or {})
         # A run against a platform that keeps its data needs its own prefix, or its
         # reports repeat the external ids of the last run's and count as resubmissions.
         self.id_prefix = f"sim-{seed}" if id_prefix is None else id_prefix
@@ -238,11 +250,6 @@ class CitizenModel:
         weights = np.asarray([CATEGORY_WEIGHTS.get(c, _DEFAULT_WEIGHT) for c in codes])
         self._codes = codes
         self._code_cum = np.cumsum(weights / weights.sum())
-        flood = [c for c in FLOOD_CATEGORY_WEIGHTS if c in categories.by_code]
-        self._flood_codes = flood
-        flood_w = np.asarray([FLOOD_CATEGORY_WEIGHTS[c] for c in flood])
-        self._flood_cum = np.cumsum(flood_w / flood_w.sum()) if flood else flood_w
-
         self._cells = np.asarray(layers.grid.geometry.values, dtype=object)
         self._cell_bounds = shapely.bounds(self._cells)
         self._cell_district = layers.grid.district_code.to_numpy(dtype=object)
@@ -263,10 +270,8 @@ class CitizenModel:
             distance_m(lon0, lat0 - 0.005, lon0, lat0 + 0.005) / 0.01,
         )
 
-        sensors = layers.sensors[layers.sensors.sensor_type == "water_level"]
-        self._wl_fleet = Fleet.from_sensors(sensors)
-        self._wl_lon = sensors.geometry.x.to_numpy(dtype=np.float64)
-        self._wl_lat = sensors.geometry.y.to_numpy(dtype=np.float64)
+        self._watched: dict[str, _Watched] = {}
+        self._sources = [self._resolve(spec, layers) for spec in citizen_reports(scenario)]
 
         pool_rng = self._rng(2, 0)
         self._pool = [_new_contact(pool_rng, 0.4) for _ in range(self.params.repeat_callers)]
@@ -289,26 +294,63 @@ class CitizenModel:
             out.extend(r for r in self._slot(k) if t0 <= r.t < t1)
         return out
 
-    def flooded(self, t: float) -> FloodedSensors:
-        """The water-level sensors reading above the flooding threshold at ``t``."""
-        level = np.zeros(0, dtype=np.float64)
-        if len(self._wl_fleet):
-            level = self.scenario.values(self._wl_fleet, t)["water_level"]
-        # NaN (no reading) is not a flood.
-        idx = np.flatnonzero(np.nan_to_num(level, nan=-np.inf) > self.flood_threshold_cm)
-        return FloodedSensors(
-            device_id=self._wl_fleet.device_id[idx],
-            lon=self._wl_lon[idx],
-            lat=self._wl_lat[idx],
-            level_cm=level[idx].astype(np.float64),
-            district_code=self._wl_fleet.district_code[idx],
+    def alarming(self, sensor_type: str, t: float) -> AlarmingSensors:
+        """The sensors of ``sensor_type`` past their alarm threshold at ``t``."""
+        watched = self._watch(sensor_type)
+        value = np.zeros(0, dtype=np.float64)
+        if len(watched.fleet):
+            value = self.scenario.values(watched.fleet, t)[watched.threshold.metric]
+        idx = np.flatnonzero(watched.threshold.breached(value))
+        return AlarmingSensors(
+            device_id=watched.fleet.device_id[idx],
+            lon=watched.lon[idx],
+            lat=watched.lat[idx],
+            value=value[idx].astype(np.float64),
+            district_code=watched.fleet.district_code[idx],
         )
 
-    def flood_rate(self, t: float) -> float:
-        """Scenario reports per second at ``t``: grows with the number of flooded sensors."""
-        if not self._flood_codes:
-            return 0.0
-        return self.params.flood_rate_per_sensor * len(self.flooded(t))
+    def scenario_rate(self, t: float) -> float:
+        """The scenario's own reports per second at ``t`` (its sources' rates summed)."""
+        return float(sum(self._rate(source, t)[0] for source in self._sources))
+
+    def _rate(self, source: _Source, t: float) -> tuple[float, AlarmingSensors | None]:
+        """Reports per second of one source at ``t``, and the alarms it reacts to."""
+        spec = source.spec
+        if not source.codes:
+            return 0.0, None
+        if isinstance(spec, NearAlarms):
+            alarms = self.alarming(spec.sensor_type, t)
+            return self.params.scenario_scale * spec.rate_per_sensor * len(alarms), alarms
+        return self.params.scenario_scale * spec.peak_rate * spec.envelope.intensity(t), None
+
+    def _resolve(self, spec: ReportSource, layers: CityLayers) -> _Source:
+        codes = [c for c, _ in spec.categories if c in self.categories.by_code]
+        weights = np.asarray([w for c, w in spec.categories if c in self.categories.by_code])
+        cum = np.cumsum(weights / weights.sum()) if codes else weights
+        if isinstance(spec, NearAlarms):
+            self._watch(spec.sensor_type, layers)
+            return _Source(spec, codes, cum)
+        districts = layers.districts[layers.districts.district_code == spec.district]
+        if districts.empty:
+            raise ValueError(f"the city has no district {spec.district!r} for the venue")
+        venue = shapely.point_on_surface(districts.geometry.iloc[0])
+        return _Source(spec, codes, cum, venue=(float(venue.x), float(venue.y)))
+
+    def _watch(self, sensor_type: str, layers: CityLayers | None = None) -> _Watched:
+        watched = self._watched.get(sensor_type)
+        if watched is None:
+            if layers is None:
+                raise ValueError(f"no {sensor_type} sensors watched by this model")
+            sensors = layers.sensors[layers.sensors.sensor_type == sensor_type]
+            threshold = self.thresholds.get(sensor_type) or alarm_threshold(sensor_type)
+            watched = _Watched(
+                Fleet.from_sensors(sensors),
+                sensors.geometry.x.to_numpy(dtype=np.float64),
+                sensors.geometry.y.to_numpy(dtype=np.float64),
+                threshold,
+            )
+            self._watched[sensor_type] = watched
+        return watched
 
     # -- one slot ------------------------------------------------------------------------
 
@@ -322,7 +364,7 @@ class CitizenModel:
         t0 = k * SLOT_S
         # Two streams: everyday reports are the same whatever the scenario adds.
         drafts = self._background(self._rng(0, k), t0)
-        drafts += self._flood_reports(self._rng(1, k), t0)
+        drafts += self._scenario_reports(self._rng(1, k), t0)
         drafts.sort(key=lambda d: d.t)
         reports = [d.finish(f"{self.id_prefix}-{k}-{j}") for j, d in enumerate(drafts)]
         # Ticks shorter than a slot ask for the same slot again: keep the last few.
@@ -348,28 +390,68 @@ class CitizenModel:
             drafts.append(self._draft(rng, t, category, attributes, lon, lat, address))
         return drafts
 
-    def _flood_reports(self, rng: np.random.Generator, t0: float) -> list[_Draft]:
-        if not self._flood_codes or self.params.flood_rate_per_sensor == 0:
-            return []
-        flooded = self.flooded(t0)
-        if len(flooded) == 0:
-            return []
-        n = int(rng.poisson(self.params.flood_rate_per_sensor * len(flooded) * SLOT_S))
-        # Deeper water, more calls.
-        level_cum = np.cumsum(flooded.level_cm / flooded.level_cm.sum())
+    def _scenario_reports(self, rng: np.random.Generator, t0: float) -> list[_Draft]:
+        drafts: list[_Draft] = []
+        for source in self._sources:  # in a fixed order: one generator serves them all
+            rate, alarms = self._rate(source, t0)
+            if rate == 0.0:
+                continue
+            n = int(rng.poisson(rate * SLOT_S))
+            if alarms is not None:
+                drafts += self._near_alarms(rng, t0, n, source, alarms)
+            else:
+                drafts += self._at_venue(rng, t0, n, source)
+        for draft in drafts:
+            draft.cause = "scenario"
+        return drafts
+
+    def _near_alarms(
+        self,
+        rng: np.random.Generator,
+        t0: float,
+        n: int,
+        source: _Source,
+        alarms: AlarmingSensors,
+    ) -> list[_Draft]:
+        spec = source.spec
+        assert isinstance(spec, NearAlarms)
+        metric = self._watch(spec.sensor_type).threshold.metric
+        # Deeper water, thicker haze: more calls. A dark light is just dark.
+        if self._watch(spec.sensor_type).threshold.op == ">":
+            weights = alarms.value
+        else:
+            weights = np.ones(len(alarms))
+        weight_cum = np.cumsum(weights / weights.sum())
         drafts = []
         for _ in range(n):
             t = t0 + float(rng.random()) * SLOT_S
-            i = _pick(rng, level_cum)
-            code = self._flood_codes[_pick(rng, self._flood_cum)]
-            category = self.categories.by_code[code]
+            i = _pick(rng, weight_cum)
+            category = self.categories.by_code[source.codes[_pick(rng, source.cum)]]
             attributes = _attributes(category, rng, self.params.optional_attribute_share)
-            _set_flood_depth(category, attributes, float(flooded.level_cm[i]), rng)
-            lon, lat = self._near(rng, float(flooded.lon[i]), float(flooded.lat[i]))
-            address = self._address(rng, str(flooded.district_code[i]))
-            draft = self._draft(rng, t, category, attributes, lon, lat, address)
-            draft.cause = "scenario"
-            drafts.append(draft)
+            _match_reading(category, attributes, metric, float(alarms.value[i]), rng)
+            lon, lat = self._near(rng, float(alarms.lon[i]), float(alarms.lat[i]), spec.radius_m)
+            address = self._address(rng, str(alarms.district_code[i]))
+            drafts.append(
+                self._draft(rng, t, category, attributes, lon, lat, address, theme=spec.theme)
+            )
+        return drafts
+
+    def _at_venue(
+        self, rng: np.random.Generator, t0: float, n: int, source: _Source
+    ) -> list[_Draft]:
+        spec = source.spec
+        assert isinstance(spec, AtVenue)
+        assert source.venue is not None
+        drafts = []
+        for _ in range(n):
+            t = t0 + float(rng.random()) * SLOT_S
+            category = self.categories.by_code[source.codes[_pick(rng, source.cum)]]
+            attributes = _attributes(category, rng, self.params.optional_attribute_share)
+            lon, lat = self._near(rng, *source.venue, spec.radius_m)
+            address = self._address(rng, spec.district)
+            drafts.append(
+                self._draft(rng, t, category, attributes, lon, lat, address, theme=spec.theme)
+            )
         return drafts
 
     def _draft(
@@ -381,13 +463,14 @@ class CitizenModel:
         lon: float,
         lat: float,
         address: str | None,
+        theme: str = "",
     ) -> _Draft:
         p = self.params
         return _Draft(
             t=t,
             channel="open311" if rng.random() < p.open311_share else "hotline",
             service_code=category.code,
-            description=_description(category, attributes, rng, p.chinese_share),
+            description=_description(category, attributes, rng, p.chinese_share, theme),
             lon=round(lon, 6),
             lat=round(lat, 6),
             address=address,
@@ -429,9 +512,11 @@ class CitizenModel:
             return west + along * (east - west), south - dlat
         return west + along * (east - west), north + dlat
 
-    def _near(self, rng: np.random.Generator, lon: float, lat: float) -> tuple[float, float]:
-        """A point 50 to 250 m from (lon, lat), inside the city."""
-        low, high = FLOOD_REPORT_RADIUS_M
+    def _near(
+        self, rng: np.random.Generator, lon: float, lat: float, radius_m: tuple[float, float]
+    ) -> tuple[float, float]:
+        """A point ``radius_m`` (inner, outer) from (lon, lat), inside the city."""
+        low, high = radius_m
         # sqrt: uniform over the ring's area, not bunched at its inner edge.
         r = math.sqrt(rng.uniform(low**2, high**2))
         bearing = float(rng.uniform(0.0, 2 * math.pi))
@@ -902,17 +987,22 @@ def _attribute_value(attr: Attribute, rng: np.random.Generator) -> AttributeValu
     return "see description"
 
 
-def _set_flood_depth(
+def _match_reading(
     category: Category,
     attributes: dict[str, AttributeValue],
-    level_cm: float,
+    metric: str,
+    value: float,
     rng: np.random.Generator,
 ) -> None:
-    """Make a flooding report's depth match the water the nearby sensor measures.
+    """Make a report's attributes agree with what the nearby sensor measures.
 
-    Sensors sit at low points (underpasses, drains), so the street around reads less
-    than the sensor; and citizens' guesses vary.
+    So far one case: a flooding report's depth and the water level. Sensors sit at low
+    points (underpasses, drains), so the street around reads less than the sensor; and
+    citizens' guesses vary.
     """
+    if metric != "water_level":
+        return
+    level_cm = value
     known = {a.code: {k for k, _ in a.values} for a in category.attributes}
     guess = level_cm + float(rng.normal(0.0, 10.0))
     depth = "ankle" if guess < 60.0 else "knee" if guess < 80.0 else "above_knee"
@@ -927,8 +1017,11 @@ def _description(
     attributes: Mapping[str, AttributeValue],
     rng: np.random.Generator,
     chinese_share: float,
+    theme: str = "",
 ) -> str:
-    templates = _DESCRIPTIONS.get(category.code, (f"{category.name_en} {{place}}.",))
+    templates = _THEMED_DESCRIPTIONS.get((theme, category.code)) or _DESCRIPTIONS.get(
+        category.code, (f"{category.name_en} {{place}}.",)
+    )
     depth = "ankle-deep"
     if isinstance(attributes.get("water_depth"), str):
         names = {k: n for a in category.attributes for k, n in a.values if a.code == "water_depth"}
@@ -1073,6 +1166,36 @@ _DESCRIPTIONS: dict[str, tuple[str, ...]] = {
         "Bus shelter glass smashed {place}.",
         "Bus stop sign bent {place} and the shelter roof leaks.",
     ),
+}
+
+# What people say when a scenario is behind the call: (theme, category) -> templates.
+_THEMED_DESCRIPTIONS: dict[tuple[str, str], tuple[str, ...]] = {
+    ("haze", "air_pollution"): (
+        "The air {place} is thick with haze and smells of smoke; my child is coughing.",
+        "Visibility is terrible {place}, the air stings the eyes. Is something burning?",
+        "Heavy smog {place} since this morning, the air quality app shows purple.",
+    ),
+    ("outage", "streetlight_out"): (
+        "All the street lights {place} went out at once, the whole street is dark.",
+        "No street lights {place} or in the next streets, looks like a power cut.",
+    ),
+    ("festival", "noise_social"): (
+        "The festival stage {place} is deafening, the music has not stopped for hours.",
+        "Loudspeakers from the festival {place}, we cannot hear our own TV.",
+    ),
+    ("festival", "overflowing_bin"): (
+        "Bins {place} overflowing with festival rubbish, cups everywhere.",
+    ),
+    ("festival", "street_vendor"): (
+        "Snack stalls for the festival crowd take over the pavement {place}.",
+    ),
+    ("festival", "illegal_parking"): (
+        "Festival visitors' cars parked on the pavement and in the fire lane {place}.",
+    ),
+    ("festival", "shared_bikes"): (
+        "Hundreds of shared bikes dumped {place} by the festival crowd.",
+    ),
+    ("festival", "street_cleaning"): ("Litter from the festival all over the street {place}.",),
 }
 
 _CHINESE: dict[str, str] = {

@@ -7,6 +7,10 @@ tests can ask for any instant directly.
 
 Values come back vectorised, one float array per metric aligned with the fleet, NaN
 where a device does not report that metric (see ``core.telemetry.SENSOR_TYPES``).
+
+A scenario may also say what citizens report while it runs (``citizen_reports``: calls
+around sensors in alarm, or around a place no sensor watches); ``simulations.citizens``
+files them. ``simulations.library`` describes every scenario for the demo.
 """
 
 from __future__ import annotations
@@ -20,10 +24,13 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
+from core.rules import RuleSet, load_rules
 from core.telemetry import SENSOR_TYPES
 from simulations.city import RIVERSIDE_DISTRICTS
 
 Values = dict[str, NDArray[np.float64]]
+# (service-case category code, relative weight) pairs: what citizens call about.
+Weights = tuple[tuple[str, float], ...]
 
 
 @dataclass(frozen=True, eq=False)
@@ -89,6 +96,136 @@ class Scenario(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class Timeline:
+    """When a scenario starts, reaches its full effect and is over (scenario seconds)."""
+
+    start_s: float
+    peak_s: float
+    end_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """A rise from ``start_s`` over ``ramp_s``, a plateau of ``hold_s``, a fall (``recede_s``)."""
+
+    start_s: float
+    ramp_s: float
+    hold_s: float
+    recede_s: float
+
+    def __post_init__(self) -> None:
+        if min(self.ramp_s, self.recede_s) <= 0 or self.hold_s < 0:
+            raise ValueError("ramp_s and recede_s must be positive, hold_s >= 0")
+
+    @property
+    def timeline(self) -> Timeline:
+        """Start, peak and end of the envelope."""
+        peak = self.start_s + self.ramp_s
+        return Timeline(self.start_s, peak, peak + self.hold_s + self.recede_s)
+
+    def intensity(self, t: float) -> float:
+        """0 before and after, 1 on the plateau, linear in between."""
+        tl = self.timeline
+        hold_end = tl.peak_s + self.hold_s
+        return float(np.interp(t, [tl.start_s, tl.peak_s, hold_end, tl.end_s], [0, 1, 1, 0]))
+
+
+@dataclass(frozen=True, slots=True)
+class Threshold:
+    """Where the lowest alarm level of a sensor type's rule lies (``core/rules.yaml``)."""
+
+    metric: str
+    op: str  # ">" or "<"
+    value: float
+
+    def breached(self, values: NDArray[np.float64]) -> NDArray[np.bool_]:
+        """Mask of the values past the threshold; NaN (no reading) never is."""
+        with np.errstate(invalid="ignore"):
+            hit = values > self.value if self.op == ">" else values < self.value
+        return np.asarray(hit & ~np.isnan(values), dtype=bool)
+
+
+def alarm_threshold(sensor_type: str, rules: RuleSet | None = None) -> Threshold:
+    """The alarm threshold of ``sensor_type``'s watched metric (default: packaged rules).
+
+    Examples
+    --------
+    >>> alarm_threshold("water_level")
+    Threshold(metric='water_level', op='>', value=50.0)
+    >>> alarm_threshold("streetlight_power")
+    Threshold(metric='power', op='<', value=10.0)
+    """
+    metric = SENSOR_TYPES[sensor_type][0]
+    own = [
+        r
+        for r in (rules or load_rules()).rules
+        if r.sensor_type == sensor_type and r.metric == metric
+    ]
+    if not own:
+        raise ValueError(f"the rules have no {metric} threshold for {sensor_type}")
+    op = own[0].op
+    levels = [level.raise_at for rule in own for level in rule.levels]
+    # The alarm starts at the least severe level: the lowest bar for ">", the highest for "<".
+    return Threshold(metric, op, min(levels) if op == ">" else max(levels))
+
+
+@dataclass(frozen=True, slots=True)
+class NearAlarms:
+    """Citizens call about what they see around sensors in alarm: more alarms, more calls.
+
+    Each sensor of ``sensor_type`` past its alarm threshold adds ``rate_per_sensor``
+    reports per second, placed ``radius_m`` (inner, outer) from it.
+    """
+
+    sensor_type: str
+    categories: Weights
+    rate_per_sensor: float
+    radius_m: tuple[float, float]
+    theme: str = ""  # picks scenario-specific description templates
+
+    def __post_init__(self) -> None:
+        _check_source(self.categories, self.rate_per_sensor, self.radius_m)
+        if self.sensor_type not in SENSOR_TYPES:
+            raise ValueError(f"unknown sensor type {self.sensor_type!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class AtVenue:
+    """Citizens call about a crowd at a place no sensor watches (a district's centre).
+
+    The rate follows ``envelope``, ``peak_rate`` reports per second at its plateau,
+    placed within ``radius_m`` (inner, outer) of the venue.
+    """
+
+    district: str
+    categories: Weights
+    peak_rate: float
+    radius_m: tuple[float, float]
+    envelope: Envelope
+    theme: str = ""
+
+    def __post_init__(self) -> None:
+        _check_source(self.categories, self.peak_rate, self.radius_m)
+
+
+ReportSource = NearAlarms | AtVenue
+
+
+def citizen_reports(scenario: Scenario) -> tuple[ReportSource, ...]:
+    """What citizens report because of ``scenario`` (nothing for an ordinary day)."""
+    return tuple(getattr(scenario, "citizen_reports", ()))
+
+
+def _check_source(categories: Weights, rate: float, radius_m: tuple[float, float]) -> None:
+    if not categories or any(w <= 0 for _, w in categories):
+        raise ValueError("a report source needs categories with positive weights")
+    if rate < 0:
+        raise ValueError("report rates must not be negative")
+    if not 0 <= radius_m[0] <= radius_m[1]:
+        raise ValueError("radius_m must be (inner, outer) with 0 <= inner <= outer")
+
+
 @dataclass(frozen=True)
 class Baseline:
     """An ordinary day: every metric near its normal level with sensor noise.
@@ -138,21 +275,44 @@ class Rainstorm:
     hold_s: float = 240.0
     recede_s: float = 120.0
     seed: int = 0
+    # Citizens' flooding and blocked-drain calls per second per flooded sensor: with the
+    # default 2,000-sensor city about 170 sensors flood, about 0.7 calls a second.
+    report_rate_per_sensor: float = 0.004
 
     def __post_init__(self) -> None:
         if min(self.ramp_s, self.recede_s) <= 0 or self.hold_s < 0 or self.peak_cm <= 0:
             raise ValueError("ramp_s, recede_s and peak_cm must be positive, hold_s >= 0")
 
     @property
+    def envelope(self) -> Envelope:
+        """The storm's rise, plateau and fall."""
+        return Envelope(self.start_s, self.ramp_s, self.hold_s, self.recede_s)
+
+    @property
+    def timeline(self) -> Timeline:
+        """Start, peak and end of the storm."""
+        return self.envelope.timeline
+
+    @property
     def end_s(self) -> float:
         """When the water is back to its baseline level."""
-        return self.start_s + self.ramp_s + self.hold_s + self.recede_s
+        return self.timeline.end_s
 
     def surge(self, t: float) -> float:
         """Storm intensity at ``t``: 0 before and after, 1 at the peak."""
-        peak_start = self.start_s + self.ramp_s
-        peak_end = peak_start + self.hold_s
-        return float(np.interp(t, [self.start_s, peak_start, peak_end, self.end_s], [0, 1, 1, 0]))
+        return self.envelope.intensity(t)
+
+    @property
+    def citizen_reports(self) -> tuple[ReportSource, ...]:
+        """Flooding and blocked-drain calls 50 to 250 m from the flooded sensors."""
+        return (
+            NearAlarms(
+                "water_level",
+                (("flooding", 0.8), ("drain_blocked", 0.2)),
+                self.report_rate_per_sensor,
+                (50.0, 250.0),
+            ),
+        )
 
     def values(self, fleet: Fleet, t: float) -> Values:
         """Metric values of the fleet at ``t``; see :class:`Scenario`."""
@@ -173,16 +333,275 @@ class Rainstorm:
         return out
 
 
+@dataclass(frozen=True)
+class AirPollution:
+    """A haze episode: PM2.5 rises district after district, holds, then clears.
+
+    The plume reaches ``affected_districts`` one after the other, ``spread_s`` apart
+    (default: the north row, west to east, as a north-westerly wind carries it). In
+    each, PM2.5 rises over ``ramp_s``, holds for ``hold_s`` and clears over
+    ``recede_s``. At the peak every PM2.5 sensor there reads 0.8 to 1.5 times
+    ``peak_ugm3`` (136 to 255 at the default 170: past the 115 alarm, most past 150,
+    major, the worst past 250, critical); the rest of the city keeps its baseline.
+    """
+
+    affected_districts: tuple[str, ...] = ("310107", "310106", "310109")
+    start_s: float = 20.0
+    spread_s: float = 45.0
+    ramp_s: float = 60.0
+    hold_s: float = 300.0
+    recede_s: float = 120.0
+    peak_ugm3: float = 170.0
+    seed: int = 0
+    report_rate_per_sensor: float = 0.0015  # air-quality calls per second per alarm
+
+    def __post_init__(self) -> None:
+        if self.spread_s < 0 or self.peak_ugm3 <= 0:
+            raise ValueError("spread_s must be >= 0 and peak_ugm3 positive")
+        self.envelope(0)  # validates ramp_s, hold_s, recede_s
+
+    def envelope(self, index: int) -> Envelope:
+        """The plume over the ``index``-th affected district."""
+        start = self.start_s + index * self.spread_s
+        return Envelope(start, self.ramp_s, self.hold_s, self.recede_s)
+
+    @property
+    def timeline(self) -> Timeline:
+        """First district reached, every district at its peak, the last one clear."""
+        first = self.envelope(0).timeline
+        last = self.envelope(max(0, len(self.affected_districts) - 1)).timeline
+        return Timeline(first.start_s, last.peak_s, last.end_s)
+
+    @property
+    def citizen_reports(self) -> tuple[ReportSource, ...]:
+        """Air-quality calls 100 to 800 m from the alarming PM2.5 sensors."""
+        return (
+            NearAlarms(
+                "pm25",
+                (("air_pollution", 1.0),),
+                self.report_rate_per_sensor,
+                (100.0, 800.0),
+                theme="haze",
+            ),
+        )
+
+    def values(self, fleet: Fleet, t: float) -> Values:
+        """Metric values of the fleet at ``t``; see :class:`Scenario`."""
+        out = Baseline(self.seed).values(fleet, t)
+        surge = np.zeros(len(fleet))
+        for index, district in enumerate(self.affected_districts):
+            surge[fleet.district_code == district] = self.envelope(index).intensity(t)
+        hit = fleet.of_type("pm25") & (surge > 0)
+        if not hit.any():
+            return out
+        own = _DeviceDraw(fleet.keys[hit], self.seed, tick=None)
+        now = _DeviceDraw(fleet.keys[hit], self.seed, tick=int(np.floor(t)))
+        plume = self.peak_ugm3 * (0.8 + 0.7 * own.uniform(30)) + 4.0 * now.normal(31)
+        pm25, s = out["pm25"], surge[hit]
+        pm25[hit] = np.round((1.0 - s) * pm25[hit] + s * plume, _RANGES["pm25"][2])
+        return out
+
+
+@dataclass(frozen=True)
+class StreetlightOutage:
+    """A feeder fault darkens every street light of one district, then power returns.
+
+    The lights of ``district`` go out one section after another over ``ramp_s`` from
+    ``start_s``, stay dark for ``hold_s`` (their meters read 0 to 2 W, the controller's
+    standby, below the 10 W alarm) and come back over ``recede_s``.
+    """
+
+    district: str = "310107"
+    start_s: float = 15.0
+    ramp_s: float = 30.0
+    hold_s: float = 300.0
+    recede_s: float = 30.0
+    seed: int = 0
+    report_rate_per_sensor: float = 0.003  # street-light calls per second per dark light
+
+    def __post_init__(self) -> None:
+        Envelope(self.start_s, self.ramp_s, self.hold_s, self.recede_s)  # validates
+
+    @property
+    def timeline(self) -> Timeline:
+        """First light out, every light out, every light back."""
+        return Envelope(self.start_s, self.ramp_s, self.hold_s, self.recede_s).timeline
+
+    @property
+    def citizen_reports(self) -> tuple[ReportSource, ...]:
+        """Street-light-out calls 20 to 90 m from the dark lights."""
+        return (
+            NearAlarms(
+                "streetlight_power",
+                (("streetlight_out", 1.0),),
+                self.report_rate_per_sensor,
+                (20.0, 90.0),
+                theme="outage",
+            ),
+        )
+
+    def values(self, fleet: Fleet, t: float) -> Values:
+        """Metric values of the fleet at ``t``; see :class:`Scenario`."""
+        out = Baseline(self.seed).values(fleet, t)
+        lights = np.flatnonzero(
+            fleet.of_type("streetlight_power") & (fleet.district_code == self.district)
+        )
+        own = _DeviceDraw(fleet.keys[lights], self.seed, tick=None)
+        off_at = self.start_s + self.ramp_s * own.uniform(32)
+        on_at = self.start_s + self.ramp_s + self.hold_s + self.recede_s * own.uniform(33)
+        dark = lights[(off_at <= t) & (t < on_at)]
+        if len(dark):
+            now = _DeviceDraw(fleet.keys[dark], self.seed, tick=int(np.floor(t)))
+            standby = np.clip(0.8 + 0.4 * now.normal(34), 0.0, None)
+            out["power"][dark] = np.round(standby, _RANGES["power"][2])
+        return out
+
+
+@dataclass(frozen=True)
+class ManholeTheft:
+    """Manhole covers stolen one by one at scattered places, later replaced.
+
+    Each manhole-tilt sensor is a target with probability ``share`` (so the thefts do
+    not depend on which other devices are simulated); a target's cover goes at its own
+    instant within ``ramp_s`` of ``start_s`` and is back ``hold_s`` later. While it is
+    gone the sensor reads 17 to 88 degrees, past the 15 degree alarm (most past 45,
+    critical).
+    """
+
+    share: float = 0.015
+    start_s: float = 15.0
+    ramp_s: float = 300.0
+    hold_s: float = 300.0
+    seed: int = 0
+    report_rate_per_sensor: float = 0.02  # calls per second per missing cover
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.share <= 1.0 or self.ramp_s <= 0 or self.hold_s <= 0:
+            raise ValueError("share must be in [0, 1], ramp_s and hold_s positive")
+
+    @property
+    def timeline(self) -> Timeline:
+        """First theft, last theft, last cover replaced."""
+        last = self.start_s + self.ramp_s
+        return Timeline(self.start_s, last, last + self.hold_s)
+
+    @property
+    def citizen_reports(self) -> tuple[ReportSource, ...]:
+        """Missing- and damaged-cover calls 5 to 40 m from the tripped sensors."""
+        return (
+            NearAlarms(
+                "manhole_tilt",
+                (("manhole_cover_missing", 0.8), ("manhole_cover_damaged", 0.2)),
+                self.report_rate_per_sensor,
+                (5.0, 40.0),
+            ),
+        )
+
+    def targets(self, fleet: Fleet) -> NDArray[np.bool_]:
+        """Mask of the manholes whose covers are stolen at some point."""
+        own = _DeviceDraw(fleet.keys, self.seed, tick=None)
+        mask: NDArray[np.bool_] = fleet.of_type("manhole_tilt") & (own.uniform(40) < self.share)
+        return mask
+
+    def stolen_at(self, fleet: Fleet) -> NDArray[np.float64]:
+        """When each device's cover is stolen (NaN: never)."""
+        own = _DeviceDraw(fleet.keys, self.seed, tick=None)
+        at = self.start_s + self.ramp_s * own.uniform(41)
+        return np.where(self.targets(fleet), at, np.nan)
+
+    def values(self, fleet: Fleet, t: float) -> Values:
+        """Metric values of the fleet at ``t``; see :class:`Scenario`."""
+        out = Baseline(self.seed).values(fleet, t)
+        at = self.stolen_at(fleet)
+        with np.errstate(invalid="ignore"):
+            gone = np.flatnonzero((at <= t) & (t < at + self.hold_s))
+        if len(gone):
+            own = _DeviceDraw(fleet.keys[gone], self.seed, tick=None)
+            now = _DeviceDraw(fleet.keys[gone], self.seed, tick=int(np.floor(t)))
+            tilt = 20.0 + 65.0 * own.uniform(42) + 1.0 * now.normal(43)
+            low, high, decimals = _RANGES["tilt"]
+            out["tilt"][gone] = np.round(np.clip(tilt, low, high), decimals)
+        return out
+
+
+@dataclass(frozen=True)
+class Festival:
+    """A street festival: a crowd gathers at a venue no sensor watches, then disperses.
+
+    The sensors read an ordinary day (the city has no noise or crowd sensors). Citizens
+    around the venue, the centre of ``venue_district``, call about noise, litter,
+    vendors and parking as the crowd builds over ``ramp_s`` from ``start_s``, holds for
+    ``hold_s`` and leaves over ``recede_s``.
+    """
+
+    venue_district: str = "310104"
+    start_s: float = 30.0
+    ramp_s: float = 120.0
+    hold_s: float = 360.0
+    recede_s: float = 120.0
+    seed: int = 0
+    report_rate: float = 0.15  # crowd calls per second at the height of the festival
+    radius_m: float = 400.0
+
+    def __post_init__(self) -> None:
+        if self.radius_m <= 0:
+            raise ValueError("radius_m must be positive")
+        Envelope(self.start_s, self.ramp_s, self.hold_s, self.recede_s)  # validates
+
+    @property
+    def envelope(self) -> Envelope:
+        """The crowd's build-up, height and dispersal."""
+        return Envelope(self.start_s, self.ramp_s, self.hold_s, self.recede_s)
+
+    @property
+    def timeline(self) -> Timeline:
+        """Gates open, full crowd, everyone gone."""
+        return self.envelope.timeline
+
+    @property
+    def citizen_reports(self) -> tuple[ReportSource, ...]:
+        """Noise, litter, vending, parking and bike calls within ``radius_m`` of the venue."""
+        return (
+            AtVenue(
+                self.venue_district,
+                FESTIVAL_CATEGORY_WEIGHTS,
+                self.report_rate,
+                (0.0, self.radius_m),
+                self.envelope,
+                theme="festival",
+            ),
+        )
+
+    def values(self, fleet: Fleet, t: float) -> Values:
+        """Metric values of the fleet at ``t``: an ordinary day's."""
+        return Baseline(self.seed).values(fleet, t)
+
+
+# What residents around a festival call about.
+FESTIVAL_CATEGORY_WEIGHTS: Weights = (
+    ("noise_social", 0.35),
+    ("overflowing_bin", 0.2),
+    ("street_vendor", 0.15),
+    ("illegal_parking", 0.15),
+    ("shared_bikes", 0.1),
+    ("street_cleaning", 0.05),
+)
+
+
 ScenarioFactory = Callable[[int], Scenario]
 
 SCENARIOS: dict[str, ScenarioFactory] = {
     "baseline": lambda seed: Baseline(seed=seed),
     "rainstorm": lambda seed: Rainstorm(seed=seed),
+    "air_pollution": lambda seed: AirPollution(seed=seed),
+    "streetlight_outage": lambda seed: StreetlightOutage(seed=seed),
+    "manhole_theft": lambda seed: ManholeTheft(seed=seed),
+    "festival": lambda seed: Festival(seed=seed),
 }
 
 
 def make_scenario(name: str, seed: int) -> Scenario:
-    """Build a scenario by name (``settings.sim_scenario``).
+    """Build a scenario by name (``settings.sim_scenario``; see ``simulations.library``).
 
     Examples
     --------

@@ -31,13 +31,12 @@ from simulations.citizens import (
     CitizenModel,
     CitizenParams,
     CitizenSimulator,
-    flooding_threshold_cm,
     hotline_message,
     open311_form,
     open311_headers,
 )
 from simulations.city import RIVERSIDE_DISTRICTS, generate_city
-from simulations.scenarios import Baseline, Rainstorm
+from simulations.scenarios import Baseline, Rainstorm, Threshold, alarm_threshold
 
 SEED = 7
 N_SENSORS = 600
@@ -191,7 +190,7 @@ def test_locations_are_in_the_city_but_for_a_few_just_outside(
 
 
 def test_flooding_threshold_comes_from_the_rules() -> None:
-    assert flooding_threshold_cm() == 50.0
+    assert alarm_threshold("water_level") == Threshold("water_level", ">", 50.0)
 
 
 def test_rainstorm_reports_cluster_near_flooded_sensors(
@@ -204,7 +203,7 @@ def test_rainstorm_reports_cluster_near_flooded_sensors(
     assert {r.service_code for r in scenario} == {"flooding", "drain_blocked"}
     nearest = []
     for r in scenario:
-        flooded = model.flooded(math.floor(r.t))
+        flooded = model.alarming("water_level", math.floor(r.t))
         assert len(flooded) > 0
         assert set(flooded.district_code) <= set(RIVERSIDE_DISTRICTS)
         nearest.append(float(distance_m(r.lon, r.lat, flooded.lon, flooded.lat).min()))
@@ -229,7 +228,7 @@ def test_rainstorm_reports_cluster_near_flooded_sensors(
 
 
 def _positions(model: CitizenModel, t: float) -> tuple[np.ndarray, np.ndarray]:
-    flooded = model.flooded(math.floor(t))
+    flooded = model.alarming("water_level", math.floor(t))
     return flooded.lon, flooded.lat
 
 
@@ -243,7 +242,7 @@ def test_rainstorm_adds_nothing_before_or_after_the_storm(
     assert before == ordinary.reports(0.0, STORM.start_s)
     after = (STORM.end_s, STORM.end_s + 30.0)
     assert storm.reports(*after) == ordinary.reports(*after)
-    assert storm.flood_rate(0.0) == storm.flood_rate(STORM.end_s + 1) == 0.0
+    assert storm.scenario_rate(0.0) == storm.scenario_rate(STORM.end_s + 1) == 0.0
     # During the storm the everyday reports are the ordinary day's, plus the storm's.
     during = storm.reports(*PEAK)
     assert [key(r) for r in during if r.cause == "background"] == [
@@ -256,11 +255,11 @@ def test_flood_rate_grows_with_the_number_of_flooded_sensors(
 ) -> None:
     model = model_of(city, categories)
     times = [STORM.start_s + f * STORM.ramp_s for f in (0.0, 0.5, 0.7, 0.85, 1.0)]
-    counts = [len(model.flooded(t)) for t in times]
-    rates = [model.flood_rate(t) for t in times]
+    counts = [len(model.alarming("water_level", t)) for t in times]
+    rates = [model.scenario_rate(t) for t in times]
     assert counts[0] == 0
     assert counts[-1] > counts[2] > 0
-    assert rates == [CitizenParams().flood_rate_per_sensor * c for c in counts]
+    assert rates == [STORM.report_rate_per_sensor * c for c in counts]
     assert rates == sorted(rates)
 
 

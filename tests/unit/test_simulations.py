@@ -292,7 +292,7 @@ def test_rainstorm_changes_only_water_levels(fleet: Fleet) -> None:
 
 
 def test_scenario_registry() -> None:
-    assert set(SCENARIOS) == {"baseline", "rainstorm"}
+    assert {"baseline", "rainstorm"} <= set(SCENARIOS)
     assert isinstance(make_scenario("rainstorm", 3), Rainstorm)
     with pytest.raises(ValueError, match="choose one of baseline, rainstorm"):
         make_scenario("earthquake", 3)
