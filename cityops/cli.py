@@ -307,6 +307,12 @@ def demo(
     ),
     kafka_port: Annotated[int, typer.Option(help="embedded Kafka-protocol broker port")] = 9092,
     mqtt_port: Annotated[int, typer.Option(help="embedded MQTT broker port")] = 1883,
+    scenario: Annotated[
+        str | None, typer.Option(help="scenario to play (see --list-scenarios)")
+    ] = None,
+    list_scenarios: Annotated[
+        bool, typer.Option("--list-scenarios", help="list the scenarios and exit")
+    ] = False,
 ) -> None:
     """Everything on embedded defaults: brokers, PostgreSQL, workers, simulator, API.
 
@@ -314,7 +320,16 @@ def demo(
     CITYOPS_MQTT_HOST and the demo uses them rather than starting its own.
     """
     from cityops.demo import run_demo
+    from simulations.library import get_entry, scenario_table
 
+    if list_scenarios:
+        typer.echo(scenario_table())
+        raise typer.Exit()
+    if scenario is not None:
+        try:
+            get_entry(scenario)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--scenario") from None
     _logging()
     settings = _settings()
     sys.exit(
@@ -326,6 +341,7 @@ def demo(
             state_dir=state_dir,
             kafka_port=kafka_port,
             mqtt_port=mqtt_port,
+            scenario=scenario,
         )
     )
 

@@ -73,8 +73,10 @@ def run_demo(
     state_dir: Path,
     kafka_port: int,
     mqtt_port: int,
+    scenario: str | None = None,
 ) -> int:
     from cityops.bootstrap import seed
+    from simulations.library import get_entry
 
     state_dir.mkdir(parents=True, exist_ok=True)
     logs = state_dir / "logs"
@@ -94,6 +96,8 @@ def run_demo(
         overrides.setdefault("CITYOPS_DATA_DIR", str(state_dir / "city"))
         overrides["CITYOPS_API_PORT"] = str(port)
         overrides["CITYOPS_SIM_RATE"] = str(rate)
+        if scenario:  # the gateway and citizen simulators play it together
+            overrides["CITYOPS_SIM_SCENARIO"] = scenario
         os.environ.update(overrides)
         effective = Settings()
         result = seed(effective)
@@ -106,6 +110,7 @@ def run_demo(
             owner = f"    schema owner     {effective.database_url}\n"
             os.environ["CITYOPS_DATABASE_URL"] = _app_role_url(effective.database_url)
             effective = Settings()
+        played = get_entry(effective.sim_scenario)
         print(
             "\nCityOps demo\n"
             f"  operations center  http://{effective.api_host}:{effective.api_port}/\n"
@@ -116,6 +121,7 @@ def run_demo(
             f"  MQTT               {effective.mqtt_host}:{effective.mqtt_port}"
             f" (MQTT {'5' if effective.mqtt_protocol == 5 else '3.1.1'})\n"
             f"  city               {effective.data_dir} ({result['sensors']} sensors)\n"
+            f"  scenario           {effective.sim_scenario}: {played.title_en} {played.title_zh}\n"
             f"  logs               {logs}\n"
             "Ctrl-C stops everything.\n",
             flush=True,
