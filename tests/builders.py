@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from typing import Any
+from uuid import UUID
 
 from kafka import KafkaProducer
 
@@ -78,3 +80,21 @@ def send(settings: Settings, producer: KafkaProducer, messages: Iterable[Telemet
         n += 1
     producer.flush()
     return n
+
+
+def link_as_brain(app: CityApp, pool: Any, case_ids: Iterable[UUID]) -> None:
+    """Link accepted reports to nearby incidents as the urban brain does (its worker is
+    tested in test_urban_brain); the read models must be caught up first."""
+    from eventsourcing.application import ProcessingEvent
+
+    from core.correlation import Correlator, load_policy
+    from gis.crs import distance_m
+    from projections.nearby import NearbyQueries
+
+    correlator = Correlator(
+        load_policy(), NearbyQueries(pool), app.get_typed, app.exists, {}, distance_m
+    )
+    for case_id in case_ids:
+        pe: ProcessingEvent[UUID] = ProcessingEvent()
+        correlator.case_accepted(case_id, "t", pe)
+        app.record(pe)

@@ -21,13 +21,11 @@ from cityops.bootstrap import city_app, projections, seed, service_desk
 from cityops.pgstore import make_pool
 from cityops.settings import Settings
 from core.audit import AuditRead, state_view
-from core.correlation import Correlator, load_policy
 from core.management import IncidentPolicy
 from core.rules import Transition, load_rules
 from core.sensor import SensorSpec, sensor_id
-from gis.crs import distance_m
-from projections.nearby import NearbyQueries
 from projections.runner import ProjectionWorker
+from tests.builders import link_as_brain
 from tests.conftest import bearer
 from tests.integration.test_urban_brain import offset, places, report
 
@@ -87,13 +85,7 @@ def world(settings: Settings) -> Iterator[dict[str, Any]]:
     cases = [report(desk, f"au{i}", *offset(lon, lat, 60 * i, 30)) for i in range(2)]
     worker = ProjectionWorker(app, settings.database_url, projections())
     worker.catch_up()
-    correlator = Correlator(
-        load_policy(), NearbyQueries(pool), app.get_typed, app.exists, {}, distance_m
-    )
-    for case_id in cases:
-        link: ProcessingEvent[UUID] = ProcessingEvent()
-        correlator.case_accepted(case_id, "t", link)
-        app.record(link)
+    link_as_brain(app, pool, cases)
     worker.catch_up()
     with TestClient(create_app(settings)) as client:
         yield {

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import Any
-from uuid import UUID, uuid4
+from uuid import uuid4
 
 import pytest
 from fastapi.testclient import TestClient
@@ -15,11 +15,9 @@ from api.app import create_app
 from cityops.bootstrap import city_app, projections, seed, service_desk
 from cityops.pgstore import make_pool
 from cityops.settings import Settings
-from core.correlation import Correlator, load_policy
 from core.sensor import SensorSpec
-from gis.crs import distance_m
-from projections.nearby import NearbyQueries
 from projections.runner import ProjectionWorker
+from tests.builders import link_as_brain
 from tests.conftest import bearer
 from tests.integration.test_urban_brain import flood_alarm, offset, places, report
 
@@ -46,16 +44,7 @@ def world(settings: Settings) -> Iterator[dict[str, Any]]:
     cases = [report(desk, f"x{i}", *offset(lon, lat, 60 * i, 30)) for i in range(2)]
     worker = ProjectionWorker(app, settings.database_url, projections())
     worker.catch_up()
-    # Link the reports as the brain would (its worker is tested in test_urban_brain).
-    from eventsourcing.application import ProcessingEvent
-
-    correlator = Correlator(
-        load_policy(), NearbyQueries(pool), app.get_typed, app.exists, {}, distance_m
-    )
-    for case_id in cases:
-        pe: ProcessingEvent[UUID] = ProcessingEvent()
-        correlator.case_accepted(case_id, "t", pe)
-        app.record(pe)
+    link_as_brain(app, pool, cases)
     worker.catch_up()
     with TestClient(create_app(settings)) as client:
         yield {
