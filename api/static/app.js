@@ -14,6 +14,8 @@
 
 (() => {
   const API = document.body.dataset.api || '/api/v1';
+  const I18N = window.CityOpsI18n;
+  const t = (key, vars) => I18N.t(key, vars);
 
   // Keep in sync with the CSS custom properties in app.css.
   const COLORS = {
@@ -83,10 +85,30 @@
     detailNote: $('detail-note'),
     detailFields: $('detail-fields'),
     detailClose: $('detail-close'),
-    ackReason: $('ack-reason'),
-    ackButton: $('ack-button'),
-    ackError: $('ack-error'),
-    ackOk: $('ack-ok'),
+    actionNote: $('action-note'),
+    actionButtons: $('action-buttons'),
+    actionNone: $('action-none'),
+    actionError: $('action-error'),
+    actionOk: $('action-ok'),
+    timeline: $('timeline'),
+    linkedCases: $('linked-cases'),
+    casesCount: $('cases-count'),
+    detailSensors: $('detail-sensors'),
+    roleSelect: $('role-select'),
+    userLabel: $('user-label'),
+    langToggle: $('lang-toggle'),
+    feed: $('alert-feed'),
+    feedEmpty: $('feed-empty'),
+    slaList: $('sla-list'),
+    slaEmpty: $('sla-empty'),
+    queueSelect: $('queue-select'),
+    queueList: $('queue-list'),
+    queueEmpty: $('queue-empty'),
+    timeHours: $('time-hours'),
+    timeSlider: $('time-slider'),
+    timeValue: $('time-value'),
+    timeLive: $('time-live'),
+    replayBanner: $('replay-banner'),
     chart: $('chart'),
     chartMeta: $('chart-meta'),
     chartMessage: $('chart-message'),
@@ -128,7 +150,15 @@
     hover: null, // {kind, rec}
     freshUntil: new Map(), // incident id -> ms until which its list item flashes
     listPrimed: false,
-    ackBusy: false,
+    actionBusy: false,
+    config: null, // GET /ops/config: the caller, their commands, tile_url
+    detailExtra: null, // {linked_cases, sensors} of the selected incident
+    allowed: null, // actions the caller may take on the selected incident now
+    timeline: null, // steps of the selected incident
+    chartDevice: null, // the sensor whose readings the chart shows
+    replay: null, // {at: ms, doc} while the map shows a past instant
+    clusters: [], // incident clusters drawn in the last frame
+    feed: [],
     lastChangeAt: null,
     changes: 0,
   };
@@ -270,7 +300,8 @@
   // The API wants a bearer token. A token given as #token=... (from `cityops token`) is
   // kept for this tab; without one, a development server hands out an operator token.
   const TOKEN_KEY = 'cityops.token';
-  const auth = { token: null, pending: null };
+  const ROLE_KEY = 'cityops.role';
+  const auth = { token: null, pending: null, role: sessionStorage.getItem(ROLE_KEY) || 'operator' };
 
   function tokenFromHash() {
     const m = /(?:^|[#&])token=([^&]+)/.exec(window.location.hash || '');
@@ -287,7 +318,11 @@
     if (!auth.pending) {
       auth.pending = (async () => {
         try {
-          const res = await fetch(`${API}/auth/dev-token`, { method: 'POST', headers: { Accept: 'application/json' } });
+          const res = await fetch(`${API}/auth/dev-token`, {
+            method: 'POST',
+            headers: { Accept: 'application/json', 'Content-Type': 'application/json' },
+            body: JSON.stringify({ role: auth.role }),
+          });
           if (!res.ok) return null;
           const data = await res.json();
           return data && data.access_token ? data.access_token : null;
@@ -518,6 +553,10 @@
 
   /** Load (or reload) layers; live changes arriving meanwhile are replayed afterwards. */
   function loadLayers(names = LAYERS) {
+    if (state.replay) {
+      live.missed = true; // the map shows the past: "live" reloads
+      return Promise.resolve();
+    }
     if (state.loading) return state.loading;
     state.pending = state.pending || [];
     const order = LAYERS.filter((n) => names.includes(n)); // sensors before incidents
@@ -706,6 +745,10 @@
 
   // ---------------------------------------------------------------- map drawing
 
+  // Grid cell outlines only once a cell is this wide on screen: stroking thousands of
+  // tiny cells is what costs most per frame on a software-rendered canvas.
+  const GRID_OUTLINE_PX = 16;
+
   function sensorRadius() {
     const z = Math.log2(view.scale / view.fitScale);
     return clamp(1.5 + z * 0.6, 1.5, 5);
@@ -744,7 +787,7 @@
     ctx.fillStyle = COLORS.background;
     ctx.fillRect(0, 0, w, h);
     if (!view.fitted) {
-      drawCenterText(state.loading || !state.loaded ? 'Loading map… 地图加载中' : 'No map data 暂无地图数据');
+      drawCenterText(state.loading || !state.loaded ? t('map.loading') : t('map.empty'));
       return;
     }
     const s = view.scale;
@@ -759,7 +802,8 @@
     const inView = (b) => b[2] >= vx0 && b[0] <= vx1 && b[3] >= vy0 && b[1] <= vy1;
     const showDistricts = state.visible.districts && state.districts.length > 0;
 
-    if (showDistricts) {
+    drawTiles(s, tx, ty);
+    if (showDistricts && !(state.config && state.config.tile_url)) {
       const fill = new Path2D();
       for (const d of state.districts) if (inView(d.bbox)) addRings(fill, d.rings, s, tx, ty);
       ctx.fillStyle = COLORS.districtFill;
@@ -783,7 +827,7 @@
       });
       // Cell outlines only once cells are big enough on screen to be told apart.
       const cellPx = view.cellSize * s;
-      if (cellPx >= 6) {
+      if (cellPx >= GRID_OUTLINE_PX) {
         const lines = new Path2D();
         for (const c of state.grid) if (inView(c.bbox)) addRings(lines, c.rings, s, tx, ty);
         ctx.strokeStyle = COLORS.gridLine;
@@ -806,7 +850,7 @@
     if (state.visible.incidents && state.incidents.size) drawIncidents(s, tx, ty, vx0, vx1, vy0, vy1);
 
     const nothing = !state.districts.length && !state.grid.length && !state.sensors.size && !state.incidents.size;
-    if (nothing) drawCenterText(state.loading ? 'Loading map… 地图加载中' : 'No map data 暂无地图数据');
+    if (nothing) drawCenterText(state.loading ? t('map.loading') : t('map.empty'));
   }
 
   function drawSensors(s, tx, ty, vx0, vx1, vy0, vy1) {
@@ -864,9 +908,58 @@
     }
   }
 
+  // Above this many incidents in view, markers closer than CLUSTER_PX merge into clusters.
+  const CLUSTER_MIN = 300;
+  const CLUSTER_PX = 44;
+
+  function clusterIncidents(recs, s, tx, ty) {
+    const cells = new Map();
+    for (const rec of recs) {
+      const sx = rec.x * s + tx;
+      const sy = ty - rec.y * s;
+      const key = `${Math.floor(sx / CLUSTER_PX)}:${Math.floor(sy / CLUSTER_PX)}`;
+      let c = cells.get(key);
+      if (!c) {
+        c = { n: 0, sx: 0, sy: 0, rank: 0, sev: 'other', cases: 0, recs: [] };
+        cells.set(key, c);
+      }
+      c.n += 1;
+      c.sx += sx;
+      c.sy += sy;
+      c.cases += Number(rec.props.linked_cases) || 0;
+      c.recs.push(rec);
+      if (rec.rank > c.rank) {
+        c.rank = rec.rank;
+        c.sev = rec.props.severity;
+      }
+    }
+    const out = [];
+    for (const c of cells.values()) {
+      c.sx /= c.n;
+      c.sy /= c.n;
+      c.r = 9 + Math.min(14, Math.log2(c.n) * 2.5);
+      out.push(c);
+    }
+    return out;
+  }
+
   function drawIncidents(s, tx, ty, vx0, vx1, vy0, vy1) {
     const groups = incidentGroups();
     const visibleRec = (rec) => rec.x >= vx0 && rec.x <= vx1 && rec.y >= vy0 && rec.y <= vy1;
+    let inView = 0;
+    for (const rec of state.incidents.values()) if (visibleRec(rec)) inView += 1;
+    state.clusters = [];
+    const singles = [];
+    if (inView > CLUSTER_MIN) {
+      const visible = [];
+      for (const rec of state.incidents.values()) if (visibleRec(rec)) visible.push(rec);
+      for (const c of clusterIncidents(visible, s, tx, ty)) {
+        if (c.n === 1) singles.push(c.recs[0]);
+        else state.clusters.push(c);
+      }
+    }
+    const clustered = inView > CLUSTER_MIN;
+    const singleSet = clustered ? new Set(singles) : null;
     for (const g of SEV_GROUPS) {
       const recs = groups[g];
       if (!recs.length) continue;
@@ -874,7 +967,7 @@
       const rings = new Path2D();
       let any = false;
       for (const rec of recs) {
-        if (!visibleRec(rec)) continue;
+        if (!visibleRec(rec) || (singleSet && !singleSet.has(rec))) continue;
         any = true;
         const r = incidentRadius(rec);
         const sx = rec.x * s + tx;
@@ -896,6 +989,41 @@
       ctx.lineWidth = 1.8;
       ctx.stroke(rings);
     }
+    ctx.textAlign = 'center';
+    ctx.textBaseline = 'middle';
+    // Linked-case counts: a small badge on markers a citizen's report is linked to.
+    if (!clustered || singles.length < 400) {
+      ctx.font = '600 10px system-ui, sans-serif';
+      for (const rec of clustered ? singles : state.incidents.values()) {
+        const n = Number(rec.props.linked_cases) || 0;
+        if (!n || !visibleRec(rec)) continue;
+        const r = incidentRadius(rec);
+        const bx = rec.x * s + tx + r * 0.9;
+        const by = ty - rec.y * s - r * 0.9;
+        ctx.beginPath();
+        ctx.arc(bx, by, 7, 0, 2 * Math.PI);
+        ctx.fillStyle = '#4fb3ff';
+        ctx.fill();
+        ctx.fillStyle = '#04121f';
+        ctx.fillText(n > 99 ? '99+' : String(n), bx, by + 0.5);
+      }
+    }
+    if (state.clusters.length) {
+      ctx.font = '600 11px system-ui, sans-serif';
+      for (const c of state.clusters) {
+        ctx.beginPath();
+        ctx.arc(c.sx, c.sy, c.r, 0, 2 * Math.PI);
+        ctx.fillStyle = COLORS.severity[SEV_RANK[c.sev] ? c.sev : 'other'];
+        ctx.globalAlpha = 0.85;
+        ctx.fill();
+        ctx.globalAlpha = 1;
+        ctx.strokeStyle = 'rgba(255,255,255,0.85)';
+        ctx.lineWidth = 1.5;
+        ctx.stroke();
+        ctx.fillStyle = '#0b1118';
+        ctx.fillText(c.n > 999 ? `${Math.round(c.n / 100) / 10}k` : String(c.n), c.sx, c.sy + 0.5);
+      }
+    }
     const mark = (rec, extra, color, width) => {
       if (!hasPos(rec)) return;
       const r = incidentRadius(rec) + extra;
@@ -909,6 +1037,53 @@
     if (hover && hover.id !== state.selectedId) mark(hover, 6, 'rgba(255,255,255,0.7)', 1.2);
     const sel = state.selectedId ? state.incidents.get(state.selectedId) : null;
     if (sel) mark(sel, 7, COLORS.selected, 2.5);
+  }
+
+  function clusterAt(sx, sy) {
+    if (!state.visible.incidents) return null;
+    for (const c of state.clusters) {
+      const dx = c.sx - sx;
+      const dy = c.sy - sy;
+      if (dx * dx + dy * dy <= (c.r + 3) * (c.r + 3)) return c;
+    }
+    return null;
+  }
+
+  // ---------------------------------------------------------------- raster tiles
+
+  // Only when the deployment names a tile server (GET /ops/config tile_url); the page
+  // itself never reaches beyond its own origin.
+  const tiles = { cache: new Map() };
+
+  function drawTiles(s, tx, ty) {
+    const url = state.config && state.config.tile_url;
+    if (!url) return;
+    const world = 2 * Math.PI;
+    const z = clamp(Math.round(Math.log2((world * s) / 256)), 0, 19);
+    const n = 2 ** z;
+    const size = (world / n) * s; // tile size in CSS pixels
+    const x0 = Math.floor(((-tx / s + Math.PI) / world) * n);
+    const x1 = Math.floor((((view.w - tx) / s + Math.PI) / world) * n);
+    const y0 = Math.floor(((Math.PI - ty / s) / world) * n);
+    const y1 = Math.floor(((Math.PI - (ty - view.h) / s) / world) * n);
+    for (let x = Math.max(0, x0); x <= Math.min(n - 1, x1); x++) {
+      for (let y = Math.max(0, y0); y <= Math.min(n - 1, y1); y++) {
+        const src = url.replace('{z}', z).replace('{x}', x).replace('{y}', y);
+        let img = tiles.cache.get(src);
+        if (!img) {
+          if (tiles.cache.size > 400) tiles.cache.delete(tiles.cache.keys().next().value);
+          img = new Image();
+          img.onload = () => invalidate('map');
+          img.src = src;
+          tiles.cache.set(src, img);
+        }
+        if (img.complete && img.naturalWidth) {
+          const px = (x / n) * world - Math.PI;
+          const py = Math.PI - (y / n) * world;
+          ctx.drawImage(img, px * s + tx, ty - py * s, size + 0.5, size + 0.5);
+        }
+      }
+    }
   }
 
   function drawCenterText(text) {
@@ -925,8 +1100,9 @@
     if (!state.visible.incidents) return null;
     let best = null;
     let bestD = Infinity;
+    const clustered = state.clusters.length ? new Set(state.clusters.flatMap((c) => c.recs)) : null;
     for (const rec of state.incidents.values()) {
-      if (!hasPos(rec)) continue;
+      if (!hasPos(rec) || (clustered && clustered.has(rec))) continue;
       const dx = toScreenX(rec.x) - sx;
       const dy = toScreenY(rec.y) - sy;
       const d = dx * dx + dy * dy;
@@ -962,7 +1138,7 @@
     if (!state.visible.grid || !state.grid.length) return null;
     const x = (sx - view.tx) / view.scale;
     const y = (view.ty - sy) / view.scale;
-    const showAll = view.cellSize * view.scale >= 6;
+    const showAll = view.cellSize * view.scale >= GRID_OUTLINE_PX;
     const cells = showAll ? state.grid : state.hotCells;
     for (const c of cells) {
       const b = c.bbox;
@@ -1004,15 +1180,21 @@
   }
 
   function updateHover(sx, sy) {
-    const inc = incidentAt(sx, sy);
+    const cluster = clusterAt(sx, sy);
+    const inc = cluster ? null : incidentAt(sx, sy);
     const prevId = state.hover && state.hover.kind === 'incident' ? state.hover.rec.id : null;
-    if (inc) {
+    if (cluster) {
+      state.hover = { kind: 'cluster', rec: cluster };
+      const sev = {};
+      for (const r of cluster.recs) sev[r.props.severity] = (sev[r.props.severity] || 0) + 1;
+      showTooltip(sx, sy, t('tip.cluster', { n: cluster.n }), SEVERITIES.slice().reverse().filter((k) => sev[k]).map((k) => `${t(`sev.${k}`)}: ${sev[k]}`));
+    } else if (inc) {
       state.hover = { kind: 'incident', rec: inc };
       const p = inc.props;
       showTooltip(sx, sy, p.title || `Incident ${inc.id}`, [
         `${p.severity || '?'} ${SEV_ZH[p.severity] || ''} · ${p.status || 'open'} · alarm ${p.alarm_status || '?'}`,
         p.acknowledged ? 'acknowledged 已确认' : 'not acknowledged 未确认',
-        `device ${p.device_id ?? '—'} · grid ${p.grid_code ?? '—'}`,
+        `device ${p.device_id ?? '—'} · grid ${p.grid_code ?? '—'} · ${t('legend.cases')} ${p.linked_cases ?? 0}`,
         `opened ${formatTime(p.opened_at)} (${relativeTime(p.opened_at)})`,
         'click for details 点击查看',
       ]);
@@ -1043,7 +1225,7 @@
         }
       }
     }
-    const pointing = state.hover && (state.hover.kind === 'incident' || (state.hover.kind === 'sensor' && openIncidentOfSensor(state.hover.rec.id)));
+    const pointing = state.hover && (state.hover.kind === 'incident' || state.hover.kind === 'cluster' || (state.hover.kind === 'sensor' && openIncidentOfSensor(state.hover.rec.id)));
     el.canvas.classList.toggle('pointing', Boolean(pointing));
     const nowId = state.hover && state.hover.kind === 'incident' ? state.hover.rec.id : null;
     if (nowId !== prevId) invalidate('map');
@@ -1097,6 +1279,11 @@
   }
 
   function onMapClick(sx, sy) {
+    const cluster = clusterAt(sx, sy);
+    if (cluster) {
+      zoomAt(cluster.sx, cluster.sy, 3);
+      return;
+    }
     const inc = incidentAt(sx, sy);
     if (inc) {
       selectIncident(inc.id);
@@ -1203,10 +1390,16 @@
       if (rec.props.state === 'alarm') alarm += 1;
       else if (rec.props.state === 'silent') silent += 1;
     }
-    for (const k of SEVERITIES) setCount(el.counts[k], sev[k], k);
-    setCount(el.counts.alarm, alarm, 'alarm');
-    setCount(el.counts.silent, silent, 'silent');
-    setCount(el.counts.sensors, state.sensors.size, 'total');
+    for (const k of SEVERITIES) {
+      setCount(el.counts[k], sev[k], t(`sev.${k}`));
+      el.counts[k].textContent = `${t(`sev.${k}`)} ${sev[k]}`;
+    }
+    setCount(el.counts.alarm, alarm);
+    el.counts.alarm.textContent = t('status.alarm', { n: alarm });
+    setCount(el.counts.silent, silent);
+    el.counts.silent.textContent = t('status.silent', { n: silent });
+    setCount(el.counts.sensors, state.sensors.size);
+    el.counts.sensors.textContent = t('status.total', { n: state.sensors.size });
     el.canvas.dataset.sensors = String(state.sensors.size);
     el.canvas.dataset.incidents = String(state.incidents.size);
   }
@@ -1234,8 +1427,8 @@
     el.listEmpty.textContent = incidentsError
       ? `Incidents could not be loaded: ${incidentsError}`
       : state.loaded
-        ? 'No open incidents 暂无未结事件'
-        : 'Loading… 加载中';
+        ? t('list.empty')
+        : t('list.loading');
     const frag = document.createDocumentFragment();
     for (const rec of items.slice(0, LIST_LIMIT)) {
       const p = rec.props;
@@ -1269,9 +1462,10 @@
       time.title = `opened ${formatTime(p.opened_at)}`;
       const meta = document.createElement('span');
       meta.className = 'meta';
-      const parts = [p.severity || 'unknown', p.grid_code ? `grid ${p.grid_code}` : null, p.department_code || null];
+      const parts = [t(`sev.${p.severity}`), p.grid_code ? `${t('field.grid')} ${p.grid_code}` : null, p.department_code || null];
       if (p.trigger_count > 1) parts.push(`×${p.trigger_count}`);
-      if (!p.acknowledged) parts.push('unacknowledged');
+      if (p.linked_cases > 0) parts.push(`${t('legend.cases')} ${p.linked_cases}`);
+      if (!p.acknowledged) parts.push(t('legend.unacked'));
       meta.textContent = parts.filter(Boolean).join(' · ');
       li.append(dot, title, time, meta);
       frag.append(li);
@@ -1279,7 +1473,7 @@
     if (items.length > LIST_LIMIT) {
       const more = document.createElement('li');
       more.className = 'incident-more';
-      more.textContent = `+ ${items.length - LIST_LIMIT} more (lower severity or older)`;
+      more.textContent = t('list.more', { n: items.length - LIST_LIMIT });
       frag.append(more);
     }
     el.list.replaceChildren(frag);
@@ -1294,9 +1488,10 @@
     selectIncident(li.dataset.incidentId, { center: true });
   }
 
-  // ---------------------------------------------------------------- detail panel
+  // ---------------------------------------------------------------- detail drawer
 
   let chartTimer = null;
+  const ACTION_ORDER = ['acknowledge', 'dispatch', 'accept', 'resolve', 'verify'];
 
   function selectIncident(id, { center = false } = {}) {
     id = String(id);
@@ -1306,9 +1501,13 @@
     state.selected = rec;
     state.selectedMissing = false;
     if (changed) {
-      el.ackReason.value = '';
-      el.ackError.hidden = true;
-      el.ackOk.hidden = true;
+      el.actionNote.value = '';
+      el.actionError.hidden = true;
+      el.actionOk.hidden = true;
+      state.detailExtra = null;
+      state.allowed = null;
+      state.timeline = null;
+      state.chartDevice = rec && rec.props.device_id != null ? String(rec.props.device_id) : null;
     }
     el.detail.hidden = false;
     if (center && rec) centerOn(rec);
@@ -1323,27 +1522,40 @@
     state.selectedId = null;
     state.selected = null;
     el.detail.hidden = true;
+    delete el.detail.dataset.incidentId;
     clearInterval(chartTimer);
     chartTimer = null;
     chart.seq += 1;
     invalidate('list', 'map');
   }
 
+  const mayReadAudit = () => ['operator', 'auditor'].includes(currentRole());
+
+  /** The incident, its linked cases and sensors, what the caller may do, its timeline. */
   async function refreshSelected(id) {
-    const res = await request(`${API}/incidents/${encodeURIComponent(id)}`);
+    const path = encodeURIComponent(id);
+    const [res, allowed, trace] = await Promise.all([
+      request(`${API}/incidents/${path}`),
+      state.replay ? Promise.resolve(null) : request(`${API}/ops/actions/incidents/${path}`),
+      mayReadAudit() ? request(`${API}/audit/incidents/${path}/trace`) : Promise.resolve(null),
+    ]);
     if (state.selectedId !== id) return;
     if (res.ok && res.data && res.data.properties) {
-      applyIncident(res.data);
-      const sel = state.selected;
-      const device = sel && sel.props.device_id != null ? String(sel.props.device_id) : null;
-      if (device !== chart.deviceId) loadChart();
-    } else if (res.status === 404) {
+      state.detailExtra = { linked_cases: res.data.linked_cases || [], sensors: res.data.sensors || [] };
+      if (!state.replay) applyIncident(res.data);
+      else if (!state.selected) state.selected = incidentRecord(res.data);
+      if (!state.chartDevice && state.selected && state.selected.props.device_id != null) {
+        state.chartDevice = String(state.selected.props.device_id);
+        loadChart();
+      }
+    } else if (res.status === 404 || !state.selected) {
       state.selectedMissing = true;
-      invalidate('detail');
-    } else if (!res.ok && !state.selected) {
-      state.selectedMissing = true;
-      invalidate('detail');
     }
+    state.allowed = allowed && allowed.ok ? (allowed.data.actions || []).map((a) => a.action) : [];
+    state.departmentRequired = Boolean(allowed && allowed.ok && allowed.data.department_required);
+    state.timeline = trace && trace.ok && Array.isArray(trace.data.steps) ? trace.data.steps : null;
+    el.detail.dataset.loaded = 'true';
+    invalidate('detail');
   }
 
   function addField(key, label, value, cls) {
@@ -1356,90 +1568,160 @@
     el.detailFields.append(dt, dd);
   }
 
+  function li(text, attrs = {}) {
+    const node = document.createElement('li');
+    node.textContent = text;
+    for (const [k, v] of Object.entries(attrs)) node.dataset[k] = v;
+    return node;
+  }
+
+  /** Steps from the audit trace, or (for roles without audit access) from the incident. */
+  function timelineSteps(p) {
+    if (state.timeline) {
+      return state.timeline.map((st) => ({ time: st.time, what: st.step, who: st.actor, summary: st.summary }));
+    }
+    const steps = [{ time: p.opened_at, what: 'opened', summary: p.title }];
+    if (p.acknowledged) steps.push({ time: p.acknowledged_at || p.updated_at, what: 'acknowledged', who: p.acknowledged_by });
+    if (p.dispatched_at) steps.push({ time: p.dispatched_at, what: 'dispatched', summary: p.department_code });
+    if (p.stage && !['reported', 'dispatched'].includes(p.stage)) steps.push({ time: p.updated_at, what: p.stage });
+    if (p.status === 'closed') steps.push({ time: p.closed_at || p.updated_at, what: 'closed' });
+    return steps;
+  }
+
   function renderDetail() {
     if (!state.selectedId || el.detail.hidden) return;
     const rec = state.selected;
     el.detailFields.replaceChildren();
+    el.detail.dataset.incidentId = state.selectedId;
     if (!rec) {
-      el.detailTitle.textContent = state.selectedMissing ? 'Incident not found' : 'Loading… 加载中';
+      el.detailTitle.textContent = state.selectedMissing ? t('detail.not_found') : t('detail.loading');
       el.detailSeverity.textContent = '';
       el.detailSeverity.hidden = true;
-      el.detailNote.hidden = !state.selectedMissing;
-      el.detailNote.textContent = `No incident ${state.selectedId} on the server.`;
-      el.ackButton.disabled = true;
+      el.detailNote.hidden = true;
+      el.actionButtons.replaceChildren();
       return;
     }
     const p = rec.props;
-    el.detail.dataset.incidentId = rec.id;
     el.detailTitle.textContent = p.title || `Incident ${rec.id}`;
     el.detailSeverity.hidden = false;
-    el.detailSeverity.textContent = `${p.severity || 'unknown'} ${SEV_ZH[p.severity] || ''}`.trim();
+    el.detailSeverity.textContent = t(`sev.${p.severity}`);
     el.detailSeverity.style.setProperty('--c', COLORS.severity[SEV_RANK[p.severity] ? p.severity : 'other']);
     el.detailSeverity.dataset.severity = p.severity || '';
+    el.detailNote.hidden = !state.selectedMissing;
+    el.detailNote.textContent = state.selectedMissing ? t('detail.not_found') : '';
 
-    const notes = [];
-    if (p.status === 'closed') notes.push('Closed 已结案: the alarm cleared and the incident was acknowledged.');
-    if (state.selectedMissing) notes.push('This incident no longer exists on the server.');
-    el.detailNote.hidden = notes.length === 0;
-    el.detailNote.textContent = notes.join(' ');
-
-    const sensor = p.device_id != null ? state.sensors.get(String(p.device_id)) : null;
-    addField('status', 'Status 状态', p.status);
-    addField('alarm-status', 'Alarm 告警', p.alarm_status, p.alarm_status === 'active' ? 'no' : 'yes');
-    const ackText = p.acknowledged ? `yes${p.acknowledged_by ? ` (${p.acknowledged_by})` : ''}` : 'no';
-    addField('acknowledged', 'Acknowledged 确认', ackText, p.acknowledged ? 'yes' : 'no');
-    addField('kind', 'Kind 类型', KIND_LABEL[p.kind] || p.kind);
-    addField('category', 'Category 类别', p.category);
-    const sensorText = sensor ? `${p.device_id} (${sensor.props.sensor_type || '?'}, ${sensor.props.state || '?'})` : p.device_id;
-    addField('device', 'Sensor 设备', sensorText);
-    addField('grid', 'Grid cell 网格', p.grid_code);
-    addField('department', 'Department 部门', p.department_code);
-    addField('opened', 'Opened 发生', p.opened_at ? `${formatTime(p.opened_at)} · ${relativeTime(p.opened_at)}` : null);
-    addField('updated', 'Updated 更新', p.updated_at ? `${formatTime(p.updated_at)} · ${relativeTime(p.updated_at)}` : null);
-    addField('triggers', 'Triggers 触发', p.trigger_count);
+    addField('status', t('field.status'), p.status);
+    addField('stage', t('field.stage'), p.stage);
+    addField('alarm-status', t('field.alarm'), p.alarm_status, p.alarm_status === 'active' ? 'no' : 'yes');
+    addField('acknowledged', t('field.acknowledged'), p.acknowledged ? `✓${p.acknowledged_by ? ` ${p.acknowledged_by}` : ''}` : '✗', p.acknowledged ? 'yes' : 'no');
+    addField('category', t('field.category'), p.category);
+    addField('device', t('field.device'), p.device_id);
+    addField('grid', t('field.grid'), p.grid_code);
+    addField('department', t('field.department'), p.department_code);
+    addField('opened', t('field.opened'), p.opened_at ? `${formatTime(p.opened_at)} · ${relativeTime(p.opened_at)}` : null);
+    addField('due', t('field.due'), p.due_at ? formatTime(p.due_at) : null);
     const unit = chart.unit ? ` ${chart.unit}` : '';
-    addField('last-value', 'Last value 最新值', p.last_value != null ? `${formatValue(p.last_value)}${unit}${p.metric ? ` · ${p.metric}` : ''}` : null);
-    addField('id', 'ID', rec.id);
+    addField('last-value', t('field.last_value'), p.last_value != null ? `${formatValue(p.last_value)}${unit}${p.metric ? ` · ${p.metric}` : ''}` : null);
 
-    el.ackButton.disabled = state.ackBusy || Boolean(p.acknowledged);
-    el.ackButton.textContent = state.ackBusy ? 'Acknowledging… 确认中' : p.acknowledged ? 'Acknowledged ✓ 已确认' : 'Acknowledge 确认';
-    el.ackReason.disabled = Boolean(p.acknowledged);
+    // Only the commands the API says this caller may run now; the API refuses the rest.
+    const allowed = state.replay ? [] : state.allowed || [];
+    const buttons = [];
+    for (const action of ACTION_ORDER) {
+      if (!allowed.includes(action)) continue;
+      buttons.push(actionButton(action, action));
+      if (action === 'verify') buttons.push(actionButton('reject', 'verify'));
+    }
+    el.actionButtons.replaceChildren(...buttons);
+    el.actionNone.hidden = buttons.length > 0 || state.allowed === null;
+    el.actionNote.hidden = buttons.length === 0;
+
+    const steps = timelineSteps(p);
+    el.timeline.replaceChildren(...steps.map((st) => {
+      const node = li('', { step: st.what || '' });
+      const time = document.createElement('span');
+      time.className = 'time';
+      time.textContent = formatTime(st.time);
+      const what = document.createElement('b');
+      what.textContent = ` ${st.what || ''} `;
+      const rest = document.createElement('span');
+      rest.textContent = [st.who, st.summary].filter(Boolean).join(' · ');
+      node.append(time, what, rest);
+      return node;
+    }));
+
+    const extra = state.detailExtra || { linked_cases: [], sensors: [] };
+    el.casesCount.textContent = String(extra.linked_cases.length || p.linked_cases || 0);
+    el.linkedCases.replaceChildren(...(extra.linked_cases.length
+      ? extra.linked_cases.map((f) => {
+        const c = f.properties || f;
+        return li(`${c.category || ''} · ${c.status || ''} · ${c.channel || ''} · ${formatTime(c.submitted_at)}${c.description ? ` · ${c.description}` : ''}`, { caseId: String(c.case_id || f.id || '') });
+      })
+      : [li(t('detail.no_cases'), { empty: 'true' })]));
+    el.detailSensors.replaceChildren(...(extra.sensors.length
+      ? extra.sensors.map((sn) => {
+        const known = state.sensors.get(String(sn.device_id));
+        const st = known ? known.props.state : sn.silent ? 'silent' : sn.alarms && sn.alarms.length ? 'alarm' : 'normal';
+        const node = li(`${sn.device_id} · ${t(`state.${st}`)} · ${formatValue(sn.distance_m)} m${sn.alarms && sn.alarms.length ? ` · ${sn.alarms.join(', ')}` : ''}`, { deviceId: String(sn.device_id) });
+        node.classList.add('clickable');
+        if (String(sn.device_id) === state.chartDevice) node.classList.add('selected');
+        node.tabIndex = 0;
+        return node;
+      })
+      : [li(t('detail.no_sensors'), { empty: 'true' })]));
   }
 
-  async function acknowledge() {
+  function actionButton(label, action) {
+    const b = document.createElement('button');
+    b.type = 'button';
+    b.dataset.action = label;
+    b.dataset.testid = `action-${label}`;
+    b.textContent = t(`action.${label}`);
+    b.disabled = state.actionBusy;
+    if (label === 'acknowledge' || label === 'verify') b.className = 'primary';
+    b.addEventListener('click', () => runAction(label, action));
+    return b;
+  }
+
+  async function runAction(label, action) {
     const rec = state.selected;
-    if (!rec || state.ackBusy) return;
-    state.ackBusy = true;
-    el.ackError.hidden = true;
-    el.ackOk.hidden = true;
+    if (!rec || state.actionBusy) return;
+    const note = el.actionNote.value.trim();
+    const bodies = {
+      acknowledge: { reason: note },
+      dispatch: { reason: note },
+      accept: {},
+      resolve: { feedback: note },
+      verify: { passed: true, note },
+      reject: { passed: false, note },
+    };
+    el.actionError.hidden = true;
+    el.actionOk.hidden = true;
+    if ((label === 'resolve' || label === 'reject') && !note) {
+      el.actionError.textContent = t('action.need_feedback');
+      el.actionError.hidden = false;
+      return;
+    }
+    state.actionBusy = true;
     renderDetail();
-    const res = await request(`${API}/incidents/${encodeURIComponent(rec.id)}/acknowledge`, {
+    const res = await request(`${API}/incidents/${encodeURIComponent(rec.id)}/${action}`, {
       method: 'POST',
       headers: { 'Content-Type': 'application/json' },
-      body: JSON.stringify({ reason: el.ackReason.value.trim() }),
+      body: JSON.stringify(bodies[label]),
     });
-    state.ackBusy = false;
-    const same = state.selectedId === rec.id;
-    if (res.ok) {
-      const data = res.data || {};
-      // The response is either a Feature or the changed fields of the incident.
-      const current = state.incidents.get(rec.id) || rec;
-      const feature = data.type === 'Feature' && data.properties
-        ? data
-        : { type: 'Feature', geometry: null, properties: { ...current.props, ...(data.properties || data), acknowledged: data.acknowledged ?? true } };
-      applyIncident(feature);
-      if (same) {
-        el.ackReason.value = '';
-        el.ackOk.textContent = 'Acknowledged 已确认';
-        el.ackOk.hidden = false;
+    state.actionBusy = false;
+    if (state.selectedId === rec.id) {
+      if (res.ok) {
+        el.actionNote.value = '';
+        el.actionOk.textContent = t('action.done', { a: t(`action.${label}`) });
+        el.actionOk.hidden = false;
+      } else {
+        el.actionError.textContent = t('action.failed', { a: t(`action.${label}`), e: res.error });
+        el.actionError.dataset.status = String(res.status);
+        el.actionError.hidden = false;
       }
-    } else if (same) {
-      el.ackError.textContent = res.status === 409
-        ? `Not allowed 不允许: ${res.error}`
-        : `Acknowledge failed 确认失败: ${res.error}`;
-      el.ackError.dataset.status = String(res.status);
-      el.ackError.hidden = false;
+      refreshSelected(rec.id);
     }
+    schedulePanels();
     invalidate('detail');
   }
 
@@ -1474,7 +1756,7 @@
   async function loadChart() {
     const seq = ++chart.seq;
     const rec = state.selected;
-    const device = rec && rec.props.device_id != null ? String(rec.props.device_id) : null;
+    const device = state.chartDevice || (rec && rec.props.device_id != null ? String(rec.props.device_id) : null);
     chart.deviceId = device;
     if (!device) {
       chart.data = null;
@@ -1483,7 +1765,7 @@
       drawChart();
       return;
     }
-    if (!chart.data || chart.data.device !== device) chartMessage('Loading readings… 加载中');
+    if (!chart.data || chart.data.device !== device) chartMessage(t('chart.loading'));
     const to = new Date();
     const from = new Date(to.getTime() - 3600_000);
     const q = `agg=avg&interval=60&from=${encodeURIComponent(from.toISOString())}&to=${encodeURIComponent(to.toISOString())}`;
@@ -1497,7 +1779,7 @@
       return;
     }
     const series = normalizeSeries(res.data);
-    const metric = rec.props.metric;
+    const metric = rec && String(rec.props.device_id) === device ? rec.props.metric : null;
     series.sort((a, b) => (b.metric === metric) - (a.metric === metric)); // the incident's metric first
     chart.data = { device, series, from: from.getTime(), to: to.getTime() };
     const main = series[0];
@@ -1505,7 +1787,7 @@
     const n = series.reduce((acc, s) => acc + s.points.length, 0);
     if (n === 0) {
       el.chartMeta.textContent = `${device}`;
-      chartMessage('No readings in the last hour. 近一小时无读数');
+      chartMessage(t('chart.none'));
     } else {
       const last = main.points[main.points.length - 1];
       el.chartMeta.textContent = `${device} · ${series.map((s) => `${s.metric}${s.unit ? ` (${s.unit})` : ''}`).join(', ')} · avg per minute · last ${last ? `${formatValue(last[1])} ${main.unit}` : '—'}`;
@@ -1608,16 +1890,10 @@
   // ---------------------------------------------------------------- live updates
 
   const live = { es: null, retry: 0, timer: null, everOpen: false, lost: false };
-  const LIVE_TEXT = {
-    connecting: 'connecting… 连接中',
-    live: 'live 实时',
-    reconnecting: 'reconnecting… 重连中',
-    offline: 'offline 离线',
-  };
-
   function setLive(st, detail) {
     el.live.dataset.state = st;
-    el.liveText.textContent = LIVE_TEXT[st] || st;
+    live.state = st;
+    el.liveText.textContent = state.replay ? t('live.past') : t(`live.${st}`);
     const last = state.lastChangeAt ? ` · last change ${formatTime(new Date(state.lastChangeAt).toISOString())}` : '';
     el.live.title = `Live updates (server-sent events) 实时推送: ${st}${detail ? ` (${detail})` : ''}${last} · ${state.changes} changes`;
   }
@@ -1632,7 +1908,10 @@
     if (!msg || typeof msg !== 'object' || !msg.feature) return;
     state.changes += 1;
     state.lastChangeAt = Date.now();
-    if (state.pending) state.pending.push(msg);
+    guarded(() => pushFeed(msg));
+    schedulePanels();
+    if (state.replay) live.missed = true; // the map shows the past; catch up on "live"
+    else if (state.pending) state.pending.push(msg);
     else guarded(() => applyChange(msg));
   }
 
@@ -1642,7 +1921,12 @@
       setLive('offline', 'this browser has no EventSource');
       return;
     }
-    if (live.es) live.es.close();
+    if (live.es) {
+      // Replaced (a new sign-in): changes pushed while the new stream opens are not
+      // resent, so catch up once it is open.
+      live.es.close();
+      live.lost = true;
+    }
     const query = auth.token ? `?access_token=${encodeURIComponent(auth.token)}` : '';
     const es = new EventSource(`${API}/live${query}`);
     live.es = es;
@@ -1678,6 +1962,272 @@
         setLive('reconnecting');
       }
     };
+  }
+
+  // ---------------------------------------------------------------- alert feed
+
+  const FEED_MAX = 60;
+
+  function pushFeed(msg) {
+    const f = msg.feature;
+    const p = (f && f.properties) || {};
+    let item = null;
+    if (msg.layer === 'incidents') {
+      const id = String(p.incident_id || f.id || '');
+      const known = state.incidents.has(id);
+      const kind = p.status === 'closed' ? 'closed' : known ? 'changed' : 'opened';
+      item = { id, kind, sev: p.severity, text: p.title || id, at: Date.now() };
+    } else if (msg.layer === 'sensors' && (p.state === 'alarm' || p.state === 'silent')) {
+      item = { device: String(p.device_id), kind: p.state, sev: p.state === 'alarm' ? 'major' : 'other', text: t('feed.sensor', { s: p.device_id }), at: Date.now() };
+    }
+    if (!item) return;
+    state.feed.unshift(item);
+    if (state.feed.length > FEED_MAX) state.feed.length = FEED_MAX;
+    renderFeed();
+  }
+
+  function renderFeed() {
+    el.feedEmpty.hidden = state.feed.length > 0;
+    el.feed.replaceChildren(...state.feed.map((it) => {
+      const node = document.createElement('li');
+      node.className = `feed-item ${it.kind}`;
+      node.dataset.testid = 'feed-item';
+      if (it.id) node.dataset.incidentId = it.id;
+      const dot = document.createElement('span');
+      dot.className = 'sev-dot';
+      dot.style.setProperty('--c', COLORS.severity[SEV_RANK[it.sev] ? it.sev : 'other']);
+      const time = document.createElement('span');
+      time.className = 'time';
+      time.textContent = formatTime(new Date(it.at).toISOString());
+      const what = document.createElement('b');
+      what.textContent = ` ${it.id ? t(`feed.${it.kind}`) : t(`state.${it.kind}`)} `;
+      const text = document.createElement('span');
+      text.textContent = it.text;
+      node.append(dot, time, what, text);
+      return node;
+    }));
+  }
+
+  // ---------------------------------------------------------------- KPI, SLA, queues
+
+  const currentRole = () => (state.config && state.config.user ? state.config.user.role : auth.role);
+  let panelTimer = null;
+
+  /** Re-read the panels shortly after a burst of live changes (at most every 2 s). */
+  function schedulePanels() {
+    if (panelTimer) return;
+    panelTimer = setTimeout(() => {
+      panelTimer = null;
+      loadPanels();
+    }, 2000);
+  }
+
+  const pct = (v) => (v == null ? '—' : `${Math.round(v * 1000) / 10}%`);
+
+  async function loadKpis() {
+    const res = await request(`${API}/ops/kpis`);
+    if (!res.ok) return;
+    const k = res.data;
+    const set = (id, v) => {
+      document.querySelector(`[data-testid="${id}"]`).textContent = v;
+    };
+    set('kpi-open', String(k.incidents ? k.incidents.open : '—'));
+    set('kpi-cases-today', String(k.cases ? k.cases.today : '—'));
+    const perf = k.performance || {};
+    set('kpi-on-time', pct(perf.on_time_rate));
+    set('kpi-satisfaction', perf.mean_rating == null ? '—' : `${perf.mean_rating.toFixed(2)} / 5`);
+  }
+
+  async function loadSla() {
+    const res = await request(`${API}/ops/sla?limit=10`);
+    if (!res.ok) return;
+    const d = res.data;
+    const overdue = (d.cases.overdue.total || 0) + (d.incidents.overdue || 0);
+    const soon = (d.cases.due_soon.total || 0) + (d.incidents.due_soon || 0);
+    const o = document.querySelector('[data-testid="sla-overdue"]');
+    const ds = document.querySelector('[data-testid="sla-due-soon"]');
+    o.textContent = `${t('sla.overdue')} ${overdue}`;
+    ds.textContent = `${t('sla.due_soon')} ${soon}`;
+    const items = [];
+    for (const it of d.incidents.items || []) {
+      const node = li(`${it.overdue ? '⏰' : '⌛'} ${it.title} · ${it.department_code || '—'} · ${formatTime(it.due_at)}`, { incidentId: it.incident_id });
+      node.classList.add('clickable', it.overdue ? 'overdue' : 'due-soon');
+      items.push(node);
+    }
+    for (const [kind, list] of [['overdue', d.cases.overdue.items], ['due-soon', d.cases.due_soon.items]]) {
+      for (const c of list || []) {
+        const node = li(`${kind === 'overdue' ? '⏰' : '⌛'} ${c.category} · ${c.department_code || '—'} · ${formatTime(c.due_at)}`, { caseId: c.case_id });
+        node.classList.add(kind);
+        items.push(node);
+      }
+    }
+    el.slaList.replaceChildren(...items);
+    el.slaEmpty.hidden = items.length > 0;
+  }
+
+  async function loadDepartments() {
+    const res = await request(`${API}/departments`);
+    if (!res.ok) return;
+    const zh = I18N.lang === 'zh';
+    const prev = el.queueSelect.value;
+    el.queueSelect.replaceChildren(...res.data.departments.map((d) => {
+      const o = document.createElement('option');
+      o.value = d.code;
+      o.textContent = zh && d.name_zh ? d.name_zh : d.name || d.code;
+      return o;
+    }));
+    if (prev) el.queueSelect.value = prev;
+    loadQueue();
+  }
+
+  async function loadQueue() {
+    const code = el.queueSelect.value;
+    if (!code) return;
+    const res = await request(`${API}/departments/${encodeURIComponent(code)}/queue?limit=20`);
+    if (!res.ok || el.queueSelect.value !== code) return;
+    const cases = res.data.cases || [];
+    el.queueList.replaceChildren(...cases.map((c) => {
+      const node = li(`${c.overdue ? '⏰ ' : c.due_soon ? '⌛ ' : ''}${c.category} · ${c.status} · ${formatTime(c.due_at)}`, { caseId: c.case_id });
+      if (c.overdue) node.classList.add('overdue');
+      return node;
+    }));
+    el.queueEmpty.hidden = cases.length > 0;
+    el.queueEmpty.textContent = res.data.total > cases.length ? '' : t('queue.empty');
+  }
+
+  function loadPanels() {
+    return Promise.all([loadKpis(), loadSla(), loadQueue()]);
+  }
+
+  async function loadConfig() {
+    const res = await request(`${API}/ops/config`);
+    state.config = res.ok ? res.data : null;
+    const user = state.config && state.config.user;
+    el.userLabel.textContent = user ? `${user.subject}${user.department ? ` · ${user.department}` : ''}` : '';
+    if (user) {
+      el.roleSelect.value = user.role;
+      document.body.dataset.role = user.role;
+    }
+    invalidate('map');
+  }
+
+  // ---------------------------------------------------------------- time slider
+
+  let replaySeq = 0;
+
+  function sliderInstant() {
+    const seconds = Number(el.timeSlider.value); // seconds before now
+    return seconds >= 0 ? null : Date.now() + seconds * 1000;
+  }
+
+  function renderTimeLabel() {
+    const at = state.replay ? state.replay.at : sliderInstant();
+    if (at == null) {
+      el.timeValue.textContent = t('time.now');
+    } else {
+      const mins = Math.round((Date.now() - at) / 60_000);
+      const h = mins >= 60 ? `${Math.floor(mins / 60)} h ${mins % 60} min` : `${mins} min`;
+      el.timeValue.textContent = t('time.ago', { t: formatTime(new Date(at).toISOString()), h });
+    }
+    el.timeLive.disabled = !state.replay;
+    document.body.dataset.mode = state.replay ? 'past' : 'live';
+  }
+
+  /** Show the city as of the slider's instant, replayed from the log by the audit API. */
+  async function showPast() {
+    const at = sliderInstant();
+    if (at == null) return goLive();
+    if (!mayReadAudit()) {
+      showMessage(t('time.denied'), 'info', 'replay');
+      el.timeSlider.value = '0';
+      renderTimeLabel();
+      return null;
+    }
+    const seq = ++replaySeq;
+    el.timeValue.textContent = t('time.loading');
+    document.body.dataset.replaying = 'true';
+    const res = await request(`${API}/audit/city?at=${encodeURIComponent(new Date(at).toISOString())}`, {}, LAYER_TIMEOUT_MS);
+    if (seq !== replaySeq) return null;
+    delete document.body.dataset.replaying;
+    if (!res.ok) {
+      showMessage(`Replay failed 回放失败: ${res.error}`, 'error', 'replay');
+      renderTimeLabel();
+      return null;
+    }
+    hideMessage('replay');
+    const layers = res.data.layers || {};
+    state.replay = { at, doc: res.data };
+    if (layers.sensors) ingest.sensors(featuresOf(layers.sensors) || []);
+    if (layers.incidents) ingest.incidents(featuresOf(layers.incidents) || []);
+    if (layers.grid) {
+      // Keep the reference geometry; take each cell's load as it was.
+      for (const cell of state.grid) cell.count = 0;
+      for (const f of featuresOf(layers.grid) || []) {
+        const cell = state.gridByCode.get(String(f.id || (f.properties && f.properties.grid_code)));
+        if (cell) cell.count = Number(f.properties.open_incidents) || 0;
+      }
+      state.hotDirty = true;
+    }
+    for (const rec of state.incidents.values()) placeIncident(rec);
+    el.replayBanner.textContent = t('time.banner', { t: formatTime(new Date(at).toISOString()), n: res.data.replayed_events });
+    el.replayBanner.hidden = false;
+    document.body.dataset.replayAt = new Date(at).toISOString();
+    setLive(live.state || 'live');
+    renderTimeLabel();
+    if (state.selectedId) invalidate('detail');
+    invalidate('map', 'list', 'status');
+    return res.data;
+  }
+
+  async function goLive() {
+    replaySeq += 1;
+    const wasPast = Boolean(state.replay);
+    state.replay = null;
+    el.timeSlider.value = '0';
+    el.replayBanner.hidden = true;
+    delete document.body.dataset.replayAt;
+    renderTimeLabel();
+    setLive(live.state || 'live');
+    if (wasPast || live.missed) {
+      live.missed = false;
+      await loadLayers(['grid', 'sensors', 'incidents']);
+    }
+    if (state.selectedId) refreshSelected(state.selectedId);
+  }
+
+  function setHours() {
+    const hours = Number(el.timeHours.value) || 6;
+    el.timeSlider.min = String(-hours * 3600);
+    renderTimeLabel();
+  }
+
+  // ---------------------------------------------------------------- language and role
+
+  function applyLanguage() {
+    I18N.apply();
+    el.langToggle.textContent = I18N.lang === 'zh' ? 'English' : '中文';
+    setLive(live.state || 'connecting');
+    renderTimeLabel();
+    renderFeed();
+    loadDepartments();
+    loadSla();
+    invalidate('map', 'list', 'status', 'detail');
+  }
+
+  async function switchRole(role) {
+    auth.role = role;
+    sessionStorage.setItem(ROLE_KEY, role);
+    sessionStorage.removeItem(TOKEN_KEY);
+    auth.token = null;
+    await obtainToken(true);
+    await loadConfig();
+    if (state.replay && !mayReadAudit()) await goLive();
+    connectLive();
+    loadPanels();
+    if (state.selectedId) {
+      state.allowed = null;
+      refreshSelected(state.selectedId);
+    }
   }
 
   // ---------------------------------------------------------------- wiring
@@ -1738,10 +2288,37 @@
     el.list.addEventListener('click', onListActivate);
     el.list.addEventListener('keydown', onListActivate);
     el.detailClose.addEventListener('click', closeDetail);
-    el.ackButton.addEventListener('click', acknowledge);
-    el.ackReason.addEventListener('keydown', (e) => {
-      if (e.key === 'Enter') acknowledge();
+    el.detailSensors.addEventListener('click', (e) => {
+      const node = e.target.closest('[data-device-id]');
+      if (!node) return;
+      state.chartDevice = node.dataset.deviceId;
+      loadChart();
+      invalidate('detail');
     });
+    const openFrom = (e) => {
+      const node = e.target.closest('[data-incident-id]');
+      if (node) selectIncident(node.dataset.incidentId, { center: true });
+    };
+    el.feed.addEventListener('click', openFrom);
+    el.slaList.addEventListener('click', openFrom);
+    el.queueSelect.addEventListener('change', loadQueue);
+    el.langToggle.addEventListener('click', () => {
+      I18N.set(I18N.lang === 'zh' ? 'en' : 'zh');
+      applyLanguage();
+    });
+    el.roleSelect.value = auth.role;
+    el.roleSelect.addEventListener('change', () => switchRole(el.roleSelect.value));
+    el.timeHours.addEventListener('change', () => {
+      setHours();
+      if (state.replay) showPast();
+    });
+    el.timeSlider.addEventListener('input', renderTimeLabel);
+    el.timeSlider.addEventListener('change', () => showPast());
+    el.timeLive.addEventListener('click', () => goLive());
+    setHours();
+    I18N.apply();
+    el.langToggle.textContent = I18N.lang === 'zh' ? 'English' : '中文';
+    renderFeed();
     document.addEventListener('keydown', (e) => {
       if (e.key === 'Escape' && !el.detail.hidden) closeDetail();
     });
@@ -1753,11 +2330,18 @@
     // Relative times ("5 min ago") age on screen.
     setInterval(() => invalidate('list', 'detail'), 30_000);
 
-    const ready = obtainToken().then(() => {
+    const ready = obtainToken().then(async () => {
+      await loadConfig(); // the tile URL and the caller's role, before the first draw
       const loaded = loadLayers().then(() => {
-        document.body.dataset.ready = 'true';
+        // Drawn on the next frame: the first load counts until the map is on screen.
+        requestAnimationFrame(() => {
+          document.body.dataset.ready = 'true';
+          window.CityOps.readyAt = performance.now();
+        });
       });
       connectLive(); // after loadLayers started, so early changes are buffered and replayed
+      loadPanels();
+      loadDepartments();
       return loaded;
     });
 
@@ -1767,6 +2351,9 @@
       ready,
       reload: loadLayers,
       selectIncident: (id) => selectIncident(id, { center: true }),
+      showPast,
+      goLive,
+      measureFrames,
       /** Page (client) coordinates of an incident's marker, for tests that click it. */
       incidentScreenPoint(id) {
         const rec = state.incidents.get(String(id));
@@ -1774,11 +2361,58 @@
         const r = el.canvas.getBoundingClientRect();
         return { x: r.left + toScreenX(rec.x), y: r.top + toScreenY(rec.y) };
       },
+      /** Put an incident's marker in the middle of the visible map (for tests, screenshots). */
+      centerIncident(id) {
+        const rec = state.incidents.get(String(id));
+        if (rec) centerOn(rec);
+        drawMap();
+        return Boolean(rec);
+      },
       lonLatAt(clientX, clientY) {
         const r = el.canvas.getBoundingClientRect();
         return [unprojX((clientX - r.left - view.tx) / view.scale), unprojY((view.ty - (clientY - r.top)) / view.scale)];
       },
     };
+  }
+
+  /**
+   * Frame times while the map pans and zooms on its own for `frames` frames: the time
+   * to draw each frame (drawMap) and the interval between frames, p50/p95 in ms.
+   */
+  function measureFrames(frames = 120) {
+    return new Promise((resolve) => {
+      const draw = [];
+      const gaps = [];
+      let last = null;
+      let i = 0;
+      const cx = view.w / 2;
+      const cy = view.h / 2;
+      const step = (now) => {
+        if (last !== null) gaps.push(now - last);
+        last = now;
+        if (i >= frames) {
+          const q = (a, f) => {
+            const b = a.slice().sort((x, y) => x - y);
+            return b.length ? Math.round(b[Math.min(b.length - 1, Math.floor(f * b.length))] * 100) / 100 : null;
+          };
+          resolve({ frames, draw_p50: q(draw, 0.5), draw_p95: q(draw, 0.95), frame_p50: q(gaps, 0.5), frame_p95: q(gaps, 0.95),
+            sensors: state.sensors.size, incidents: state.incidents.size, clusters: state.clusters.length });
+          return;
+        }
+        // Half the frames pan, half zoom in and back out.
+        const phase = Math.floor(i / 30) % 4;
+        if (phase === 0) view.tx += 7;
+        else if (phase === 1) zoomAt(cx, cy, 1.04);
+        else if (phase === 2) view.ty -= 7;
+        else zoomAt(cx, cy, 1 / 1.04);
+        const t0 = performance.now();
+        drawMap();
+        draw.push(performance.now() - t0);
+        i += 1;
+        requestAnimationFrame(step);
+      };
+      requestAnimationFrame(step);
+    });
   }
 
   init();

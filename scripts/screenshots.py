@@ -1,0 +1,101 @@
+"""Screenshots of the operations center's main views into docs/screenshots/.
+
+    python scripts/screenshots.py                # starts the demo on the running services
+    python scripts/screenshots.py --url http://127.0.0.1:8000/   # a demo already running
+
+With no --url it needs CITYOPS_DATABASE_URL, CITYOPS_KAFKA_BOOTSTRAP and
+CITYOPS_MQTT_HOST/PORT (as the test command sets them) and runs ``cityops demo`` with the
+simulator on a fresh database for ``--warmup`` seconds before shooting. Chromium is the
+Debian package (/usr/bin/chromium), headless; nothing leaves loopback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.browser.stack import CHROMIUM, CHROMIUM_ARGS, demo_stack
+
+OUT = Path("docs/screenshots")
+
+
+def shoot(base: str, out: Path) -> list[Path]:
+    from playwright.sync_api import sync_playwright
+
+    out.mkdir(parents=True, exist_ok=True)
+    made: list[Path] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1600, "height": 900})
+        page.goto(base.rstrip("/") + "/")
+        page.wait_for_selector('body[data-ready="true"]', timeout=30_000)
+        page.wait_for_timeout(4_000)  # live changes, panels
+
+        def save(name: str) -> None:
+            path = out / f"{name}.png"
+            page.screenshot(path=str(path))
+            made.append(path)
+
+        save("overview")
+        first = page.evaluate(
+            """() => {
+                const items = document.querySelectorAll('[data-testid="incident-item"]');
+                return items.length ? items[0].dataset.incidentId : null;
+            }"""
+        )
+        if first:
+            page.evaluate("(id) => window.CityOps.selectIncident(id)", first)
+            page.wait_for_selector('[data-testid="detail-panel"][data-loaded="true"]')
+            page.wait_for_timeout(1_500)
+            save("incident-drawer")
+            page.locator('[data-testid="detail-close"]').click()
+        page.eval_on_selector(
+            '[data-testid="time-slider"]',
+            """(el) => {
+                el.value = String(-Math.min(120, Math.max(20, Number(el.min) * -0.01)));
+                el.dispatchEvent(new Event('input', { bubbles: true }));
+                el.dispatchEvent(new Event('change', { bubbles: true }));
+            }""",
+        )
+        page.wait_for_selector('body[data-mode="past"]', timeout=60_000)
+        page.wait_for_timeout(500)
+        save("time-slider-past")
+        page.locator('[data-testid="time-live"]').click()
+        page.wait_for_selector('body[data-mode="live"]')
+        page.locator('[data-testid="lang-toggle"]').click()
+        if first:
+            page.evaluate("(id) => window.CityOps.selectIncident(id)", first)
+            page.wait_for_selector('[data-testid="detail-panel"][data-loaded="true"]')
+        page.wait_for_timeout(1_500)
+        save("chinese-labels")
+        page.locator('[data-testid="lang-toggle"]').click()
+        browser.close()
+    return made
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--url", help="a running operations center (default: start the demo)")
+    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--warmup", type=float, default=75.0, help="seconds of simulated city")
+    args = ap.parse_args()
+    with ExitStack() as stack:
+        base = args.url
+        if not base:
+            state = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cityops-shots-")))
+            running = stack.enter_context(demo_stack(state, simulator=True, rate=20.0))
+            base = running.base
+            print(f"demo at {base}; letting the city run {args.warmup:.0f} s", flush=True)
+            time.sleep(args.warmup)
+        for path in shoot(base, args.out):
+            print(path)
+
+
+if __name__ == "__main__":
+    main()

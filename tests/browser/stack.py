@@ -1,0 +1,204 @@
+"""The operations center's live stack for browser tests and screenshots.
+
+``demo_stack`` runs ``cityops demo`` as a subprocess against the running services (a
+fresh database, its own topic prefix and MQTT share group), so every worker is real and
+the browser talks to the API exactly as a user's would. ``map_stack`` serves only the
+API over a database filled with map rows (bench/bench_map.py ``fill``), for the
+frame-time measurement with 10,000 sensors and 5,000 incidents.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from cityops.services import create_database, drop_database, free_port
+
+SERVICES = ("CITYOPS_DATABASE_URL", "CITYOPS_KAFKA_BOOTSTRAP", "CITYOPS_MQTT_HOST")
+CHROMIUM = os.environ.get("CITYOPS_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-default-apps",
+    "--disable-extensions",
+]
+
+
+def missing_requirements() -> str | None:
+    """Why the browser tests cannot run here, or None when they can."""
+    if not all(os.environ.get(k) for k in SERVICES):
+        return "no services: run the tests with scripts/test.sh"
+    if not (os.path.exists(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
+        return f"no Chromium at {CHROMIUM} (Debian package chromium)"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "playwright is not installed (pip install -e '.[dev]')"
+    return None
+
+
+@dataclass(frozen=True)
+class Stack:
+    base: str
+    env: dict[str, str]
+    state_dir: Path
+
+    @property
+    def database_url(self) -> str:
+        return self.env["CITYOPS_DATABASE_URL"]
+
+
+def _wait_ready(
+    base: str, proc: subprocess.Popen[bytes], log: Path, timeout: float, probe: str = "/readyz"
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}{probe}", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError(f"the stack exited:\n{log.read_text(errors='replace')[-3000:]}")
+        time.sleep(0.5)
+    raise RuntimeError(f"the stack was not ready in {timeout:.0f} s")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(40)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+def _env(run: str, url: str, state_dir: Path, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "CITYOPS_DATABASE_URL": url,
+            "CITYOPS_KAFKA_TOPIC_PREFIX": f"web{run}.",
+            "CITYOPS_MQTT_SHARE_GROUP": f"bridge-web{run}",
+            "CITYOPS_MQTT_CLIENT_ID": f"bridge-web{run}",
+            "CITYOPS_DATA_DIR": str(state_dir / "city"),
+            "CITYOPS_ENVIRONMENT": "development",
+            "CITYOPS_DEV_LOGIN": "true",
+            "CITYOPS_LOG_LEVEL": "WARNING",
+            **extra,
+        }
+    )
+    env.pop("CITYOPS_ADMIN_DATABASE_URL", None)
+    return env
+
+
+@contextmanager
+def demo_stack(
+    state_dir: Path, *, simulator: bool = False, rate: float = 20.0, sensors: int = 400
+) -> Iterator[Stack]:
+    """``cityops demo`` on the running services and a fresh database, until exit."""
+    run = uuid.uuid4().hex[:8]
+    server = os.environ["CITYOPS_DATABASE_URL"]
+    database = f"web_{run}"
+    url = create_database(server, database)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    env = _env(run, url, state_dir, CITYOPS_SIM_SENSORS=str(sensors))
+    port = free_port()
+    log = state_dir / "demo.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "cityops",
+                "demo",
+                "--port",
+                str(port),
+                "--simulator" if simulator else "--no-simulator",
+                "--rate",
+                str(rate),
+                "--state-dir",
+                str(state_dir),
+            ],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(base, proc, log, 120)
+        yield Stack(base, env, state_dir)
+    finally:
+        _stop(proc)
+        drop_database(server, database)
+
+
+@contextmanager
+def map_stack(state_dir: Path, *, sensors: int, incidents: int) -> Iterator[Stack]:
+    """The API alone over ``sensors`` map sensors and ``incidents`` open incidents."""
+    from bench.bench_map import fill
+    from cityops.settings import Settings
+
+    run = uuid.uuid4().hex[:8]
+    server = os.environ["CITYOPS_DATABASE_URL"]
+    database = f"webmap_{run}"
+    url = create_database(server, database)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    env = _env(run, url, state_dir)
+    port = free_port()
+    log = state_dir / "api.log"
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        settings = Settings(
+            database_url=url, data_dir=state_dir / "city", kafka_topic_prefix=f"web{run}."
+        )
+        fill(settings, sensors, incidents)
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    "--factory",
+                    "api.app:app_from_env",
+                    "--port",
+                    str(port),
+                    "--log-level",
+                    "warning",
+                    "--no-access-log",
+                ],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        base = f"http://127.0.0.1:{port}"
+        # Only the API runs (no brokers' workers): alive is enough.
+        _wait_ready(base, proc, log, 90, probe="/healthz")
+        yield Stack(base, env, state_dir)
+    finally:
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        drop_database(server, database)
+        shutil.rmtree(state_dir, ignore_errors=True)
