@@ -5,10 +5,14 @@ Fills a throwaway database: the demo city's sensors, ``--cases`` real service ca
 ``--incidents`` sensor alarms worked to closure, recorded through the applications;
 then copies those case and incident events with fresh aggregate ids (INSERT ... SELECT,
 the audit chain's trigger links every copy) until the log holds ``--events``. Takes the
-replay checkpoints, then times the map at several instants (worst and median) and the
-NDJSON window stream.
+replay checkpoints, then times the map at several instants (worst and median, each
+split into restore / replay / render). Then appends ``--tail`` more copies, after the
+last checkpoint (the recent past: every aggregate there is replayed, no later checkpoint
+to read rows from), times the map there, and the NDJSON window stream.
 
-    python bench/bench_replay.py --events 1000000
+    python bench/bench_replay.py --events 1000000 [--keep]
+    python bench/bench_replay.py --database replay_1234abcd   # a kept one, again
+    python bench/bench_replay.py --database replay_1234abcd --full  # every row restored
 
 Runs by hand (never in the test suite). The machine is shared: figures are noisy.
 """
@@ -27,6 +31,7 @@ from uuid import UUID
 import orjson
 import psycopg
 from eventsourcing.application import ProcessingEvent
+from psycopg import sql
 
 from cityops.bootstrap import (
     city_app,
@@ -97,17 +102,26 @@ def record_template(settings: Settings, cases: int, incidents: int) -> None:
         pool.close()
 
 
-def _head(conn: psycopg.Connection) -> int:
-    row = conn.execute("SELECT max(notification_id) FROM city_events").fetchone()
+def _count(conn: psycopg.Connection, query: str) -> int:
+    row = conn.execute(query).fetchone()
     return int(row[0] or 0) if row else 0
 
 
-def fill(conn: psycopg.Connection, target: int) -> None:
-    """Copy the case and incident events, fresh aggregate ids per copy, up to ``target``."""
+def _head(conn: psycopg.Connection) -> int:
+    return _count(conn, "SELECT max(notification_id) FROM city_events")
+
+
+def fill(conn: psycopg.Connection, target: int, since: int = 0, salt: str = "") -> None:
+    """Copy the case and incident events after ``since``, fresh aggregate ids per copy
+    (``salt``: other ids than another fill's), up to ``target``."""
+    conn.execute("DROP TABLE IF EXISTS pg_temp.template")
     conn.execute(
-        "CREATE TEMP TABLE template AS SELECT row_number() OVER (ORDER BY notification_id) n,"
-        " originator_id, originator_version, topic, state FROM city_events"
-        " WHERE topic LIKE 'core.case:%' OR topic LIKE 'core.incident:%'"
+        sql.SQL(
+            "CREATE TEMP TABLE template AS SELECT row_number() OVER (ORDER BY notification_id)"
+            " n, originator_id, originator_version, topic, state FROM city_events"
+            " WHERE (topic LIKE 'core.case:%%' OR topic LIKE 'core.incident:%%')"
+            " AND notification_id > {}"
+        ).format(sql.Literal(since))
     )
     row = conn.execute("SELECT count(*) FROM template").fetchone()
     size = int(row[0]) if row else 0
@@ -122,14 +136,64 @@ def fill(conn: psycopg.Connection, target: int) -> None:
         copies = max(1, n // size)
         conn.execute(
             "INSERT INTO city_events (originator_id, originator_version, topic, state)"
-            " SELECT uuid_in(md5(t.originator_id::text || ':' || c)::cstring),"
+            " SELECT uuid_in(md5(t.originator_id::text || ':' || c || %s)::cstring),"
             " t.originator_version, t.topic, t.state"
             " FROM generate_series(%s::int, %s::int) c, template t"
             " WHERE (c - %s::int) * %s::int + t.n <= %s::int ORDER BY c, t.n",
-            (copy, copy + copies - 1, copy, size, n),
+            (salt, copy, copy + copies - 1, copy, size, n),
         )
         conn.commit()
         copy += copies
+
+
+def city_at(
+    settings: Settings, app: CityApp, pos: int, grid: dict[str, object], *, full: bool
+) -> tuple[float, str, bytes]:
+    """``replay.city_at`` for the instant of ``pos``, timed: seconds, the split, the map."""
+    with psycopg.connect(settings.database_url) as conn:
+        row = conn.execute(
+            "SELECT recorded_at FROM event_chain WHERE notification_id = %s", (pos,)
+        ).fetchone()
+        assert row is not None
+        t0 = time.perf_counter()
+        at = replay.at_instant(conn, row[0])
+        conn.commit()
+        t1 = time.perf_counter()
+        # What replay.city_at does, with a clock between the steps.
+        with conn.transaction():
+            done = replay.materialize(conn, app.mapper, projections(), pos, touched_only=not full)
+            t2 = time.perf_counter()
+            doc = replay.city_document(conn, at, done, grid, row[0])
+        with open(os.devnull, "wb") as sink:
+            sink.write(doc)
+        t3 = time.perf_counter()
+    other = t2 - t1 - done.restore_s - done.replay_s
+    split = (
+        f"instant {t1 - t0:.2f}, restore {done.restore_s:.2f}, replay {done.replay_s:.2f},"
+        f" check {other:.2f}, render {t3 - t2:.2f}"
+    )
+    return t3 - t0, split, doc
+
+
+def timed(
+    settings: Settings,
+    app: CityApp,
+    positions: list[int],
+    grid: dict[str, object],
+    what: str,
+    full: bool,
+) -> None:
+    times = []
+    for pos in positions:
+        dt, split, doc = city_at(settings, app, pos, grid, full=full)
+        meta = orjson.loads(doc)
+        times.append(dt)
+        print(
+            f"  replay --at (position {meta['position']:,}): {dt:.2f} s ({split}), from"
+            f" checkpoint {meta['checkpoint']:,} + {meta['replayed_events']:,} events,"
+            f" {len(doc) / 1e6:.1f} MB of GeoJSON"
+        )
+    print(f"replay --at {what}: worst {max(times):.2f} s, median {statistics.median(times):.2f} s")
 
 
 def main() -> None:
@@ -140,34 +204,54 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=replay.SNAPSHOT_EVERY)
     ap.add_argument("--instants", type=int, default=8)
     ap.add_argument("--window", type=int, default=300_000)
+    ap.add_argument(
+        "--tail",
+        type=int,
+        default=replay.SNAPSHOT_EVERY - 1,
+        help="events appended after the checkpoints, not checkpointed (the recent past)",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the database afterwards")
+    ap.add_argument("--database", help="a database kept by --keep: time it again, no filling")
+    ap.add_argument(
+        "--full", action="store_true", help="restore every row (the checksums' replay) for the map"
+    )
     args = ap.parse_args()
     with ExitStack() as stack:
         if not os.environ.get("CITYOPS_DATABASE_URL"):
             os.environ.update(stack.enter_context(throwaway_services("cityops-bench-")))
         run = uuid.uuid4().hex[:8]
         server = os.environ["CITYOPS_DATABASE_URL"]
+        name = args.database or f"replay_{run}"
         os.environ.update(
-            CITYOPS_DATABASE_URL=create_database(server, f"replay_{run}"),
+            CITYOPS_DATABASE_URL=(
+                server.rsplit("/", 1)[0] + "/" + name
+                if args.database
+                else create_database(server, name)
+            ),
             CITYOPS_KAFKA_TOPIC_PREFIX=f"rp{run}.",
             CITYOPS_DATA_DIR="var/bench-city",
             CITYOPS_LOG_LEVEL="WARNING",
         )
-        if not args.keep:
-            stack.callback(drop_database, server, f"replay_{run}")
+        if not args.keep and not args.database:
+            stack.callback(drop_database, server, name)
+        elif not args.database:
+            print(f"database {name} is kept: --database {name} times it again")
         settings = Settings()
-        seed(settings)
-        t0 = time.perf_counter()
-        record_template(settings, args.cases, args.incidents)
-        with psycopg.connect(settings.database_url) as conn:
-            recorded = replay.at_position(conn, 1) and _head(conn)
-            print(
-                f"recorded through the applications: {recorded:,} events in"
-                f" {time.perf_counter() - t0:.1f} s"
-            )
+        if not args.database:
+            seed(settings)
             t0 = time.perf_counter()
-            fill(conn, args.events)
+            record_template(settings, args.cases, args.incidents)
+            with psycopg.connect(settings.database_url) as conn:
+                recorded = replay.at_position(conn, 1) and _head(conn)
+                print(
+                    f"recorded through the applications: {recorded:,} events in"
+                    f" {time.perf_counter() - t0:.1f} s"
+                )
+                t0 = time.perf_counter()
+                fill(conn, args.events)
+        with psycopg.connect(settings.database_url) as conn:
             head = _head(conn)
+        if not args.database:
             print(
                 f"log filled to {head:,} events in {time.perf_counter() - t0:.1f} s"
                 " (INSERT ... SELECT copies, chained by the audit trigger)"
@@ -182,43 +266,39 @@ def main() -> None:
             with psycopg.connect(settings.database_url) as conn:
                 storage = replay.snapshot_storage(conn)
             print(
-                f"checkpoints: {len(taken)} every {args.every:,} events, taken in {elapsed:.1f} s"
-                f" ({head / elapsed:,.0f} events/s); storage {storage['bytes'] / 1e6:.1f} MB,"
+                f"checkpoints: {len(taken)} taken every {args.every:,} events in {elapsed:.1f} s"
+                f" ({(taken[-1] - taken[0] + args.every if taken else 0) / elapsed:,.0f}"
+                f" events/s); now {storage['checkpoints']}, {storage['bytes'] / 1e6:.1f} MB,"
                 f" {storage['row_versions']:,} row versions"
             )
             cells = city_layers(settings).grid[["grid_code", "district_code", "geometry"]]
             grid = orjson.loads(cells.to_json(drop_id=True))
+            with psycopg.connect(settings.database_url) as conn:
+                last = _count(conn, "SELECT coalesce(max(position), 0) FROM replay_checkpoints")
             rng = random.Random(7)
-            # Worst case: just before a checkpoint; the rest anywhere.
-            positions = [min(head, args.every * (len(taken) // 2) + args.every - 1), head]
-            positions += [rng.randint(1, head) for _ in range(args.instants - 2)]
-            times = []
-            for pos in positions:
+            # Worst cases: just before a checkpoint (most events to replay), in the middle and
+            # at the end (the most open cases to render); the last one; the rest anywhere.
+            positions = [min(last, (last // args.every // 2 + 1) * args.every - 1), last]
+            positions += [max(1, last - 1)]
+            positions += [rng.randint(1, last) for _ in range(args.instants - 3)]
+            mode = "full" if args.full else "touched rows"
+            timed(settings, app, positions, grid, f"over {last:,} events ({mode})", args.full)
+            if args.tail:
+                # The recent past: events after the last checkpoint, none after to read from.
                 with psycopg.connect(settings.database_url) as conn:
-                    row = conn.execute(
-                        "SELECT recorded_at FROM event_chain WHERE notification_id = %s", (pos,)
-                    ).fetchone()
-                    assert row is not None
-                    t0 = time.perf_counter()
-                    at = replay.at_instant(conn, row[0])
-                    conn.commit()
-                    doc = replay.city_at(
-                        conn, app.mapper, projections(), at, grid=grid, requested=row[0]
-                    )
-                    with open(os.devnull, "wb") as sink:
-                        sink.write(doc)
-                    dt = time.perf_counter() - t0
-                meta = orjson.loads(doc)
-                times.append(dt)
-                print(
-                    f"  replay --at (position {at.position:,}): {dt:.2f} s, from checkpoint"
-                    f" {meta['checkpoint']:,} + {meta['replayed_events']:,} events,"
-                    f" {len(doc) / 1e6:.1f} MB of GeoJSON"
+                    if _head(conn) == last:
+                        fill(conn, last + args.tail, since=last - args.tail, salt=":tail")
+                    head = _head(conn)
+                timed(
+                    settings,
+                    app,
+                    [head, (last + head + 1) // 2],
+                    grid,
+                    f"{head - last:,} events past the last checkpoint ({mode})",
+                    args.full,
                 )
-            print(
-                f"replay --at over {head:,} events: worst {max(times):.2f} s,"
-                f" median {statistics.median(times):.2f} s"
-            )
+            if not args.window:
+                return
             start = max(0, head - args.window)
             with psycopg.connect(settings.database_url) as conn:
                 lo = replay.Position(start, None)

@@ -8,6 +8,14 @@ every query written for the live views (``checksums``, the layers below) reads t
   (``replay_snapshot_*``, server-side INSERT ... SELECT), then apply the events after it,
   up to the position. Everything happens in the caller's transaction and the temp tables
   are dropped at its end (``ON COMMIT DROP``).
+- **the map as of a position** replays only the aggregates that need it
+  (``touched_only``). Every projection statement reads and writes only rows of its
+  event's aggregate (``AGGREGATE``), so an aggregate's rows at the position are: those at
+  the checkpoint before it if it has no event in between; those at the checkpoint after
+  it if it has none from the position to there; else its rows at the checkpoint before,
+  with its events up to the position applied. The snapshot rows are read in place
+  (``Replayed.views``: the replayed rows UNION ALL the others). The layers are rendered
+  by PostgreSQL. The checksums (``materialize`` in full) and the map see the same rows.
 - **checkpoints**: ``snapshot_up_to_head`` replays the log from the last checkpoint and
   stores the views every ``every`` events, as row versions valid for [from_pos, to_pos).
   The snapshots are computed from the log, never copied from the live views.
@@ -21,6 +29,7 @@ Instants map to positions by the audit chain: ``max(notification_id) WHERE recor
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -33,6 +42,7 @@ from psycopg import sql
 
 from core.audit import mask_actor
 from projections.checksum import VIEWS
+from projections.queries import PointLayer, _feature_sql
 from projections.runner import SqlProjection, effects, execute
 
 log = logging.getLogger(__name__)
@@ -42,10 +52,20 @@ BATCH = 5_000  # events decoded and written per pipeline
 MAX_WINDOW = 1_000_000  # events one window may span
 MAX_PAGE = 100_000  # events one page of a window may hold
 SNAPSHOT_LOCK = 7_202_613  # one snapshotter at a time (advisory lock key)
+RENDER_WORK_MEM = "128MB"  # for the sort of a layer's features (see ``city_document``)
 
 # Besides each view's key (``checksum.VIEWS``), the columns the projections' UPDATEs
 # look rows up by: without an index every event would scan the table.
 LOOKUPS: dict[str, tuple[str, ...]] = {"map_sensors": ("sensor_id",)}
+# Each view's column holding the id of the aggregate whose events write the row: the
+# projections (map.py, cases.py) key every UPDATE by it and insert rows carrying it. A
+# view whose key is another column (map_sensors: device_id, ON CONFLICT DO NOTHING) is
+# checked after a partial replay (``ReplaySession.collides``).
+AGGREGATE: dict[str, str] = {
+    "map_sensors": "sensor_id",
+    "map_incidents": "incident_id",
+    "service_cases": "case_id",
+}
 BOOKKEEPING = ("change_seq",)  # not content: not compared between checkpoints
 
 # Event attributes a window never shows: contacts (sealed or not), the citizen's
@@ -75,6 +95,7 @@ CASE_PRIVATE = (
     "change_seq",
 )
 OPEN_CASE = ("submitted", "accepted", "assigned", "in_progress", "reopened")
+_OPEN_CASE = "t.status IN (" + ", ".join(f"'{s}'" for s in OPEN_CASE) + ")"
 
 
 class ReplayError(ValueError):
@@ -91,11 +112,17 @@ class Position:
 
 @dataclass(frozen=True, slots=True)
 class Replayed:
-    """What ``materialize`` did: the checkpoint it started from and the events applied."""
+    """What ``materialize`` did: the checkpoint it started from, the events applied, where
+    each view at ``position`` reads from (a relation, SQL) and its columns, and the seconds
+    spent restoring and replaying."""
 
     position: int
     checkpoint: int
     events: int
+    views: dict[str, sql.Composable]
+    columns: dict[str, list[str]]
+    restore_s: float = 0.0
+    replay_s: float = 0.0
 
 
 # -- instants and positions ---------------------------------------------------------------
@@ -172,7 +199,8 @@ def _tables(projections: Sequence[SqlProjection]) -> list[str]:
 
 
 class ReplaySession:
-    """The views, replayed into this session's TEMP tables, advanced position by position.
+    """The views, replayed into this session's TEMP tables, advanced position by position
+    (or, ``touched_only``, the rows of the aggregates to replay, to one position).
 
     Open it in a transaction; ``on_commit="DROP"`` (the default) drops the tables when
     that transaction ends, ``"PRESERVE ROWS"`` keeps them for the session (``close``).
@@ -192,12 +220,29 @@ class ReplaySession:
         self.tables = _tables(projections)
         self.batch = batch
         self.position = 0
+        self.checkpoint = 0
+        self.target = 0  # the position a partial replay (touched_only) was opened for
+        self.later: int | None = None  # the checkpoint after it
+        self.touched_only = False
         self.columns: dict[str, list[str]] = {}
 
-    def open(self, position: int, *, use_snapshots: bool = True, on_commit: str = "DROP") -> int:
-        """Temp tables holding the views at the best checkpoint <= ``position``; return it."""
+    def open(
+        self,
+        position: int,
+        *,
+        use_snapshots: bool = True,
+        on_commit: str = "DROP",
+        touched_only: bool = False,
+    ) -> int:
+        """Temp tables holding the views at the best checkpoint <= ``position``; return it.
+
+        ``touched_only``: restore only the rows of the aggregates to replay (see the
+        module's docstring); ``advance`` applies only their events, ``views`` adds the
+        other rows from the snapshots.
+        """
         conn = self.conn
         conn.execute("SET LOCAL TimeZone = 'UTC'")
+        touched_only = touched_only and set(self.tables) <= set(AGGREGATE)
         for t in self.tables:
             conn.execute(sql.SQL("DROP TABLE IF EXISTS pg_temp.{}").format(sql.Identifier(t)))
             # Created before any temp table of that name exists, LIKE reads the live view.
@@ -214,7 +259,7 @@ class ReplaySession:
                             sql.Identifier(t), sql.Identifier(col)
                         )
                     )
-        checkpoint = self._restore(position) if use_snapshots else 0
+        checkpoint = self._restore(position, touched_only) if use_snapshots else 0
         for t in self.tables:
             # Indexes after the bulk restore: cheaper than maintaining them row by row.
             conn.execute(
@@ -228,20 +273,26 @@ class ReplaySession:
                         sql.Identifier(t), sql.Identifier(col)
                     )
                 )
-            if checkpoint:
-                # Not when empty: statistics of an empty table would make the planner scan
-                # it for every UPDATE as the replay fills it.
+            if checkpoint and not touched_only:
+                # Not when empty or nearly (only touched rows): statistics of a small table
+                # would make the planner scan it for every UPDATE as the replay fills it.
                 conn.execute(sql.SQL("ANALYZE pg_temp.{}").format(sql.Identifier(t)))
-        self.position = checkpoint
+        self.position = self.checkpoint = checkpoint
+        self.touched_only = touched_only and checkpoint > 0
+        self.target = position
         return checkpoint
 
-    def _restore(self, position: int) -> int:
+    def _restore(self, position: int, touched_only: bool) -> int:
         row = self.conn.execute(
             "SELECT max(position) FROM replay_checkpoints WHERE position <= %s", (position,)
         ).fetchone()
         checkpoint = int(row[0]) if row and row[0] else 0
         if checkpoint == 0:
             return 0
+        only = sql.SQL("")
+        if touched_only:
+            self._touch(checkpoint, position)
+            only = sql.SQL(" AND {} IN (SELECT id FROM pg_temp.replay_touched WHERE NOT later)")
         for t in self.tables:
             cols = self.columns[t]
             stored = set(_columns(self.conn, f"replay_snapshot_{t}"))
@@ -252,24 +303,108 @@ class ReplaySession:
                 return 0
             names = sql.SQL(", ").join(sql.Identifier(c) for c in cols)
             self.conn.execute(
-                sql.SQL(
-                    "INSERT INTO pg_temp.{} ({}) SELECT {} FROM {} WHERE from_pos <= %(c)s"
-                    " AND (to_pos IS NULL OR to_pos > %(c)s)"
-                ).format(sql.Identifier(t), names, names, sql.Identifier(f"replay_snapshot_{t}")),
-                {"c": checkpoint},
+                sql.SQL("INSERT INTO pg_temp.{} ({}) SELECT {} FROM {} WHERE {}{}").format(
+                    sql.Identifier(t),
+                    names,
+                    names,
+                    sql.Identifier(f"replay_snapshot_{t}"),
+                    _valid_at(checkpoint),
+                    only.format(sql.Identifier(AGGREGATE[t])),
+                )
             )
         return checkpoint
+
+    def _touch(self, checkpoint: int, position: int) -> None:
+        """``pg_temp.replay_touched``: the aggregates with events in (checkpoint, position];
+        ``later`` when they have none from there to the next checkpoint (its rows hold)."""
+        conn = self.conn
+        row = conn.execute(
+            "SELECT min(position) FROM replay_checkpoints WHERE position > %s", (position,)
+        ).fetchone()
+        self.later = int(row[0]) if row and row[0] is not None else None
+        conn.execute("DROP TABLE IF EXISTS pg_temp.replay_touched")
+        conn.execute(
+            "CREATE TEMP TABLE replay_touched (id uuid PRIMARY KEY, later boolean NOT NULL)"
+            " ON COMMIT DROP"
+        )
+        conn.execute(
+            "INSERT INTO pg_temp.replay_touched SELECT a.id, %(later)s::bigint IS NOT NULL"
+            " AND a.id NOT IN (SELECT originator_id FROM city_events"
+            "  WHERE notification_id > %(p)s AND notification_id <= %(later)s)"
+            " FROM (SELECT DISTINCT originator_id AS id FROM city_events"
+            "  WHERE notification_id > %(c)s AND notification_id <= %(p)s) a",
+            {"c": checkpoint, "p": position, "later": self.later},
+        )
+        conn.execute("ANALYZE pg_temp.replay_touched")
+
+    def _kept(self, t: str) -> sql.Composable:
+        """The snapshot rows of view ``t`` at the position that need no replay."""
+        snap = sql.Identifier(f"replay_snapshot_{t}")
+        names = sql.SQL(", ").join(sql.Identifier(c) for c in self.columns[t])
+        agg = sql.Identifier(AGGREGATE[t])
+        kept = sql.SQL(
+            "SELECT {names} FROM {snap} s WHERE {valid} AND NOT EXISTS"
+            " (SELECT 1 FROM pg_temp.replay_touched r WHERE r.id = s.{agg})"
+        ).format(names=names, snap=snap, valid=_valid_at(self.checkpoint), agg=agg)
+        if self.later is None:
+            return kept
+        return sql.SQL(
+            "{kept} UNION ALL SELECT {names} FROM {snap} s WHERE {valid} AND s.{agg} IN"
+            " (SELECT id FROM pg_temp.replay_touched WHERE later)"
+        ).format(kept=kept, names=names, snap=snap, valid=_valid_at(self.later), agg=agg)
+
+    def views(self) -> dict[str, sql.Composable]:
+        """Each view at the current position, as a relation to select from."""
+        out: dict[str, sql.Composable] = {}
+        for t in self.tables:
+            mine = sql.SQL("pg_temp.{}").format(sql.Identifier(t))
+            if not self.touched_only:
+                out[t] = mine
+                continue
+            names = sql.SQL(", ").join(sql.Identifier(c) for c in self.columns[t])
+            out[t] = sql.SQL("(SELECT {} FROM {} UNION ALL {})").format(names, mine, self._kept(t))
+        return out
+
+    def collides(self) -> bool:
+        """Whether a replayed row took the key of a row read from the snapshots (a view
+        whose key is not its aggregate's id): the full replay would have kept that one."""
+        if not self.touched_only:
+            return False
+        for t in self.tables:
+            key = VIEWS[t]
+            if key == AGGREGATE[t]:
+                continue
+            row = self.conn.execute(
+                sql.SQL(
+                    "SELECT EXISTS (SELECT 1 FROM pg_temp.{t} x JOIN ({kept}) s"
+                    " ON s.{key} = x.{key})"
+                ).format(t=sql.Identifier(t), kept=self._kept(t), key=sql.Identifier(key))
+            ).fetchone()
+            if row and row[0]:
+                return True
+        return False
 
     def advance(self, position: int) -> int:
         """Apply the events in (current position, ``position``]; return how many."""
         if position < self.position:
             raise ReplayError(f"cannot go back from {self.position} to {position}")
+        if self.touched_only and position != self.target:
+            raise ReplayError(f"this partial replay stops at {self.target}, not {position}")
         applied = 0
         query = (
             "SELECT notification_id, originator_id, originator_version, topic, state"
             " FROM city_events WHERE notification_id > %s AND notification_id <= %s"
-            " ORDER BY notification_id"
         )
+        if self.touched_only:  # the events of the aggregates to replay (``_touch``)
+            query += " AND originator_id IN (SELECT id FROM pg_temp.replay_touched WHERE NOT later)"
+        query += " ORDER BY notification_id"
+        # Every statement finds its rows by an index. The tables start small and grow as the
+        # replay goes: a plan cached while a table is a page or two would scan it for every
+        # statement after (psycopg prepares a statement run more than a few times).
+        row = self.conn.execute(
+            "SELECT current_setting('enable_seqscan'), set_config('enable_seqscan', 'off', true)"
+        ).fetchone()
+        assert row is not None
         with self.conn.cursor(name="replay_events") as events:
             events.itersize = self.batch
             events.execute(query, (self.position, position))
@@ -284,12 +419,19 @@ class ReplaySession:
                 with self.conn.pipeline(), self.conn.cursor() as cur:
                     execute(cur, statements)
                 applied += len(rows)
+        self.conn.execute("SELECT set_config('enable_seqscan', %s, true)", (row[0],))
         self.position = position
         return applied
 
     def close(self) -> None:
         for t in self.tables:
             self.conn.execute(sql.SQL("DROP TABLE IF EXISTS pg_temp.{}").format(sql.Identifier(t)))
+
+
+def _valid_at(checkpoint: int) -> sql.Composable:
+    """The snapshot row versions valid at ``checkpoint``."""
+    c = sql.Literal(checkpoint)
+    return sql.SQL("from_pos <= {} AND (to_pos IS NULL OR to_pos > {})").format(c, c)
 
 
 def materialize(
@@ -299,13 +441,23 @@ def materialize(
     position: int,
     *,
     use_snapshots: bool = True,
+    touched_only: bool = False,
 ) -> Replayed:
-    """The views at ``position`` in TEMP tables of the caller's transaction (dropped at
-    its end); unqualified queries in that transaction then read the past."""
+    """The views at ``position`` in the caller's transaction (TEMP tables dropped at its
+    end). In full (the default), unqualified queries in that transaction then read the
+    past; ``touched_only``, read them from ``Replayed.views`` (see ``ReplaySession``)."""
     session = ReplaySession(conn, mapper, projections)
-    checkpoint = session.open(position, use_snapshots=use_snapshots)
+    t0 = time.perf_counter()
+    checkpoint = session.open(position, use_snapshots=use_snapshots, touched_only=touched_only)
+    t1 = time.perf_counter()
     events = session.advance(position)
-    return Replayed(position, checkpoint, events)
+    t2 = time.perf_counter()
+    if session.collides():
+        log.warning("replay to %d: a row took another aggregate's key; replaying in full", position)
+        return materialize(conn, mapper, projections, position, use_snapshots=use_snapshots)
+    return Replayed(
+        position, checkpoint, events, session.views(), session.columns, t1 - t0, t2 - t1
+    )
 
 
 # -- checkpoints --------------------------------------------------------------------------
@@ -422,29 +574,48 @@ def snapshot_storage(conn: psycopg.Connection[Any]) -> dict[str, Any]:
 
 
 def _collection(
-    conn: psycopg.Connection[Any], table: str, key: str, where: str, hidden: Sequence[str]
+    conn: psycopg.Connection[Any],
+    replayed: Replayed,
+    table: str,
+    where: str,
+    hidden: Sequence[str],
 ) -> bytes:
+    """A GeoJSON FeatureCollection of the view's rows ``where``, in key order, as text
+    built by PostgreSQL (the properties: the view's columns but ``hidden``)."""
+    key = sql.Identifier(VIEWS[table])
+    shown = [c for c in replayed.columns[table] if c not in hidden]
+    # The live map's feature text (``projections.queries``), from the past rows.
+    layer = PointLayer(table, ", ".join(shown), VIEWS[table], "", "", ())
     query = sql.SQL(
-        "SELECT json_build_object('type', 'FeatureCollection', 'features',"
-        " coalesce(json_agg(json_build_object('type', 'Feature', 'id', t.{key},"
-        " 'geometry', json_build_object('type', 'Point', 'coordinates',"
-        " json_build_array(t.lon, t.lat)), 'properties', to_jsonb(t) - %(hidden)s::text[])"
-        " ORDER BY t.{key}), '[]'::json))::text FROM pg_temp.{table} t WHERE {where}"
-    ).format(key=sql.Identifier(key), table=sql.Identifier(table), where=sql.SQL(where))
-    row = conn.execute(query, {"hidden": ["lon", "lat", *hidden]}).fetchone()
+        "SELECT concat({head}, string_agg({feature}, ',' ORDER BY t.{key}), ']}}')"
+        " FROM {view} t WHERE {where}"
+    ).format(
+        head=sql.Literal('{"type":"FeatureCollection","features":['),
+        feature=_feature_sql(layer),
+        key=key,
+        view=replayed.views[table],
+        where=sql.SQL(where),
+    )
+    row = conn.execute(query).fetchone()
     assert row is not None
     return str(row[0]).encode()
 
 
-def grid_load(conn: psycopg.Connection[Any]) -> dict[str, dict[str, int]]:
+def grid_load(conn: psycopg.Connection[Any], replayed: Replayed) -> dict[str, dict[str, int]]:
     """Per grid cell: sensors, open incidents and open cases (of the replayed views)."""
     rows = conn.execute(
-        "SELECT grid_code, sum(s)::int, sum(i)::int, sum(c)::int FROM ("
-        " SELECT grid_code, 1 s, 0 i, 0 c FROM pg_temp.map_sensors"
-        " UNION ALL SELECT grid_code, 0, 1, 0 FROM pg_temp.map_incidents WHERE status = 'open'"
-        " UNION ALL SELECT grid_code, 0, 0, 1 FROM pg_temp.service_cases"
-        "  WHERE status = ANY(%s)) x WHERE grid_code IS NOT NULL GROUP BY grid_code",
-        (list(OPEN_CASE),),
+        sql.SQL(
+            "SELECT grid_code, sum(s)::int, sum(i)::int, sum(c)::int FROM ("
+            " SELECT grid_code, 1 s, 0 i, 0 c FROM {sensors} t"
+            " UNION ALL SELECT grid_code, 0, 1, 0 FROM {incidents} t WHERE status = 'open'"
+            " UNION ALL SELECT grid_code, 0, 0, 1 FROM {cases} t WHERE {open_case})"
+            " x WHERE grid_code IS NOT NULL GROUP BY grid_code"
+        ).format(
+            sensors=replayed.views["map_sensors"],
+            incidents=replayed.views["map_incidents"],
+            cases=replayed.views["service_cases"],
+            open_case=sql.SQL(_OPEN_CASE),
+        )
     ).fetchall()
     return {code: {"sensors": s, "open_incidents": i, "open_cases": c} for code, s, i, c in rows}
 
@@ -488,25 +659,24 @@ def city_document(
     """The replayed map as one JSON object: ``{"position", "recorded_at", "at",
     "checkpoint", "replayed_events", "layers": {"incidents", "sensors", "cases", "grid"}}``,
     each layer a GeoJSON FeatureCollection (RFC 7946)."""
+    # A layer's features are sorted by key as text (tens of MB for a large city): in
+    # memory, not in temporary files.
+    conn.execute("SELECT set_config('work_mem', %s, true)", (RENDER_WORK_MEM,))
     layers = {
         "incidents": orjson.Fragment(
-            _collection(conn, "map_incidents", "incident_id", "t.status = 'open'", BOOKKEEPING)
+            _collection(conn, replayed, "map_incidents", "t.status = 'open'", BOOKKEEPING)
         ),
-        "sensors": orjson.Fragment(
-            _collection(conn, "map_sensors", "device_id", "true", BOOKKEEPING)
-        ),
+        "sensors": orjson.Fragment(_collection(conn, replayed, "map_sensors", "true", BOOKKEEPING)),
         "cases": orjson.Fragment(
             _collection(
                 conn,
+                replayed,
                 "service_cases",
-                "case_id",
-                "t.lon IS NOT NULL AND t.lat IS NOT NULL AND t.status IN ("
-                + ", ".join(f"'{s}'" for s in OPEN_CASE)
-                + ")",
+                f"t.lon IS NOT NULL AND t.lat IS NOT NULL AND {_OPEN_CASE}",
                 CASE_PRIVATE,
             )
         ),
-        "grid": grid_collection(grid_load(conn), grid),
+        "grid": grid_collection(grid_load(conn, replayed), grid),
     }
     return orjson.dumps(
         {
@@ -528,10 +698,12 @@ def city_at(
     *,
     grid: dict[str, Any] | None = None,
     requested: datetime | None = None,
+    touched_only: bool = True,
 ) -> bytes:
-    """The map at ``at`` (see ``city_document``), replayed in a transaction of its own."""
+    """The map at ``at`` (see ``city_document``), replayed in a transaction of its own
+    (``touched_only``: see ``materialize``; the same map either way)."""
     with conn.transaction():
-        replayed = materialize(conn, mapper, projections, at.position)
+        replayed = materialize(conn, mapper, projections, at.position, touched_only=touched_only)
         return city_document(conn, at, replayed, grid, requested)
 
 

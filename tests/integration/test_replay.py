@@ -1,10 +1,11 @@
 """Time travel on real PostgreSQL: the views at past instants, replayed from the log (with
-and without checkpoints), equal what the live views held then; the map as GeoJSON; a
-window of changes as NDJSON; bad requests refused clearly."""
+and without checkpoints), equal what the live views held then; the map from the touched
+rows only equals the map from the full replay; the map as GeoJSON; a window of changes as
+NDJSON; bad requests refused clearly."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import hashlib
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -13,6 +14,7 @@ import orjson
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
+from psycopg import sql
 
 from api.app import create_app
 from cityops.bootstrap import city_app, city_layers, incident_desk, projections, seed, service_desk
@@ -22,7 +24,7 @@ from core.personal import Contact
 from core.sensor import SensorSpec
 from core.service import SubmitCase
 from projections import replay
-from projections.checksum import checksums
+from projections.checksum import IGNORED, VIEWS, checksums
 from tests.conftest import bearer
 from tests.integration.test_rebuild import project
 from tests.integration.test_urban_brain import flood_alarm
@@ -68,7 +70,7 @@ def cells(settings: Settings, n: int) -> list[tuple[str, float, float]]:
 
 
 @pytest.fixture
-def scenario(settings: Settings) -> Iterator[list[Moment]]:
+def scenario(settings: Settings) -> list[Moment]:
     """Three instants of a small city's day: alarms and reports, work done, more of both."""
     seed(settings)
     pool = make_pool(settings, max_size=2)
@@ -185,6 +187,143 @@ def test_replay_at_each_instant_reproduces_the_live_views(
         storage = replay.snapshot_storage(conn)
     assert storage["checkpoints"] == len(taken)
     assert 0 < storage["row_versions"] < scenario[-1].head  # versions, not copies
+
+
+def view_checksums(
+    conn: psycopg.Connection[Any], done: replay.Replayed
+) -> dict[str, tuple[int, str]]:
+    """``checksums`` of the views as ``done`` reads them (``Replayed.views``)."""
+    out = {}
+    for table, key in VIEWS.items():
+        rows = conn.execute(
+            sql.SQL("SELECT (to_jsonb(t) - %s::text[])::text FROM {} t ORDER BY t.{}").format(
+                done.views[table], sql.Identifier(key)
+            ),
+            (list(IGNORED),),
+        ).fetchall()
+        digest = hashlib.md5("\n".join(r[0] for r in rows).encode()).hexdigest()  # noqa: S324
+        out[table] = (len(rows), digest)
+    return out
+
+
+def both_ways(
+    settings: Settings, app: Any, position: int
+) -> tuple[tuple[replay.Replayed, bytes, dict[str, Any]], ...]:
+    """The map and the views' checksums at ``position``: from every row of the checkpoint
+    (as the checksums replay), then replaying only the aggregates that need it."""
+    out = []
+    grid = orjson.loads(city_layers(settings).grid.to_json(drop_id=True))
+    with psycopg.connect(settings.database_url) as conn:
+        at = replay.at_position(conn, position)
+        conn.commit()
+        for touched_only in (False, True):
+            with conn.transaction():
+                done = replay.materialize(
+                    conn, app.mapper, projections(), position, touched_only=touched_only
+                )
+                doc = replay.city_document(conn, at, done, grid)
+                out.append((done, doc, view_checksums(conn, done)))
+    return tuple(out)
+
+
+def _created(conn: psycopg.Connection[Any], kind: str, after: int) -> tuple[int, str]:
+    """The first event creating an aggregate (topic ending ``kind``) after ``after``."""
+    row = conn.execute(
+        "SELECT notification_id, originator_id::text FROM city_events WHERE topic LIKE %s"
+        " AND notification_id > %s ORDER BY notification_id LIMIT 1",
+        (f"%.{kind}", after),
+    ).fetchone()
+    assert row is not None
+    return int(row[0]), str(row[1])
+
+
+def test_the_map_from_touched_rows_equals_the_full_replay(
+    settings: Settings, scenario: list[Moment]
+) -> None:
+    every = 5
+    app = city_app(settings, pool_size=1)
+    try:
+        replay.snapshot_up_to_head(settings.database_url, app.mapper, projections(), every=every)
+        checkpoint = scenario[1].head // every * every
+        with psycopg.connect(settings.database_url) as conn:
+            # A case submitted after a checkpoint: no snapshot row of it anywhere before.
+            new_case, case_id = _created(conn, "CaseSubmitted", scenario[1].head)
+            while new_case % every == 0:
+                new_case, case_id = _created(conn, "CaseSubmitted", new_case)
+        positions = [checkpoint, checkpoint + 1, new_case, *(m.head for m in scenario)]
+        skipped = 0
+        for position in positions:
+            (full, full_doc, full_views), (fast, fast_doc, fast_views) = both_ways(
+                settings, app, position
+            )
+            assert fast.checkpoint == full.checkpoint == position // every * every
+            assert full.events == position - full.checkpoint
+            assert fast.events <= full.events  # only aggregates active on both sides
+            skipped += full.events - fast.events
+            assert fast_views == full_views, position
+            # The same map, feature for feature and byte for byte; only the count differs.
+            assert fast_doc.partition(b',"layers":')[2] == full_doc.partition(b',"layers":')[2]
+            assert fast_doc.partition(b',"layers":')[2], position
+            if position == new_case:
+                cases = orjson.loads(fast_doc)["layers"]["cases"]["features"]
+                assert case_id in {f["id"] for f in cases}
+            # Fewer rows restored: the others are read from the snapshots in place.
+            assert fast.views != full.views
+        assert skipped  # some rows came from the checkpoint after the position
+        for m in scenario:
+            assert both_ways(settings, app, m.head)[1][2] == m.views
+    finally:
+        app.close()
+
+
+def test_a_sensor_key_held_by_an_untouched_row_replays_in_full(
+    settings: Settings, scenario: list[Moment], caplog: pytest.LogCaptureFixture
+) -> None:
+    """map_sensors is keyed by device, not by the sensor aggregate: a sensor registered
+    after the checkpoint under a device an untouched row holds is not inserted by the full
+    replay (ON CONFLICT DO NOTHING), so the map from touched rows must not insert it."""
+    with psycopg.connect(settings.database_url) as conn:
+        seeded = _count(conn, "SELECT count(*) FROM map_sensors") - 4
+        position = _count(  # the first sensor of the scenario's, registered after the city's
+            conn,
+            "SELECT notification_id FROM city_events WHERE originator_version = 1 AND"
+            " originator_id = (SELECT sensor_id FROM map_sensors WHERE device_id = 'wl-r0')",
+        )
+    app = city_app(settings, pool_size=1)
+    try:
+        every = position - 1  # a checkpoint just before it, the next far after
+        replay.snapshot_up_to_head(settings.database_url, app.mapper, projections(), every=every)
+        with psycopg.connect(settings.database_url) as conn:
+            device = conn.execute(
+                "SELECT device_id FROM map_sensors WHERE sensor_id = (SELECT originator_id"
+                " FROM city_events WHERE notification_id = %s)",
+                (position,),
+            ).fetchone()
+            assert device is not None
+            # A seeded sensor, untouched since, held that device at the checkpoint.
+            conn.execute(
+                "UPDATE replay_snapshot_map_sensors SET device_id = device_id || '-later'"
+                " WHERE device_id = %s",
+                device,
+            )
+            changed = conn.execute(
+                "UPDATE replay_snapshot_map_sensors SET device_id = %s WHERE device_id = ("
+                " SELECT min(device_id) FROM replay_snapshot_map_sensors WHERE from_pos <= %s"
+                " AND (to_pos IS NULL OR to_pos > %s) AND sensor_type <> 'water_level')",
+                (device[0], every, every),
+            )
+            assert changed.rowcount >= 1
+        (full, full_doc, full_views), (fast, fast_doc, fast_views) = both_ways(
+            settings, app, position
+        )
+        assert fast.checkpoint == full.checkpoint == every
+        assert "replaying in full" in caplog.text
+        assert fast.views == full.views
+        assert (fast_doc, fast_views) == (full_doc, full_views)  # the full replay, twice
+        sensors = orjson.loads(fast_doc)["layers"]["sensors"]["features"]
+        assert len(sensors) == seeded
+    finally:
+        app.close()
 
 
 def test_map_and_window_over_http(settings: Settings, scenario: list[Moment]) -> None:
