@@ -107,8 +107,11 @@ def _resolve(history: LogHistory, kind: str, raw: str) -> tuple[uuid.UUID, Logge
     raise HTTPException(404, f"unknown {what} {raw}")
 
 
-def _record(c: Container, who: Principal, request: Request, correlation_id: str) -> dict[str, str]:
-    """Record this read in the city log; the answer names the record."""
+def record_audit_read(
+    c: Container, who: Principal, request: Request, correlation_id: str
+) -> dict[str, str]:
+    """Record this audit read in the city log (chained like every event); the answer
+    names the record."""
     read = record_read(
         c.city,
         reader=who.subject,
@@ -170,7 +173,7 @@ def history(
         "events": [_entry(e, contact) for e in page],
         "next_after_version": page[-1].version if len(found) > limit else None,
     }
-    out["audit_read"] = _record(c, who, request, correlation_id)
+    out["audit_read"] = record_audit_read(c, who, request, correlation_id)
     return out
 
 
@@ -230,7 +233,7 @@ def state(
         "hash": None if at is None else at.chain_hash,
         "state": state_view(aggregate, _contact(c.desk)),
     }
-    out["audit_read"] = _record(c, who, request, correlation_id)
+    out["audit_read"] = record_audit_read(c, who, request, correlation_id)
     return out
 
 
@@ -353,5 +356,5 @@ def trace(
         "linked_cases": cases,
         "steps": ordered,
     }
-    out["audit_read"] = _record(c, who, request, correlation_id)
+    out["audit_read"] = record_audit_read(c, who, request, correlation_id)
     return out

@@ -9,32 +9,20 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import Response, StreamingResponse
 
+from api.audit import record_audit_read
 from api.auth import Principal, require
 from api.deps import ContainerDep, correlation
-from core.audit import record_read
 from projections import replay
 
 router = APIRouter(prefix="/api/v1/audit", tags=["audit"])
 
 Reader = Annotated[Principal, Depends(require("auditor", "operator"))]
 DEFAULT_PAGE = 10_000
-
-
-def _record(c: Any, who: Principal, request: Request) -> None:
-    record_read(
-        c.city,
-        reader=who.subject,
-        role=who.role,
-        path=request.url.path,
-        query=request.url.query,
-        actor=who.actor,
-        correlation_id=correlation(),
-    )
 
 
 def _bad(exc: replay.ReplayError) -> HTTPException:
@@ -69,7 +57,7 @@ def city_as_of(
         doc = replay.city_at(
             conn, c.city.mapper, projections(), where, grid=c.layers.get("grid"), requested=at
         )
-    _record(c, who, request)
+    record_audit_read(c, who, request, correlation())
     return Response(doc, media_type="application/json")
 
 
@@ -111,7 +99,7 @@ def city_changes(
             raise _bad(exc) from None
         finally:
             conn.rollback()
-    _record(c, who, request)
+    record_audit_read(c, who, request, correlation())
 
     def lines() -> Iterator[bytes]:
         with c.pool.connection() as conn:
