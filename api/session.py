@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from fastapi import APIRouter, HTTPException
-from pydantic import BaseModel
+from pydantic import BaseModel, Field, model_validator
 
 from api.auth import PrincipalDep, issue_token
 from api.deps import ContainerDep
@@ -15,7 +15,16 @@ router = APIRouter(prefix="/api/v1/auth", tags=["auth"])
 
 
 class DevLogin(BaseModel):
-    role: Literal["operator", "dispatcher", "auditor"] = "operator"
+    role: Literal["operator", "dispatcher", "department", "auditor"] = "operator"
+    department_code: str | None = Field(
+        default=None, min_length=1, max_length=64, description="the department's code"
+    )
+
+    @model_validator(mode="after")
+    def _department_with_its_code(self) -> Self:
+        if (self.role == "department") != (self.department_code is not None):
+            raise ValueError("department_code goes with the department role, and only with it")
+        return self
 
 
 @router.get("/me")
@@ -36,10 +45,16 @@ def dev_token(c: ContainerDep, body: DevLogin | None = None) -> dict[str, Any]:
     settings = c.settings
     if settings.environment is not Environment.DEVELOPMENT or not settings.dev_login:
         raise HTTPException(404, "not found")
-    role = (body or DevLogin()).role
+    login = body or DevLogin()
+    code = login.department_code
+    # The same departments cases and incidents are dispatched to.
+    if code is not None and code not in c.desk.locator.departments():
+        raise HTTPException(422, f"unknown department {code!r}")
+    subject = f"demo-{login.role}" if code is None else f"demo-{code}"
     return {
-        "access_token": issue_token(settings, f"demo-{role}", role),
+        "access_token": issue_token(settings, subject, login.role, department=code),
         "token_type": "bearer",
-        "role": role,
+        "role": login.role,
+        "department": code,
         "expires_in": settings.token_ttl_s,
     }

@@ -18,6 +18,8 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
+import httpx
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.browser.stack import CHROMIUM, CHROMIUM_ARGS, demo_stack
@@ -26,6 +28,7 @@ OUT = Path("docs/screenshots")
 
 
 def shoot(base: str, out: Path) -> list[Path]:
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
     out.mkdir(parents=True, exist_ok=True)
@@ -58,7 +61,8 @@ def shoot(base: str, out: Path) -> list[Path]:
         page.eval_on_selector(
             '[data-testid="time-slider"]',
             """(el) => {
-                el.value = String(-Math.min(120, Math.max(20, Number(el.min) * -0.01)));
+                // Half a minute back: well inside the demo city's short history.
+                el.value = '-30';
                 el.dispatchEvent(new Event('input', { bubbles: true }));
                 el.dispatchEvent(new Event('change', { bubbles: true }));
             }""",
@@ -75,6 +79,54 @@ def shoot(base: str, out: Path) -> list[Path]:
         page.wait_for_timeout(1_500)
         save("chinese-labels")
         page.locator('[data-testid="lang-toggle"]').click()
+        page.locator('[data-testid="detail-close"]').click()
+
+        # Grid cells coloured by case hotspot instead of load.
+        page.locator('[data-testid="grid-mode-hotspot"]').check()
+        page.wait_for_selector('[data-testid="legend-hotspot-note"][data-loaded="true"]')
+        page.wait_for_timeout(500)
+        save("grid-hotspots")
+        page.locator('[data-testid="grid-mode-load"]').check()
+
+        # A queue's case, read-only in the drawer: the first department with work queued.
+        for code in page.eval_on_selector_all(
+            '[data-testid="queue-select"] option', "(os) => os.map((o) => o.value)"
+        ):
+            page.select_option('[data-testid="queue-select"]', code)
+            try:
+                page.wait_for_selector('[data-testid="queue-item"]', timeout=3_000)
+            except PlaywrightTimeout:  # an empty queue: the next department
+                continue
+            page.locator('[data-testid="queue-item"]').first.click()
+            page.wait_for_selector(
+                '[data-testid="detail-panel"][data-kind="case"][data-loaded="true"]'
+            )
+            page.wait_for_timeout(500)
+            save("case-drawer")
+            page.locator('[data-testid="detail-close"]').click()
+            break
+
+        # Signed in as the first incident's department: its queue, its actions only.
+        department = page.evaluate(
+            "(id) => id && window.CityOps.state.incidents.get(id).props.department_code", first
+        )
+        if department:
+            # Dispatched to it, so the drawer offers the department its own actions.
+            dev = f"{base.rstrip('/')}/api/v1/auth/dev-token"
+            dispatcher = httpx.post(dev, json={"role": "dispatcher"}, timeout=10).json()
+            httpx.post(
+                f"{base.rstrip('/')}/api/v1/incidents/{first}/dispatch",
+                json={"reason": "screenshot"},
+                headers={"Authorization": f"Bearer {dispatcher['access_token']}"},
+                timeout=10,
+            )
+            page.select_option('[data-testid="role-select"]', "department")
+            page.select_option('[data-testid="department-select"]', department)
+            page.wait_for_selector(f'body[data-department="{department}"]')
+            page.evaluate("(id) => window.CityOps.selectIncident(id)", first)
+            page.wait_for_selector('[data-testid="detail-panel"][data-loaded="true"]')
+            page.wait_for_timeout(1_500)
+            save("department-sign-in")
         browser.close()
     return made
 

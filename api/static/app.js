@@ -1,7 +1,8 @@
 /*
  * CityOps operations center (一网统管): one map of districts, unit grid cells, sensors and
- * incidents, an open-incident list, an incident panel with acknowledge and a readings chart,
- * and live updates over server-sent events.
+ * incidents (cells coloured by load or by case hotspot), an open-incident list, a drawer for
+ * an incident (its workflow actions and a readings chart) or a service case (read-only), and
+ * live updates over server-sent events.
  *
  * Plain ES2020, no dependencies, no build step. The map is one <canvas> in Web Mercator;
  * every redraw goes through requestAnimationFrame and draws each layer in a few batched
@@ -47,6 +48,11 @@
       'rgba(255, 96, 56, 0.46)',
       'rgba(255, 48, 88, 0.58)',
     ],
+    // Hotspot cells by z-score: at least 3 (the API's threshold), 5, 8.
+    hotspot: {
+      fill: ['rgba(199, 92, 255, 0.22)', 'rgba(199, 92, 255, 0.38)', 'rgba(226, 64, 255, 0.55)'],
+      line: ['#b77cff', '#d36bff', '#f05cff'],
+    },
     unacked: '#ffffff',
     selected: '#4fb3ff',
   };
@@ -63,6 +69,9 @@
   const LIST_MIN_INTERVAL_MS = 250; // list/status re-render at most 4x a second
   const CHART_REFRESH_MS = 60_000;
   const LAYER_TIMEOUT_MS = 60_000;
+  const GRID_MODES = ['load', 'hotspot'];
+  const HOTSPOT_HOURS = 24; // the window whose case counts are set against each cell's history
+  const HOTSPOT_Z = [5, 8]; // bucket edges above the API's own threshold (z >= 3)
 
   // ---------------------------------------------------------------- elements
 
@@ -95,6 +104,14 @@
     casesCount: $('cases-count'),
     detailSensors: $('detail-sensors'),
     roleSelect: $('role-select'),
+    deptSelect: $('department-select'),
+    incidentView: $('incident-view'),
+    caseView: $('case-view'),
+    caseFields: $('case-fields'),
+    caseIncident: $('case-incident'),
+    caseContact: $('case-contact'),
+    caseTimeline: $('case-timeline'),
+    legendNote: $('legend-hotspot-note'),
     userLabel: $('user-label'),
     langToggle: $('lang-toggle'),
     feed: $('alert-feed'),
@@ -140,6 +157,10 @@
     incidents: new Map(), // incident_id -> {id, props, x, y, t, rank}; open incidents only
     incidentGroups: null, // severity group -> records sorted by time; null when stale
     visible: { districts: true, grid: true, sensors: true, incidents: true },
+    gridMode: 'load', // grid cells coloured by 'load' (open incidents) or 'hotspot'
+    hotspots: new Map(), // grid_code -> {count, mean, stddev, score} from GET /hotspots
+    hotspotsLoaded: false,
+    hotspotsError: null,
     loaded: false,
     loading: null, // promise of the running layer load
     pending: null, // live changes buffered while layers load
@@ -154,7 +175,10 @@
     config: null, // GET /ops/config: the caller, their commands, tile_url
     detailExtra: null, // {linked_cases, sensors} of the selected incident
     allowed: null, // actions the caller may take on the selected incident now
+    awaitVersion: null, // {id, version, tries}: the drawer waits for the read model to catch up
     timeline: null, // steps of the selected incident
+    selectedCase: null, // {id, row, data, error}: the case the drawer shows instead
+    caseRows: new Map(), // case_id -> its summary from the SLA board or a queue
     chartDevice: null, // the sensor whose readings the chart shows
     replay: null, // {at: ms, doc} while the map shows a past instant
     clusters: [], // incident clusters drawn in the last frame
@@ -298,10 +322,21 @@
   // ---------------------------------------------------------------- sign-in
 
   // The API wants a bearer token. A token given as #token=... (from `cityops token`) is
-  // kept for this tab; without one, a development server hands out an operator token.
+  // kept for this tab; without one, a development server hands out a token for the role
+  // chosen (a department's for the department chosen).
   const TOKEN_KEY = 'cityops.token';
   const ROLE_KEY = 'cityops.role';
-  const auth = { token: null, pending: null, role: sessionStorage.getItem(ROLE_KEY) || 'operator' };
+  const DEPT_KEY = 'cityops.department';
+  const auth = {
+    token: null,
+    pending: null, // {key, promise} of the running sign-in
+    seq: 0, // the latest role switch
+    role: sessionStorage.getItem(ROLE_KEY) || 'operator',
+    department: sessionStorage.getItem(DEPT_KEY) || null,
+  };
+  if (auth.role === 'department' && !auth.department) auth.role = 'operator';
+
+  const loginKey = () => (auth.role === 'department' ? `department:${auth.department}` : auth.role);
 
   function tokenFromHash() {
     const m = /(?:^|[#&])token=([^&]+)/.exec(window.location.hash || '');
@@ -315,25 +350,31 @@
       auth.token = auth.token || tokenFromHash() || sessionStorage.getItem(TOKEN_KEY);
       if (auth.token) return auth.token;
     }
-    if (!auth.pending) {
-      auth.pending = (async () => {
+    const key = loginKey();
+    if (!auth.pending || auth.pending.key !== key) {
+      const body = auth.role === 'department' ? { role: 'department', department_code: auth.department } : { role: auth.role };
+      const promise = (async () => {
         try {
           const res = await fetch(`${API}/auth/dev-token`, {
             method: 'POST',
             headers: { Accept: 'application/json', 'Content-Type': 'application/json' },
-            body: JSON.stringify({ role: auth.role }),
+            body: JSON.stringify(body),
           });
           if (!res.ok) return null;
           const data = await res.json();
           return data && data.access_token ? data.access_token : null;
         } catch (_) {
           return null;
-        } finally {
-          auth.pending = null;
         }
       })();
+      auth.pending = { key, promise };
+      promise.finally(() => {
+        if (auth.pending && auth.pending.promise === promise) auth.pending = null;
+      });
     }
-    const token = await auth.pending;
+    const token = await auth.pending.promise;
+    // Another role was chosen meanwhile: its sign-in wins.
+    if (key !== loginKey()) return obtainToken(force);
     auth.token = token;
     if (token) sessionStorage.setItem(TOKEN_KEY, token);
     else sessionStorage.removeItem(TOKEN_KEY);
@@ -811,20 +852,18 @@
     }
 
     if (state.visible.grid && state.grid.length) {
-      if (state.hotDirty) {
-        state.hotCells = state.grid.filter((c) => c.count > 0);
-        state.hotDirty = false;
+      if (state.gridMode !== 'hotspot') {
+        const buckets = COLORS.hot.map(() => new Path2D());
+        for (const c of colouredCells()) {
+          if (!inView(c.bbox)) continue;
+          const i = c.count >= 5 ? 3 : c.count >= 3 ? 2 : c.count - 1;
+          addRings(buckets[i], c.rings, s, tx, ty);
+        }
+        buckets.forEach((p, i) => {
+          ctx.fillStyle = COLORS.hot[i];
+          ctx.fill(p, 'evenodd');
+        });
       }
-      const buckets = COLORS.hot.map(() => new Path2D());
-      for (const c of state.hotCells) {
-        if (!inView(c.bbox)) continue;
-        const i = c.count >= 5 ? 3 : c.count >= 3 ? 2 : c.count - 1;
-        addRings(buckets[i], c.rings, s, tx, ty);
-      }
-      buckets.forEach((p, i) => {
-        ctx.fillStyle = COLORS.hot[i];
-        ctx.fill(p, 'evenodd');
-      });
       // Cell outlines only once cells are big enough on screen to be told apart.
       const cellPx = view.cellSize * s;
       if (cellPx >= GRID_OUTLINE_PX) {
@@ -833,6 +872,20 @@
         ctx.strokeStyle = COLORS.gridLine;
         ctx.lineWidth = cellPx >= 24 ? 0.8 : 0.5;
         ctx.stroke(lines);
+      }
+      // Hotspots are few: filled and outlined at every scale, so they show city-wide.
+      if (state.gridMode === 'hotspot') {
+        const buckets = COLORS.hotspot.fill.map(() => new Path2D());
+        for (const c of colouredCells()) {
+          if (inView(c.bbox)) addRings(buckets[hotspotBucket(state.hotspots.get(c.code).score)], c.rings, s, tx, ty);
+        }
+        buckets.forEach((p, i) => {
+          ctx.fillStyle = COLORS.hotspot.fill[i];
+          ctx.fill(p, 'evenodd');
+          ctx.strokeStyle = COLORS.hotspot.line[i];
+          ctx.lineWidth = 1.2 + i * 0.6;
+          ctx.stroke(p);
+        });
       }
     }
 
@@ -851,6 +904,25 @@
 
     const nothing = !state.districts.length && !state.grid.length && !state.sensors.size && !state.incidents.size;
     if (nothing) drawCenterText(state.loading ? t('map.loading') : t('map.empty'));
+  }
+
+  const hotspotBucket = (score) => (score >= HOTSPOT_Z[1] ? 2 : score >= HOTSPOT_Z[0] ? 1 : 0);
+
+  /** The grid cells the current colouring fills: loaded cells, or hotspots. */
+  function colouredCells() {
+    if (state.gridMode === 'hotspot') {
+      const out = [];
+      for (const code of state.hotspots.keys()) {
+        const cell = state.gridByCode.get(code);
+        if (cell) out.push(cell);
+      }
+      return out;
+    }
+    if (state.hotDirty) {
+      state.hotCells = state.grid.filter((c) => c.count > 0);
+      state.hotDirty = false;
+    }
+    return state.hotCells;
   }
 
   function drawSensors(s, tx, ty, vx0, vx1, vy0, vy1) {
@@ -1139,7 +1211,7 @@
     const x = (sx - view.tx) / view.scale;
     const y = (view.ty - sy) / view.scale;
     const showAll = view.cellSize * view.scale >= GRID_OUTLINE_PX;
-    const cells = showAll ? state.grid : state.hotCells;
+    const cells = showAll ? state.grid : colouredCells();
     for (const c of cells) {
       const b = c.bbox;
       if (x < b[0] || x > b[2] || y < b[1] || y > b[3]) continue;
@@ -1215,10 +1287,13 @@
         const cell = cellAt(sx, sy);
         if (cell) {
           state.hover = { kind: 'cell', rec: cell };
-          showTooltip(sx, sy, `Grid cell 网格 ${cell.code}`, [
+          const lines = [
             `district ${cell.props.district_code ?? '—'}`,
             `${cell.props.sensors ?? 0} sensors · ${cell.count} open incidents`,
-          ]);
+          ];
+          const hot = state.gridMode === 'hotspot' ? state.hotspots.get(cell.code) : null;
+          if (hot) lines.push(t('tip.hotspot', { n: hot.count, h: HOTSPOT_HOURS, m: formatValue(hot.mean), z: formatValue(hot.score) }));
+          showTooltip(sx, sy, `Grid cell 网格 ${cell.code}`, lines);
         } else {
           state.hover = null;
           hideTooltip();
@@ -1363,6 +1438,15 @@
     return `${Math.floor(s / 86400)} d ago`;
   }
 
+  /** How long until a deadline, or how long since it passed. */
+  function untilTime(iso) {
+    const ms = Date.parse(iso) - Date.now();
+    if (!Number.isFinite(ms)) return '—';
+    const mins = Math.round(Math.abs(ms) / 60_000);
+    const d = mins >= 1440 ? `${Math.floor(mins / 1440)} d ${Math.floor((mins % 1440) / 60)} h` : mins >= 60 ? `${Math.floor(mins / 60)} h ${mins % 60} min` : `${mins} min`;
+    return t(ms >= 0 ? 'case.due_in' : 'case.due_ago', { d });
+  }
+
   function formatValue(v) {
     const n = Number(v);
     if (v == null || v === '' || !Number.isFinite(n)) return v == null ? '—' : String(v);
@@ -1500,7 +1584,10 @@
     state.selectedId = id;
     state.selected = rec;
     state.selectedMissing = false;
+    state.selectedCase = null;
+    showView('incident');
     if (changed) {
+      delete el.detail.dataset.loaded;
       el.actionNote.value = '';
       el.actionError.hidden = true;
       el.actionOk.hidden = true;
@@ -1521,12 +1608,161 @@
   function closeDetail() {
     state.selectedId = null;
     state.selected = null;
+    state.selectedCase = null;
     el.detail.hidden = true;
     delete el.detail.dataset.incidentId;
+    delete el.detail.dataset.caseId;
+    stopChart();
+    invalidate('list', 'map');
+    markSelectedCase();
+  }
+
+  function stopChart() {
     clearInterval(chartTimer);
     chartTimer = null;
     chart.seq += 1;
-    invalidate('list', 'map');
+  }
+
+  /** The drawer shows an incident or a case; the other's id leaves its attributes. */
+  function showView(kind) {
+    el.detail.dataset.kind = kind;
+    el.incidentView.hidden = kind !== 'incident';
+    el.caseView.hidden = kind !== 'case';
+    if (kind === 'case') delete el.detail.dataset.incidentId;
+    else delete el.detail.dataset.caseId;
+  }
+
+  // ---------------------------------------------------------------- case drawer
+
+  /** Open a service case, read-only; ``row`` is its summary from the list it was in. */
+  function selectCase(id, row = null) {
+    id = String(id);
+    if (state.selectedId) {
+      state.selectedId = null;
+      state.selected = null;
+      stopChart();
+    }
+    if (!state.selectedCase || state.selectedCase.id !== id) {
+      state.selectedCase = { id, row, data: null, error: null };
+      delete el.detail.dataset.loaded;
+    } else if (row) {
+      state.selectedCase.row = row;
+    }
+    showView('case');
+    el.detail.dataset.caseId = id;
+    el.detail.hidden = false;
+    invalidate('detail', 'list', 'map');
+    markSelectedCase();
+    refreshCase(id);
+  }
+
+  async function refreshCase(id) {
+    const res = await request(`${API}/cases/${encodeURIComponent(id)}`);
+    const sel = state.selectedCase;
+    if (!sel || sel.id !== id) return;
+    sel.data = res.ok ? res.data : null;
+    sel.error = res.ok ? null : { status: res.status, text: res.error };
+    el.detail.dataset.loaded = 'true';
+    invalidate('detail');
+  }
+
+  function markSelectedCase() {
+    const id = state.selectedCase ? state.selectedCase.id : null;
+    for (const node of document.querySelectorAll('.mini-list [data-case-id]')) node.classList.toggle('selected', node.dataset.caseId === id);
+  }
+
+  /** The incident a case is linked to: its summary says, or its LinkedToIncident event. */
+  function linkedIncidentOf(sel) {
+    const row = sel.row || {};
+    if (row.incident_id) return String(row.incident_id);
+    const events = (sel.data && sel.data.timeline) || [];
+    for (let i = events.length - 1; i >= 0; i--) if (events[i].incident_id) return String(events[i].incident_id);
+    return null;
+  }
+
+  const caseStatus = (status) => (status ? t(`cstatus.${status}`) : '—');
+
+  function caseField(list, key, label, value, cls) {
+    const dt = document.createElement('dt');
+    dt.textContent = label;
+    const dd = document.createElement('dd');
+    dd.dataset.testid = `case-${key}`;
+    if (value instanceof Node) dd.append(value);
+    else dd.textContent = value == null || value === '' ? '—' : String(value);
+    if (cls) dd.className = cls;
+    list.append(dt, dd);
+  }
+
+  function renderCase() {
+    const sel = state.selectedCase;
+    // Until the case itself loads, the summary from its list.
+    const c = sel.data || sel.row || {};
+    el.detail.dataset.caseId = sel.id;
+    el.detailTitle.textContent = `${t('case.title')} · ${c.category || '…'}`;
+    el.detailSeverity.hidden = !c.status;
+    el.detailSeverity.textContent = caseStatus(c.status);
+    el.detailSeverity.style.setProperty('--c', c.overdue ? COLORS.severity.major : c.due_soon ? COLORS.severity.warning : '#8da0b3');
+    el.detailSeverity.dataset.severity = '';
+    el.detailNote.hidden = !sel.error;
+    el.detailNote.textContent = sel.error ? t(sel.error.status === 403 ? 'case.forbidden' : sel.error.status === 404 ? 'case.not_found' : 'case.failed', { e: sel.error.text }) : '';
+
+    el.caseFields.replaceChildren();
+    caseField(el.caseFields, 'id', t('case.id'), sel.id);
+    caseField(el.caseFields, 'status', t('field.status'), caseStatus(c.status));
+    caseField(el.caseFields, 'category', t('field.category'), c.category);
+    caseField(el.caseFields, 'department', t('field.department'), c.department_code);
+    const due = document.createDocumentFragment();
+    due.append(c.due_at ? `${formatTime(c.due_at)} · ${untilTime(c.due_at)}` : '—');
+    for (const [flag, key, testid] of [[c.overdue, 'sla.overdue', 'case-overdue'], [c.due_soon && !c.overdue, 'sla.due_soon', 'case-due-soon']]) {
+      if (!flag) continue;
+      const mark = document.createElement('span');
+      mark.className = `mark ${testid === 'case-overdue' ? 'overdue' : 'due-soon'}`;
+      mark.dataset.testid = testid;
+      mark.textContent = `${testid === 'case-overdue' ? '⏰' : '⌛'} ${t(key)}`;
+      due.append(' ', mark);
+    }
+    caseField(el.caseFields, 'due', t('field.due'), due);
+    caseField(el.caseFields, 'channel', t('case.channel'), c.channel);
+    caseField(el.caseFields, 'submitted', t('case.submitted'), formatTime(c.submitted_at || c.created_at));
+    caseField(el.caseFields, 'grid', t('field.grid'), c.grid_code);
+    caseField(el.caseFields, 'address', t('case.address'), c.address);
+    caseField(el.caseFields, 'description', t('case.description'), c.description);
+    if (c.reply) caseField(el.caseFields, 'reply', t('case.reply'), c.reply);
+
+    const incidentId = linkedIncidentOf(sel);
+    if (incidentId) {
+      const link = document.createElement('button');
+      link.type = 'button';
+      link.className = 'link-button';
+      link.dataset.testid = 'case-incident-link';
+      link.dataset.incidentId = incidentId;
+      const known = state.incidents.get(incidentId);
+      link.textContent = `${t('case.open_incident')} · ${known && known.props.title ? known.props.title : incidentId}`;
+      el.caseIncident.replaceChildren(link);
+    } else {
+      el.caseIncident.textContent = t('case.no_incident');
+    }
+
+    // The contact as the API shows it to this role: in clear, masked or erased.
+    el.caseContact.replaceChildren();
+    const contact = sel.data ? sel.data.contact : null;
+    const parts = contact ? Object.entries(contact).filter(([, v]) => v != null && v !== '') : [];
+    if (parts.length) for (const [k, v] of parts) caseField(el.caseContact, `contact-${k}`, t(`contact.${k}`), v);
+    else caseField(el.caseContact, 'contact', t('case.contact'), sel.data ? t('case.no_contact') : '…');
+
+    const events = (sel.data && sel.data.timeline) || [];
+    el.caseTimeline.replaceChildren(...events.map((ev) => {
+      const node = li('', { event: ev.event || '' });
+      const time = document.createElement('span');
+      time.className = 'time';
+      time.textContent = formatTime(ev.at);
+      const what = document.createElement('b');
+      what.textContent = ` ${t(`cevent.${ev.event}`) === `cevent.${ev.event}` ? ev.event : t(`cevent.${ev.event}`)} `;
+      const rest = document.createElement('span');
+      rest.textContent = [ev.actor, ev.department_code, ev.status, ev.reason, ev.reply].filter((v) => v != null && v !== '').join(' · ');
+      node.append(time, what, rest);
+      return node;
+    }));
   }
 
   const mayReadAudit = () => ['operator', 'auditor'].includes(currentRole());
@@ -1540,6 +1776,18 @@
       mayReadAudit() ? request(`${API}/audit/incidents/${path}/trace`) : Promise.resolve(null),
     ]);
     if (state.selectedId !== id) return;
+    // The read model trails a command's answer by a moment: while it is behind what the
+    // last action answered, read again (the live push may be missed while it reconnects).
+    const expected = state.awaitVersion && state.awaitVersion.id === id ? state.awaitVersion : null;
+    if (expected && res.ok && res.data && res.data.properties) {
+      if (Number(res.data.properties.version) >= expected.version || expected.tries <= 0) state.awaitVersion = null;
+      else {
+        expected.tries -= 1;
+        setTimeout(() => {
+          if (state.selectedId === id) refreshSelected(id);
+        }, 500);
+      }
+    }
     if (res.ok && res.data && res.data.properties) {
       state.detailExtra = { linked_cases: res.data.linked_cases || [], sensors: res.data.sensors || [] };
       if (!state.replay) applyIncident(res.data);
@@ -1589,7 +1837,12 @@
   }
 
   function renderDetail() {
-    if (!state.selectedId || el.detail.hidden) return;
+    if (el.detail.hidden) return;
+    if (state.selectedCase) {
+      renderCase();
+      return;
+    }
+    if (!state.selectedId) return;
     const rec = state.selected;
     el.detailFields.replaceChildren();
     el.detail.dataset.incidentId = state.selectedId;
@@ -1654,7 +1907,11 @@
     el.linkedCases.replaceChildren(...(extra.linked_cases.length
       ? extra.linked_cases.map((f) => {
         const c = f.properties || f;
-        return li(`${c.category || ''} · ${c.status || ''} · ${c.channel || ''} · ${formatTime(c.submitted_at)}${c.description ? ` · ${c.description}` : ''}`, { caseId: String(c.case_id || f.id || '') });
+        const node = li(`${c.category || ''} · ${c.status || ''} · ${c.channel || ''} · ${formatTime(c.submitted_at)}${c.description ? ` · ${c.description}` : ''}`, { caseId: String(c.case_id || f.id || '') });
+        node.classList.add('clickable');
+        node.tabIndex = 0;
+        rememberCase({ ...c, case_id: node.dataset.caseId, incident_id: rec.id });
+        return node;
       })
       : [li(t('detail.no_cases'), { empty: 'true' })]));
     el.detailSensors.replaceChildren(...(extra.sensors.length
@@ -1711,6 +1968,7 @@
     state.actionBusy = false;
     if (state.selectedId === rec.id) {
       if (res.ok) {
+        if (Number.isFinite(Number(res.data.version))) state.awaitVersion = { id: rec.id, version: Number(res.data.version), tries: 20 };
         el.actionNote.value = '';
         el.actionOk.textContent = t('action.done', { a: t(`action.${label}`) });
         el.actionOk.hidden = false;
@@ -2011,6 +2269,24 @@
   // ---------------------------------------------------------------- KPI, SLA, queues
 
   const currentRole = () => (state.config && state.config.user ? state.config.user.role : auth.role);
+  /** A department's own code; null for every other role. */
+  const ownDepartment = () => (state.config && state.config.user && state.config.user.role === 'department' ? state.config.user.department : null);
+
+  function rememberCase(row) {
+    if (state.caseRows.size > 2000) state.caseRows.clear();
+    state.caseRows.set(String(row.case_id), row);
+  }
+
+  /** A list item that opens a case in the drawer. */
+  function caseItem(text, c, cls) {
+    const node = li(text, { caseId: String(c.case_id) });
+    node.classList.add('clickable');
+    if (cls) node.classList.add(cls);
+    if (state.selectedCase && state.selectedCase.id === String(c.case_id)) node.classList.add('selected');
+    node.tabIndex = 0;
+    rememberCase(c);
+    return node;
+  }
   let panelTimer = null;
 
   /** Re-read the panels shortly after a burst of live changes (at most every 2 s). */
@@ -2056,9 +2332,7 @@
     }
     for (const [kind, list] of [['overdue', d.cases.overdue.items], ['due-soon', d.cases.due_soon.items]]) {
       for (const c of list || []) {
-        const node = li(`${kind === 'overdue' ? '⏰' : '⌛'} ${c.category} · ${c.department_code || '—'} · ${formatTime(c.due_at)}`, { caseId: c.case_id });
-        node.classList.add(kind);
-        items.push(node);
+        items.push(caseItem(`${kind === 'overdue' ? '⏰' : '⌛'} ${c.category} · ${c.department_code || '—'} · ${formatTime(c.due_at)}`, c, kind));
       }
     }
     el.slaList.replaceChildren(...items);
@@ -2069,15 +2343,29 @@
     const res = await request(`${API}/departments`);
     if (!res.ok) return;
     const zh = I18N.lang === 'zh';
-    const prev = el.queueSelect.value;
-    el.queueSelect.replaceChildren(...res.data.departments.map((d) => {
+    const options = () => res.data.departments.map((d) => {
       const o = document.createElement('option');
       o.value = d.code;
       o.textContent = zh && d.name_zh ? d.name_zh : d.name || d.code;
       return o;
-    }));
+    });
+    const prev = el.queueSelect.value;
+    el.queueSelect.replaceChildren(...options());
     if (prev) el.queueSelect.value = prev;
+    // The sign-in's department picker: the same departments, after its prompt.
+    const prompt = el.deptSelect.options[0];
+    const chosen = el.deptSelect.value || (auth.role === 'department' ? auth.department : '');
+    el.deptSelect.replaceChildren(prompt, ...options());
+    el.deptSelect.value = chosen || '';
+    scopeQueue();
     loadQueue();
+  }
+
+  /** A department works its own queue: the picker is fixed on it. */
+  function scopeQueue() {
+    const own = ownDepartment();
+    el.queueSelect.disabled = Boolean(own);
+    if (own && el.queueSelect.value !== own) el.queueSelect.value = own;
   }
 
   async function loadQueue() {
@@ -2087,8 +2375,8 @@
     if (!res.ok || el.queueSelect.value !== code) return;
     const cases = res.data.cases || [];
     el.queueList.replaceChildren(...cases.map((c) => {
-      const node = li(`${c.overdue ? '⏰ ' : c.due_soon ? '⌛ ' : ''}${c.category} · ${c.status} · ${formatTime(c.due_at)}`, { caseId: c.case_id });
-      if (c.overdue) node.classList.add('overdue');
+      const node = caseItem(`${c.overdue ? '⏰ ' : c.due_soon ? '⌛ ' : ''}${c.category} · ${caseStatus(c.status)} · ${formatTime(c.due_at)}`, c, c.overdue ? 'overdue' : c.due_soon ? 'due-soon' : null);
+      node.dataset.testid = 'queue-item';
       return node;
     }));
     el.queueEmpty.hidden = cases.length > 0;
@@ -2096,7 +2384,52 @@
   }
 
   function loadPanels() {
-    return Promise.all([loadKpis(), loadSla(), loadQueue()]);
+    return Promise.all([loadKpis(), loadSla(), loadQueue(), loadHotspots()]);
+  }
+
+  /** The hotspot cells (GET /hotspots), while the grid is coloured by them. */
+  async function loadHotspots() {
+    if (state.gridMode !== 'hotspot') return;
+    const res = await request(`${API}/hotspots?hours=${HOTSPOT_HOURS}`);
+    if (state.gridMode !== 'hotspot') return;
+    if (res.ok && Array.isArray(res.data.hotspots)) {
+      state.hotspots = new Map(res.data.hotspots.map((h) => [String(h.grid_code), h]));
+      state.hotspotsError = null;
+    } else {
+      state.hotspotsError = res.error || 'not a list of hotspots';
+    }
+    state.hotspotsLoaded = true;
+    renderGridLegend();
+    invalidate('map');
+  }
+
+  function renderGridLegend() {
+    const mode = state.gridMode;
+    document.body.dataset.gridMode = mode;
+    for (const node of document.querySelectorAll('.legend-grid')) node.hidden = node.dataset.gridMode !== mode;
+    for (const input of document.querySelectorAll('input[name="grid-mode"]')) input.checked = input.value === mode;
+    if (mode !== 'hotspot') return;
+    el.legendNote.dataset.count = String(state.hotspots.size);
+    el.legendNote.dataset.loaded = String(state.hotspotsLoaded);
+    el.legendNote.textContent = state.hotspotsError
+      ? t('legend.hotspot_error', { e: state.hotspotsError })
+      : state.hotspotsLoaded
+        ? t('legend.hotspot_count', { n: state.hotspots.size, h: HOTSPOT_HOURS })
+        : t('list.loading');
+  }
+
+  function setGridMode(mode) {
+    state.gridMode = GRID_MODES.includes(mode) ? mode : 'load';
+    try {
+      localStorage.setItem('cityops.gridMode', state.gridMode);
+    } catch (_) {
+      /* storage unavailable */
+    }
+    state.hover = null;
+    hideTooltip();
+    renderGridLegend();
+    invalidate('map');
+    loadHotspots();
   }
 
   async function loadConfig() {
@@ -2107,7 +2440,12 @@
     if (user) {
       el.roleSelect.value = user.role;
       document.body.dataset.role = user.role;
+      if (user.department) document.body.dataset.department = user.department;
+      else delete document.body.dataset.department;
+      el.deptSelect.hidden = user.role !== 'department';
+      if (user.department) el.deptSelect.value = user.department;
     }
+    scopeQueue();
     invalidate('map');
   }
 
@@ -2209,18 +2547,25 @@
     setLive(live.state || 'connecting');
     renderTimeLabel();
     renderFeed();
+    renderGridLegend();
     loadDepartments();
     loadSla();
     invalidate('map', 'list', 'status', 'detail');
   }
 
-  async function switchRole(role) {
+  async function switchRole(role, department = null) {
     auth.role = role;
+    auth.department = role === 'department' ? department : null;
     sessionStorage.setItem(ROLE_KEY, role);
+    if (auth.department) sessionStorage.setItem(DEPT_KEY, auth.department);
+    else sessionStorage.removeItem(DEPT_KEY);
     sessionStorage.removeItem(TOKEN_KEY);
     auth.token = null;
+    const seq = ++auth.seq;
     await obtainToken(true);
+    if (seq !== auth.seq) return; // a later choice is signing in
     await loadConfig();
+    if (seq !== auth.seq) return;
     if (state.replay && !mayReadAudit()) await goLive();
     connectLive();
     loadPanels();
@@ -2228,9 +2573,33 @@
       state.allowed = null;
       refreshSelected(state.selectedId);
     }
+    if (state.selectedCase) refreshCase(state.selectedCase.id);
+  }
+
+  /** The role picker; a department signs in once one is chosen in the picker beside it. */
+  function onRoleChosen() {
+    const role = el.roleSelect.value;
+    el.deptSelect.hidden = role !== 'department';
+    if (role !== 'department') {
+      switchRole(role);
+      return;
+    }
+    if (el.deptSelect.value) switchRole('department', el.deptSelect.value);
+    else el.deptSelect.focus();
   }
 
   // ---------------------------------------------------------------- wiring
+
+  function restoreGridMode() {
+    let saved = null;
+    try {
+      saved = localStorage.getItem('cityops.gridMode');
+    } catch (_) {
+      saved = null;
+    }
+    state.gridMode = GRID_MODES.includes(saved) ? saved : 'load';
+    renderGridLegend();
+  }
 
   function restoreToggles() {
     let saved = null;
@@ -2259,6 +2628,7 @@
 
   function init() {
     restoreToggles();
+    restoreGridMode();
     el.canvas.addEventListener('pointerdown', onPointerDown);
     el.canvas.addEventListener('pointermove', onPointerMove);
     el.canvas.addEventListener('pointerup', onPointerUp);
@@ -2296,18 +2666,35 @@
       invalidate('detail');
     });
     const openFrom = (e) => {
-      const node = e.target.closest('[data-incident-id]');
-      if (node) selectIncident(node.dataset.incidentId, { center: true });
+      const node = e.target.closest('[data-incident-id], [data-case-id]');
+      if (!node || !e.currentTarget.contains(node)) return; // not the drawer's own ids
+      if (e.type === 'keydown') {
+        if (e.key !== 'Enter' && e.key !== ' ') return;
+        e.preventDefault();
+      }
+      if (node.dataset.caseId) selectCase(node.dataset.caseId, state.caseRows.get(node.dataset.caseId) || null);
+      else selectIncident(node.dataset.incidentId, { center: true });
     };
-    el.feed.addEventListener('click', openFrom);
-    el.slaList.addEventListener('click', openFrom);
+    for (const list of [el.feed, el.slaList, el.queueList, el.linkedCases, el.caseIncident]) {
+      list.addEventListener('click', openFrom);
+      list.addEventListener('keydown', openFrom);
+    }
     el.queueSelect.addEventListener('change', loadQueue);
+    for (const input of document.querySelectorAll('input[name="grid-mode"]')) {
+      input.addEventListener('change', () => {
+        if (input.checked) setGridMode(input.value);
+      });
+    }
     el.langToggle.addEventListener('click', () => {
       I18N.set(I18N.lang === 'zh' ? 'en' : 'zh');
       applyLanguage();
     });
     el.roleSelect.value = auth.role;
-    el.roleSelect.addEventListener('change', () => switchRole(el.roleSelect.value));
+    el.deptSelect.hidden = auth.role !== 'department';
+    el.roleSelect.addEventListener('change', onRoleChosen);
+    el.deptSelect.addEventListener('change', () => {
+      if (el.roleSelect.value === 'department' && el.deptSelect.value) switchRole('department', el.deptSelect.value);
+    });
     el.timeHours.addEventListener('change', () => {
       setHours();
       if (state.replay) showPast();
@@ -2351,6 +2738,8 @@
       ready,
       reload: loadLayers,
       selectIncident: (id) => selectIncident(id, { center: true }),
+      selectCase: (id) => selectCase(id, state.caseRows.get(String(id)) || null),
+      setGridMode,
       showPast,
       goLive,
       measureFrames,

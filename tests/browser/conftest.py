@@ -53,14 +53,16 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.write_line(f"{name}: {shown}")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """``cityops demo`` without the simulator: only what the tests cause happens."""
     with demo_stack(tmp_path_factory.mktemp("web-demo"), simulator=False) as running:
         yield running
 
 
-@pytest.fixture(scope="session")
+# Package scope: Playwright's sync API keeps an event loop running in this thread while
+# it is open, which would break asyncio.run() in the tests collected after these.
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
