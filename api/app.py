@@ -153,6 +153,9 @@ def create_app(settings: Settings, container: Container | None = None) -> FastAP
             yield
         finally:
             await c.hub.stop()
+            tokens = getattr(app.state, "map_tokens", None)
+            if tokens is not None:
+                await tokens.aclose()
             c.city.close()
             if c.telemetry is not None:
                 c.telemetry.producer.close()

@@ -17,7 +17,7 @@ from api.deps import container
 from api.incidents import Severity
 from api.sensors import SensorState, SensorType
 from projections.map_layers import MapLayers
-from projections.queries import GEOJSON, POINT_LAYERS, BBox, LayerQuery
+from projections.queries import GEOJSON, POINT_LAYERS, BBox, LayerQuery, MapTokenFeed
 
 router = APIRouter(prefix="/api/v1/map", tags=["map"])
 
@@ -53,6 +53,14 @@ def _build_map_layers(request: Request) -> MapLayers:
 MapLayersDep = Annotated[MapLayers, Depends(map_layers)]
 
 
+def tokens(request: Request) -> MapTokenFeed:
+    """The app's reader of the map token (made on first use, closed with the app)."""
+    feed: MapTokenFeed | None = getattr(request.app.state, "map_tokens", None)
+    if feed is None:
+        feed = request.app.state.map_tokens = MapTokenFeed(container(request).settings.database_url)
+    return feed
+
+
 @router.get(
     "/layers/{layer}",
     response_class=Response,
@@ -61,7 +69,7 @@ MapLayersDep = Annotated[MapLayers, Depends(map_layers)]
         304: {"description": "unchanged since the ETag sent in If-None-Match"},
     },
 )
-def layer(
+async def layer(
     request: Request,
     layers: MapLayersDep,
     layer: Layer,
@@ -96,7 +104,7 @@ def layer(
     query = LayerQuery(
         box, tuple((name, value) for name, value in given.items() if value is not None)
     )
-    rendered = layers.render(layer, query)
+    rendered = await layers.render_async(layer, query, tokens(request))
     headers = {"ETag": rendered.etag, "Cache-Control": "no-cache"}
     if _matches(request.headers.get("if-none-match"), rendered.etag):
         return Response(status_code=304, headers=headers)

@@ -2,7 +2,9 @@
 
 ``MapLayers`` keeps each point layer (sensors, incidents) in ~500 m tiles of rendered
 GeoJSON features. Every request first reads a ``MapToken`` (one small query: the map
-projection's position and each layer's highest ``change_seq``). A layer whose rows have
+projection's position and each layer's highest ``change_seq``; in the API through a
+``MapTokenFeed``, which shares one read among the requests that arrive together, each
+getting a read that began after it came). A layer whose rows have
 not changed is served as it is; otherwise the rows written since the view's own
 ``change_seq`` are read (an index range scan: a few rows per projection batch) and only
 their tiles are rebuilt. The map tables' trigger stamps every insert and update with the
@@ -34,6 +36,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+from anyio.to_thread import run_sync as run_sync_in_worker_thread
 from shapely.geometry import shape
 
 from projections.queries import (
@@ -42,6 +45,7 @@ from projections.queries import (
     BBox,
     LayerQuery,
     MapToken,
+    MapTokenFeed,
     PointLayer,
     ReadModels,
     Rendered,
@@ -324,7 +328,23 @@ class MapLayers:
         if not self.cache:
             return Rendered.of(self._uncached(layer, query))
         at = self.read.map_token()
+        return self._render_at(layer, query, at, time.monotonic())
+
+    async def render_async(self, layer: str, query: LayerQuery, tokens: MapTokenFeed) -> Rendered:
+        """``render`` for the event loop: the token comes from ``tokens`` (shared reads,
+        no thread), and a thread is taken only to refresh a view that has changed."""
+        if layer == "districts":  # fixed, and cut from memory
+            return self.render(layer, query)
+        if not self.cache:
+            return await run_sync_in_worker_thread(self.render, layer, query)
         asked_at = time.monotonic()
+        at = await tokens.token()
+        needed = ("sensors", "incidents") if layer == "grid" else (layer,)
+        if all(self.views[n].fresh_for(at.position, at.seq[n], asked_at) for n in needed):
+            return self._render_at(layer, query, at, asked_at)
+        return await run_sync_in_worker_thread(self._render_at, layer, query, at, asked_at)
+
+    def _render_at(self, layer: str, query: LayerQuery, at: MapToken, asked_at: float) -> Rendered:
         if layer != "grid":
             view = self._fresh(layer, at, asked_at)
             return self._remember((layer, query), view.generation, lambda: view.render(query))

@@ -6,6 +6,8 @@ map's layers come rendered (GeoJSON bytes with an entity tag) from ``MapLayers``
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import hashlib
 from collections.abc import Iterator
@@ -225,9 +227,7 @@ class ReadModels:
         with self._autocommit() as conn:
             row = conn.execute(_TOKEN_SQL).fetchone()
         assert row is not None
-        return MapToken(
-            int(row[0] or 0), {"sensors": int(row[1] or 0), "incidents": int(row[2] or 0)}
-        )
+        return _token(row)
 
     def layer_rows(self, layer: PointLayer, since: int | None) -> LayerRows:
         """The rows of ``layer`` changed after ``since`` (every shown row when None).
@@ -388,6 +388,94 @@ _TOKEN_SQL = sql.SQL(
     "SELECT (SELECT max(notification_id) FROM {}),"
     " (SELECT max(change_seq) FROM map_sensors), (SELECT max(change_seq) FROM map_incidents)"
 ).format(sql.Identifier(f"{MapProjection.name}_tracking"))
+
+
+class MapTokenFeed:
+    """``ReadModels.map_token`` for asyncio callers, on one connection of its own.
+
+    Concurrent callers share reads, and each gets one that began after it asked: a caller
+    that comes while a read is under way waits for the next one, which starts as soon as
+    that one ends. A request so never sees the map older than when it came in, as with a
+    read of its own, for one round trip per burst of requests instead of one each, and
+    without a thread hand-off or a pooled connection.
+    """
+
+    def __init__(self, conninfo: str) -> None:
+        self.conninfo = conninfo
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._next: asyncio.Future[MapToken] | None = None
+        self._pump: asyncio.Task[None] | None = None
+
+    async def token(self) -> MapToken:
+        """The map token, read after this call began."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # a new event loop (test clients make one per call)
+            self._abandon()
+            self._loop = loop
+        if self._next is None:
+            self._next = loop.create_future()
+            if self._pump is None or self._pump.done():
+                self._pump = loop.create_task(self._run())
+        return await asyncio.shield(self._next)
+
+    async def aclose(self) -> None:
+        if self._pump is not None and not self._pump.done():
+            self._pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pump
+        if self._conn is not None:
+            await self._conn.close()
+        self._conn = self._pump = self._next = None
+
+    async def _run(self) -> None:
+        while self._next is not None:
+            # Every caller waiting on ``waiting`` came before this read begins.
+            waiting, self._next = self._next, None
+            try:
+                token = await self._read()
+            except Exception as exc:  # handed to the callers that wait
+                waiting.set_exception(exc)
+                # Retrieved or not, the callers raise it; do not warn "never retrieved".
+                waiting.exception()
+            else:
+                waiting.set_result(token)
+
+    async def _read(self) -> MapToken:
+        """One read; a connection that was lost while idle (a server restart) is replaced
+        once, so that only a database that is down fails the callers."""
+        reused = self._conn is not None and not self._conn.closed
+        try:
+            return await self._read_once()
+        except psycopg.OperationalError:
+            if not reused:
+                raise
+            return await self._read_once()
+
+    async def _read_once(self) -> MapToken:
+        try:
+            if self._conn is None or self._conn.closed:
+                self._conn = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True)
+            cur = await self._conn.execute(_TOKEN_SQL)
+            row = await cur.fetchone()
+        except psycopg.Error:
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                with contextlib.suppress(psycopg.Error):
+                    await conn.close()
+            raise
+        assert row is not None
+        return _token(row)
+
+    def _abandon(self) -> None:
+        """Forget a connection and reads of an event loop that is no longer running."""
+        if self._conn is not None:
+            self._conn.pgconn.finish()  # its loop is gone: close the socket directly
+        self._conn = self._pump = self._next = None
+
+
+def _token(row: Any) -> MapToken:
+    return MapToken(int(row[0] or 0), {"sensors": int(row[1] or 0), "incidents": int(row[2] or 0)})
 
 
 @functools.cache

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import uuid
 from collections.abc import Iterator
@@ -21,6 +22,8 @@ from projections.queries import (
     SENSOR_COLUMNS,
     BBox,
     LayerQuery,
+    MapToken,
+    MapTokenFeed,
     ReadModels,
 )
 from projections.runner import TRACKING_NAME
@@ -500,3 +503,77 @@ def test_the_layers_are_documented(http: TestClient) -> None:
     names = {p["name"] for p in operation["parameters"]}
     assert {"layer", "bbox", "state", "sensor_type", "severity", "stage", "category"} <= names
     assert GEOJSON in operation["responses"]["200"]["content"]
+
+
+# -- the map token for the event loop ------------------------------------------------------
+
+
+def test_token_feed_shares_reads_but_never_answers_with_one_begun_before_the_call(
+    settings: Settings, db: psycopg.Connection[Any]
+) -> None:
+    advance(db)
+
+    class Gated(MapTokenFeed):
+        """Reads as usual, then holds the answer until the test lets it go."""
+
+        def __init__(self, conninfo: str) -> None:
+            super().__init__(conninfo)
+            self.reads = 0
+            self.gate: asyncio.Event | None = None
+
+        async def _read(self) -> MapToken:
+            token = await super()._read()
+            self.reads += 1
+            if self.gate is not None:
+                await self.gate.wait()
+            return token
+
+    async def scenario() -> tuple[int, int, int, int]:
+        feed = Gated(settings.database_url)
+        try:
+            burst = await asyncio.gather(*(feed.token() for _ in range(50)))
+            shared_reads = feed.reads
+            assert len({t.position for t in burst}) == 1
+            feed.gate = asyncio.Event()
+            early = asyncio.ensure_future(feed.token())
+            while feed.reads == shared_reads:  # the early read has its answer, held back
+                await asyncio.sleep(0.005)
+            await asyncio.to_thread(advance, db)  # committed after that read
+            late = asyncio.ensure_future(feed.token())
+            await asyncio.sleep(0.05)
+            feed.gate.set()
+            return shared_reads, burst[0].position, (await early).position, (await late).position
+        finally:
+            await feed.aclose()
+
+    shared_reads, before, early, late = asyncio.run(scenario())
+    assert shared_reads <= 2  # 50 callers at once: the first read, and one for the rest
+    assert early == before
+    assert late == before + 1  # came during the early read: got a read of its own, after
+
+
+def test_token_feed_survives_a_lost_connection_and_a_new_event_loop(
+    settings: Settings, db: psycopg.Connection[Any]
+) -> None:
+    advance(db)
+    feed = MapTokenFeed(settings.database_url)
+    first = asyncio.run(feed.token())  # this loop ends; its connection is left behind
+    advance(db)
+
+    async def across_a_lost_connection() -> tuple[MapToken, MapToken]:
+        try:
+            before = await feed.token()
+            assert feed._conn is not None
+            pid = feed._conn.info.backend_pid
+            await asyncio.to_thread(db.execute, "SELECT pg_terminate_backend(%s)", (pid,))
+            await asyncio.to_thread(advance, db)
+            return before, await feed.token()
+        finally:
+            await feed.aclose()
+
+    second, third = asyncio.run(across_a_lost_connection())
+    assert second.position == first.position + 1
+    assert third.position == second.position + 1
+    down = MapTokenFeed("postgresql://nobody@127.0.0.1:1/none?connect_timeout=2")
+    with pytest.raises(psycopg.OperationalError):
+        asyncio.run(down.token())
