@@ -49,6 +49,8 @@ class CorrelationRule(_Frozen):
     radius_m: float = Field(gt=0, le=10_000)
     window_h: float = Field(gt=0, le=24 * 30)
     cluster_severity: str = "minor"
+    # Reports needed to open an incident together; None: the policy's cluster_min_reports.
+    cluster_min_reports: int | None = Field(default=None, ge=2)
 
     @model_validator(mode="after")
     def _severity(self) -> CorrelationRule:
@@ -92,6 +94,10 @@ class CorrelationPolicy(_Frozen):
 
     def rule_for_incident(self, category: str) -> CorrelationRule | None:
         return next((r for r in self.rules if category in r.incident_categories), None)
+
+    def min_reports(self, rule: CorrelationRule) -> int:
+        """Reports of ``rule`` that open an incident together."""
+        return rule.cluster_min_reports or self.cluster_min_reports
 
     def time_limit(self, severity: str) -> timedelta:
         return timedelta(hours=self.incident_time_limits_h.get(severity, 24.0))
@@ -268,7 +274,7 @@ class Correlator:
             if peer.status in OPEN and peer.incident_id is None and peer.lon is not None:
                 peers.append(peer)
         members = [case, *peers]
-        if len(members) < self.policy.cluster_min_reports:
+        if len(members) < self.policy.min_reports(rule):
             return "alone"
         incident_uuid = uuid5(CLUSTER_NS, f"{rule.id}:{min(m.id for m in members)}")
         if incident_uuid in pe.aggregates or self._exists(incident_uuid):

@@ -251,17 +251,19 @@ _ENTRIES: tuple[ScenarioEntry, ...] = (
             "No sensor alarm. About 75 reports cluster within 400 m of the venue (about "
             "40 % noise, the rest bins, vending, parking, bikes and litter), each a "
             "service case routed by category to urban management, sanitation or the "
-            "traffic police of Xuhui, with nearby open cases of the same category offered "
-            "as possible duplicates. The packaged correlation rules (core/correlation.yaml "
-            "v1) pair none of these categories, so the urban brain opens no incident; a "
-            "rule for crowd categories would make the cluster one citizen-reports incident."
+            "traffic police of Xuhui. The correlation rules' crowd rule (core/correlation."
+            "yaml v2: these categories within 500 m and 2 h, five reports) makes the fifth "
+            "report open one citizen-reports incident, crowd_disturbance, with the reports "
+            "near it linked; later calls join it, so the operations center sees one crowd, "
+            "not 75 complaints."
         ),
         outcome_zh=(
             "没有传感器告警。活动场地 400 米内集中出现约 75 件诉求（约 40% 为噪声，其余为垃圾"
             "桶、占道经营、违停、共享单车和路面垃圾），每件按类别派给徐汇区城管执法局、绿化"
-            "市容局或交警支队，附近同类未结工单被提示为可能重复。现行关联规则"
-            "（core/correlation.yaml 第 1 版）不涉及这些类别，城市大脑不生成事件；若增加人群"
-            "类别的关联规则，这些诉求将聚合为一个市民诉求事件。"
+            "市容局或交警支队。关联规则中的人群规则（core/correlation.yaml 第 2 版：这些类别"
+            "在 500 米、2 小时内满 5 件）使第 5 件诉求生成一个市民诉求事件 crowd_disturbance，"
+            "附近诉求一并关联；之后的来电加入该事件，指挥中心看到的是一处人群聚集，而不是 75 "
+            "件投诉。"
         ),
     ),
 )

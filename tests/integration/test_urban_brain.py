@@ -36,6 +36,8 @@ from cityops.follower import LogFollower
 from cityops.pgstore import make_pool
 from cityops.settings import Settings
 from core.app import CityApp
+from core.categories import load_categories
+from core.correlation import load_policy
 from core.errors import IllegalTransitionError
 from core.management import IncidentPolicy
 from core.notify import Notice
@@ -45,6 +47,8 @@ from core.sensor import SensorSpec
 from core.service import ServiceDesk, SubmitCase
 from projections.case_queries import CaseQueries
 from projections.positions import head, position
+from simulations.citizens import CaseReport, CitizenModel
+from simulations.scenarios import Festival
 from tests.integration.test_pipeline_kafka import wait_until
 from tests.integration.test_rebuild import caught_up, checksums, project
 
@@ -185,7 +189,7 @@ def test_rainstorm_gives_one_incident_per_flooded_place(
             assert case.sensor_check == "confirmed"
         link = a.linked_cases[str(a_cases[0])]
         assert link["rule_id"] == "flooding"
-        assert link["rule_version"] == 1
+        assert link["rule_version"] == load_policy().version
         # B: one incident opened by the citizens together, not confirmed by sensors.
         b_incidents = {desk.get(c).incident_id for c in b_cases}
         assert len(b_incidents) == 1
@@ -291,6 +295,68 @@ from cityops.bootstrap import run_projector
 from cityops.settings import Settings
 run_projector(Settings(), threading.Event(), batch_size=int(sys.argv[1]))
 """
+
+
+def test_festival_crowd_complaints_become_one_incident(
+    settings: Settings, city: tuple[CityApp, ServiceDesk, Any]
+) -> None:
+    """The festival scenario's calls (no sensor sees a crowd) through the real brain: four
+    complaints stay cases; from the fifth, one citizen-reports incident holds them all."""
+    app, desk, pool = city
+    festival = Festival(seed=3)
+    model = CitizenModel(city_layers(settings), load_categories(), festival, seed=3)
+    reports = [r for r in model.reports(0.0, festival.timeline.end_s) if r.cause == "scenario"]
+    assert len(reports) >= 30
+    projector, stop_projector = run_in_thread(lambda s: run_projector(settings, s), "projector")
+    brain = brain_follower(settings, app, pool)
+
+    def submit(r: CaseReport) -> UUID:
+        case = desk.submit(
+            SubmitCase(
+                "hotline",
+                r.external_id,
+                r.service_code,
+                r.description,
+                lon=r.lon,
+                lat=r.lat,
+                attributes=dict(r.attributes),
+            ),
+            actor="hotline:test",
+            correlation_id=r.external_id,
+        )
+        return case.id
+
+    def brain_done() -> None:
+        wait_until(lambda: caught_up(settings), 60, "projections at the head")
+        while brain.step():
+            wait_until(lambda: caught_up(settings), 60, "projections at the head")
+
+    try:
+        first = [submit(r) for r in reports[:4]]
+        brain_done()
+        assert all(desk.get(c).incident_id is None for c in first)
+        rest = [submit(r) for r in reports[4:]]
+        brain_done()
+        wait_until(lambda: caught_up(settings), 60, "projections at the head")
+    finally:
+        stop_projector.set()
+        projector.join(10)
+    incidents = rows(
+        settings,
+        "SELECT incident_id, kind, category, linked_cases FROM map_incidents WHERE status = 'open'",
+    )
+    assert len(incidents) == 1, incidents
+    incident_id, kind, category, linked = incidents[0]
+    assert (kind, category) == ("citizen_reports", "crowd_disturbance")
+    crowd = app.get_incident(incident_id)
+    assert crowd.rule_id == "crowd"
+    # Every call but a few at the crowd's far edge (beyond 500 m of where it opened).
+    assert linked == len(crowd.linked_cases) >= 0.9 * len(reports)
+    assert set(crowd.linked_cases) <= {str(c) for c in first + rest}
+    # The first four joined it when the fifth came (but one too far from the fifth).
+    early = [desk.get(c).incident_id for c in first]
+    assert early.count(str(incident_id)) >= 3
+    assert set(early) <= {str(incident_id), None}
 
 
 def test_projection_worker_killed_mid_batch_equals_a_fresh_rebuild(

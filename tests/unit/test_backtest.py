@@ -266,12 +266,12 @@ def flood_incident(sensor: Sensor) -> Incident:
     )
 
 
-def accepted_case(key: str, lon: float, lat: float) -> ServiceCase:
+def accepted_case(key: str, lon: float, lat: float, category: str = "flooding") -> ServiceCase:
     case = ServiceCase.submit(
         case_id("hotline", key),
         channel="hotline",
         external_id=key,
-        category="flooding",
+        category=category,
         categories_version=1,
         description="water in the street",
         lon=lon,
@@ -370,7 +370,7 @@ def test_the_live_correlation_rules_reproduce_the_brains_decisions() -> None:
     assert brain_trigger(log[-1][1]) is not None  # the log holds the brain's decisions
     outcome = replay(policy, log)
     assert outcome.identical, outcome.diffs
-    assert (outcome.not_applied, outcome.errors, outcome.live_versions) == (0, [], [1])
+    assert (outcome.not_applied, outcome.errors, outcome.live_versions) == (0, [], [policy.version])
     assert outcome.triggers == 5  # 4 cases accepted and the alarm's incident
     same = outcome.diffs
     assert sorted(keys(outcome, "link", "same")) == sorted(
@@ -390,8 +390,9 @@ def test_the_live_correlation_rules_reproduce_the_brains_decisions() -> None:
 
 
 def test_a_smaller_radius_reports_the_links_it_would_not_have_made() -> None:
-    log, ids = storm(live_policy())
-    narrow = replay(with_flooding_radius(live_policy(), 100), log)
+    live = live_policy()
+    log, ids = storm(live)
+    narrow = replay(with_flooding_radius(live, 100), log)
     a1, incident_a = str(ids["a1"]), str(ids["A"])
     assert keys(narrow, "link", "missing") == [(a1, incident_a)]
     assert keys(narrow, "link", "extra") == []
@@ -400,8 +401,8 @@ def test_a_smaller_radius_reports_the_links_it_would_not_have_made() -> None:
     assert keys(narrow, "sensor_check", "missing") == [(a1, "confirmed")]
     assert keys(narrow, "sensor_check", "extra") == [(a1, "no_sensors")]
     assert narrow.diffs["cluster"].identical
-    assert (narrow.version, narrow.live_versions) == (2, [1])
-    assert {d.rule_version for d in narrow.diffs["link"].same} == {1}  # as recorded
+    assert (narrow.version, narrow.live_versions) == (live.version + 1, [live.version])
+    assert {d.rule_version for d in narrow.diffs["link"].same} == {live.version}  # as recorded
 
 
 def test_decisions_before_the_window_are_the_starting_state() -> None:
@@ -451,3 +452,47 @@ def test_scratch_nearby_filters_like_the_read_models() -> None:
     assert seen.distance_m == pytest.approx(50, abs=1)
     incident.merge_into(target_id="other", actor="test", correlation_id="t")
     assert city.incidents_near(A_LON, A_LAT, 300, ("flooding",), since) == []
+
+
+CROWD = ("noise_social", "overflowing_bin", "illegal_parking", "street_vendor", "shared_bikes")
+
+
+def test_a_crowd_opens_one_incident_at_its_fifth_report_and_backtests_with_its_own_minimum() -> (
+    None
+):
+    policy = load_policy()
+    crowd = next(r for r in policy.rules if r.id == "crowd")
+    assert policy.min_reports(crowd) == 5 > policy.cluster_min_reports
+    live = LiveCity(policy)
+    cases = []
+    for i, category in enumerate(CROWD):
+        if i == 4:  # four complaints of a crowd are still four cases
+            assert all(live.city.get(c.id, ServiceCase, "case").incident_id is None for c in cases)
+        case = accepted_case(f"f{i}", *east(B_LON, B_LAT, 70 * i), category=category)
+        live.record(case)
+        cases.append(case)
+    late = accepted_case("f5", *east(B_LON, B_LAT, -300), category="noise_social")
+    live.record(late)
+    cluster = uuid5(CLUSTER_NS, f"crowd:{min(c.id for c in cases)}")
+    incident = live.city.get(cluster, Incident, "incident")
+    assert (incident.kind, incident.category) == ("citizen_reports", "crowd_disturbance")
+    assert sorted(incident.linked_cases) == sorted(str(c.id) for c in [*cases, late])
+
+    assert replay(policy, live.log).identical
+    six = crowd.model_copy(update={"cluster_min_reports": 6})
+    stricter = policy.model_copy(
+        update={
+            "rules": tuple(six if r.id == "crowd" else r for r in policy.rules),
+            "version": policy.version + 1,
+        }
+    )
+    outcome = replay(stricter, live.log)
+    assert [d.subject for d in outcome.diffs["cluster"].missing] == [str(cluster)]
+    assert keys(outcome, "link", "extra") == []
+
+
+def test_a_rule_cannot_ask_for_fewer_than_two_reports() -> None:
+    raw = load_policy().model_dump()
+    raw["rules"][0]["cluster_min_reports"] = 1
+    with pytest.raises(ValueError, match="cluster_min_reports"):
+        CorrelationPolicy.model_validate(raw)
