@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -112,7 +111,6 @@ def build_container(settings: Settings) -> Container:
         kafka.Topics.of(settings),
         DeviceRegistry(city),
         Limits.from_settings(settings),
-        gateway_of=functools.lru_cache(maxsize=100_000)(city.gateway_of),
     )
     probes = {
         "kafka": kafka_probe(settings.kafka_bootstrap),

@@ -32,24 +32,23 @@ class TelemetryIntake:
         self,
         producer: Any,
         topics: Topics,
-        known_device: Callable[[str], bool],
-        limits: Limits,
         gateway_of: Callable[[str], str | None],
+        limits: Limits,
     ) -> None:
         self.producer = producer
         self.topics = topics
-        self.known_device = known_device
-        self.limits = limits
         self.gateway_of = gateway_of
+        self.limits = limits
 
     def accept(self, gateway_id: str, device_id: str, payload: bytes) -> tuple[int, dict[str, Any]]:
-        if self.known_device(device_id) and self.gateway_of(device_id) != gateway_id:
+        owner = self.gateway_of(device_id)
+        if owner is not None and owner != gateway_id:
             # A gateway speaks for its own devices only.
             return 403, {"detail": f"device {device_id!r} is not a device of {gateway_id}"}
         topic = f"cityops/{gateway_id}/{device_id}/telemetry"
         now = time.time()
         try:
-            message = decode(topic, payload, now, self.known_device, self.limits)
+            message = decode(topic, payload, now, self.gateway_of, self.limits)
         except RejectedPayload as rejected:
             record = deadletter_record("http", topic, payload, rejected, now)
             self.producer.send(self.topics.deadletter, key=b"http", value=record).get(timeout=10)

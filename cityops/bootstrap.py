@@ -103,27 +103,32 @@ def city_layers(settings: Settings) -> CityLayers:
 
 
 class DeviceRegistry:
-    """Is this device registered? Cached; misses are re-checked after ``ttl`` seconds."""
+    """The gateway a device is registered under (None: not registered).
+
+    Cached: a device's gateway is fixed when it is registered; misses are re-checked
+    after ``ttl`` seconds.
+    """
 
     def __init__(self, app: CityApp, ttl: float = 30.0) -> None:
         self.app = app
         self.ttl = ttl
-        self.known: set[str] = set()
+        self.known: dict[str, str] = {}
         self.unknown: dict[str, float] = {}
         self.lock = threading.Lock()
 
-    def __call__(self, device_id: str) -> bool:
-        if device_id in self.known:
-            return True
+    def __call__(self, device_id: str) -> str | None:
+        gateway = self.known.get(device_id)
+        if gateway is not None:
+            return gateway
         now = time.monotonic()
         with self.lock:
             checked = self.unknown.get(device_id)
             if checked is not None and now - checked < self.ttl:
-                return False
-        found = self.app.is_registered(device_id)
+                return None
+        found = self.app.gateway_of(device_id)
         with self.lock:
-            if found:
-                self.known.add(device_id)
+            if found is not None:
+                self.known[device_id] = found
                 self.unknown.pop(device_id, None)
             elif len(self.unknown) < 100_000:  # bound memory under a flood of bogus ids
                 self.unknown[device_id] = now

@@ -15,7 +15,7 @@ backlog in this process.
 
 Run in-process::
 
-    bridge = MqttBridge(settings, make_producer(settings), registry.is_known, client_id="b1")
+    bridge = MqttBridge(settings, make_producer(settings), DeviceRegistry(app), client_id="b1")
     bridge.start()
     bridge.wait_connected(10)
     ...
@@ -160,7 +160,7 @@ class MqttBridge:
         self,
         settings: Settings,
         producer: Producer,
-        known_device: Callable[[str], bool],
+        gateway_of: Callable[[str], str | None],
         metrics: BridgeCounters | None = None,
         *,
         client_id: str | None = None,
@@ -175,7 +175,7 @@ class MqttBridge:
             client_id or f"cityops-bridge-{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
         )
         self._producer = producer
-        self._known_device = known_device
+        self._gateway_of = gateway_of
         self._limits = Limits.from_settings(settings)
         self._topics = Topics.of(settings)
         self._clock = clock
@@ -435,7 +435,7 @@ class MqttBridge:
             topic = "<topic not UTF-8>"  # decode rejects it as topic_shape
         payload = bytes(message.payload)  # the same object when it already is bytes
         try:
-            decoded = decode(topic, payload, now, self._known_device, self._limits)
+            decoded = decode(topic, payload, now, self._gateway_of, self._limits)
         except RejectedPayload as rejected:
             self.metrics.reject(rejected.reason_code)
             self._warnings.warning(

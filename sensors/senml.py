@@ -1,6 +1,7 @@
 """Decode and validate what sensor gateways publish over MQTT (contract: DESIGN.md 3.1).
 
-Pure: no clock, no I/O. The caller passes ``now`` and a ``known_device`` predicate, and
+Pure: no clock, no I/O. The caller passes ``now`` and a ``gateway_of`` look-up (the
+gateway a device is registered under, None if it is not), and
 gets a normalised :class:`~core.telemetry.TelemetryMessage` or a :class:`RejectedPayload`
 carrying a short machine reason code (counted, logged and dead-lettered by the bridge).
 
@@ -52,6 +53,7 @@ REASON_CODES: tuple[str, ...] = (
     "bad_senml",
     "wrong_type",
     "unknown_device",
+    "foreign_device",
     "device_mismatch",
     "unknown_metric",
     "unknown_unit",
@@ -104,7 +106,7 @@ def decode(
     topic: str,
     payload: bytes,
     now: float,
-    known_device: Callable[[str], bool],
+    gateway_of: Callable[[str], str | None],
     limits: Limits,
 ) -> TelemetryMessage:
     """Normalise one MQTT message, or raise RejectedPayload with the reason."""
@@ -120,8 +122,13 @@ def decode(
         raise RejectedPayload(
             "oversized", f"{len(payload)} bytes > limit {limits.max_payload_bytes}"
         )
-    if not known_device(device_id):
+    owner = gateway_of(device_id)
+    if owner is None:
         raise RejectedPayload("unknown_device", f"device {device_id!r} is not registered")
+    if owner != gateway_id:  # a gateway speaks for its own devices only
+        raise RejectedPayload(
+            "foreign_device", f"device {device_id!r} is not a device of {gateway_id!r}"
+        )
     if not payload.strip():
         # An empty publish is also how MQTT clears a retained message: not a bad status.
         raise RejectedPayload("empty", "empty payload")

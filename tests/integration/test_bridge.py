@@ -80,6 +80,8 @@ def test_bad_input_goes_to_dead_letter_and_ingestion_carries_on(
             orjson.dumps([{"bn": f"{good}:", "n": "water_level", "v": "high"}]),
         ),
         "unknown_device": ("cityops/gw-t/wl-nobody/telemetry", senml("wl-nobody", 3.0)),
+        # A registered device, but under another gateway's topic.
+        "foreign_device": (f"cityops/gw-other/{good}/telemetry", senml(good, 5.0)),
         "future_timestamp": (
             f"cityops/gw-t/{good}/telemetry",
             orjson.dumps([{"bn": f"{good}:", "bt": future, "n": "water_level", "v": 1.0}]),

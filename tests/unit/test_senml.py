@@ -33,9 +33,13 @@ def senml(*records: dict[str, Any]) -> bytes:
 
 
 def run(
-    payload: bytes, topic: str = TOPIC, known: frozenset[str] = frozenset({DEVICE})
+    payload: bytes,
+    topic: str = TOPIC,
+    known: frozenset[str] = frozenset({DEVICE}),
+    gateway: str = GATEWAY,
 ) -> TelemetryMessage:
-    return decode(topic, payload, NOW, known.__contains__, LIMITS)
+    """Decode with ``known`` devices registered under ``gateway``."""
+    return decode(topic, payload, NOW, dict.fromkeys(known, gateway).get, LIMITS)
 
 
 def rejected(payload: bytes, topic: str = TOPIC, **kwargs: Any) -> RejectedPayload:
@@ -232,6 +236,7 @@ def test_longest_ids_are_accepted() -> None:
         senml({"n": "power", "v": 1}),
         f"cityops/{'g' * 64}/{device}/telemetry",
         known=frozenset({device}),
+        gateway="g" * 64,
     )
     assert message.device_id == device
 
@@ -276,7 +281,7 @@ def test_not_json(payload: bytes) -> None:
 def test_deep_nesting_is_not_json() -> None:
     payload = b"[" * 20_000 + b"]" * 20_000  # beyond both parsers' recursion limits
     with pytest.raises(RejectedPayload) as info:
-        decode(TOPIC, payload, NOW, {DEVICE}.__contains__, Limits(max_payload_bytes=65_536))
+        decode(TOPIC, payload, NOW, {DEVICE: GATEWAY}.get, Limits(max_payload_bytes=65_536))
     assert info.value.reason_code == "not_json"
 
 
@@ -345,6 +350,16 @@ def test_bad_senml(payload: bytes) -> None:
 )
 def test_wrong_type(payload: bytes) -> None:
     assert rejected(payload).reason_code == "wrong_type"
+
+
+@pytest.mark.parametrize("topic", [TOPIC, STATUS_TOPIC])
+def test_a_gateway_speaks_only_for_its_own_devices(topic: str) -> None:
+    other = topic.replace(f"/{GATEWAY}/", "/gw-02/")
+    payload = senml({"n": "water_level", "v": 1.0}) if "telemetry" in topic else b"online"
+    error = rejected(payload, other)
+    assert error.reason_code == "foreign_device"
+    assert DEVICE in error.detail
+    assert "gw-02" in error.detail
 
 
 @pytest.mark.parametrize("topic", [TOPIC, STATUS_TOPIC])
@@ -430,7 +445,8 @@ def test_every_reason_code_is_exercised() -> None:
     # Guards the list above against a new code without a test.
     tested = {
         "topic_shape", "oversized", "empty", "not_utf8", "not_json", "non_finite",
-        "bad_senml", "wrong_type", "unknown_device", "device_mismatch", "unknown_metric",
+        "bad_senml", "wrong_type", "unknown_device", "foreign_device", "device_mismatch",
+        "unknown_metric",
         "unknown_unit", "future_timestamp", "stale_timestamp", "bad_status",
     }  # fmt: skip
     assert tested == set(REASON_CODES)
