@@ -104,10 +104,9 @@ class CaseIntake:
                     topics.deadletter_for(SOURCE, record, f"{type(exc).__name__}: {exc}", now)
                 )
         pe.collect_events(expected_position=self.tracked.positions.get(tp))
+        topics.send_deadletters(self.producer, self.topics.deadletter, SOURCE.encode(), rejects)
         self.app.record(pe)
         self.tracked.positions[tp] = records[-1].offset + 1
-        for value in rejects:
-            self.producer.send(self.topics.deadletter, key=SOURCE.encode(), value=value)
         counts["rejected"] += len(rejects)
         self.counters.update(counts)
         return counts

@@ -44,6 +44,18 @@ def deadletter_for(source: str, record: Any, reason: str, now: float) -> bytes:
     )
 
 
+def send_deadletters(producer: Any, topic: str, key: bytes, values: Sequence[bytes]) -> None:
+    """Send dead letters and wait until Kafka holds every one.
+
+    Workers call this before they commit the position past the records these came from:
+    a crash in between sends them again (the same source topic, partition and offset, so
+    a reader can tell), but never loses one.
+    """
+    futures = [producer.send(topic, key=key, value=value) for value in values]
+    for future in futures:
+        future.get(timeout=30)
+
+
 def telemetry_or_reject(
     source: str, record: Any, rejects: list[bytes], now: float
 ) -> TelemetryMessage | None:

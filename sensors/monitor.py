@@ -128,6 +128,9 @@ class SensorMonitor:
         ]
         pe.collect_events(expected_position=self.tracked.positions.get(tp), state_rows=state_rows)
         try:
+            topics.send_deadletters(
+                self.producer, self.topics.deadletter, b"sensor-monitor", rejects
+            )
             self.app.record(pe)
         except Exception:
             # Roll the in-memory rule state back to what is committed.
@@ -138,8 +141,6 @@ class SensorMonitor:
                     self.states[device_id] = DeviceState.from_json(raw)
             raise
         self.tracked.positions[tp] = next_offset
-        for value in rejects:
-            self.producer.send(self.topics.deadletter, key=b"sensor-monitor", value=value)
         self.counters["messages"] += len(records)
         self.counters["events"] += len(pe.events)
         self.counters["rejected"] += len(rejects)

@@ -330,7 +330,7 @@ def test_bad_messages_go_to_the_dead_letter_and_nothing_else_is_lost(
                 what="every message handled",
             )
             assert intake.worker.counters == Counter(submitted=2, rejected=len(bad))
-        # The worker flushed its dead letters when it stopped.
+        # Each batch's dead letters were in Kafka before its position was committed.
         letters = [orjson.loads(r.value) for r in read_topic(settings, names.deadletter, len(bad))]
         assert len(letters) == len(bad)
         offsets = {
@@ -356,6 +356,64 @@ def test_bad_messages_go_to_the_dead_letter_and_nothing_else_is_lost(
         assert tracked(settings) == len(sequence)
     finally:
         producer.close()
+
+
+class DiedBeforeCommitError(Exception):
+    """The worker's process ends between its dead letters and its commit."""
+
+
+def test_a_dead_letter_is_sent_before_the_position_past_it_is_committed(
+    seeded: Settings, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = seeded
+    names = topics.Topics.of(settings)
+    producer = topics.make_producer(settings)
+    produce(settings, producer, b"{not json", hotline(f"ok-{unique}"), key=b"one-partition")
+    consumer = KafkaConsumer(
+        names.cases_inbound,
+        bootstrap_servers=settings.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+    )
+    records: list[Any] = []
+    deadline = time.monotonic() + 30
+    while len(records) < 2 and time.monotonic() < deadline:
+        for batch in consumer.poll(timeout_ms=300).values():
+            records.extend(batch)
+    consumer.close()
+    assert len(records) == 2
+    tp = TopicPartition(names.cases_inbound, records[0].partition)
+    pool = make_pool(settings, max_size=2)
+    app = city_app(settings, pool_size=2)
+    worker = CaseIntake(settings, service_desk(settings, app, pool), producer)
+    try:
+
+        def dies(*args: Any, **kwargs: Any) -> None:
+            raise DiedBeforeCommitError
+
+        monkeypatch.setattr(worker.app, "record", dies)
+        with pytest.raises(DiedBeforeCommitError):
+            worker.process_partition(tp, records)
+        # Nothing committed, but the dead letter is already in Kafka.
+        assert tracked(settings) == 0
+        assert per_case(settings, SUBMITTED) == {}
+        (letter,) = read_topic(settings, names.deadletter, 1)
+        assert orjson.loads(letter.value)["offset"] == records[0].offset
+        # Restarted, the worker does the batch again: the letter twice, the case once.
+        monkeypatch.undo()
+        worker.process_partition(tp, records)
+        assert tracked(settings) == 2
+        assert per_case(settings, SUBMITTED) == {hotline_case_id(f"ok-{unique}"): 1}
+        letters = [orjson.loads(r.value) for r in read_topic(settings, names.deadletter, 2)]
+        assert len(letters) == 2
+        assert {(x["topic"], x["partition"], x["offset"]) for x in letters} == {
+            (names.cases_inbound, tp.partition, records[0].offset)
+        }
+    finally:
+        producer.close()
+        app.close()
+        pool.close()
 
 
 def test_sigkilled_intake_neither_loses_nor_doubles_cases(seeded: Settings, unique: str) -> None:
