@@ -116,16 +116,17 @@ def build_container(settings: Settings) -> Container:
         "kafka": kafka_probe(settings.kafka_bootstrap),
         "mqtt": tcp_probe(settings.mqtt_host or "127.0.0.1", settings.mqtt_port),
     }
+    api_keys = ApiKeyVerifier(PgApiKeys(pool).lookup)
     return Container(
         settings=settings,
         pool=pool,
         city=city,
         read=read,
-        hub=ChangeHub(settings.database_url, read, case_queries),
+        hub=ChangeHub(settings.database_url, read, case_queries, on_key_revoked=api_keys.forget),
         desk=service_desk(settings, city, pool, layers, case_queries),
         cases=case_queries,
         incidents=incident_desk(settings, city),
-        api_keys=ApiKeyVerifier(PgApiKeys(pool).lookup),
+        api_keys=api_keys,
         telemetry=telemetry,
         probes=probes,
         layers={

@@ -129,13 +129,29 @@ def verify_token(settings: Settings, token: str) -> Principal:
 
 
 class ApiKeyVerifier:
-    """Checks ``cok_<id>_<secret>`` keys against their stored hash; cached for ``ttl``."""
+    """Checks ``cok_<id>_<secret>`` keys against their stored hash; cached for ``ttl``.
+
+    A revocation reaches the cache at once through ``forget`` (the API's change listener
+    hears ``REVOKED_CHANNEL``); ``ttl`` bounds the rest, such as a revocation made while
+    the listener was reconnecting (it then forgets everything).
+    """
 
     def __init__(self, lookup: Callable[[str], StoredKey | None], ttl: float = 30.0) -> None:
         self.lookup = lookup
         self.ttl = ttl
         self.cache: dict[str, tuple[float, StoredKey | None]] = {}
         self.lock = threading.Lock()
+        # Bumped by every forget: a look-up that began before one is not cached.
+        self.epoch = 0
+
+    def forget(self, key_id: str | None = None) -> None:
+        """Drop ``key_id`` from the cache (every key when None)."""
+        with self.lock:
+            self.epoch += 1
+            if key_id is None:
+                self.cache.clear()
+            else:
+                self.cache.pop(key_id, None)
 
     def verify(self, key: str) -> Principal:
         if not key.startswith(API_KEY_PREFIX) or key.count("_") < 2:
@@ -145,11 +161,14 @@ class ApiKeyVerifier:
         with self.lock:
             hit = self.cache.get(key_id)
         if hit is None or now - hit[0] > self.ttl:
+            with self.lock:
+                epoch = self.epoch
             stored = self.lookup(key_id)
             with self.lock:
                 if len(self.cache) > 10_000:
                     self.cache.clear()
-                self.cache[key_id] = (now, stored)
+                if epoch == self.epoch:
+                    self.cache[key_id] = (now, stored)
         else:
             stored = hit[1]
         if (

@@ -2,6 +2,7 @@
 
 The map projection calls ``pg_notify`` in the transaction that changes a row; one
 LISTEN connection per API process fans the changes out to every connected browser.
+The same connection hears API key revocations and tells the key cache.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 from uuid import UUID
 
@@ -21,6 +22,7 @@ from sse_starlette.sse import EventSourceResponse
 
 from api.cases import summary
 from api.deps import ContainerDep
+from cityops.apikeys import REVOKED_CHANNEL
 from projections.case_queries import CaseQueries
 from projections.map import NOTIFY_CHANNEL
 from projections.queries import ReadModels, feature
@@ -38,8 +40,12 @@ class ChangeHub:
         read: ReadModels,
         cases: CaseQueries | None = None,
         queue_size: int = 1_000,
+        on_key_revoked: Callable[[str | None], None] | None = None,
     ) -> None:
         self.cases = cases
+        # Told the id of each API key revoked, and None (forget all) on each (re)connect,
+        # when revocations may have been missed.
+        self.on_key_revoked = on_key_revoked
         self.database_url = database_url
         self.read = read
         self.queue_size = queue_size
@@ -62,7 +68,14 @@ class ChangeHub:
                     self.database_url, autocommit=True
                 ) as conn:
                     await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    if self.on_key_revoked is not None:
+                        await conn.execute(f"LISTEN {REVOKED_CHANNEL}")
+                        self.on_key_revoked(None)
                     async for note in conn.notifies():
+                        if note.channel == REVOKED_CHANNEL:
+                            if self.on_key_revoked is not None:
+                                self.on_key_revoked(note.payload)
+                            continue
                         try:
                             change = orjson.loads(note.payload)
                             await self._dispatch(change)

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from psycopg_pool import ConnectionPool
 
 API_KEY_PREFIX = "cok_"
+# pg_notify channel: the id of a key just revoked (the API's caches drop it).
+REVOKED_CHANNEL = "cityops_api_key_revoked"
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,9 +53,13 @@ class PgApiKeys:
         return None if row is None else StoredKey(*row)
 
     def revoke(self, name: str) -> int:
+        """Revoke ``name``'s keys; running APIs hear of it when this commits."""
         with self.pool.connection() as conn, conn.transaction():
-            cur = conn.execute(
-                "UPDATE api_keys SET revoked_at = now() WHERE name = %s AND revoked_at IS NULL",
+            revoked = conn.execute(
+                "UPDATE api_keys SET revoked_at = now() WHERE name = %s AND revoked_at IS NULL"
+                " RETURNING key_id",
                 (name,),
-            )
-            return cur.rowcount
+            ).fetchall()
+            for (key_id,) in revoked:
+                conn.execute("SELECT pg_notify(%s, %s)", (REVOKED_CHANNEL, key_id))
+            return len(revoked)
