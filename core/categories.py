@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -49,6 +50,8 @@ class Attribute:
             if number != number or number in (float("inf"), float("-inf")):
                 raise InvalidAttributeError(f"attribute {self.code} must be a finite number")
             return number
+        if self.datatype == "datetime":
+            return self._instant(raw)
         keys = {k for k, _ in self.values}
         if self.datatype == "multivaluelist":
             items = raw if isinstance(raw, list) else str(raw).split(",")
@@ -67,6 +70,21 @@ class Attribute:
         if len(text) > 1_000:
             raise InvalidAttributeError(f"attribute {self.code} is longer than 1000 characters")
         return text
+
+    def _instant(self, raw: object) -> str:
+        """An ISO 8601 / W3C date-time with its offset (as Open311 sends them), in UTC."""
+        text = str(raw).strip()
+        try:
+            value = datetime.fromisoformat(text)
+        except ValueError:
+            raise InvalidAttributeError(
+                f"attribute {self.code} must be an ISO 8601 date-time (2026-05-01T08:30:00+08:00)"
+            ) from None
+        if value.tzinfo is None:  # a bare date, or a time without its offset
+            raise InvalidAttributeError(
+                f"attribute {self.code} needs a date, a time and a UTC offset (+08:00 or Z)"
+            )
+        return value.astimezone(UTC).isoformat()
 
 
 @dataclass(frozen=True, slots=True)

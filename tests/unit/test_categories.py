@@ -292,6 +292,33 @@ def test_bad_numbers(raw: object, message: str) -> None:
         THING.check_attributes({"depth_cm": raw})
 
 
+@pytest.mark.parametrize(
+    ("raw", "value"),
+    [
+        ("2026-05-01T08:30:00+08:00", "2026-05-01T00:30:00+00:00"),
+        ("2026-05-01T00:30:00Z", "2026-05-01T00:30:00+00:00"),
+        (" 2010-04-14T06:37:38-08:00 ", "2010-04-14T14:37:38+00:00"),  # GeoReport v2's example
+    ],
+)
+def test_datetime_attribute_is_kept_in_utc(raw: str, value: str) -> None:
+    checked = THING.check_attributes({"depth_cm": 1, "seen_at": raw})
+    assert checked == {"depth_cm": 1.0, "seen_at": value}
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ("yesterday", "ISO 8601"),
+        ("2026-13-01T00:00:00Z", "ISO 8601"),
+        ("2026-05-01", "UTC offset"),
+        ("2026-05-01T08:30:00", "UTC offset"),
+    ],
+)
+def test_bad_datetimes(raw: str, message: str) -> None:
+    with pytest.raises(InvalidAttributeError, match=message):
+        THING.check_attributes({"depth_cm": 1, "seen_at": raw})
+
+
 def test_singlevaluelist_attribute() -> None:
     assert THING.check_attributes({"depth_cm": 1, "size": "l"}) == {"depth_cm": 1.0, "size": "l"}
     with pytest.raises(InvalidAttributeError, match=r"attribute size: 'large' is not one of"):
