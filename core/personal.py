@@ -93,6 +93,66 @@ class Contact:
 ERASED_VIEW: dict[str, str | None] = dict.fromkeys(("name", "phone", "email", "address"), ERASED)
 
 
+# -- personal data typed into free text --------------------------------------------------
+
+# ``\d`` matches full-width digits too (Chinese input methods type them): 138 and １３８.
+# A mainland mobile number, with or without +86 and separators (138 0013 8000).
+_TEXT_PHONE = re.compile(
+    r"(?<!\d)(?:[+＋]?[8８][6６][\s-]?)?[1１][3-9３-９]\d(?:[\s－-]?\d{4}){2}(?!\d)"
+)
+# A resident identity card number (GB 11643: 17 digits and a check character).
+_TEXT_ID = re.compile(r"(?<![\dA-Za-z])[1-9１-９]\d{16}[\dXx](?![\dA-Za-z])")
+_TEXT_EMAIL = re.compile(r"[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63})+")
+_ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
+_ID_CHECK = "10X98765432"
+REDACTED = {"phone": "[手机号已隐去]", "id_number": "[身份证号已隐去]", "email": "[邮箱已隐去]"}
+
+
+def _id_number(text: str) -> bool:
+    """Whether ``text`` has a valid GB 11643 check character (a real ID, not any 18 digits)."""
+    total = sum(int(c) * w for c, w in zip(text[:17], _ID_WEIGHTS, strict=True))
+    return _ID_CHECK[total % 11] == text[17].upper()
+
+
+@dataclass(frozen=True, slots=True)
+class Screened:
+    """Free text with the personal data a citizen typed into it taken out."""
+
+    text: str
+    phones: tuple[str, ...] = ()  # as typed, in order: one may become the case's contact
+    found: tuple[str, ...] = ()  # kinds taken out: phone, id_number, email
+
+
+def screen_text(text: str) -> Screened:
+    """``text`` with mobile numbers, identity card numbers and e-mail addresses replaced by
+    a marker, so that they never enter the log (an erasure could not take them out of it).
+    The rest of the text is left exactly as typed."""
+    if not any(c.isdigit() or c == "@" for c in text):
+        return Screened(text)
+    found: list[str] = []
+    phones: list[str] = []
+
+    def phone(m: re.Match[str]) -> str:
+        phones.append(m.group(0))
+        found.append("phone")
+        return REDACTED["phone"]
+
+    def id_number(m: re.Match[str]) -> str:
+        if not _id_number(m.group(0)):
+            return m.group(0)
+        found.append("id_number")
+        return REDACTED["id_number"]
+
+    def email(m: re.Match[str]) -> str:
+        found.append("email")
+        return REDACTED["email"]
+
+    out = _TEXT_EMAIL.sub(email, text)
+    out = _TEXT_ID.sub(id_number, out)
+    out = _TEXT_PHONE.sub(phone, out)
+    return Screened(out, tuple(phones), tuple(dict.fromkeys(found)))
+
+
 def mask_phone(phone: str | None) -> str | None:
     if phone is None:
         return None

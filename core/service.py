@@ -8,6 +8,7 @@ The places it needs (grid, jurisdictions, nearby open cases) come through ports.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from core.app import CityApp
 from core.case import CHANNELS, ServiceCase, case_id
 from core.categories import Categories, Category
 from core.errors import DomainError, IllegalTransitionError, NotFoundError
-from core.personal import Contact, PersonalData
+from core.personal import Contact, InvalidContactError, PersonalData, screen_text
 from core.sla import deadline
 
 SYSTEM_INTAKE = "system:intake-policy"
@@ -216,20 +217,28 @@ class ServiceDesk:
         # finds out from the event store's unique (id, version), with no extra query.
         if pe is not None and (new_id in pe.aggregates or self.app.exists(new_id)):
             raise DuplicateSubmissionError(new_id)
+        # Personal data typed into the text stays out of the log; a phone number given
+        # only there becomes the case's (sealed) contact, so the citizen can be answered.
+        description = screen_text(cmd.description)
+        address = None if cmd.address is None else screen_text(cmd.address)
+        contact = cmd.contact
+        if contact.empty and description.phones:
+            with contextlib.suppress(InvalidContactError):
+                contact = Contact.parse(phone=description.phones[0])
         citizen: UUID | None = cmd.citizen_id
         token = None
-        if not cmd.contact.empty:
-            citizen, token = self.personal.seal(cmd.contact, cmd.citizen_id)
+        if not contact.empty:
+            citizen, token = self.personal.seal(contact, cmd.citizen_id)
         case = ServiceCase.submit(
             new_id,
             channel=cmd.channel,
             external_id=cmd.external_id,
             category=category.code,
             categories_version=self.categories.version,
-            description=cmd.description,
+            description=description.text,
             lon=cmd.lon,
             lat=cmd.lat,
-            address=cmd.address,
+            address=None if address is None else address.text,
             attributes=attributes,
             citizen_id=None if citizen is None else str(citizen),
             contact_token=token,
@@ -604,7 +613,7 @@ class ServiceDesk:
             )
             case.rate(
                 rating=rating,
-                comment=comment,
+                comment=screen_text(comment).text,
                 revisit=revisit,
                 due_at=None if due is None else due.due_at,
                 due_soon_at=None if due is None else due.due_soon_at,

@@ -369,19 +369,7 @@ def test_a_dead_letter_is_sent_before_the_position_past_it_is_committed(
     names = topics.Topics.of(settings)
     producer = topics.make_producer(settings)
     produce(settings, producer, b"{not json", hotline(f"ok-{unique}"), key=b"one-partition")
-    consumer = KafkaConsumer(
-        names.cases_inbound,
-        bootstrap_servers=settings.kafka_bootstrap,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        group_id=None,
-    )
-    records: list[Any] = []
-    deadline = time.monotonic() + 30
-    while len(records) < 2 and time.monotonic() < deadline:
-        for batch in consumer.poll(timeout_ms=300).values():
-            records.extend(batch)
-    consumer.close()
+    records = read_topic(settings, names.cases_inbound, 2)
     assert len(records) == 2
     tp = TopicPartition(names.cases_inbound, records[0].partition)
     pool = make_pool(settings, max_size=2)

@@ -19,6 +19,7 @@ from core.personal import (
     mask_email,
     mask_name,
     mask_phone,
+    screen_text,
 )
 from core.service import SubmitCase
 from tests.unit.test_case import WEST, FakeClock, make_desk
@@ -314,3 +315,69 @@ def test_stored_events_hold_no_contact_in_clear() -> None:
     for secret in secrets:
         assert secret.encode() not in token_raw
     assert UUID(submitted["citizen_id"]) == desk.personal.citizen_for(phone="13712345678")
+
+
+# -- personal data typed into free text ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "screened", "phones"),
+    [
+        (
+            "我家门口积水，电话13800138000请回电",
+            "我家门口积水，电话[手机号已隐去]请回电",
+            ("13800138000",),
+        ),
+        ("call +86 138-0013-8000.", "call [手机号已隐去].", ("+86 138-0013-8000",)),
+        ("１３８００１３８０００，全角", "[手机号已隐去]，全角", ("１３８００１３８０００",)),
+        ("身份证11010519491231002X丢在路边", "身份证[身份证号已隐去]丢在路边", ()),
+        ("mail me: li.si@example.com ok", "mail me: [邮箱已隐去] ok", ()),
+    ],
+)
+def test_personal_data_in_free_text_is_taken_out(
+    text: str, screened: str, phones: tuple[str, ...]
+) -> None:
+    result = screen_text(text)
+    assert result.text == screened
+    assert result.phones == phones
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "门牌 1号楼 3单元 120室，井盖缺失",
+        "工单 123456789012345678 (18 digits, no valid ID check character)",
+        "138001380001 is twelve digits",
+        "座机 021-64001234",
+        "pothole at Zhaojiabang Rd no. 1380",
+    ],
+)
+def test_other_numbers_are_left_alone(text: str) -> None:
+    assert screen_text(text).text == text
+
+
+def test_a_phone_typed_only_into_the_description_becomes_the_sealed_contact() -> None:
+    app = CityApp()
+    desk = make_desk(app, FakeClock())
+    case = desk.submit(
+        SubmitCase(
+            channel="hotline",
+            external_id="h-2",
+            category="road_damage",
+            description="路面塌陷，联系13712345678，身份证11010519491231002X",
+            lon=WEST[0],
+            lat=WEST[1],
+            address="福州路88号 a@example.com",
+        ),
+        actor="operator:7",
+        correlation_id="c",
+    )
+    assert case.description == "路面塌陷，联系[手机号已隐去]，身份证[身份证号已隐去]"
+    assert case.address == "福州路88号 [邮箱已隐去]"
+    assert desk.contact_of(desk.get(case.id)) == Contact.parse(phone="13712345678")
+    desk.resolve(case.id, "fixed", actor="dept", reason="", correlation_id="c")
+    desk.rate(case.id, 2, "没修好 打13712345678", actor="citizen", correlation_id="c")
+    assert desk.get(case.id).rating_comment == "没修好 打[手机号已隐去]"
+    for record in app.recorder.select_notifications(start=None, limit=1000):
+        for secret in ("13712345678", "11010519491231002X", "a@example.com"):
+            assert secret.encode() not in record.state, (record.topic, secret)
