@@ -8,10 +8,16 @@ message twice but never misses one. That needs a broker that keeps sessions (Mos
 does; amqtt 0.12 drops a client's in-flight messages when it disconnects, and keeps no
 session at all for clients it lets in anonymously).
 
-Acknowledgements go out in the order the messages arrived (MQTT 4.6), so one slow Kafka
-send holds back the acks behind it; with MQTT 5 the broker then stops sending after
-``receive_maximum`` unacknowledged messages: back pressure instead of an unbounded
-backlog in this process.
+Messages are handled in windows (every ``window_ms`` or ``window_max`` messages,
+whichever comes first): paho's network thread only queues each message; one window
+thread decodes the window, sends every record, flushes the producer once, and then
+acknowledges the window's messages in the order they arrived (MQTT 4.6). Windows run one
+after another, so the acks of a later window never overtake an earlier one, and a window
+Kafka refuses is sent again (with backoff) before anything after it is acknowledged.
+With MQTT 5 the broker stops sending after ``receive_maximum`` unacknowledged messages:
+when Kafka or the consumers behind it are slow, the broker holds the rest and, once its
+own limits are reached, slows the publishers (back pressure instead of a backlog in
+this process).
 
 Run in-process::
 
@@ -25,7 +31,6 @@ Run in-process::
 from __future__ import annotations
 
 import logging
-import queue
 import socket
 import threading
 import time
@@ -54,6 +59,8 @@ TOPIC_FILTER = "cityops/#"
 _RETRY_BASE_S = 0.25
 _RETRY_MAX_S = 10.0
 _WARN_INTERVAL_S = 10.0
+# A window's flush waits this long for Kafka before its failed records are sent again.
+_FLUSH_TIMEOUT_S = 30.0
 # How long the broker must stay silent after an unsubscribe before a session is ended.
 _QUIET_S = 0.5
 
@@ -74,15 +81,16 @@ class BridgeCounters:
     forwarded: int = 0  # readings or status messages Kafka has acknowledged
     deadlettered: int = 0  # dead-letter records Kafka has acknowledged
     rejected: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASON_CODES, 0))
-    kafka_errors: int = 0  # failed sends, each retried
+    kafka_errors: int = 0  # failed sends of records, each retried
     _lock: threading.Lock = field(
         default_factory=threading.Lock, init=False, repr=False, compare=False
     )
 
-    def incr(self, name: str) -> None:
-        """Add one to a counter (thread-safe: MQTT and Kafka threads both count)."""
+    def add(self, **counts: int) -> None:
+        """Add to counters, once per window (thread-safe: /metrics reads them)."""
         with self._lock:
-            setattr(self, name, getattr(self, name) + 1)
+            for name, n in counts.items():
+                setattr(self, name, getattr(self, name) + n)
 
     def reject(self, reason_code: str) -> None:
         """Count one rejected payload."""
@@ -104,20 +112,10 @@ class BridgeCounters:
 
 
 @dataclass(slots=True, eq=False)
-class _Delivery:
-    """One QoS>0 MQTT message awaiting its PUBACK."""
-
-    mid: int
-    qos: int
-    done: bool = False
-
-
-@dataclass(slots=True, eq=False)
 class _Outgoing:
     topic: str
     key: bytes
     value: bytes
-    delivery: _Delivery | None
     counter: str  # BridgeCounters field to bump once Kafka has it
 
 
@@ -165,7 +163,9 @@ class MqttBridge:
         *,
         client_id: str | None = None,
         session_expiry_s: int = 3600,
-        receive_maximum: int = 1000,
+        receive_maximum: int = 4000,
+        window_ms: float = 10.0,
+        window_max: int = 1000,
         keepalive_s: int = 30,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -188,12 +188,16 @@ class MqttBridge:
         else:
             self.filters = (TOPIC_FILTER,)
 
-        # Guards _pending; acks are sent while holding it so they leave in arrival order.
+        # Messages received and not yet taken into a window, with the connection they came
+        # on: a packet id acknowledges only on the connection that delivered it.
+        self._inbox: deque[tuple[mqtt.MQTTMessage, int]] = deque()
+        self._generation = 0
+        self._window_s = window_ms / 1000
+        self._window_max = window_max
+        self._window_full = threading.Event()
         self._lock = threading.Lock()
         self._drained = threading.Condition(self._lock)
-        self._pending: deque[_Delivery] = deque()
-        self._retry: queue.SimpleQueue[_Outgoing] = queue.SimpleQueue()
-        self._kafka_failures = 0  # consecutive; races between threads only blur the backoff
+        self._in_flight = 0  # messages of the window being sent
         self._subscribed = threading.Event()
         self._unsubscribed = threading.Event()
         self._stopping = threading.Event()
@@ -201,8 +205,8 @@ class MqttBridge:
         self._started = False
         self._last_message_at = time.monotonic()
         self._warnings = _RateLimitedWarnings(log, _WARN_INTERVAL_S)
-        self._retry_thread = threading.Thread(
-            target=self._retry_loop, name=f"{self.client_id}-kafka-retry", daemon=True
+        self._window_thread = threading.Thread(
+            target=self._window_loop, name=f"{self.client_id}-window", daemon=True
         )
         self._connect_properties: Properties | None = None
         if self._v5:
@@ -220,7 +224,7 @@ class MqttBridge:
         if self._started:
             raise RuntimeError("an MqttBridge starts once; make a new one to restart")
         self._started = True
-        self._retry_thread.start()
+        self._window_thread.start()
         host = self.settings.mqtt_host or "127.0.0.1"  # empty: the embedded broker
         kwargs: dict[str, Any] = {}
         if self._v5:
@@ -248,9 +252,8 @@ class MqttBridge:
 
     @property
     def pending_acks(self) -> int:
-        """Messages received but not yet acknowledged to the broker."""
-        with self._lock:
-            return len(self._pending)
+        """Messages received but not yet acknowledged to the broker (about: no lock)."""
+        return len(self._inbox) + self._in_flight
 
     def metrics_dict(self) -> dict[str, Any]:
         """Counters plus live state, for /metrics."""
@@ -276,12 +279,7 @@ class MqttBridge:
             self._unsubscribe_and_drain(deadline)
         # From here on, new messages stay unacknowledged in the session: redelivered later.
         self._accepting = False
-        try:
-            self._producer.flush(timeout=max(0.0, deadline - time.monotonic()))
-        except Exception as exc:
-            log.warning(
-                "Kafka flush on stop failed (%s); unacked messages will be redelivered", exc
-            )
+        self._window_full.set()
         self._wait_drained(deadline)
         self._stopping.set()
         properties = None
@@ -290,7 +288,7 @@ class MqttBridge:
             properties.SessionExpiryInterval = 0
         self._client.disconnect(properties=properties)
         self._client.loop_stop()
-        self._retry_thread.join(timeout=max(0.1, deadline - time.monotonic()))
+        self._window_thread.join(timeout=max(0.1, deadline - time.monotonic()))
         left = self.pending_acks
         if left:
             log.warning(
@@ -312,7 +310,8 @@ class MqttBridge:
     def _wait_drained(self, deadline: float) -> None:
         with self._drained:
             self._drained.wait_for(
-                lambda: not self._pending, timeout=max(0.0, deadline - time.monotonic())
+                lambda: not self._inbox and not self._in_flight,
+                timeout=max(0.0, deadline - time.monotonic()),
             )
 
     # --- MQTT client ----------------------------------------------------------------------
@@ -414,21 +413,71 @@ class MqttBridge:
         self._unsubscribed.set()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        # paho's network thread: only queue the message; the window thread does the rest.
         if not self._accepting:
             return  # not acknowledged: stays in the session for the next connection
         self._last_message_at = time.monotonic()
-        try:
-            self._handle(message)
-        except Exception:
-            # Left unacknowledged (not tracked either, so later acks are not held back):
-            # the broker delivers it again after the next reconnect.
-            log.exception("MQTT bridge %s failed on message mid=%s", self.client_id, message.mid)
+        self._inbox.append((message, self._generation))
+        if len(self._inbox) >= self._window_max:
+            self._window_full.set()
 
-    # --- message path ---------------------------------------------------------------------
+    # --- message path: one window at a time --------------------------------------------
 
-    def _handle(self, message: mqtt.MQTTMessage) -> None:
-        self.metrics.incr("received")
+    def _window_loop(self) -> None:
+        while True:
+            self._window_full.wait(self._window_s)
+            self._window_full.clear()
+            # Taken by count, not by swapping the deque: paho appends concurrently.
+            n = min(len(self._inbox), self._window_max)
+            if n:
+                with self._lock:
+                    self._in_flight = n
+                window = [self._inbox.popleft() for _ in range(n)]
+                try:
+                    self._run_window(window)
+                except _AbandonedError:
+                    pass  # stopping: left unacknowledged, redelivered next session
+                except Exception:
+                    # Left unacknowledged: the broker delivers them again after the next
+                    # reconnect.
+                    log.exception("MQTT bridge %s failed on a window", self.client_id)
+                if len(self._inbox) >= self._window_max:
+                    self._window_full.set()
+            elif self._stopping.is_set():
+                return
+            with self._lock:
+                self._in_flight = 0
+                if not self._inbox:
+                    self._drained.notify_all()
+
+    def _run_window(self, window: list[tuple[mqtt.MQTTMessage, int]]) -> None:
+        """Decode, send, flush, then acknowledge the window's messages in arrival order."""
         now = self._clock()
+        taken: list[tuple[mqtt.MQTTMessage, int]] = []
+        outgoing: list[_Outgoing] = []
+        for message, generation in window:
+            try:
+                out = self._outgoing(message, now)
+            except Exception:
+                # Not acknowledged, so the broker delivers it again after a reconnect.
+                log.exception(
+                    "MQTT bridge %s failed on message mid=%s", self.client_id, message.mid
+                )
+                continue
+            taken.append((message, generation))
+            outgoing.append(out)
+        self._deliver(outgoing)
+        for message, generation in taken:
+            if message.qos > 0 and generation == self._generation:
+                self._client.ack(message.mid, message.qos)
+        forwarded = sum(1 for o in outgoing if o.counter == "forwarded")
+        self.metrics.add(
+            received=len(window),
+            forwarded=forwarded,
+            deadlettered=len(outgoing) - forwarded,
+        )
+
+    def _outgoing(self, message: mqtt.MQTTMessage, now: float) -> _Outgoing:
         try:
             topic = message.topic
         except UnicodeDecodeError:
@@ -442,79 +491,65 @@ class MqttBridge:
                 rejected.reason_code, "rejected MQTT message on %s: %s", topic, rejected
             )
             record = deadletter_record("mqtt", topic, payload, rejected, now)
-            out = _Outgoing(
-                self._topics.deadletter, b"mqtt", record, self._track(message), "deadlettered"
+            return _Outgoing(self._topics.deadletter, b"mqtt", record, "deadlettered")
+        return _Outgoing(
+            self._topics.telemetry, decoded.device_id.encode(), decoded.to_json(), "forwarded"
+        )
+
+    def _deliver(self, outgoing: list[_Outgoing]) -> None:
+        """Send every record and flush once; resend what failed until Kafka has it all.
+
+        ``stop`` waits for a window in flight (up to its timeout); once stopping, a window
+        Kafka keeps refusing is given up, unacknowledged, for the broker to redeliver.
+        """
+        failures = 0
+        while outgoing:
+            futures = []
+            for out in outgoing:
+                try:
+                    futures.append(self._producer.send(out.topic, key=out.key, value=out.value))
+                except Exception as exc:  # e.g. KafkaTimeoutError: no metadata, buffer full
+                    futures.append(_Failed(exc))
+            try:
+                self._producer.flush(timeout=_FLUSH_TIMEOUT_S)
+            except Exception as exc:
+                log.debug("Kafka flush: %r", exc)  # the futures tell which records failed
+            failed = [out for out, f in zip(outgoing, futures, strict=True) if not _succeeded(f)]
+            if not failed:
+                return
+            failures += 1
+            self.metrics.add(kafka_errors=len(failed))
+            error = next(f for f in futures if not _succeeded(f))
+            self._warnings.warning(
+                "kafka",
+                "Kafka send of %d records failed (%r); will retry",
+                len(failed),
+                _exception(error),
             )
-        else:
-            out = _Outgoing(
-                self._topics.telemetry,
-                decoded.device_id.encode(),
-                decoded.to_json(),
-                self._track(message),
-                "forwarded",
-            )
-        self._send(out)
-
-    def _track(self, message: mqtt.MQTTMessage) -> _Delivery | None:
-        if message.qos == 0:
-            return None  # nothing to acknowledge
-        delivery = _Delivery(message.mid, message.qos)
-        with self._lock:
-            self._pending.append(delivery)
-        return delivery
-
-    def _send(self, out: _Outgoing) -> None:
-        try:
-            future = self._producer.send(out.topic, key=out.key, value=out.value)
-        except Exception as exc:  # e.g. KafkaTimeoutError: no metadata, buffer full
-            self._send_failed(out, exc)
-            return
-        future.add_callback(self._sent, out)
-        future.add_errback(self._send_failed, out)
-
-    def _sent(self, out: _Outgoing, _metadata: Any) -> None:
-        self._kafka_failures = 0
-        self.metrics.incr(out.counter)
-        if out.delivery is not None:
-            self._complete(out.delivery)
-
-    def _send_failed(self, out: _Outgoing, exc: BaseException) -> None:
-        self._kafka_failures += 1
-        self.metrics.incr("kafka_errors")
-        self._warnings.warning("kafka", "Kafka send to %s failed (%r); will retry", out.topic, exc)
-        # Not resent here: this may be the producer's I/O thread, which must not block on
-        # the producer's own buffer.
-        self._retry.put(out)
-
-    def _complete(self, delivery: _Delivery) -> None:
-        with self._lock:
-            delivery.done = True
-            while self._pending and self._pending[0].done:
-                head = self._pending.popleft()
-                self._client.ack(head.mid, head.qos)
-            if not self._pending:
-                self._drained.notify_all()
+            outgoing = failed
+            if self._stopping.wait(min(_RETRY_BASE_S * 2 ** min(failures, 10), _RETRY_MAX_S)):
+                raise _AbandonedError
 
     def _forget_pending(self) -> None:
         # On a new connection, old packet ids mean nothing (or a different message, if the
         # session was lost): never ack them. The broker redelivers what was unacknowledged.
-        with self._lock:
-            self._pending.clear()
-            self._drained.notify_all()
+        self._generation += 1
 
-    def _retry_loop(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                batch = [self._retry.get(timeout=0.2)]
-            except queue.Empty:
-                continue
-            while True:
-                try:
-                    batch.append(self._retry.get_nowait())
-                except queue.Empty:
-                    break
-            delay = min(_RETRY_BASE_S * 2 ** min(self._kafka_failures, 10), _RETRY_MAX_S)
-            if self._stopping.wait(delay):
-                return  # still unacknowledged: redelivered by the broker next session
-            for out in batch:
-                self._send(out)
+
+class _AbandonedError(Exception):
+    """The bridge stopped while Kafka was refusing a window."""
+
+
+class _Failed:
+    """Stands for the future of a send that raised at once."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exception = exc
+
+
+def _succeeded(future: Any) -> bool:
+    return not isinstance(future, _Failed) and future.is_done and future.succeeded()
+
+
+def _exception(future: Any) -> BaseException | None:
+    return getattr(future, "exception", None)
