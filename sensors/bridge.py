@@ -9,7 +9,8 @@ does; amqtt 0.12 drops a client's in-flight messages when it disconnects, and ke
 session at all for clients it lets in anonymously).
 
 Messages are handled in windows (every ``window_ms`` or ``window_max`` messages,
-whichever comes first): paho's network thread only queues each message; one window
+whichever comes first): the MQTT session's network thread only queues each message (see
+``sensors/mqtt_session.py`` for why it is not paho-mqtt's client); one window
 thread decodes the window, sends every record, flushes the producer once, and then
 acknowledges the window's messages in the order they arrived (MQTT 4.6). Windows run one
 after another, so the acks of a later window never overtake an earlier one, and a window
@@ -40,14 +41,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
-
 from cityops.kafka import Topics
 from cityops.settings import Settings
+from sensors.mqtt_session import Incoming, MqttSession
 from sensors.senml import REASON_CODES, Limits, RejectedPayload, deadletter_record, decode
 
 log = logging.getLogger(__name__)
@@ -188,18 +184,14 @@ class MqttBridge:
         else:
             self.filters = (TOPIC_FILTER,)
 
-        # Messages received and not yet taken into a window, with the connection they came
-        # on: a packet id acknowledges only on the connection that delivered it.
-        self._inbox: deque[tuple[mqtt.MQTTMessage, int]] = deque()
-        self._generation = 0
+        # Messages received and not yet taken into a window.
+        self._inbox: deque[Incoming] = deque()
         self._window_s = window_ms / 1000
         self._window_max = window_max
         self._window_full = threading.Event()
         self._lock = threading.Lock()
         self._drained = threading.Condition(self._lock)
         self._in_flight = 0  # messages of the window being sent
-        self._subscribed = threading.Event()
-        self._unsubscribed = threading.Event()
         self._stopping = threading.Event()
         self._accepting = True
         self._started = False
@@ -208,34 +200,37 @@ class MqttBridge:
         self._window_thread = threading.Thread(
             target=self._window_loop, name=f"{self.client_id}-window", daemon=True
         )
-        self._connect_properties: Properties | None = None
-        if self._v5:
-            # MQTT 5 ends a session at disconnect unless told otherwise; clean_start=False
-            # alone would not keep what is queued while the bridge is down.
-            self._connect_properties = Properties(PacketTypes.CONNECT)
-            self._connect_properties.SessionExpiryInterval = session_expiry_s
-            self._connect_properties.ReceiveMaximum = receive_maximum
-        self._client = self._make_client()
+        self._session = MqttSession(
+            settings.mqtt_host or "127.0.0.1",  # empty: the embedded broker
+            settings.mqtt_port,
+            self.client_id,
+            self.filters,
+            self._on_messages,
+            protocol=5 if self._v5 else 4,
+            username=settings.mqtt_username or None,
+            password=settings.mqtt_password or None,
+            keepalive_s=keepalive_s,
+            # MQTT 5 ends a session at disconnect unless told otherwise; a persistent
+            # session alone would not keep what is queued while the bridge is down.
+            session_expiry_s=session_expiry_s,
+            receive_maximum=receive_maximum,
+            on_disconnected=self._on_disconnected,
+        )
 
     # --- lifecycle ------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Connect in the background; paho keeps reconnecting with backoff until stop()."""
+        """Connect in the background; the session reconnects with backoff until stop()."""
         if self._started:
             raise RuntimeError("an MqttBridge starts once; make a new one to restart")
         self._started = True
         self._window_thread.start()
-        host = self.settings.mqtt_host or "127.0.0.1"  # empty: the embedded broker
-        kwargs: dict[str, Any] = {}
-        if self._v5:
-            kwargs = {"clean_start": False, "properties": self._connect_properties}
-        # connect_async: a broker that is down at start-up is retried, not fatal.
-        self._client.connect_async(host, self.settings.mqtt_port, self._keepalive_s, **kwargs)
-        self._client.loop_start()
+        # Connects in the background: a broker that is down at start-up is retried.
+        self._session.start()
         log.info(
             "MQTT bridge %s connecting to %s:%s (MQTT %s), filters %s",
             self.client_id,
-            host,
+            self._session.host,
             self.settings.mqtt_port,
             "5" if self._v5 else "3.1.1",
             ", ".join(self.filters),
@@ -243,12 +238,12 @@ class MqttBridge:
 
     def wait_connected(self, timeout: float | None = None) -> bool:
         """Wait until connected and subscribed; False on timeout."""
-        return self._subscribed.wait(timeout)
+        return self._session.subscribed.wait(timeout)
 
     @property
     def connected(self) -> bool:
         """Connected and subscribed right now."""
-        return self._subscribed.is_set()
+        return self._session.subscribed.is_set()
 
     @property
     def pending_acks(self) -> int:
@@ -275,19 +270,14 @@ class MqttBridge:
         if not self._started or self._stopping.is_set():
             return
         deadline = time.monotonic() + timeout
-        if end_session and self._subscribed.is_set():
+        if end_session and self.connected:
             self._unsubscribe_and_drain(deadline)
         # From here on, new messages stay unacknowledged in the session: redelivered later.
         self._accepting = False
         self._window_full.set()
         self._wait_drained(deadline)
         self._stopping.set()
-        properties = None
-        if self._v5 and end_session:
-            properties = Properties(PacketTypes.DISCONNECT)
-            properties.SessionExpiryInterval = 0
-        self._client.disconnect(properties=properties)
-        self._client.loop_stop()
+        self._session.stop(end_session=end_session)
         self._window_thread.join(timeout=max(0.1, deadline - time.monotonic()))
         left = self.pending_acks
         if left:
@@ -297,9 +287,7 @@ class MqttBridge:
         log.info("MQTT bridge %s stopped: %s", self.client_id, self.metrics.as_dict())
 
     def _unsubscribe_and_drain(self, deadline: float) -> None:
-        self._unsubscribed.clear()
-        self._client.unsubscribe(list(self.filters))
-        self._unsubscribed.wait(max(0.0, deadline - time.monotonic()))
+        self._session.unsubscribe(max(0.0, deadline - time.monotonic()))
         # Messages already queued in the session keep coming after UNSUBACK; take them all.
         while time.monotonic() < deadline:
             quiet = time.monotonic() - self._last_message_at >= _QUIET_S
@@ -314,110 +302,19 @@ class MqttBridge:
                 timeout=max(0.0, deadline - time.monotonic()),
             )
 
-    # --- MQTT client ----------------------------------------------------------------------
+    # --- MQTT session callbacks (its network thread) ----------------------------------
 
-    def _make_client(self) -> mqtt.Client:
-        if self._v5:
-            client = mqtt.Client(
-                callback_api_version=CallbackAPIVersion.VERSION2,
-                client_id=self.client_id,
-                protocol=mqtt.MQTTv5,
-                manual_ack=True,
-            )
-        else:
-            client = mqtt.Client(
-                callback_api_version=CallbackAPIVersion.VERSION2,
-                client_id=self.client_id,
-                clean_session=False,  # persistent session: queued while we are away
-                protocol=mqtt.MQTTv311,
-                manual_ack=True,
-            )
-        if self.settings.mqtt_username:
-            client.username_pw_set(self.settings.mqtt_username, self.settings.mqtt_password or None)
-        client.reconnect_delay_set(min_delay=1, max_delay=30)
-        # An exception escaping a callback would end paho's network thread, and with it
-        # the bridge, silently; our callbacks catch their own, this is the backstop.
-        client.suppress_exceptions = True
-        client.on_connect = self._on_connect
-        client.on_connect_fail = self._on_connect_fail
-        client.on_disconnect = self._on_disconnect
-        client.on_subscribe = self._on_subscribe
-        client.on_unsubscribe = self._on_unsubscribe
-        client.on_message = self._on_message
-        return client
-
-    def _on_connect(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        flags: mqtt.ConnectFlags,
-        reason_code: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        if reason_code.is_failure:
-            log.error("MQTT broker refused bridge %s: %s", self.client_id, reason_code)
-            return
-        log.info(
-            "MQTT bridge %s connected (session present: %s)", self.client_id, flags.session_present
-        )
-        self._forget_pending()
-        # Always subscribe: the broker may have lost the session (restart without persistence).
-        client.subscribe([(f, 1) for f in self.filters])
-
-    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+    def _on_disconnected(self, reason: str) -> None:
         self._warnings.warning(
-            "connect", "MQTT bridge %s cannot reach the broker; retrying", self.client_id
+            "connection", "MQTT bridge %s disconnected (%s); reconnecting", self.client_id, reason
         )
 
-    def _on_disconnect(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        flags: mqtt.DisconnectFlags,
-        reason_code: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        self._subscribed.clear()
-        self._forget_pending()
-        if not self._stopping.is_set():
-            log.warning(
-                "MQTT bridge %s disconnected (%s); reconnecting", self.client_id, reason_code
-            )
-
-    def _on_subscribe(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        mid: int,
-        reason_codes: list[ReasonCode],
-        properties: Properties | None,
-    ) -> None:
-        refused = [
-            f"{f}: {rc}" for f, rc in zip(self.filters, reason_codes, strict=False) if rc.is_failure
-        ]
-        if refused:
-            log.error("MQTT broker refused subscriptions: %s", "; ".join(refused))
-            return
-        if any(rc.value < 1 for rc in reason_codes):
-            log.warning("MQTT broker granted only QoS 0: messages may be lost on a crash")
-        self._subscribed.set()
-
-    def _on_unsubscribe(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        mid: int,
-        reason_codes: list[ReasonCode],
-        properties: Properties | None,
-    ) -> None:
-        self._unsubscribed.set()
-
-    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        # paho's network thread: only queue the message; the window thread does the rest.
+    def _on_messages(self, messages: list[Incoming]) -> None:
+        # Only queue them; the window thread does the rest.
         if not self._accepting:
             return  # not acknowledged: stays in the session for the next connection
         self._last_message_at = time.monotonic()
-        self._inbox.append((message, self._generation))
+        self._inbox.extend(messages)
         if len(self._inbox) >= self._window_max:
             self._window_full.set()
 
@@ -427,7 +324,7 @@ class MqttBridge:
         while True:
             self._window_full.wait(self._window_s)
             self._window_full.clear()
-            # Taken by count, not by swapping the deque: paho appends concurrently.
+            # Taken by count, not by swapping the deque: the session appends concurrently.
             n = min(len(self._inbox), self._window_max)
             if n:
                 with self._lock:
@@ -450,26 +347,24 @@ class MqttBridge:
                 if not self._inbox:
                     self._drained.notify_all()
 
-    def _run_window(self, window: list[tuple[mqtt.MQTTMessage, int]]) -> None:
+    def _run_window(self, window: list[Incoming]) -> None:
         """Decode, send, flush, then acknowledge the window's messages in arrival order."""
         now = self._clock()
-        taken: list[tuple[mqtt.MQTTMessage, int]] = []
+        taken: list[Incoming] = []
         outgoing: list[_Outgoing] = []
-        for message, generation in window:
+        for message in window:
             try:
                 out = self._outgoing(message, now)
             except Exception:
                 # Not acknowledged, so the broker delivers it again after a reconnect.
                 log.exception(
-                    "MQTT bridge %s failed on message mid=%s", self.client_id, message.mid
+                    "MQTT bridge %s failed on message id %s", self.client_id, message.packet_id
                 )
                 continue
-            taken.append((message, generation))
+            taken.append(message)
             outgoing.append(out)
         self._deliver(outgoing)
-        for message, generation in taken:
-            if message.qos > 0 and generation == self._generation:
-                self._client.ack(message.mid, message.qos)
+        self._acknowledge(taken)
         forwarded = sum(1 for o in outgoing if o.counter == "forwarded")
         self.metrics.add(
             received=len(window),
@@ -477,12 +372,28 @@ class MqttBridge:
             deadlettered=len(outgoing) - forwarded,
         )
 
-    def _outgoing(self, message: mqtt.MQTTMessage, now: float) -> _Outgoing:
+    def _acknowledge(self, messages: list[Incoming]) -> None:
+        # In arrival order, one write per connection; a window can span a reconnect, and
+        # the session drops the acks of a connection that is gone.
+        run: list[int] = []
+        connection = -1
+        for m in messages:
+            if not m.qos:
+                continue
+            if m.connection != connection and run:
+                self._session.ack(connection, run)
+                run = []
+            connection = m.connection
+            run.append(m.packet_id)
+        if run:
+            self._session.ack(connection, run)
+
+    def _outgoing(self, message: Incoming, now: float) -> _Outgoing:
         try:
-            topic = message.topic
+            topic = message.topic.decode()
         except UnicodeDecodeError:
             topic = "<topic not UTF-8>"  # decode rejects it as topic_shape
-        payload = bytes(message.payload)  # the same object when it already is bytes
+        payload = message.payload
         try:
             decoded = decode(topic, payload, now, self._gateway_of, self._limits)
         except RejectedPayload as rejected:
@@ -529,11 +440,6 @@ class MqttBridge:
             outgoing = failed
             if self._stopping.wait(min(_RETRY_BASE_S * 2 ** min(failures, 10), _RETRY_MAX_S)):
                 raise _AbandonedError
-
-    def _forget_pending(self) -> None:
-        # On a new connection, old packet ids mean nothing (or a different message, if the
-        # session was lost): never ack them. The broker redelivers what was unacknowledged.
-        self._generation += 1
 
 
 class _AbandonedError(Exception):
