@@ -217,6 +217,20 @@ def record_partitions(
             raise RuntimeError(f"could not record batch of {tp} after 5 attempts")
 
 
+def telemetry_fetch(settings: Settings) -> dict[str, Any]:
+    """Consumer settings for the telemetry stream: fewer, larger fetches.
+
+    The broker answers a fetch once it holds ``fetch_min_bytes`` or after
+    ``fetch_max_wait_ms``, so under load each poll brings thousands of records (one
+    transaction for the writer, one per partition for the monitor) instead of a few.
+    """
+    return {
+        "fetch_min_bytes": settings.kafka_fetch_min_bytes,
+        "fetch_max_wait_ms": settings.kafka_fetch_max_wait_ms,
+        "max_poll_records": settings.writer_batch_max,
+    }
+
+
 def make_consumer(
     settings: Settings,
     topic: str,

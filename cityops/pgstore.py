@@ -59,13 +59,15 @@ class FencedProcessRecorder(PostgresProcessRecorder):
                 )
         state_rows = kwargs.get("state_rows")
         if state_rows:
-            # Its own cursor: in pipeline mode an executemany on the shared cursor can
-            # leave its result where the library's tracking insert fetches its RETURNING.
+            # One statement for every row. Its own cursor: in pipeline mode a result on
+            # the shared cursor can land where the library's tracking insert fetches its
+            # RETURNING.
             with curs.connection.cursor() as state_curs:
-                state_curs.executemany(
-                    "INSERT INTO monitor_state (device_id, state) VALUES (%s, %s::jsonb) "
-                    "ON CONFLICT (device_id) DO UPDATE SET state = EXCLUDED.state",
-                    state_rows,
+                state_curs.execute(
+                    "INSERT INTO monitor_state (device_id, state)"
+                    " SELECT * FROM unnest(%s::text[], %s::jsonb[])"
+                    " ON CONFLICT (device_id) DO UPDATE SET state = EXCLUDED.state",
+                    ([k for k, _ in state_rows], [v for _, v in state_rows]),
                 )
         super()._insert_events(curs, stored_events, **kwargs)
 

@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     kafka_partitions: int = Field(default=4, ge=1, le=256)
     # Small poll interval: consumer groups join within seconds on Tansu and on Kafka.
     kafka_max_poll_interval_ms: int = Field(default=10_000, ge=1_000)
+    # Telemetry consumers (writer, monitor): a fetch waits for this much data or this long.
+    kafka_fetch_min_bytes: int = Field(default=256 * 1024, ge=1)
+    kafka_fetch_max_wait_ms: int = Field(default=100, ge=0, le=10_000)
 
     # MQTT broker. Empty host means "start the embedded broker".
     mqtt_host: str = ""

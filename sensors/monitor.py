@@ -105,6 +105,7 @@ class SensorMonitor:
             tracking=Tracking(self.tracked.name(tp), next_offset)
         )
         before: dict[str, dict[str, Any] | None] = {}
+        stored_partition: dict[str, int | None] = {}
         rejects: list[bytes] = []
         for record in records:
             msg = topics.telemetry_or_reject("sensor-monitor", record, rejects, self.clock())
@@ -119,13 +120,21 @@ class SensorMonitor:
             if msg.device_id not in before:
                 known = self.states.get(msg.device_id)
                 before[msg.device_id] = None if known is None else known.to_json()
+                stored_partition[msg.device_id] = self.partition_of.get(msg.device_id)
             state = self.states.setdefault(msg.device_id, DeviceState())
             self.partition_of[msg.device_id] = tp.partition
             correlation_id = f"{tp.topic}:{tp.partition}:{record.offset}"
             self._apply(msg, kind, state, correlation_id, pe)
-        state_rows = [
-            (device_id, self._state_json(device_id, tp.partition)) for device_id in before
-        ]
+        # Only the devices whose state this batch changed (a repeated reading of a device
+        # already known changes nothing), in one statement.
+        state_rows = []
+        for device_id, was in before.items():
+            if (
+                was is None
+                or stored_partition[device_id] != tp.partition
+                or self.states[device_id].to_json() != was
+            ):
+                state_rows.append((device_id, self._state_json(device_id, tp.partition)))
         pe.collect_events(expected_position=self.tracked.positions.get(tp), state_rows=state_rows)
         try:
             topics.send_deadletters(
@@ -217,11 +226,12 @@ class SensorMonitor:
             self.group_id,
             load_positions=self.load_positions,
             on_revoked=self.forget,
+            **topics.telemetry_fetch(self.settings),
         )
         next_check = time.monotonic() + self.settings.monitor_silence_check_s
         try:
             while not stop.is_set():
-                batch = consumer.poll(timeout_ms=200, max_records=2_000)
+                batch = consumer.poll(timeout_ms=200, max_records=self.settings.writer_batch_max)
                 if batch:
                     topics.record_partitions(
                         consumer, batch, self.process_partition, self.load_positions

@@ -206,6 +206,7 @@ class TelemetryWriter:
             self.group_id,
             load_positions=self.load_positions,
             on_revoked=self.forget,
+            **topics.telemetry_fetch(self.settings),
         )
         self.consumer = consumer
         try:
