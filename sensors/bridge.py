@@ -15,10 +15,13 @@ thread decodes the window, sends every record, flushes the producer once, and th
 acknowledges the window's messages in the order they arrived (MQTT 4.6). Windows run one
 after another, so the acks of a later window never overtake an earlier one, and a window
 Kafka refuses is sent again (with backoff) before anything after it is acknowledged.
-With MQTT 5 the broker stops sending after ``receive_maximum`` unacknowledged messages:
-when Kafka or the consumers behind it are slow, the broker holds the rest and, once its
-own limits are reached, slows the publishers (back pressure instead of a backlog in
-this process).
+The bridge holds at most ``receive_maximum`` unacknowledged messages (plus one socket
+read): it asks the broker for that limit (MQTT 5 Receive Maximum) and, since not every
+broker keeps to it, stops reading its socket when it has that many in hand. When Kafka
+is slow, the rest waits in the broker's session queue (Mosquitto's config in
+``cityops/services.py`` never drops from it): a backlog in the broker, not in this
+process. A QoS 1 publisher is acknowledged by the broker on receipt, so it is slowed
+only when the broker itself is busy.
 
 Run in-process::
 
@@ -215,6 +218,8 @@ class MqttBridge:
             session_expiry_s=session_expiry_s,
             receive_maximum=receive_maximum,
             on_disconnected=self._on_disconnected,
+            # Never more in hand than the broker was asked to send unacknowledged.
+            hold=lambda: self.pending_acks >= receive_maximum,
         )
 
     # --- lifecycle ------------------------------------------------------------------------

@@ -42,8 +42,11 @@ PINGREQ, PINGRESP, DISCONNECT = 0xC0, 0xD0, 0xE0
 
 _PROP_SESSION_EXPIRY = 0x11
 _PROP_RECEIVE_MAXIMUM = 0x21
-_RECV_BYTES = 256 * 1024
+# One read: large enough to carry hundreds of messages, small enough that a paused
+# session holds little beyond its limit.
+READ_BYTES = 64 * 1024
 _MIN_BACKOFF_S, _MAX_BACKOFF_S = 1.0, 30.0
+_HOLD_POLL_S = 0.002
 
 
 class MqttProtocolError(ConnectionError):
@@ -145,6 +148,7 @@ class MqttSession:
         receive_maximum: int = 4000,
         on_connected: Callable[[bool], None] | None = None,
         on_disconnected: Callable[[str], None] | None = None,
+        hold: Callable[[], bool] | None = None,
     ) -> None:
         self.host, self.port, self.client_id = host, port, client_id
         self.filters = list(filters)
@@ -152,6 +156,7 @@ class MqttSession:
         self._on_messages = on_messages
         self._on_connected = on_connected
         self._on_disconnected = on_disconnected
+        self._hold = hold
         self._username, self._password = username, password
         self._keepalive_s = keepalive_s
         self._session_expiry_s = session_expiry_s
@@ -279,7 +284,7 @@ class MqttSession:
                 first, start, end = packets[0]
                 del buffer[:end]
                 return first, data[start:end]
-            chunk = sock.recv(_RECV_BYTES)
+            chunk = sock.recv(READ_BYTES)
             if not chunk:
                 raise ConnectionError("broker closed the connection")
             buffer += chunk
@@ -296,14 +301,22 @@ class MqttSession:
         while not self._stopping.is_set():
             if buffer:
                 self._dispatch(buffer)
-            readable, _, _ = select.select([sock], [], [], min(ping_every, 1.0))
+            holding = self._hold is not None and self._hold()
+            if holding:
+                # Flow control that does not depend on the broker honouring Receive
+                # Maximum (Mosquitto 2.0.11 sends past it once acks flow): stop reading,
+                # and the broker keeps the rest queued in the session.
+                readable: list[socket.socket] = []
+                time.sleep(_HOLD_POLL_S)
+            else:
+                readable, _, _ = select.select([sock], [], [], min(ping_every, 1.0))
             now = time.monotonic()
             if now - last_ping >= ping_every:
                 self._send(bytes((PINGREQ, 0)))
                 last_ping = now
             if not readable:
                 continue
-            chunk = sock.recv(_RECV_BYTES)
+            chunk = sock.recv(READ_BYTES)
             if not chunk:
                 return
             buffer += chunk
