@@ -44,6 +44,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from kafka.partitioner.default import murmur2
+
 from cityops.kafka import Topics
 from cityops.settings import Settings
 from sensors.mqtt_session import Incoming, MqttSession
@@ -67,7 +69,13 @@ _QUIET_S = 0.5
 class Producer(Protocol):
     """The part of kafka-python's KafkaProducer the bridge uses (a fake will do in tests)."""
 
-    def send(self, topic: str, value: bytes | None = None, key: bytes | None = None) -> Any: ...
+    def send(
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        partition: int | None = None,
+    ) -> Any: ...
 
     def flush(self, timeout: float | None = None) -> None: ...
 
@@ -195,6 +203,7 @@ class MqttBridge:
         self._lock = threading.Lock()
         self._drained = threading.Condition(self._lock)
         self._in_flight = 0  # messages of the window being sent
+        self._partition_of: dict[str, tuple[int, dict[bytes, int]]] = {}
         self._stopping = threading.Event()
         self._accepting = True
         self._started = False
@@ -412,6 +421,35 @@ class MqttBridge:
             self._topics.telemetry, decoded.device_id.encode(), decoded.to_json(), "forwarded"
         )
 
+    def _partitions(self) -> Callable[[_Outgoing], int | None]:
+        """Each record's partition, as the producer's default partitioner would choose it.
+
+        kafka-python hashes every key again in pure Python (murmur2); a bridge sees the
+        same devices over and over, so the choice is remembered per topic and key, and
+        recomputed whenever a topic's partition count changes.
+        """
+        partitions_for = getattr(self._producer, "partitions_for", None)
+        if partitions_for is None:
+            return lambda out: None
+        counts: dict[str, int] = {}
+
+        def partition(out: _Outgoing) -> int | None:
+            n = counts.get(out.topic)
+            if n is None:
+                n = counts[out.topic] = len(partitions_for(out.topic) or ())
+                cached = self._partition_of.setdefault(out.topic, (n, {}))
+                if cached[0] != n:
+                    self._partition_of[out.topic] = (n, {})
+            if not n:
+                return None
+            keys = self._partition_of[out.topic][1]
+            p = keys.get(out.key)
+            if p is None:
+                p = keys[out.key] = (murmur2(out.key) & 0x7FFFFFFF) % n
+            return p
+
+        return partition
+
     def _deliver(self, outgoing: list[_Outgoing]) -> None:
         """Send every record and flush once; resend what failed until Kafka has it all.
 
@@ -421,9 +459,14 @@ class MqttBridge:
         failures = 0
         while outgoing:
             futures = []
+            partition = self._partitions()
             for out in outgoing:
                 try:
-                    futures.append(self._producer.send(out.topic, key=out.key, value=out.value))
+                    futures.append(
+                        self._producer.send(
+                            out.topic, key=out.key, value=out.value, partition=partition(out)
+                        )
+                    )
                 except Exception as exc:  # e.g. KafkaTimeoutError: no metadata, buffer full
                     futures.append(_Failed(exc))
             try:

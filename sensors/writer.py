@@ -8,6 +8,7 @@ this writer re-reads its positions: no reading is lost or written twice.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import re
@@ -15,10 +16,11 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+import psycopg
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from psycopg_pool import ConnectionPool
 
@@ -48,9 +50,9 @@ def _copy_text(text: object) -> str:
 def copy_lines(value: bytes, lines: list[str]) -> int:
     """Decode one ``cityops.telemetry`` value into COPY text lines; return how many.
 
-    One decode per record, straight to the row's text (epoch seconds, converted by
-    PostgreSQL). Raises ValueError, KeyError or TypeError for a value that is not a
-    telemetry message; a status message has no readings.
+    One decode per record, straight to the row's text. Raises ValueError, KeyError or
+    TypeError for a value that is not a telemetry message; a status message has no
+    readings.
     """
     body = orjson.loads(value)
     kind = body["kind"]
@@ -68,27 +70,44 @@ def copy_lines(value: bytes, lines: list[str]) -> int:
         if not (math.isfinite(ts) and math.isfinite(value_)):
             raise ValueError("a reading's time and value must be finite")
         lines.append(
-            f"{ts!r}\t{device}\t{_copy_text(r['metric'])}\t{value_!r}\t{_copy_text(r['unit'])}\n"
+            f"{_ts_text(ts)}\t{device}\t{_copy_text(r['metric'])}\t{value_!r}"
+            f"\t{_copy_text(r['unit'])}\n"
         )
         n += 1
     return n
 
 
+@functools.lru_cache(maxsize=4096)
+def _ts_text(ts: float) -> str:
+    # The readings of one message share their time: formatted once.
+    return datetime.fromtimestamp(ts, UTC).isoformat()
+
+
 def store_lines(cur: Any, lines: Sequence[str]) -> int:
     """Store COPY lines inside the caller's transaction; return how many readings were new.
 
-    COPY into a session-local staging table, then keep only rows not yet stored: a
-    reading delivered twice upstream (MQTT redelivery, producer retry) is written once.
+    A reading delivered twice upstream (MQTT redelivery, producer retry) must be written
+    once, and that is rare: COPY straight into the table, in a savepoint; only if a row
+    is already there, COPY into a session-local staging table instead and insert the
+    rows not yet stored.
     """
+    data = "".join(lines)
+    try:
+        with cur.connection.transaction():
+            with cur.copy("COPY readings (ts, device_id, metric, value, unit) FROM STDIN") as copy:
+                copy.write(data)
+            return len(lines)
+    except psycopg.errors.UniqueViolation:
+        pass
     cur.execute(
-        "CREATE TEMP TABLE IF NOT EXISTS readings_copy (ts float8, device_id text,"
-        " metric text, value float8, unit text) ON COMMIT DELETE ROWS"
+        "CREATE TEMP TABLE IF NOT EXISTS readings_in"
+        " (LIKE readings INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
     )
-    with cur.copy("COPY readings_copy (ts, device_id, metric, value, unit) FROM STDIN") as copy:
-        copy.write("".join(lines))
+    with cur.copy("COPY readings_in (ts, device_id, metric, value, unit) FROM STDIN") as copy:
+        copy.write(data)
     cur.execute(
         "INSERT INTO readings (ts, device_id, metric, value, unit, ingested_at)"
-        " SELECT to_timestamp(ts), device_id, metric, value, unit, now() FROM readings_copy"
+        " SELECT ts, device_id, metric, value, unit, ingested_at FROM readings_in"
         " ON CONFLICT DO NOTHING"
     )
     return int(cur.rowcount)
@@ -97,7 +116,7 @@ def store_lines(cur: Any, lines: Sequence[str]) -> int:
 def copy_readings(cur: Any, rows: Sequence[Row]) -> int:
     """Store readings given as rows, like ``store_lines`` (tests, benchmarks, backfills)."""
     lines = [
-        f"{ts.timestamp()!r}\t{_copy_text(d)}\t{_copy_text(m)}\t{float(v)!r}\t{_copy_text(u)}\n"
+        f"{ts.isoformat()}\t{_copy_text(d)}\t{_copy_text(m)}\t{float(v)!r}\t{_copy_text(u)}\n"
         for ts, d, m, v, u in rows
     ]
     return store_lines(cur, lines)

@@ -23,12 +23,12 @@ def value(**over: object) -> bytes:
     return orjson.dumps(body)
 
 
-def test_each_reading_becomes_one_line_with_epoch_seconds() -> None:
+def test_each_reading_becomes_one_line_with_its_utc_time() -> None:
     lines: list[str] = []
     assert copy_lines(value(), lines) == 2
     assert lines == [
-        "1763700000.0\twl-1\twater_level\t38.5\tcm\n",
-        "1763700000.0\twl-1\tbattery\t91.0\t%\n",
+        "2025-11-21T04:40:00+00:00\twl-1\twater_level\t38.5\tcm\n",
+        "2025-11-21T04:40:00+00:00\twl-1\tbattery\t91.0\t%\n",
     ]
 
 
@@ -51,7 +51,7 @@ def test_copy_specials_in_text_are_escaped() -> None:
     lines: list[str] = []
     weird = [{"ts": 1.0, "metric": "a\tb", "value": 1.0, "unit": "c\\d\ne"}]
     copy_lines(value(readings=weird), lines)
-    assert lines == ["1.0\twl-1\ta\\tb\t1.0\tc\\\\d\\ne\n"]
+    assert lines == ["1970-01-01T00:00:01+00:00\twl-1\ta\\tb\t1.0\tc\\\\d\\ne\n"]
 
 
 @pytest.mark.parametrize(
