@@ -97,11 +97,17 @@ class DomainEventRelay:
                 if ends[tp] == 0:
                     continue
                 consumer.seek(tp, ends[tp] - 1)
-                for _ in range(20):
+                # Read on to the end, not just the first poll: a broker may report an end
+                # inside its last record batch (Tansu 0.6 does), so more can follow.
+                last = None
+                for _ in range(40):
                     got = consumer.poll(timeout_ms=500).get(tp)
                     if got:
-                        tails[tp.partition] = int(orjson.loads(got[-1].value)["notification_id"])
+                        last = got[-1]
+                    elif last is not None:
                         break
+                if last is not None:
+                    tails[tp.partition] = int(orjson.loads(last.value)["notification_id"])
             return tails
         finally:
             consumer.close()
