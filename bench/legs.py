@@ -3,7 +3,8 @@
 - MQTT with C clients: ``mosquitto_pub -l`` (QoS 1, MQTT 5) into ``mosquitto_sub -C N``
   (Debian's mosquitto-clients; installed with apt-get when missing and running as root);
 - MQTT with the raw-socket publisher (:mod:`bench.mqtt_load`, a process of its own) into
-  one paho subscriber (QoS 1), the client library the bridge uses;
+  the bridge's own MQTT session (``sensors.mqtt_session``, QoS 1, each read's messages
+  acknowledged in one write), and into one paho subscriber for comparison;
 - Kafka produce -> consume on a fresh topic with kafka-python (the pipeline's client and
   producer settings) and with confluent-kafka (librdkafka), the consumer in a process
   of its own that reads while the producer writes;
@@ -169,10 +170,53 @@ def leg_raw_paho(settings: Settings, n: int) -> Leg:
         sub.loop_stop()
         sub.disconnect()
     if counter.count < n:
-        return _skipped(name, True, f"{counter.count} of {n} messages arrived")
+        return _skipped(name, False, f"{counter.count} of {n} messages arrived")
     seconds = counter.last - result["started_at"]
     cpu_us = result["cpu_s"] / n * 1e6
-    return Leg(name, n / seconds, n, seconds, True, f"publisher {cpu_us:.1f} µs CPU/msg")
+    return Leg(name, n / seconds, n, seconds, False, f"publisher {cpu_us:.1f} µs CPU/msg")
+
+
+def leg_raw_session(settings: Settings, n: int) -> Leg:
+    """The raw-socket publisher into the bridge's MQTT session, acking what each read gave."""
+    from sensors.mqtt_session import Incoming, MqttSession
+
+    name = "MQTT, raw publisher -> the bridge's MQTT session"
+    host, port = settings.mqtt_host or "127.0.0.1", settings.mqtt_port
+    prefix = f"bench/leg-session/{uuid.uuid4().hex[:8]}"
+    counter = _Counter(n)
+    holder: list[MqttSession] = []
+
+    def on_messages(messages: list[Incoming]) -> None:
+        holder[0].ack(messages[0].connection, [m.packet_id for m in messages if m.qos])
+        for _ in messages:
+            counter.on_message()
+
+    session = MqttSession(
+        host,
+        port,
+        f"bench-leg-{uuid.uuid4().hex[:8]}",
+        [f"{prefix}/#"],
+        on_messages,
+        protocol=5 if settings.mqtt_protocol == 5 else 4,
+    )
+    holder.append(session)
+    session.start()
+    try:
+        session.subscribed.wait(10)
+        command = publisher_command(host, port, settings.mqtt_protocol, "--rate", "0")
+        command += ["--count", str(n), "--device-prefix", "wl-leg-"]
+        command += ["--topic-format", prefix + "/{device}"]
+        out = subprocess.run(
+            command, capture_output=True, cwd=REPO, timeout=LEG_TIMEOUT_S, check=True
+        ).stdout
+        result = json.loads(out)
+        counter.done.wait(LEG_TIMEOUT_S)
+    finally:
+        session.stop(end_session=True)
+    if counter.count < n:
+        return _skipped(name, True, f"{counter.count} of {n} messages arrived")
+    seconds = counter.last - result["started_at"]
+    return Leg(name, n / seconds, n, seconds, True, "each read acknowledged in one write")
 
 
 # -- Kafka ---------------------------------------------------------------------------------
@@ -368,6 +412,7 @@ def run_legs(settings: Settings, messages: int) -> list[Leg]:
     host = settings.mqtt_host or "127.0.0.1"
     steps: list[tuple[str, Callable[[], Leg]]] = [
         ("MQTT, C clients", lambda: leg_mosquitto_c(host, settings.mqtt_port, messages)),
+        ("MQTT, raw publisher -> session", lambda: leg_raw_session(settings, messages)),
         ("MQTT, raw publisher -> paho", lambda: leg_raw_paho(settings, messages)),
         (
             "Kafka (kafka-python)",
