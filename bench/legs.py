@@ -143,6 +143,20 @@ class _Counter:
         self.subscribed.set()
 
 
+def _publish_and_wait(settings: Settings, prefix: str, n: int, counter: _Counter) -> Any:
+    """Run the raw publisher for ``n`` messages under ``prefix``; wait for the subscriber."""
+    host = settings.mqtt_host or "127.0.0.1"
+    command = publisher_command(host, settings.mqtt_port, settings.mqtt_protocol, "--rate", "0")
+    command += ["--count", str(n), "--device-prefix", "wl-leg-"]
+    command += ["--topic-format", prefix + "/{device}"]
+    out = subprocess.run(
+        command, capture_output=True, cwd=REPO, timeout=LEG_TIMEOUT_S, check=True
+    ).stdout
+    result = json.loads(out)
+    counter.done.wait(LEG_TIMEOUT_S)
+    return result
+
+
 def leg_raw_paho(settings: Settings, n: int) -> Leg:
     """The raw-socket publisher (unpaced, 1000 in flight) into one paho subscriber."""
     name = "MQTT, raw publisher -> one paho subscriber"
@@ -158,14 +172,7 @@ def leg_raw_paho(settings: Settings, n: int) -> Leg:
     sub.loop_start()
     try:
         counter.subscribed.wait(10)
-        command = publisher_command(host, port, settings.mqtt_protocol, "--rate", "0")
-        command += ["--count", str(n), "--device-prefix", "wl-leg-"]
-        command += ["--topic-format", prefix + "/{device}"]
-        out = subprocess.run(
-            command, capture_output=True, cwd=REPO, timeout=LEG_TIMEOUT_S, check=True
-        ).stdout
-        result = json.loads(out)
-        counter.done.wait(LEG_TIMEOUT_S)
+        result = _publish_and_wait(settings, prefix, n, counter)
     finally:
         sub.loop_stop()
         sub.disconnect()
@@ -203,14 +210,7 @@ def leg_raw_session(settings: Settings, n: int) -> Leg:
     session.start()
     try:
         session.subscribed.wait(10)
-        command = publisher_command(host, port, settings.mqtt_protocol, "--rate", "0")
-        command += ["--count", str(n), "--device-prefix", "wl-leg-"]
-        command += ["--topic-format", prefix + "/{device}"]
-        out = subprocess.run(
-            command, capture_output=True, cwd=REPO, timeout=LEG_TIMEOUT_S, check=True
-        ).stdout
-        result = json.loads(out)
-        counter.done.wait(LEG_TIMEOUT_S)
+        result = _publish_and_wait(settings, prefix, n, counter)
     finally:
         session.stop(end_session=True)
     if counter.count < n:
