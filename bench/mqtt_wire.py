@@ -3,9 +3,11 @@
 CONNECT, CONNACK, PUBLISH (QoS 1), PUBACK and DISCONNECT, for MQTT 5 (protocol level 5)
 and MQTT 3.1.1 (level 4). No I/O here: :mod:`bench.mqtt_load` owns the socket.
 
-A PUBLISH is built once per topic and payload as a :class:`PublishTemplate`; the sender
-patches its packet id (and whatever fixed-width fields its payload has) in place and
-copies the bytes out, so no packet is encoded per message.
+Variable byte integers and strings come from ``sensors.mqtt_session``, the bridge's own
+client: the two sides frame packets alike. A PUBLISH is built once per topic and payload
+as a :class:`PublishTemplate`; the sender patches its packet id (and whatever fixed-width
+fields its payload has) in place and copies the bytes out, so no packet is encoded per
+message.
 
     packet = connect_packet("pub-1", version=5)
     ack = parse_connack(body, version=5)      # body: the bytes after the fixed header
@@ -17,6 +19,9 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+
+# The framing both sides share: the same encodings as the bridge's MQTT session.
+from sensors.mqtt_session import utf8, varint
 
 CONNECT = 0x10
 CONNACK = 0x20
@@ -47,18 +52,6 @@ class ProtocolError(Exception):
     """The broker sent something this encoder does not accept."""
 
 
-def varint(value: int) -> bytes:
-    """The variable byte integer encoding of ``value`` (0 .. 268,435,455)."""
-    if not 0 <= value <= 268_435_455:
-        raise ValueError(f"{value} does not fit a variable byte integer")
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | 0x80 if value else byte)
-        if not value:
-            return bytes(out)
-
-
 def read_varint(buf: bytes | bytearray | memoryview, pos: int) -> tuple[int, int] | None:
     """Decode a variable byte integer at ``pos``: (value, next position), None if cut short."""
     value = 0
@@ -87,11 +80,6 @@ def next_packet(buf: bytes | bytearray, pos: int) -> tuple[int, int, int] | None
     return buf[pos], start, end
 
 
-def _string(text: str) -> bytes:
-    data = text.encode()
-    return struct.pack("!H", len(data)) + data
-
-
 def _binary(data: bytes) -> bytes:
     return struct.pack("!H", len(data)) + data
 
@@ -107,14 +95,14 @@ def connect_packet(
 ) -> bytes:
     """A CONNECT packet (keep alive 0 means the broker never times the client out)."""
     flags = 0x02 if clean_start else 0
-    payload = _string(client_id)
+    payload = utf8(client_id)
     if username:
         flags |= 0x80
-        payload += _string(username)
+        payload += utf8(username)
         if password:
             flags |= 0x40
             payload += _binary(password.encode())
-    variable = _string("MQTT") + bytes([version, flags]) + struct.pack("!H", keepalive_s)
+    variable = utf8("MQTT") + bytes([version, flags]) + struct.pack("!H", keepalive_s)
     if version == MQTT5:
         variable += varint(0)  # no properties
     body = variable + payload
@@ -212,7 +200,7 @@ class PublishTemplate:
 
 def publish_template(topic: str, payload: bytes, version: int = MQTT5) -> PublishTemplate:
     """A QoS 1 PUBLISH of ``payload`` on ``topic`` with packet id 0, to be patched."""
-    topic_bytes = _string(topic)
+    topic_bytes = utf8(topic)
     properties = varint(0) if version == MQTT5 else b""
     remaining = len(topic_bytes) + 2 + len(properties) + len(payload)
     header = bytes([PUBLISH_QOS1]) + varint(remaining)

@@ -16,6 +16,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.partitioner.default import murmur2
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from cityops.settings import Settings
@@ -215,6 +216,11 @@ def record_partitions(
                 log.info("concurrent update on %s, retry %d", tp, attempt + 1)
         else:
             raise RuntimeError(f"could not record batch of {tp} after 5 attempts")
+
+
+def default_partition(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner (murmur2, as the Java client) gives ``key``."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 def telemetry_fetch(settings: Settings) -> dict[str, Any]:

@@ -26,7 +26,7 @@ import orjson
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from psycopg_pool import ConnectionPool
 
-from cityops.kafka import Topics
+from cityops.kafka import Topics, default_partition
 from cityops.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -114,12 +114,6 @@ class DomainEventRelay:
 
     # -- publishing -----------------------------------------------------------------------
 
-    def partition_of(self, key: bytes, partitions: int) -> int:
-        """Kafka's default choice of partition for ``key`` (murmur2), made explicit here."""
-        from kafka.partitioner.default import murmur2
-
-        return (murmur2(key) & 0x7FFFFFFF) % partitions
-
     def recover(self) -> tuple[int, dict[int, int]]:
         """Where to go on from after a restart, and what the partitions already hold."""
         return self.position(), self.published_tails()
@@ -130,7 +124,7 @@ class DomainEventRelay:
         sent = 0
         for n in notifications:
             key, value = message(n)
-            partition = self.partition_of(key, partitions)
+            partition = default_partition(key, partitions)
             if skip.get(partition, 0) >= n.id:
                 continue  # already out before the crash
             self.producer.send(self.topic, key=key, value=value, partition=partition)

@@ -34,6 +34,7 @@ Run in-process::
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
 import threading
@@ -44,9 +45,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from kafka.partitioner.default import murmur2
-
-from cityops.kafka import Topics
+from cityops.kafka import Topics, default_partition
 from cityops.settings import Settings
 from sensors.mqtt_session import Incoming, MqttSession
 from sensors.senml import REASON_CODES, Limits, RejectedPayload, deadletter_record, decode
@@ -186,7 +185,6 @@ class MqttBridge:
         self._limits = Limits.from_settings(settings)
         self._topics = Topics.of(settings)
         self._clock = clock
-        self._keepalive_s = keepalive_s
         self._v5 = settings.mqtt_protocol == 5
         if self._v5:
             # Shared subscription: several bridges split the load, each message goes to one.
@@ -203,7 +201,9 @@ class MqttBridge:
         self._lock = threading.Lock()
         self._drained = threading.Condition(self._lock)
         self._in_flight = 0  # messages of the window being sent
-        self._partition_of: dict[str, tuple[int, dict[bytes, int]]] = {}
+        # kafka-python hashes every key again in pure Python (murmur2); a bridge sees the
+        # same devices over and over, so each (key, partition count) is hashed once.
+        self._partition_of = functools.lru_cache(maxsize=65_536)(default_partition)
         self._stopping = threading.Event()
         self._accepting = True
         self._started = False
@@ -424,9 +424,8 @@ class MqttBridge:
     def _partitions(self) -> Callable[[_Outgoing], int | None]:
         """Each record's partition, as the producer's default partitioner would choose it.
 
-        kafka-python hashes every key again in pure Python (murmur2); a bridge sees the
-        same devices over and over, so the choice is remembered per topic and key, and
-        recomputed whenever a topic's partition count changes.
+        The topics' partition counts are read once per window, so a topic that grows is
+        hashed on its new count from the next window on.
         """
         partitions_for = getattr(self._producer, "partitions_for", None)
         if partitions_for is None:
@@ -437,16 +436,7 @@ class MqttBridge:
             n = counts.get(out.topic)
             if n is None:
                 n = counts[out.topic] = len(partitions_for(out.topic) or ())
-                cached = self._partition_of.setdefault(out.topic, (n, {}))
-                if cached[0] != n:
-                    self._partition_of[out.topic] = (n, {})
-            if not n:
-                return None
-            keys = self._partition_of[out.topic][1]
-            p = keys.get(out.key)
-            if p is None:
-                p = keys[out.key] = (murmur2(out.key) & 0x7FFFFFFF) % n
-            return p
+            return self._partition_of(out.key, n) if n else None
 
         return partition
 

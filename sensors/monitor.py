@@ -129,12 +129,9 @@ class SensorMonitor:
         # already known changes nothing), in one statement.
         state_rows = []
         for device_id, was in before.items():
-            if (
-                was is None
-                or stored_partition[device_id] != tp.partition
-                or self.states[device_id].to_json() != was
-            ):
-                state_rows.append((device_id, self._state_json(device_id, tp.partition)))
+            now = self.states[device_id].to_json()
+            if now != was or stored_partition[device_id] != tp.partition:
+                state_rows.append((device_id, _state_text(now, tp.partition)))
         pe.collect_events(expected_position=self.tracked.positions.get(tp), state_rows=state_rows)
         try:
             topics.send_deadletters(
@@ -184,11 +181,6 @@ class SensorMonitor:
                 sensor = self._sensor(msg.device_id, pe)
                 self.policy.apply(sensor, transitions, correlation_id, pe)
 
-    def _state_json(self, device_id: str, partition: int) -> str:
-        raw = self.states[device_id].to_json()
-        raw["p"] = partition
-        return orjson.dumps(raw).decode()
-
     def check_silence(self) -> int:
         """Open silent-device incidents for devices quiet for too long; return how many."""
         now = self.clock()
@@ -207,7 +199,8 @@ class SensorMonitor:
         rows = []
         for device_id in quiet:
             self.states[device_id].silent = True
-            rows.append((device_id, self._state_json(device_id, self.partition_of[device_id])))
+            raw = self.states[device_id].to_json()
+            rows.append((device_id, _state_text(raw, self.partition_of[device_id])))
         pe.collect_events(state_rows=rows)
         try:
             self.app.record(pe)
@@ -245,3 +238,8 @@ class SensorMonitor:
         finally:
             consumer.close(autocommit=False)
             self.producer.flush()
+
+
+def _state_text(raw: dict[str, Any], partition: int) -> str:
+    """A device's state as stored in ``monitor_state``, with the partition it is read from."""
+    return orjson.dumps({**raw, "p": partition}).decode()

@@ -62,11 +62,12 @@ class Incoming:
     qos: int
     packet_id: int
     connection: int
-    dup: bool = False
 
 
 def varint(n: int) -> bytes:
-    """MQTT's variable byte integer."""
+    """MQTT's variable byte integer (0 .. 268,435,455)."""
+    if not 0 <= n <= 268_435_455:
+        raise ValueError(f"{n} does not fit a variable byte integer")
     out = bytearray()
     while True:
         n, digit = divmod(n, 128)
@@ -146,7 +147,6 @@ class MqttSession:
         keepalive_s: int = 30,
         session_expiry_s: int = 3600,
         receive_maximum: int = 4000,
-        on_connected: Callable[[bool], None] | None = None,
         on_disconnected: Callable[[str], None] | None = None,
         hold: Callable[[], bool] | None = None,
     ) -> None:
@@ -154,7 +154,6 @@ class MqttSession:
         self.filters = list(filters)
         self.v5 = protocol == 5
         self._on_messages = on_messages
-        self._on_connected = on_connected
         self._on_disconnected = on_disconnected
         self._hold = hold
         self._username, self._password = username, password
@@ -194,9 +193,7 @@ class MqttSession:
     def unsubscribe(self, timeout: float) -> bool:
         """Unsubscribe every filter; True once the broker has confirmed it."""
         self._unsubscribed.clear()
-        body = self._packet_id_bytes() + (b"\x00" if self.v5 else b"")
-        body += b"".join(utf8(f) for f in self.filters)
-        self._send(packet(UNSUBSCRIBE, body))
+        self._send(self._filters_packet(UNSUBSCRIBE, b""))
         return self._unsubscribed.wait(timeout)
 
     def stop(self, *, end_session: bool = False, timeout: float = 5.0) -> None:
@@ -248,13 +245,9 @@ class MqttSession:
             self._sock = sock
         self._buffer = buffer
         log.info("MQTT %s connected (session present: %s)", self.client_id, session_present)
-        if self._on_connected is not None:
-            self._on_connected(session_present)
         # Always subscribe: the broker may have lost the session (restart without persistence).
-        options = b"\x01"  # QoS 1 (MQTT 5: also no-local 0, retain-as-published 0)
-        body_out = self._packet_id_bytes() + (b"\x00" if self.v5 else b"")
-        body_out += b"".join(utf8(f) + options for f in self.filters)
-        self._send(packet(SUBSCRIBE, body_out))
+        # Options: QoS 1 (MQTT 5: also no-local 0, retain-as-published 0).
+        self._send(self._filters_packet(SUBSCRIBE, b"\x01"))
 
     def _connect_packet(self) -> bytes:
         flags = 0  # clean start (clean session in 3.1.1) off: a persistent session
@@ -296,13 +289,11 @@ class MqttSession:
         # from the window thread) waits for room instead of failing half-written.
         sock.settimeout(30.0)
         buffer = self._buffer
+        self._dispatch(buffer)  # what came in behind the CONNACK
         last_ping = time.monotonic()
         ping_every = max(1.0, self._keepalive_s / 2)
         while not self._stopping.is_set():
-            if buffer:
-                self._dispatch(buffer)
-            holding = self._hold is not None and self._hold()
-            if holding:
+            if self._hold is not None and self._hold():
                 # Flow control that does not depend on the broker honouring Receive
                 # Maximum (Mosquitto 2.0.11 sends past it once acks flow): stop reading,
                 # and the broker keeps the rest queued in the session.
@@ -320,8 +311,11 @@ class MqttSession:
             if not chunk:
                 return
             buffer += chunk
+            self._dispatch(buffer)
 
     def _dispatch(self, buffer: bytearray) -> None:
+        # Only after new bytes came: a partial packet left in the buffer is not parsed
+        # again while the session holds off reading.
         data = bytes(buffer)
         packets, used = split_packets(data)
         if not packets:
@@ -357,7 +351,7 @@ class MqttSession:
             pos += 2
         if self.v5:
             pos = _skip_properties(body, pos)
-        return Incoming(topic, body[pos:], qos, packet_id, connection, bool(first & 0x08))
+        return Incoming(topic, body[pos:], qos, packet_id, connection)
 
     def _suback(self, body: bytes) -> None:
         pos = 2
@@ -374,9 +368,11 @@ class MqttSession:
 
     # --- sending ----------------------------------------------------------------------
 
-    def _packet_id_bytes(self) -> bytes:
+    def _filters_packet(self, kind: int, options: bytes) -> bytes:
+        """SUBSCRIBE or UNSUBSCRIBE of every filter: a new packet id, no properties."""
         self._next_packet_id = self._next_packet_id % 0xFFFF + 1
-        return struct.pack("!H", self._next_packet_id)
+        body = struct.pack("!H", self._next_packet_id) + (b"\x00" if self.v5 else b"")
+        return packet(kind, body + b"".join(utf8(f) + options for f in self.filters))
 
     def _send(self, data: bytes) -> None:
         with self._send_lock:

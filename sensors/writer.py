@@ -69,12 +69,14 @@ def copy_lines(value: bytes, lines: list[str]) -> int:
         value_ = float(r["value"])
         if not (math.isfinite(ts) and math.isfinite(value_)):
             raise ValueError("a reading's time and value must be finite")
-        lines.append(
-            f"{_ts_text(ts)}\t{device}\t{_copy_text(r['metric'])}\t{value_!r}"
-            f"\t{_copy_text(r['unit'])}\n"
-        )
+        lines.append(_line(_ts_text(ts), device, r["metric"], value_, r["unit"]))
         n += 1
     return n
+
+
+def _line(ts: str, device: str, metric: object, value: float, unit: object) -> str:
+    """One row of ``readings`` in COPY text (``device`` already escaped)."""
+    return f"{ts}\t{device}\t{_copy_text(metric)}\t{value!r}\t{_copy_text(unit)}\n"
 
 
 @functools.lru_cache(maxsize=4096)
@@ -115,10 +117,7 @@ def store_lines(cur: Any, lines: Sequence[str]) -> int:
 
 def copy_readings(cur: Any, rows: Sequence[Row]) -> int:
     """Store readings given as rows, like ``store_lines`` (tests, benchmarks, backfills)."""
-    lines = [
-        f"{ts.isoformat()}\t{_copy_text(d)}\t{_copy_text(m)}\t{float(v)!r}\t{_copy_text(u)}\n"
-        for ts, d, m, v, u in rows
-    ]
+    lines = [_line(ts.isoformat(), _copy_text(d), m, float(v), u) for ts, d, m, v, u in rows]
     return store_lines(cur, lines)
 
 
