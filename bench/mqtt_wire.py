@@ -36,7 +36,7 @@ RECEIVE_MAXIMUM = 0x21
 NO_MATCHING_SUBSCRIBERS = 0x10  # MQTT 5 PUBACK: accepted, but nobody subscribes to it
 MAX_PACKET_ID = 65535
 
-# MQTT 5 property identifiers by the type of their value (MQTT 5.0, section 2.2.2.2).
+# MQTT 5 property identifiers by the type of their value.
 _BYTE_PROPS = frozenset({0x01, 0x17, 0x19, 0x24, 0x25, 0x28, 0x29, 0x2A})
 _TWO_BYTE_PROPS = frozenset({0x13, 0x21, 0x22, 0x23})
 _FOUR_BYTE_PROPS = frozenset({0x02, 0x11, 0x18, 0x27})

@@ -12,7 +12,7 @@ Messages are handled in windows (every ``window_ms`` or ``window_max`` messages,
 whichever comes first): the MQTT session's network thread only queues each message (see
 ``sensors/mqtt_session.py`` for why it is not paho-mqtt's client); one window
 thread decodes the window, sends every record, flushes the producer once, and then
-acknowledges the window's messages in the order they arrived (MQTT 4.6). Windows run one
+acknowledges the window's messages in the order they arrived, as MQTT requires. Windows run one
 after another, so the acks of a later window never overtake an earlier one, and a window
 Kafka refuses is sent again (with backoff) before anything after it is acknowledged.
 The bridge holds at most ``receive_maximum`` unacknowledged messages (plus one socket
