@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import gc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any
@@ -32,10 +32,8 @@ from api import (
     session,
     telemetry,
 )
-from api.auth import STAFF_READ, ApiKeyVerifier, require
+from api.auth import STAFF_READ, require
 from api.deps import Container
-from api.probes import kafka_probe, tcp_probe
-from cityops.settings import Settings
 
 MAX_BODY_BYTES = 64 * 1024
 
@@ -84,64 +82,16 @@ def layer_geojson(gdf: Any, id_column: str) -> dict[str, Any]:
     return doc
 
 
-def build_container(settings: Settings) -> Container:
-    from api.live import ChangeHub
-    from api.telemetry import TelemetryIntake
-    from cityops import kafka
-    from cityops.apikeys import PgApiKeys
-    from cityops.bootstrap import (
-        DeviceRegistry,
-        city_app,
-        city_layers,
-        incident_desk,
-        service_desk,
-    )
-    from cityops.pgstore import make_pool
-    from projections.case_queries import CaseQueries
-    from projections.queries import ReadModels
-    from sensors.senml import Limits
+def create_app(container: Container | Callable[[], Container]) -> FastAPI:
+    """The app over ``container``, or over what ``container()`` builds at startup.
 
-    pool = make_pool(settings)
-    read = ReadModels(pool)
-    layers = city_layers(settings)
-    city = city_app(settings, pool_size=settings.db_pool_size)
-    case_queries = CaseQueries(pool)
-    telemetry = TelemetryIntake(
-        kafka.make_producer(settings, linger_ms=0),
-        kafka.Topics.of(settings),
-        DeviceRegistry(city),
-        Limits.from_settings(settings),
-    )
-    probes = {
-        "kafka": kafka_probe(settings.kafka_bootstrap),
-        "mqtt": tcp_probe(settings.mqtt_host or "127.0.0.1", settings.mqtt_port),
-    }
-    api_keys = ApiKeyVerifier(PgApiKeys(pool).lookup)
-    return Container(
-        settings=settings,
-        pool=pool,
-        city=city,
-        read=read,
-        hub=ChangeHub(settings.database_url, read, case_queries, on_key_revoked=api_keys.forget),
-        desk=service_desk(settings, city, pool, layers, case_queries),
-        cases=case_queries,
-        incidents=incident_desk(settings, city),
-        api_keys=api_keys,
-        telemetry=telemetry,
-        probes=probes,
-        layers={
-            "districts": layer_geojson(layers.districts, "district_code"),
-            "grid": layer_geojson(
-                layers.grid[["grid_code", "district_code", "geometry"]], "grid_code"
-            ),
-        },
-    )
+    The composition root (``cityops.bootstrap.api_app``) passes a factory, so that each
+    server process opens its own pool and connections in its lifespan.
+    """
 
-
-def create_app(settings: Settings, container: Container | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        c = container or build_container(settings)
+        c = container() if callable(container) else container
         app.state.container = c
         await c.hub.start()
         # What startup built (settings, reference layers, the app) lives as long as the
@@ -192,8 +142,3 @@ def create_app(settings: Settings, container: Container | None = None) -> FastAP
         return FileResponse(str(static.joinpath("index.html")))
 
     return app
-
-
-def app_from_env() -> FastAPI:
-    """The app from ``CITYOPS_*`` settings: for ``uvicorn --factory`` with several workers."""
-    return create_app(Settings())

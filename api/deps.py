@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 from fastapi import Depends, Request
 from psycopg_pool import ConnectionPool
 
-from cityops.settings import Settings
 from core.app import CityApp
-from core.incident_desk import IncidentDesk
-from core.service import ServiceDesk
+from core.case.desk import ServiceDesk
+from core.incident.desk import IncidentDesk
+from infra.settings import Settings
 from projections.case_queries import CaseQueries
 from projections.queries import ReadModels
 
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from api.auth import ApiKeyVerifier
     from api.live import ChangeHub
     from api.telemetry import TelemetryIntake
+    from projections.runner import SqlProjection
 
 
 @dataclass
@@ -37,6 +38,8 @@ class Container:
     telemetry: TelemetryIntake | None = None
     probes: dict[str, Callable[[], tuple[bool, str]]] = field(default_factory=dict)
     layers: dict[str, Any] = field(default_factory=dict)
+    # the read models' projections, for rebuilding the city as of an instant
+    projections: list[SqlProjection] = field(default_factory=list)
 
 
 def correlation() -> str:

@@ -40,8 +40,6 @@ def city_as_of(
     """Incidents open, sensors with their state, open cases and grid load, as they were:
     ``{"position", "recorded_at", "at", "checkpoint", "replayed_events", "layers":
     {"incidents", "sensors", "cases", "grid"}}``, each layer a GeoJSON FeatureCollection."""
-    from cityops.bootstrap import projections
-
     if (at is None) == (position is None):
         raise HTTPException(422, "give exactly one of at (an instant) or position")
     with c.pool.connection() as conn:
@@ -55,7 +53,7 @@ def city_as_of(
         except replay.ReplayError as exc:
             raise _bad(exc) from None
         doc = replay.city_at(
-            conn, c.city.mapper, projections(), where, grid=c.layers.get("grid"), requested=at
+            conn, c.city.mapper, c.projections, where, grid=c.layers.get("grid"), requested=at
         )
     record_audit_read(c, who, request, correlation())
     return Response(doc, media_type="application/json")

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import psycopg
 
-from cityops.audit_chain import verify
 from cityops.bootstrap import city_app
 from cityops.services import create_database, drop_database, throwaway_services
-from cityops.settings import Settings
 from core.sensor import SensorSpec
+from infra.audit_chain import verify
+from infra.settings import Settings
 
 CHUNK = 10_000
 

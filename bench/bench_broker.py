@@ -59,7 +59,6 @@ import orjson
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.admin import NewTopic
 
-from cityops.kafka import make_producer, telemetry_fetch
 from cityops.services import (
     create_database,
     free_port,
@@ -67,8 +66,9 @@ from cityops.services import (
     tansu_binary,
     wait_for_port,
 )
-from cityops.settings import Settings
-from core.telemetry import CANONICAL_UNITS, SENSOR_TYPES, Reading, TelemetryMessage
+from core.sensor.telemetry import CANONICAL_UNITS, SENSOR_TYPES, Reading, TelemetryMessage
+from infra.kafka import make_producer, telemetry_fetch
+from infra.settings import Settings
 from simulations.city import DEVICE_PREFIXES
 
 PARTITIONS = 4  # as the project's topics (Settings.kafka_partitions)

@@ -30,7 +30,7 @@ import psycopg
 from api.auth import issue_token
 from cityops.bootstrap import city_layers, seed
 from cityops.services import create_database, free_port, throwaway_services
-from cityops.settings import Settings
+from infra.settings import Settings
 
 Headers = dict[str, str]
 
@@ -175,7 +175,7 @@ def main() -> None:
                 "-m",
                 "uvicorn",
                 "--factory",
-                "api.app:app_from_env",
+                "cityops.bootstrap:app_from_env",
                 "--port",
                 str(port),
                 "--workers",

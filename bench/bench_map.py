@@ -41,9 +41,9 @@ from fastapi import FastAPI
 
 from api.auth import issue_token
 from cityops.bootstrap import city_layers
-from cityops.pgstore import apply_schema
 from cityops.services import create_database, drop_database, free_port, throwaway_services
-from cityops.settings import Settings
+from infra.pgstore import apply_schema
+from infra.settings import Settings
 from projections.runner import TRACKING_NAME
 
 TARGET_P99_MS = 20.0
@@ -73,7 +73,7 @@ MIX = (
 def app_without_cache() -> FastAPI:
     """The API with the map cache off: for ``uvicorn --factory`` under ``--no-cache``."""
     import api.map
-    from api.app import app_from_env
+    from cityops.bootstrap import app_from_env
 
     api.map.CACHE_LAYERS = False
     return app_from_env()
@@ -459,7 +459,11 @@ def main() -> None:
             f" in {time.perf_counter() - t0:.1f} s"
         )
         port = free_port()
-        factory = "bench.bench_map:app_without_cache" if args.no_cache else "api.app:app_from_env"
+        factory = (
+            "bench.bench_map:app_without_cache"
+            if args.no_cache
+            else "cityops.bootstrap:app_from_env"
+        )
         api = subprocess.Popen(
             [
                 sys.executable,

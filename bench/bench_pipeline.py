@@ -53,12 +53,12 @@ from bench.legs import Leg, run_legs
 from bench.mqtt_load import LoadPlan, Publisher, device_names, drop_session, publisher_command
 from bench.pipeline_report import print_curve, print_legs_summary, print_run
 from bench.pyspy import Profile, finish_profiles, profiler_pids, start_profiles
-from cityops import kafka as topics
 from cityops.bootstrap import city_app
-from cityops.pgstore import apply_schema, make_pool
 from cityops.services import throwaway_services
-from cityops.settings import Settings
 from core.sensor import SensorSpec
+from infra import kafka as topics
+from infra.pgstore import apply_schema, make_pool
+from infra.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_RATES = "2000,4000,6000,8000,10000,12000,15000"

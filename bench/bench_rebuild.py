@@ -19,10 +19,10 @@ from contextlib import ExitStack
 import psycopg
 
 from cityops.bootstrap import city_app, rebuild_projections, run_projector, seed, service_desk
-from cityops.pgstore import make_pool
 from cityops.services import create_database, throwaway_services
-from cityops.settings import Settings
-from core.service import SubmitCase
+from core.case.desk import SubmitCase
+from infra.pgstore import make_pool
+from infra.settings import Settings
 from projections.positions import PROJECTIONS, head, position
 
 

@@ -41,13 +41,13 @@ from cityops.bootstrap import (
     seed,
     service_desk,
 )
-from cityops.pgstore import make_pool
 from cityops.services import create_database, drop_database, throwaway_services
-from cityops.settings import Settings
 from core.app import CityApp
-from core.management import IncidentPolicy
-from core.rules import Transition, load_rules
-from core.service import SubmitCase
+from core.case.desk import SubmitCase
+from core.incident.policy import IncidentPolicy
+from core.sensor.rules import Transition, load_rules
+from infra.pgstore import make_pool
+from infra.settings import Settings
 from projections import replay
 
 CHUNK = 50_000  # copied events per statement (and transaction)

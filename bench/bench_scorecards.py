@@ -23,9 +23,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, get_args
 
 from cityops.bootstrap import city_layers
-from cityops.pgstore import apply_schema, make_pool
 from cityops.services import create_database, drop_database, throwaway_services
-from cityops.settings import Settings
+from infra.pgstore import apply_schema, make_pool
+from infra.settings import Settings
 from projections.scorecards import Level, Scorecards
 
 # Each row picks its cell, department type and fate from its own random() draws;

@@ -38,9 +38,9 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from bench.mqtt_load import publisher_command, senml_payload
-from cityops import kafka as topics
-from cityops.pgstore import make_pool
-from cityops.settings import Settings
+from infra import kafka as topics
+from infra.pgstore import make_pool
+from infra.settings import Settings
 from sensors.writer import copy_readings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -291,7 +291,7 @@ def consume_confluent(
 
 
 def produce_kafka_python(settings: Settings, topic: str, n: int) -> None:
-    """The pipeline's producer (cityops.kafka.make_producer), keyed by device."""
+    """The pipeline's producer (infra.kafka.make_producer), keyed by device."""
     producer = topics.make_producer(settings)
     try:
         for i in range(n):

@@ -15,24 +15,26 @@ from typing import TYPE_CHECKING
 
 import psycopg
 
-from cityops import kafka as topics
-from cityops.pgstore import apply_audit_schema, apply_schema, eventstore_env, make_pool
-from cityops.settings import Settings
 from core.app import CityApp
-from core.categories import load_categories
+from core.case.categories import load_categories
 from core.personal import PersonalData
-from core.rules import DEPARTMENT_TYPE, RuleSet, load_rules
 from core.sensor import SensorSpec
+from core.sensor.rules import DEPARTMENT_TYPE, RuleSet, load_rules
+from infra import kafka as topics
+from infra.pgstore import apply_audit_schema, apply_schema, eventstore_env, make_pool
+from infra.settings import Settings
 
 if TYPE_CHECKING:
+    from fastapi import FastAPI
     from psycopg_pool import ConnectionPool
 
-    from cityops.follower import LogFollower
-    from core.correlation import CorrelationPolicy
-    from core.incident_desk import IncidentDesk
-    from core.service import NearbyCases, ServiceDesk
+    from api.deps import Container
+    from core.brain.correlation import CorrelationPolicy
+    from core.case.desk import NearbyCases, ServiceDesk
+    from core.incident.desk import IncidentDesk
     from gis.layers import CityLayers
     from projections.runner import SqlProjection
+    from workers.follower import LogFollower
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +64,7 @@ def city_app(
 
 
 def personal_data(settings: Settings, pool: ConnectionPool) -> PersonalData:
-    from cityops.vault import PgKeyStore
+    from infra.vault import PgKeyStore
 
     return PersonalData(PgKeyStore(pool), settings.pii_pepper.get_secret_value().encode())
 
@@ -75,7 +77,7 @@ def service_desk(
     nearby: NearbyCases | None = None,
 ) -> ServiceDesk:
     """The service network's commands over the city log, with its ports wired."""
-    from core.service import ServiceDesk
+    from core.case.desk import ServiceDesk
     from gis.locator import CityLocator
     from projections.case_queries import CaseQueries
 
@@ -325,7 +327,7 @@ def rebuild_projections(settings: Settings) -> None:
 
 def run_intake(settings: Settings, stop: threading.Event, group_id: str = "case-intake") -> None:
     """Kafka ``cityops.cases.inbound`` -> service cases (hotline systems)."""
-    from cityops.intake import CaseIntake
+    from workers.intake import CaseIntake
 
     pool = make_pool(settings, max_size=2)
     producer = topics.make_producer(settings)
@@ -340,7 +342,7 @@ def run_intake(settings: Settings, stop: threading.Event, group_id: str = "case-
 
 def run_relay(settings: Settings, stop: threading.Event) -> None:
     """The city log -> Kafka cityops.domain-events, each event once, in log order."""
-    from cityops.relay import DomainEventRelay
+    from workers.relay import DomainEventRelay
 
     pool = make_pool(settings, max_size=1)
     producer = topics.make_producer(settings)
@@ -355,8 +357,8 @@ def run_relay(settings: Settings, stop: threading.Event) -> None:
 
 def run_sla(settings: Settings, stop: threading.Event) -> None:
     """The SLA clock: due-soon and overdue marks, once per deadline."""
-    from cityops.sla_clock import SlaClock
     from projections.case_queries import CaseQueries
+    from workers.sla_clock import SlaClock
 
     pool = make_pool(settings, max_size=2)
     app = city_app(settings, pool_size=2)
@@ -420,24 +422,24 @@ def run_citizens(
 
 
 def correlation_policy(settings: Settings) -> CorrelationPolicy:
-    from core.correlation import load_policy
+    from core.brain.correlation import load_policy
 
     return load_policy(settings.correlation_file)
 
 
 def incident_desk(settings: Settings, city: CityApp) -> IncidentDesk:
-    from core.incident_desk import IncidentDesk
+    from core.incident.desk import IncidentDesk
 
     return IncidentDesk(city, correlation_policy(settings))
 
 
 def brain_follower(settings: Settings, app: CityApp, pool: ConnectionPool) -> LogFollower:
     """The correlation worker: links reports and incidents as the log grows."""
-    from cityops.brain import CORRELATION_EVENTS, CorrelationHandler
-    from cityops.follower import LogFollower
-    from core.correlation import Correlator
+    from core.brain.correlation import Correlator
     from gis.crs import distance_m
     from projections.nearby import NearbyQueries
+    from workers.brain import CORRELATION_EVENTS, CorrelationHandler
+    from workers.follower import LogFollower
 
     nearby = NearbyQueries(pool)
     correlator = Correlator(
@@ -465,9 +467,9 @@ def run_brain(settings: Settings, stop: threading.Event) -> None:
 
 def run_notifier(settings: Settings, stop: threading.Event) -> None:
     """Tell citizens their case was resolved (notification port from settings)."""
-    from cityops.brain import NOTICE_EVENTS, notice_handler
-    from cityops.follower import LogFollower
-    from cityops.notify import notifier_from_settings
+    from infra.notify import notifier_from_settings
+    from workers.brain import NOTICE_EVENTS, notice_handler
+    from workers.follower import LogFollower
 
     pool = make_pool(settings, max_size=2)
     app = city_app(settings, pool_size=2)
@@ -478,3 +480,66 @@ def run_notifier(settings: Settings, stop: threading.Event) -> None:
     finally:
         app.close()
         pool.close()
+
+
+def api_container(settings: Settings) -> Container:
+    """What the API's routes get: pools, the city app, desks, read models, layers, probes."""
+    from api.app import layer_geojson
+    from api.auth import ApiKeyVerifier
+    from api.deps import Container
+    from api.live import ChangeHub
+    from api.probes import kafka_probe, tcp_probe
+    from api.telemetry import TelemetryIntake
+    from core.sensor.senml import Limits
+    from infra.apikeys import PgApiKeys
+    from projections.case_queries import CaseQueries
+    from projections.queries import ReadModels
+
+    pool = make_pool(settings)
+    read = ReadModels(pool)
+    layers = city_layers(settings)
+    city = city_app(settings, pool_size=settings.db_pool_size)
+    case_queries = CaseQueries(pool)
+    telemetry = TelemetryIntake(
+        topics.make_producer(settings, linger_ms=0),
+        topics.Topics.of(settings),
+        DeviceRegistry(city),
+        Limits.from_settings(settings),
+    )
+    probes = {
+        "kafka": kafka_probe(settings.kafka_bootstrap),
+        "mqtt": tcp_probe(settings.mqtt_host or "127.0.0.1", settings.mqtt_port),
+    }
+    api_keys = ApiKeyVerifier(PgApiKeys(pool).lookup)
+    return Container(
+        settings=settings,
+        pool=pool,
+        city=city,
+        read=read,
+        hub=ChangeHub(settings.database_url, read, case_queries, on_key_revoked=api_keys.forget),
+        desk=service_desk(settings, city, pool, layers, case_queries),
+        cases=case_queries,
+        incidents=incident_desk(settings, city),
+        api_keys=api_keys,
+        telemetry=telemetry,
+        probes=probes,
+        layers={
+            "districts": layer_geojson(layers.districts, "district_code"),
+            "grid": layer_geojson(
+                layers.grid[["grid_code", "district_code", "geometry"]], "grid_code"
+            ),
+        },
+        projections=projections(),
+    )
+
+
+def api_app(settings: Settings) -> FastAPI:
+    """The HTTP API wired from ``settings``; each server process builds its container."""
+    from api.app import create_app
+
+    return create_app(lambda: api_container(settings))
+
+
+def app_from_env() -> FastAPI:
+    """The app from ``CITYOPS_*`` settings: for ``uvicorn --factory`` with several workers."""
+    return api_app(Settings())

@@ -27,7 +27,7 @@ class CityApp(Application[UUID]):
 
     One application, so that a command touching a case and an incident (a link, a
     proactive reply) commits atomically, and auditors replay one ordered log.
-    Service-network commands live in ``core.service.ServiceDesk``.
+    Service-network commands live in ``core.case.desk.ServiceDesk``.
     """
 
     name = "city"

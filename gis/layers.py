@@ -22,7 +22,7 @@ from typing import Literal
 import geopandas as gpd
 import pandas as pd
 
-from core.telemetry import SENSOR_TYPES
+from core.sensor.telemetry import SENSOR_TYPES
 from gis.crs import WGS84, ensure_wgs84
 
 LayerFormat = Literal["geojson", "gpkg"]

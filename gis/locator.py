@@ -1,10 +1,10 @@
-"""The service network's view of the map: the ``core.service.Locator`` port over gis/."""
+"""The service network's view of the map: the ``core.case.desk.Locator`` port over gis/."""
 
 from __future__ import annotations
 
 import pandas as pd
 
-from core.service import Department, Place
+from core.case.desk import Department, Place
 from gis.assign import NOWHERE, GridIndex, Jurisdictions
 from gis.crs import valid_lonlat_mask
 from gis.layers import CityLayers

@@ -176,7 +176,7 @@ _INCIDENT_HANDLERS: dict[type[Any], Callable[[Any], list[Statement]]] = {
 
 
 class MapProjection:
-    """Sensors and incidents of the live map (tables from cityops/schema.sql)."""
+    """Sensors and incidents of the live map (tables from infra/schema.sql)."""
 
     name = "map"
     tables: tuple[str, ...] = ("map_sensors", "map_incidents")

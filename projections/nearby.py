@@ -1,4 +1,6 @@
-"""The correlation policy's spatial look-ups over the read models (``core.correlation.Nearby``).
+"""The correlation policy's spatial look-ups over the read models.
+
+(``core.brain.correlation.Nearby``, answered from SQL.)
 
 A bounding box in degrees narrows each query on the (lon, lat) indexes; the exact
 great-circle distance then filters and orders in Python.
@@ -12,8 +14,8 @@ from typing import Any
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
+from core.brain.correlation import NearCase, NearIncident, NearSensor
 from core.case import OPEN
-from core.correlation import NearCase, NearIncident, NearSensor
 from gis.crs import distance_m
 from projections import positions
 from projections.case_queries import box_around

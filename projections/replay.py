@@ -23,7 +23,7 @@ every query written for the live views (``checksums``, the layers below) reads t
   data dropped, from a server-side cursor (no per-event SQL).
 
 Instants map to positions by the audit chain: ``max(notification_id) WHERE recorded_at
-<= T`` (``cityops/audit.sql``).
+<= T`` (``infra/audit.sql``).
 """
 
 from __future__ import annotations

@@ -22,6 +22,6 @@ PY=${PYTHON:-python3}
 .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
 
 echo "== ruff"; .venv/bin/ruff check .
-echo "== mypy"; .venv/bin/mypy core sensors projections api gis simulations cityops bench
+echo "== mypy"; .venv/bin/mypy core infra workers sensors projections api gis simulations cityops bench
 echo "== pytest"
 exec .venv/bin/python -m cityops.testenv -- .venv/bin/pytest -q -p no:cacheprovider "$@"

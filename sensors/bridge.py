@@ -45,10 +45,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from cityops.kafka import Topics, default_partition
-from cityops.settings import Settings
+from core.sensor.senml import REASON_CODES, Limits, RejectedPayload, deadletter_record, decode
+from infra.kafka import Topics, default_partition
+from infra.settings import Settings
 from sensors.mqtt_session import Incoming, MqttSession
-from sensors.senml import REASON_CODES, Limits, RejectedPayload, deadletter_record, decode
 
 log = logging.getLogger(__name__)
 

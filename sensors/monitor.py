@@ -23,14 +23,14 @@ from eventsourcing.persistence import IntegrityError, Tracking
 from kafka import KafkaProducer, TopicPartition
 from psycopg_pool import ConnectionPool
 
-from cityops import kafka as topics
-from cityops.settings import Settings
 from core.app import CityApp
 from core.errors import NotFoundError
-from core.management import IncidentPolicy
-from core.rules import DeviceState, RuleSet, evaluate_readings, is_silent
+from core.incident.policy import IncidentPolicy
 from core.sensor import Sensor, sensor_id
-from core.telemetry import TelemetryMessage
+from core.sensor.rules import DeviceState, RuleSet, evaluate_readings, is_silent
+from core.sensor.telemetry import TelemetryMessage
+from infra import kafka as topics
+from infra.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ import psycopg
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from psycopg_pool import ConnectionPool
 
-from cityops import kafka as topics
-from cityops.settings import Settings
+from infra import kafka as topics
+from infra.settings import Settings
 
 log = logging.getLogger(__name__)
 

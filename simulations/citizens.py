@@ -33,13 +33,13 @@ import shapely
 from kafka.errors import KafkaError
 from numpy.typing import NDArray
 
-from cityops.hotline_schema import Citizen as HotlineCitizen
-from cityops.hotline_schema import HotlineCase, Location, encode
-from cityops.kafka import CASES_INBOUND, Topics, make_producer
-from cityops.settings import Settings
-from core.categories import Attribute, Categories, Category, load_categories
+from core.case.categories import Attribute, Categories, Category, load_categories
 from gis.crs import distance_m
 from gis.layers import CityLayers
+from infra.hotline_schema import Citizen as HotlineCitizen
+from infra.hotline_schema import HotlineCase, Location, encode
+from infra.kafka import CASES_INBOUND, Topics, make_producer
+from infra.settings import Settings
 from simulations.city import ensure_city
 from simulations.scenarios import (
     AtVenue,
@@ -236,7 +236,7 @@ class CitizenModel:
         self.scenario = scenario
         self.seed = seed
         self.params = params or CitizenParams()
-        # Alarm thresholds per sensor type (default: the packaged core/rules.yaml).
+        # Alarm thresholds per sensor type (default: the packaged core/sensor/rules.yaml).
         self.thresholds = dict(thresholds or {})
         # A run against a platform that keeps its data needs its own prefix, or its
         # reports repeat the external ids of the last run's and count as resubmissions.

@@ -20,11 +20,11 @@ import pandas as pd
 import shapely
 import yaml
 
-from cityops.settings import Settings
-from core.telemetry import SENSOR_TYPES
+from core.sensor.telemetry import SENSOR_TYPES
 from gis.assign import GridIndex
 from gis.crs import WGS84, distance_m
 from gis.layers import CityLayers, LayerFormat, detect_format, load_layers, save_layers
+from infra.settings import Settings
 
 log = logging.getLogger(__name__)
 

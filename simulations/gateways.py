@@ -36,15 +36,15 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersi
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from cityops.settings import Settings
-from core.telemetry import CANONICAL_UNITS, SENSOR_TYPES
+from core.sensor.telemetry import CANONICAL_UNITS, SENSOR_TYPES
+from infra.settings import Settings
 from simulations.scenarios import Fleet, Scenario
 
 log = logging.getLogger(__name__)
 
 QOS = 1
 # SenML's registered symbol for a battery level is "%EL" (RFC 8428, section 12.1);
-# core.telemetry accepts it for the canonical "%".
+# core.sensor.telemetry accepts it for the canonical "%".
 SENML_UNITS: dict[str, str] = {**CANONICAL_UNITS, "battery": "%EL"}
 
 _PROTOCOLS = {

@@ -6,7 +6,7 @@ load run split over several simulator processes produces exactly what one would,
 tests can ask for any instant directly.
 
 Values come back vectorised, one float array per metric aligned with the fleet, NaN
-where a device does not report that metric (see ``core.telemetry.SENSOR_TYPES``).
+where a device does not report that metric (see ``core.sensor.telemetry.SENSOR_TYPES``).
 
 A scenario may also say what citizens report while it runs (``citizen_reports``: calls
 around sensors in alarm, or around a place no sensor watches); ``simulations.citizens``
@@ -24,8 +24,8 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
-from core.rules import RuleSet, load_rules
-from core.telemetry import SENSOR_TYPES
+from core.sensor.rules import RuleSet, load_rules
+from core.sensor.telemetry import SENSOR_TYPES
 from simulations.city import RIVERSIDE_DISTRICTS
 
 Values = dict[str, NDArray[np.float64]]
@@ -133,7 +133,7 @@ class Envelope:
 
 @dataclass(frozen=True, slots=True)
 class Threshold:
-    """Where the lowest alarm level of a sensor type's rule lies (``core/rules.yaml``)."""
+    """Where the lowest alarm level of a sensor type's rule lies (``core/sensor/rules.yaml``)."""
 
     metric: str
     op: str  # ">" or "<"

@@ -9,12 +9,12 @@ from uuid import UUID
 
 from kafka import KafkaProducer
 
-from cityops import kafka as topics
-from cityops.pgstore import apply_schema, make_pool
-from cityops.settings import Settings
 from core.app import CityApp
 from core.sensor import SensorSpec
-from core.telemetry import Reading, TelemetryMessage
+from core.sensor.telemetry import Reading, TelemetryMessage
+from infra import kafka as topics
+from infra.pgstore import apply_schema, make_pool
+from infra.settings import Settings
 
 
 def sensor(
@@ -87,7 +87,7 @@ def link_as_brain(app: CityApp, pool: Any, case_ids: Iterable[UUID]) -> None:
     tested in test_urban_brain); the read models must be caught up first."""
     from eventsourcing.application import ProcessingEvent
 
-    from core.correlation import Correlator, load_policy
+    from core.brain.correlation import Correlator, load_policy
     from gis.crs import distance_m
     from projections.nearby import NearbyQueries
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cityops.services import create_database, drop_database
-from cityops.settings import Settings
+from infra.settings import Settings
 
 SERVICES = ("CITYOPS_DATABASE_URL", "CITYOPS_KAFKA_BOOTSTRAP", "CITYOPS_MQTT_HOST")
 

@@ -154,7 +154,7 @@ def demo_stack(
 def map_stack(state_dir: Path, *, sensors: int, incidents: int) -> Iterator[Stack]:
     """The API alone over ``sensors`` map sensors and ``incidents`` open incidents."""
     from bench.bench_map import fill
-    from cityops.settings import Settings
+    from infra.settings import Settings
 
     run = uuid.uuid4().hex[:8]
     server = os.environ["CITYOPS_DATABASE_URL"]
@@ -177,7 +177,7 @@ def map_stack(state_dir: Path, *, sensors: int, incidents: int) -> Iterator[Stac
                     "-m",
                     "uvicorn",
                     "--factory",
-                    "api.app:app_from_env",
+                    "cityops.bootstrap:app_from_env",
                     "--port",
                     str(port),
                     "--log-level",

@@ -16,9 +16,8 @@ from fastapi.testclient import TestClient
 from kafka import KafkaConsumer
 from paho.mqtt.enums import CallbackAPIVersion
 
-from api.app import create_app
-from cityops import kafka as topics
 from cityops.bootstrap import (
+    api_app,
     city_layers,
     run_bridge,
     run_in_thread,
@@ -27,9 +26,10 @@ from cityops.bootstrap import (
     run_writer,
     seed,
 )
-from cityops.settings import Settings
-from core.rules import DEPARTMENT_TYPE
+from core.sensor.rules import DEPARTMENT_TYPE
 from gis.assign import Jurisdictions
+from infra import kafka as topics
+from infra.settings import Settings
 from tests.conftest import bearer
 from tests.integration.test_pipeline_kafka import count, wait_until
 
@@ -103,7 +103,7 @@ def test_senml_over_mqtt_becomes_incident_on_the_map(pipeline: Settings) -> None
         what="9 readings",
     )
 
-    with TestClient(create_app(settings)) as http:
+    with TestClient(api_app(settings)) as http:
         http.headers.update(bearer(settings, "operator"))
 
         def incident() -> dict | None:

@@ -19,9 +19,9 @@ import pytest
 from fastapi.testclient import TestClient
 from httpx import Response
 
-from api.app import create_app
 from api.auth import ApiKeyVerifier, Unauthorized
-from cityops.apikeys import PgApiKeys
+from cityops.bootstrap import api_app
+from infra.apikeys import PgApiKeys
 from tests.integration.test_cases_api import REQUESTS, World, served_city
 
 pytestmark = pytest.mark.integration
@@ -454,7 +454,7 @@ def test_api_keys_and_their_revocation(ctx: Ctx) -> None:
         assert time.monotonic() - revoked_at < 10, "the running app still accepts a revoked key"
         time.sleep(0.05)
     # A fresh app refuses it at once.
-    with TestClient(create_app(ctx.world.settings), raise_server_exceptions=False) as fresh:
+    with TestClient(api_app(ctx.world.settings), raise_server_exceptions=False) as fresh:
         revoked = fresh.get("/api/v1/auth/me", headers={"X-API-Key": key})
         assert revoked.status_code == 401
         assert "revoked" in revoked.json()["detail"]

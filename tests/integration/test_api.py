@@ -8,9 +8,8 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
-from api.app import create_app
-from cityops.bootstrap import seed
-from cityops.settings import Settings
+from cityops.bootstrap import api_app, seed
+from infra.settings import Settings
 from tests.conftest import bearer
 
 pytestmark = pytest.mark.integration
@@ -19,7 +18,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def http(settings: Settings) -> Iterator[TestClient]:
     seed(settings)
-    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+    with TestClient(api_app(settings), raise_server_exceptions=False) as client:
         client.headers.update(bearer(settings, "operator"))
         yield client
 
@@ -161,7 +160,7 @@ def test_live_channel_pushes_the_changed_feature(http: TestClient, settings: Set
 
     from api.live import ChangeHub
     from cityops.bootstrap import run_in_thread, run_projector
-    from cityops.pgstore import make_pool
+    from infra.pgstore import make_pool
     from projections.map import NOTIFY_CHANNEL
     from projections.queries import ReadModels
     from tests.integration.test_pipeline_kafka import wait_until

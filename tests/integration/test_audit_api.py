@@ -16,14 +16,13 @@ import pytest
 from eventsourcing.application import ProcessingEvent
 from fastapi.testclient import TestClient
 
-from api.app import create_app
-from cityops.bootstrap import city_app, projections, seed, service_desk
-from cityops.pgstore import make_pool
-from cityops.settings import Settings
+from cityops.bootstrap import api_app, city_app, projections, seed, service_desk
 from core.audit import AuditRead, state_view
-from core.management import IncidentPolicy
-from core.rules import Transition, load_rules
+from core.incident.policy import IncidentPolicy
 from core.sensor import SensorSpec, sensor_id
+from core.sensor.rules import Transition, load_rules
+from infra.pgstore import make_pool
+from infra.settings import Settings
 from projections.runner import ProjectionWorker
 from tests.builders import link_as_brain
 from tests.conftest import bearer
@@ -87,7 +86,7 @@ def world(settings: Settings) -> Iterator[dict[str, Any]]:
     worker.catch_up()
     link_as_brain(app, pool, cases)
     worker.catch_up()
-    with TestClient(create_app(settings)) as client:
+    with TestClient(api_app(settings)) as client:
         yield {
             "client": client,
             "app": app,

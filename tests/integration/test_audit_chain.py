@@ -13,7 +13,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from psycopg import sql
 from typer.testing import CliRunner
 
-from cityops.audit_chain import (
+from cityops.bootstrap import city_app
+from cityops.cli import app as cli
+from core.app import CityApp
+from infra.audit_chain import (
     GENESIS,
     Problem,
     Verification,
@@ -24,10 +27,7 @@ from cityops.audit_chain import (
     record,
     verify,
 )
-from cityops.bootstrap import city_app
-from cityops.cli import app as cli
-from cityops.settings import Settings
-from core.app import CityApp
+from infra.settings import Settings
 from tests.builders import sensor
 
 pytestmark = pytest.mark.integration

@@ -17,20 +17,20 @@ import yaml
 from kafka import TopicPartition
 from typer.testing import CliRunner
 
-from cityops.backtest import BacktestRequest, run_backtest
-from cityops.backtest_cli import backtest_command
 from cityops.bootstrap import city_app
-from cityops.pgstore import apply_schema, make_pool
-from cityops.settings import Settings
+from cityops.cli.backtest import backtest_command
 from core.app import CityApp
-from core.rules import load_rules
+from core.sensor.rules import load_rules
+from infra.backtest import BacktestRequest, run_backtest
+from infra.pgstore import apply_schema, make_pool
+from infra.settings import Settings
 from sensors.monitor import SensorMonitor
 from sensors.writer import copy_readings
 from tests.builders import readings_message, sensor
 
 pytestmark = pytest.mark.integration
 
-LIVE_RULES = Path(__file__).resolve().parents[2] / "core" / "rules.yaml"
+LIVE_RULES = Path(__file__).resolve().parents[2] / "core" / "sensor" / "rules.yaml"
 # Water levels per device, one reading every 10 s (live rule: raise > 50 twice, clear < 40).
 LEVELS = {
     "wl-1": [20.0, 55.0, 56.0, 60.0, 35.0],  # major at 56, cleared at 35

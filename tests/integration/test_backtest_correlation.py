@@ -17,8 +17,6 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
-from cityops.backtest import BacktestRequest, run_backtest
-from cityops.backtest_cli import backtest_command
 from cityops.bootstrap import (
     brain_follower,
     city_app,
@@ -27,13 +25,15 @@ from cityops.bootstrap import (
     seed,
     service_desk,
 )
-from cityops.pgstore import make_pool
-from cityops.settings import Settings
+from cityops.cli.backtest import backtest_command
 from core.app import CityApp
-from core.backtest import CorrelationOutcome
-from core.correlation import CLUSTER_NS, load_policy
+from core.backtest.rules import CorrelationOutcome
+from core.brain.correlation import CLUSTER_NS, load_policy
+from core.case.desk import ServiceDesk
 from core.sensor import SensorSpec
-from core.service import ServiceDesk
+from infra.backtest import BacktestRequest, run_backtest
+from infra.pgstore import make_pool
+from infra.settings import Settings
 from projections.positions import head
 from tests.integration.test_pipeline_kafka import wait_until
 from tests.integration.test_rebuild import caught_up, checksums
@@ -41,7 +41,7 @@ from tests.integration.test_urban_brain import flood_alarm, offset, places, repo
 
 pytestmark = pytest.mark.integration
 
-LIVE_POLICY = Path(__file__).resolve().parents[2] / "core" / "correlation.yaml"
+LIVE_POLICY = Path(__file__).resolve().parents[2] / "core" / "brain" / "correlation.yaml"
 
 
 @pytest.fixture

@@ -12,9 +12,9 @@ import pytest
 from kafka import KafkaConsumer
 from paho.mqtt.enums import CallbackAPIVersion
 
-from cityops import kafka as topics
 from cityops.bootstrap import DeviceRegistry, city_app, run_in_thread, run_writer
-from cityops.settings import Settings
+from infra import kafka as topics
+from infra.settings import Settings
 from sensors.bridge import MqttBridge
 from tests.builders import prepare, sensor
 from tests.integration.test_pipeline_kafka import count, wait_until
@@ -225,7 +225,7 @@ def test_silence_without_data_opens_incident(settings: Settings, unique: str) ->
     rules = settings.data_dir / "rules.yaml"
     from importlib import resources
 
-    text = resources.files("core").joinpath("rules.yaml").read_text()
+    text = resources.files("core.sensor").joinpath("rules.yaml").read_text()
     rules.write_text(text.replace("manhole_tilt: 120", "manhole_tilt: 2"))
     settings = settings.model_copy(update={"rules_file": rules})
     app = city_app(settings, pool_size=2, create_tables=True)

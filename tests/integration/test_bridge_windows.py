@@ -11,10 +11,10 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from cityops import kafka as topics
 from cityops.bootstrap import DeviceRegistry, city_app, run_in_thread, run_writer
 from cityops.services import start_amqtt
-from cityops.settings import Settings
+from infra import kafka as topics
+from infra.settings import Settings
 from sensors.bridge import MqttBridge
 from tests.builders import prepare, sensor
 from tests.integration.test_bridge import publisher, read_topic

@@ -29,7 +29,6 @@ import yaml
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from psycopg_pool import ConnectionPool
 
-from cityops import kafka as topics
 from cityops.bootstrap import (
     city_app,
     city_layers,
@@ -38,18 +37,19 @@ from cityops.bootstrap import (
     seed,
     service_desk,
 )
-from cityops.hotline_schema import HotlineCase, encode
-from cityops.intake import CaseIntake
-from cityops.pgstore import make_pool
-from cityops.settings import Settings
 from core.app import CityApp
 from core.case import ServiceCase, case_id
-from core.service import ServiceDesk, SubmitCase
+from core.case.desk import ServiceDesk, SubmitCase
 from gis.locator import CityLocator
+from infra import kafka as topics
+from infra.hotline_schema import HotlineCase, encode
+from infra.pgstore import make_pool
+from infra.settings import Settings
 from projections.case_queries import CaseFilter, CaseQueries
 from tests.integration.test_bridge import read_topic
 from tests.integration.test_crash import worker_env
 from tests.integration.test_pipeline_kafka import wait_until
+from workers.intake import CaseIntake
 
 pytestmark = pytest.mark.integration
 
@@ -464,7 +464,7 @@ TINY_LIMIT_H = 0.002  # 7.2 s on the calendar clock: due soon after 5.76 s
 def tiny_categories(tmp_path: Path) -> Path:
     """The packaged categories with fallen_tree's time limit cut to seconds."""
     doc = yaml.safe_load(
-        resources.files("core").joinpath("categories.yaml").read_text(encoding="utf-8")
+        resources.files("core.case").joinpath("categories.yaml").read_text(encoding="utf-8")
     )
     doc["version"] = 900
     (tree,) = (c for c in doc["categories"] if c["code"] == "fallen_tree")

@@ -30,9 +30,8 @@ from fastapi.testclient import TestClient
 from httpx import Response
 from psycopg_pool import ConnectionPool
 
-from api.app import create_app
-from cityops.apikeys import PgApiKeys
 from cityops.bootstrap import (
+    api_app,
     city_app,
     city_layers,
     rebuild_projections,
@@ -40,12 +39,13 @@ from cityops.bootstrap import (
     run_projector,
     seed,
 )
-from cityops.pgstore import make_pool
 from cityops.services import create_database, drop_database
-from cityops.settings import Settings
 from core.case import ACTIVE, ServiceCase
-from core.categories import load_categories
+from core.case.categories import load_categories
 from core.personal import ERASED_VIEW
+from infra.apikeys import PgApiKeys
+from infra.pgstore import make_pool
+from infra.settings import Settings
 from tests.conftest import bearer
 from tests.integration.test_pipeline_kafka import wait_until
 
@@ -214,7 +214,7 @@ def served_city(data_dir: Path) -> Iterator[World]:
         seed(settings)
         pool = make_pool(settings, max_size=2)
         try:
-            with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+            with TestClient(api_app(settings), raise_server_exceptions=False) as client:
                 world = World(settings, client, pool)
                 world.start_projector()
                 try:

@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from cityops import kafka as topics
 from cityops.bootstrap import city_app
-from cityops.settings import Settings
+from infra import kafka as topics
+from infra.settings import Settings
 from tests.builders import prepare, readings_message, send, sensor
 from tests.integration.test_pipeline_kafka import count, wait_until
 

@@ -17,8 +17,8 @@ import pytest
 from fastapi.testclient import TestClient
 from psycopg import sql
 
-from api.app import create_app
 from cityops.bootstrap import (
+    api_app,
     brain_follower,
     city_app,
     incident_desk,
@@ -26,13 +26,13 @@ from cityops.bootstrap import (
     seed,
     service_desk,
 )
-from cityops.pgstore import make_pool
-from cityops.settings import Settings
-from cityops.sla_clock import SlaClock
-from core.service import SubmitCase
+from core.case.desk import SubmitCase
+from infra.pgstore import make_pool
+from infra.settings import Settings
 from projections.case_queries import CaseQueries
 from tests.conftest import bearer
 from tests.integration.test_rebuild import checksums, project
+from workers.sla_clock import SlaClock
 
 pytestmark = pytest.mark.integration
 
@@ -140,7 +140,7 @@ def test_the_application_role_runs_the_pipeline_but_cannot_rewrite_the_log(
     project(as_app)
     assert checksums(as_app) == live
 
-    with TestClient(create_app(as_app), raise_server_exceptions=False) as client:
+    with TestClient(api_app(as_app), raise_server_exceptions=False) as client:
         response = client.get(f"/api/v1/cases/{ids[1]}", headers=bearer(as_app, "dispatcher"))
         assert response.status_code == 200, response.text
         assert response.json()["status"] == "assigned"

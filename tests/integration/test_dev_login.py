@@ -13,10 +13,9 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
-from api.app import create_app
-from cityops.bootstrap import seed
+from cityops.bootstrap import api_app, seed
 from cityops.services import create_database, drop_database
-from cityops.settings import Environment, Settings
+from infra.settings import Environment, Settings
 
 pytestmark = pytest.mark.integration
 
@@ -40,7 +39,7 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     )
     try:
         seed(settings)
-        with TestClient(create_app(settings), raise_server_exceptions=False) as running:
+        with TestClient(api_app(settings), raise_server_exceptions=False) as running:
             yield running
     finally:
         drop_database(base, name)

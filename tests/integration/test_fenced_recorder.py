@@ -8,8 +8,8 @@ from eventsourcing.application import ProcessingEvent
 from eventsourcing.persistence import Tracking
 
 from cityops.bootstrap import city_app
-from cityops.pgstore import StalePositionError
-from cityops.settings import Settings
+from infra.pgstore import StalePositionError
+from infra.settings import Settings
 from tests.builders import prepare, sensor
 from tests.integration.test_pipeline_kafka import count
 

@@ -11,11 +11,10 @@ from uuid import uuid4
 import pytest
 from fastapi.testclient import TestClient
 
-from api.app import create_app
-from cityops.bootstrap import city_app, projections, seed, service_desk
-from cityops.pgstore import make_pool
-from cityops.settings import Settings
+from cityops.bootstrap import api_app, city_app, projections, seed, service_desk
 from core.sensor import SensorSpec
+from infra.pgstore import make_pool
+from infra.settings import Settings
 from projections.runner import ProjectionWorker
 from tests.builders import link_as_brain
 from tests.conftest import bearer
@@ -46,7 +45,7 @@ def world(settings: Settings) -> Iterator[dict[str, Any]]:
     worker.catch_up()
     link_as_brain(app, pool, cases)
     worker.catch_up()
-    with TestClient(create_app(settings)) as client:
+    with TestClient(api_app(settings)) as client:
         yield {
             "client": client,
             "incident": incident,

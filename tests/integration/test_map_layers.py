@@ -13,9 +13,9 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
-from api.app import create_app
-from cityops.pgstore import apply_schema
-from cityops.settings import Settings
+from cityops.bootstrap import api_app
+from infra.pgstore import apply_schema
+from infra.settings import Settings
 from projections.map_layers import MapLayers
 from projections.queries import (
     INCIDENT_COLUMNS,
@@ -120,7 +120,7 @@ def db(settings: Settings) -> Iterator[psycopg.Connection[Any]]:
 
 @pytest.fixture
 def http(settings: Settings, db: psycopg.Connection[Any]) -> Iterator[TestClient]:
-    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+    with TestClient(api_app(settings), raise_server_exceptions=False) as client:
         client.headers.update(bearer(settings, "operator"))
         yield client
 
@@ -482,7 +482,7 @@ def test_without_the_cache_the_answers_are_the_same(
     import api.map
 
     monkeypatch.setattr(api.map, "CACHE_LAYERS", False)
-    with TestClient(create_app(settings), raise_server_exceptions=False) as direct:
+    with TestClient(api_app(settings), raise_server_exceptions=False) as direct:
         direct.headers.update(bearer(settings, "operator"))
         for layer, params in (
             ("sensors", {"bbox": "121.44,31.21,121.48,31.24", "state": "alarm"}),

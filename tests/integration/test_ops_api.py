@@ -19,14 +19,13 @@ import pytest
 from fastapi.testclient import TestClient
 from psycopg_pool import ConnectionPool
 
-from api.app import create_app
-from cityops.bootstrap import city_app, city_layers, incident_desk, seed
-from cityops.pgstore import make_pool
+from cityops.bootstrap import api_app, city_app, city_layers, incident_desk, seed
 from cityops.services import create_database, drop_database
-from cityops.settings import Settings
 from core.app import CityApp
 from core.incident import Incident
-from core.incident_desk import IncidentDesk
+from core.incident.desk import IncidentDesk
+from infra.pgstore import make_pool
+from infra.settings import Settings
 from tests.conftest import bearer
 
 pytestmark = pytest.mark.integration
@@ -245,7 +244,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
         city = city_app(settings, pool_size=2)
         try:
             data = add_rows(pool)
-            with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+            with TestClient(api_app(settings), raise_server_exceptions=False) as client:
                 yield Api(settings, client, data, city, incident_desk(settings, city))
         finally:
             city.close()

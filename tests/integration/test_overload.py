@@ -15,9 +15,9 @@ from typing import Any
 import orjson
 import pytest
 
-from cityops import kafka as topics
 from cityops.bootstrap import DeviceRegistry, city_app, run_in_thread, run_writer
-from cityops.settings import Settings
+from infra import kafka as topics
+from infra.settings import Settings
 from sensors.bridge import MqttBridge
 from sensors.mqtt_session import READ_BYTES
 from tests.builders import prepare, sensor

@@ -8,11 +8,11 @@ from uuid import UUID
 
 import pytest
 
-from cityops import kafka as topics
 from cityops.bootstrap import city_app, run_in_thread, run_monitor, run_writer
-from cityops.pgstore import make_pool
-from cityops.settings import Settings
 from core.app import CityApp
+from infra import kafka as topics
+from infra.pgstore import make_pool
+from infra.settings import Settings
 from tests.builders import prepare, readings_message, send, sensor, status_message
 
 pytestmark = pytest.mark.integration

@@ -13,10 +13,10 @@ from cityops.bootstrap import (
     seed,
     service_desk,
 )
-from cityops.pgstore import make_pool
-from cityops.settings import Settings
+from core.case.desk import SubmitCase
 from core.personal import Contact
-from core.service import SubmitCase
+from infra.pgstore import make_pool
+from infra.settings import Settings
 from projections.checksum import checksums as view_checksums
 from projections.positions import lags
 from tests.integration.test_pipeline_kafka import wait_until

@@ -14,11 +14,11 @@ import psycopg
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from cityops import kafka as topics
 from cityops.bootstrap import city_app, seed, service_desk
-from cityops.pgstore import make_pool
-from cityops.settings import Settings
-from core.service import SubmitCase
+from core.case.desk import SubmitCase
+from infra import kafka as topics
+from infra.pgstore import make_pool
+from infra.settings import Settings
 from tests.integration.test_crash import start
 from tests.integration.test_pipeline_kafka import wait_until
 
@@ -128,7 +128,7 @@ def test_each_event_is_published_once_in_order_across_sigkills(settings: Setting
 def test_a_crash_between_publishing_and_committing_publishes_nothing_twice(
     settings: Settings,
 ) -> None:
-    from cityops.relay import DomainEventRelay
+    from workers.relay import DomainEventRelay
 
     seed(settings)
     file_cases(settings, 60, "x")

@@ -16,13 +16,20 @@ import pytest
 from fastapi.testclient import TestClient
 from psycopg import sql
 
-from api.app import create_app
-from cityops.bootstrap import city_app, city_layers, incident_desk, projections, seed, service_desk
-from cityops.pgstore import make_pool
-from cityops.settings import Settings
+from cityops.bootstrap import (
+    api_app,
+    city_app,
+    city_layers,
+    incident_desk,
+    projections,
+    seed,
+    service_desk,
+)
+from core.case.desk import SubmitCase
 from core.personal import Contact
 from core.sensor import SensorSpec
-from core.service import SubmitCase
+from infra.pgstore import make_pool
+from infra.settings import Settings
 from projections import replay
 from projections.checksum import IGNORED, VIEWS, checksums
 from tests.conftest import bearer
@@ -328,7 +335,7 @@ def test_a_sensor_key_held_by_an_untouched_row_replays_in_full(
 
 def test_map_and_window_over_http(settings: Settings, scenario: list[Moment]) -> None:
     first, second, third = scenario
-    with TestClient(create_app(settings), raise_server_exceptions=False) as http:
+    with TestClient(api_app(settings), raise_server_exceptions=False) as http:
         http.headers.update(bearer(settings, "auditor"))
         doc = http.get("/api/v1/audit/city", params={"at": first.at.isoformat()})
         assert doc.status_code == 200, doc.text

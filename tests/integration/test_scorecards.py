@@ -18,10 +18,10 @@ import pytest
 from fastapi.testclient import TestClient
 from psycopg_pool import ConnectionPool
 
-from api.app import create_app
-from cityops.pgstore import apply_schema, make_pool
+from cityops.bootstrap import api_app
 from cityops.services import create_database, drop_database
-from cityops.settings import Settings
+from infra.pgstore import apply_schema, make_pool
+from infra.settings import Settings
 from projections.queries import BBox
 from projections.scorecards import Scorecards
 from tests.conftest import bearer
@@ -456,7 +456,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
             add_work(pool)
             # A minute back: the API's windows end at its own "now", a little later.
             add_traffic(pool, datetime.now(UTC) - timedelta(minutes=1), edges=False)
-            with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+            with TestClient(api_app(settings), raise_server_exceptions=False) as client:
                 yield Api(settings, client)
         finally:
             pool.close()

@@ -18,10 +18,10 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-from cityops.notify import SmtpNotifier
 from cityops.services import free_port
-from core.notify import Notice, NotificationError, resolution_notice
+from core.case.notify import Notice, NotificationError, resolution_notice
 from core.personal import Contact
+from infra.notify import SmtpNotifier
 
 pytestmark = pytest.mark.integration
 

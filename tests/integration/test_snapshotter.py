@@ -6,8 +6,8 @@ import psycopg
 import pytest
 
 from cityops.bootstrap import city_app, run_in_thread, run_snapshotter
-from cityops.pgstore import apply_schema
-from cityops.settings import Settings
+from infra.pgstore import apply_schema
+from infra.settings import Settings
 from tests.builders import sensor
 from tests.integration.test_pipeline_kafka import wait_until
 

@@ -31,26 +31,26 @@ from cityops.bootstrap import (
     seed,
     service_desk,
 )
-from cityops.brain import NOTICE_EVENTS, notice_handler
-from cityops.follower import LogFollower
-from cityops.pgstore import make_pool
-from cityops.settings import Settings
 from core.app import CityApp
-from core.categories import load_categories
-from core.correlation import load_policy
+from core.brain.correlation import load_policy
+from core.case.categories import load_categories
+from core.case.desk import ServiceDesk, SubmitCase
+from core.case.notify import Notice
 from core.errors import IllegalTransitionError
-from core.management import IncidentPolicy
-from core.notify import Notice
+from core.incident.policy import IncidentPolicy
 from core.personal import Contact
-from core.rules import Transition, load_rules
 from core.sensor import SensorSpec
-from core.service import ServiceDesk, SubmitCase
+from core.sensor.rules import Transition, load_rules
+from infra.pgstore import make_pool
+from infra.settings import Settings
 from projections.case_queries import CaseQueries
 from projections.positions import head, position
 from simulations.citizens import CaseReport, CitizenModel
 from simulations.scenarios import Festival
 from tests.integration.test_pipeline_kafka import wait_until
 from tests.integration.test_rebuild import caught_up, checksums, project
+from workers.brain import NOTICE_EVENTS, notice_handler
+from workers.follower import LogFollower
 
 pytestmark = pytest.mark.integration
 
@@ -292,7 +292,7 @@ def test_rainstorm_gives_one_incident_per_flooded_place(
 PROJECTOR = """
 import sys, threading
 from cityops.bootstrap import run_projector
-from cityops.settings import Settings
+from infra.settings import Settings
 run_projector(Settings(), threading.Event(), batch_size=int(sys.argv[1]))
 """
 

@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from cityops.pgstore import apply_schema, make_pool
-from cityops.settings import Settings
+from infra.pgstore import apply_schema, make_pool
+from infra.settings import Settings
 from sensors.writer import copy_readings
 
 pytestmark = pytest.mark.integration

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from api.auth import ApiKeyVerifier, Unauthorized
-from cityops.apikeys import StoredKey, hash_secret
+from infra.apikeys import StoredKey, hash_secret
 
 KEY_ID, SECRET = "0123456789ab", "s" * 43
 KEY = f"cok_{KEY_ID}_{SECRET}"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from cityops.audit_chain import (
+from infra.audit_chain import (
     GENESIS,
     Checkpoint,
     append_checkpoint,

@@ -12,8 +12,8 @@ import orjson
 import pytest
 from eventsourcing.application import ProcessingEvent
 
-from cityops.backtest import BacktestError, check_window
-from core.backtest import (
+from core.backtest.nearby import ScratchCity
+from core.backtest.rules import (
     AlarmEpisode,
     AlarmEvent,
     BacktestReport,
@@ -28,13 +28,13 @@ from core.backtest import (
     live_episodes,
     replay_rules,
 )
-from core.backtest_nearby import ScratchCity
+from core.brain.correlation import CLUSTER_NS, CorrelationPolicy, Correlator, load_policy
 from core.case import ServiceCase, case_id
-from core.correlation import CLUSTER_NS, CorrelationPolicy, Correlator, load_policy
 from core.incident import Incident
-from core.rules import Level, RuleSet, load_rules
 from core.sensor import Sensor
+from core.sensor.rules import Level, RuleSet, load_rules
 from gis.crs import distance_m
+from infra.backtest import BacktestError, check_window
 
 TYPES = {"wl-1": "water_level", "wl-2": "water_level", "pm-1": "pm25"}
 
@@ -70,7 +70,7 @@ def test_replay_raises_escalates_and_clears_like_the_monitor() -> None:
 
 
 def test_readings_of_unknown_devices_are_counted_not_evaluated() -> None:
-    from core.backtest import ReplayStats
+    from core.backtest.rules import ReplayStats
 
     stats = ReplayStats()
     assert replay_rules(load_rules(), {}, series("x", "water_level", [90, 90]), None, stats) == []

@@ -6,7 +6,7 @@ from typing import Any
 
 from kafka.partitioner.default import murmur2
 
-from cityops.settings import Settings
+from infra.settings import Settings
 from sensors.bridge import MqttBridge, _Outgoing
 
 

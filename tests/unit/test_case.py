@@ -1,7 +1,7 @@
 """The ``ServiceCase`` aggregate and the ``ServiceDesk`` on the in-memory event store.
 
 Deadlines are checked against values worked out by hand (Asia/Shanghai, working periods
-09:00-12:00 and 13:00-18:00, Monday to Friday), never recomputed with ``core.sla``.
+09:00-12:00 and 13:00-18:00, Monday to Friday), never recomputed with ``core.case.sla``.
 """
 
 from __future__ import annotations
@@ -19,10 +19,8 @@ from eventsourcing.application import ProcessingEvent
 
 from core.app import CityApp
 from core.case import ACTIVE, ServiceCase, case_id
-from core.categories import InvalidAttributeError, UnknownCategoryError, load_categories
-from core.errors import DomainError, IllegalTransitionError, NotFoundError
-from core.personal import Contact, InMemoryKeyStore, InvalidContactError, PersonalData
-from core.service import (
+from core.case.categories import InvalidAttributeError, UnknownCategoryError, load_categories
+from core.case.desk import (
     SYSTEM_INTAKE,
     SYSTEM_SLA,
     Department,
@@ -32,6 +30,8 @@ from core.service import (
     ServiceDesk,
     SubmitCase,
 )
+from core.errors import DomainError, IllegalTransitionError, NotFoundError
+from core.personal import Contact, InMemoryKeyStore, InvalidContactError, PersonalData
 from tests.builders import sensor
 
 # Monday 2 March 2026, 09:30 in Shanghai.
@@ -72,7 +72,7 @@ class FakeClock:
 
 
 class FakeLocator:
-    """Implements ``core.service.Locator`` over the fake city above."""
+    """Implements ``core.case.desk.Locator`` over the fake city above."""
 
     def place(self, lon: float, lat: float) -> Place | None:
         if not (121.0 <= lon < 122.0 and 31.0 <= lat < 32.0):
@@ -98,7 +98,7 @@ class FakeLocator:
 
 
 class FakeNearby:
-    """Implements ``core.service.NearbyCases``: returns ``result`` and records calls."""
+    """Implements ``core.case.desk.NearbyCases``: returns ``result`` and records calls."""
 
     def __init__(self, result: list[str] | None = None) -> None:
         self.result = list(result or [])

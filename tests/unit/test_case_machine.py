@@ -25,9 +25,9 @@ from hypothesis.stateful import (
 
 from core.app import CityApp
 from core.case import ACTIVE, OPEN, ServiceCase
+from core.case.desk import ServiceDesk, SubmitCase
 from core.errors import IllegalTransitionError
 from core.personal import Contact
-from core.service import ServiceDesk, SubmitCase
 from tests.unit.test_case import FakeClock, FakeLocator, make_desk
 
 # Where a case can be: each kind has its own intake outcome.

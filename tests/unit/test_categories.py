@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from core.categories import (
+from core.case.categories import (
     DATATYPES,
     Attribute,
     Categories,

@@ -19,11 +19,11 @@ import shapely
 from kafka.errors import KafkaTimeoutError
 
 import simulations.citizens
-from cityops.hotline_schema import HotlineCase
-from cityops.settings import Settings
-from core.categories import Categories, load_categories
+from core.case.categories import Categories, load_categories
 from gis.crs import distance_m
 from gis.layers import CityLayers
+from infra.hotline_schema import HotlineCase
+from infra.settings import Settings
 from simulations.citizens import (
     OPEN311_PATH,
     CaseReport,

@@ -284,7 +284,7 @@ def test_the_init_script_creates_the_application_roles(
     services: dict[str, dict[str, Any]],
 ) -> None:
     """Issue 5: the owner `cityops` for the schema, `cityops_app` in cityops_writer (the
-    group cityops/audit.sql grants its rights to) for every other process."""
+    group infra/audit.sql grants its rights to) for every other process."""
     init = next(v for v in services["timescaledb"]["volumes"] if "docker-entrypoint-initdb.d" in v)
     script = (ROOT / init.split(":")[0]).read_text(encoding="utf-8")
     assert ': "${CITYOPS_APP_DB_PASSWORD:?' in script
@@ -294,7 +294,7 @@ def test_the_init_script_creates_the_application_roles(
         script,
     )
     assert "ALTER DATABASE %I OWNER TO cityops'" in script
-    audit = (ROOT / "cityops" / "audit.sql").read_text(encoding="utf-8")
+    audit = (ROOT / "infra" / "audit.sql").read_text(encoding="utf-8")
     assert "REVOKE UPDATE, DELETE ON city_events FROM cityops_writer" in audit
 
 
@@ -333,7 +333,7 @@ def test_every_app_service_reaches_the_external_services(
     assert env["CITYOPS_MQTT_HOST"] == "mosquitto"
     assert env["CITYOPS_MQTT_PORT"] == "1883"
     assert env["CITYOPS_MQTT_PROTOCOL"] == "5"
-    # cityops.settings refuses production MQTT without a password.
+    # infra.settings refuses production MQTT without a password.
     assert interpolate(env["CITYOPS_MQTT_PASSWORD"], secrets) == "s3cret"
     assert env["CITYOPS_DATA_DIR"] == "/data/city"
 

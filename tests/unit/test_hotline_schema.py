@@ -10,9 +10,9 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
-from cityops.hotline_schema import HotlineCase, encode, json_schema
-from cityops.intake import schema_reason, to_command
-from core.service import nul_field
+from core.case.desk import nul_field
+from infra.hotline_schema import HotlineCase, encode, json_schema
+from workers.intake import schema_reason, to_command
 
 PUBLISHED = Path(__file__).resolve().parents[2] / "docs" / "schemas" / "hotline-case.schema.json"
 
@@ -38,7 +38,7 @@ def test_published_schema_is_the_generated_one() -> None:
     generated = json.dumps(json_schema(), indent=2, ensure_ascii=False) + "\n"
     assert PUBLISHED.read_text(encoding="utf-8") == generated, (
         "docs/schemas/hotline-case.schema.json is stale: regenerate it from "
-        "cityops.hotline_schema.json_schema()"
+        "infra.hotline_schema.json_schema()"
     )
 
 

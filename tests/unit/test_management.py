@@ -9,8 +9,8 @@ from eventsourcing.application import ProcessingEvent
 
 from core.app import CityApp
 from core.errors import IllegalTransitionError, NotFoundError
-from core.management import IncidentPolicy
-from core.rules import Transition, load_rules
+from core.incident.policy import IncidentPolicy
+from core.sensor.rules import Transition, load_rules
 from tests.builders import sensor
 
 

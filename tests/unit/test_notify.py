@@ -8,10 +8,10 @@ from uuid import UUID, uuid4
 
 import pytest
 
-from cityops.notify import LoggingNotifier, SmtpNotifier, notifier_from_settings
-from cityops.settings import Settings
-from core.notify import MAX_BODY_CHARS, Notice, resolution_notice
+from core.case.notify import MAX_BODY_CHARS, Notice, resolution_notice
 from core.personal import Contact
+from infra.notify import LoggingNotifier, SmtpNotifier, notifier_from_settings
+from infra.settings import Settings
 
 PHONE = "13812345678"
 EMAIL = "li.lei@example.com"
@@ -116,7 +116,7 @@ def test_an_erased_contact_means_no_notice() -> None:
 def test_logging_notifier_masks_the_address_and_sends_a_key_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="cityops.notify")
+    caplog.set_level(logging.INFO, logger="infra.notify")
     notifier = LoggingNotifier()
     by_sms = sent(Contact(phone=PHONE))
     notifier.send(by_sms)

@@ -9,6 +9,7 @@ from uuid import UUID, uuid4
 import pytest
 
 from core.app import CityApp
+from core.case.desk import SubmitCase
 from core.personal import (
     ERASED_VIEW,
     Contact,
@@ -21,7 +22,6 @@ from core.personal import (
     mask_phone,
     screen_text,
 )
-from core.service import SubmitCase
 from tests.unit.test_case import WEST, FakeClock, make_desk
 
 PEPPER = b"0123456789abcdef-pepper"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from core.rules import (
+from core.sensor.rules import (
     DeviceState,
     RulesError,
     evaluate_readings,

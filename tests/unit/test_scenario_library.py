@@ -14,10 +14,10 @@ import pytest
 import shapely
 
 import simulations.library
-from core.categories import Categories, load_categories
-from core.correlation import load_policy
-from core.rules import DeviceState, evaluate_readings, load_rules
-from core.telemetry import SENSOR_TYPES
+from core.brain.correlation import load_policy
+from core.case.categories import Categories, load_categories
+from core.sensor.rules import DeviceState, evaluate_readings, load_rules
+from core.sensor.telemetry import SENSOR_TYPES
 from gis.crs import distance_m
 from gis.layers import CityLayers
 from simulations.citizens import CaseReport, CitizenModel

@@ -1,4 +1,4 @@
-"""sensors.senml: the MQTT payload contract (DESIGN.md 3.1), without a broker."""
+"""core.sensor.senml: the MQTT payload contract (DESIGN.md 3.1), without a broker."""
 
 from __future__ import annotations
 
@@ -11,14 +11,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.telemetry import CANONICAL_UNITS, TelemetryMessage
-from sensors.senml import (
+from core.sensor.senml import (
     REASON_CODES,
     Limits,
     RejectedPayload,
     deadletter_record,
     decode,
 )
+from core.sensor.telemetry import CANONICAL_UNITS, TelemetryMessage
 
 NOW = 1_763_700_000.0
 DEVICE = "wl-0042"
@@ -453,7 +453,7 @@ def test_every_reason_code_is_exercised() -> None:
 
 
 def test_limits_from_settings() -> None:
-    from cityops.settings import Settings
+    from infra.settings import Settings
 
     s = Settings(max_payload_bytes=512, max_future_skew_s=5.0, max_past_age_s=60.0)
     assert Limits.from_settings(s) == Limits(512, 5.0, 60.0)

@@ -24,12 +24,12 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 import simulations.gateways
 import simulations.scenarios
-from cityops.settings import Settings
-from core.categories import load_categories
-from core.telemetry import SENSOR_TYPES, UNIT_CONVERSIONS
+from core.case.categories import load_categories
+from core.sensor.telemetry import SENSOR_TYPES, UNIT_CONVERSIONS
 from gis.assign import GridIndex
 from gis.crs import METRIC_CRS
 from gis.layers import CityLayers, load_layers
+from infra.settings import Settings
 from simulations.city import DEPARTMENTS, RIVERSIDE_DISTRICTS, ensure_city, generate_city
 from simulations.gateways import (
     SENML_UNITS,

@@ -1,7 +1,7 @@
 """Time limits on the calendar clock and on the working clock (Asia/Shanghai).
 
 Expected instants are worked out by hand; the properties use a minute-stepping oracle
-that knows nothing of how ``core.sla`` walks the calendar.
+that knows nothing of how ``core.case.sla`` walks the calendar.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.categories import load_categories
-from core.sla import WorkCalendar, add_hours, deadline, parse_calendar
+from core.case.categories import load_categories
+from core.case.sla import WorkCalendar, add_hours, deadline, parse_calendar
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 CAL = load_categories().calendar  # holidays 1, 2, 5-7 Oct 2026; Sat 10 Oct worked

@@ -1,0 +1,717 @@
+"""The service network (一网通办): commands on service cases, intake and dispatch policy.
+
+``ServiceDesk`` is the application service over the city log (``CityApp``). Each
+command loads a case, runs one or more transitions, and saves them together, or adds
+them to a worker's ``ProcessingEvent`` so that they commit with its input position.
+The places it needs (grid, jurisdictions, nearby open cases) come through ports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+from uuid import UUID
+
+from eventsourcing.application import ProcessingEvent
+from eventsourcing.persistence import IntegrityError
+
+from core.app import CityApp
+from core.case import CHANNELS, ServiceCase, case_id
+from core.case.categories import Categories, Category
+from core.case.sla import deadline
+from core.errors import DomainError, IllegalTransitionError, NotFoundError
+from core.personal import Contact, InvalidContactError, PersonalData, screen_text
+
+SYSTEM_INTAKE = "system:intake-policy"
+SYSTEM_SLA = "system:sla-clock"
+MAX_DESCRIPTION = 4_000
+
+Check = Callable[[ServiceCase], None]
+
+
+class DuplicateSubmissionError(DomainError):
+    """This external case (or this exact request) was already submitted."""
+
+    def __init__(self, case_uuid: UUID) -> None:
+        super().__init__(f"already submitted as case {case_uuid}")
+        self.case_id = case_uuid
+
+
+class InvalidLocationError(DomainError):
+    """Coordinates outside WGS84 lon/lat, or no location at all."""
+
+
+class InvalidTextError(DomainError):
+    """Text the stores cannot hold (a NUL character)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Place:
+    grid_code: str | None
+    district_code: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Department:
+    code: str
+    department_type: str
+    name: str
+    name_zh: str
+
+
+class Locator(Protocol):
+    """Where a point is on the city's reference layers (implemented in gis/)."""
+
+    def place(self, lon: float, lat: float) -> Place | None:
+        """Grid cell and district of a point; None outside the city."""
+        ...
+
+    def department_for(self, lon: float, lat: float, department_type: str) -> str | None:
+        """The department of that type whose jurisdiction polygon contains the point."""
+        ...
+
+    def departments(self) -> dict[str, Department]: ...
+
+
+class NearbyCases(Protocol):
+    """Open cases near a point (a read model): duplicate suggestions."""
+
+    def open_cases_near(
+        self, category: str, lon: float, lat: float, radius_m: float, limit: int
+    ) -> list[str]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitCase:
+    """A new service request from any channel."""
+
+    channel: str
+    external_id: str
+    category: str
+    description: str
+    lon: float | None = None
+    lat: float | None = None
+    address: str | None = None
+    attributes: dict[str, Any] = field(default_factory=dict)
+    contact: Contact = field(default_factory=Contact)
+    citizen_id: UUID | None = None  # set when the citizen is logged in
+    received_at: datetime | None = None  # when the source took it; starts the clock
+
+
+def nul_field(value: Any, where: str = "") -> str | None:
+    """The first field whose text holds a NUL (U+0000), which PostgreSQL text refuses.
+
+    JSON allows ``"\\u0000"``; let through, such a case would stop the read model's
+    projector for good (every later event waits behind it).
+    """
+    if isinstance(value, str):
+        return (where or "message") if "\x00" in value else None
+    pairs: list[tuple[Any, Any]] = []
+    if isinstance(value, dict):
+        pairs = list(value.items())
+    elif isinstance(value, list | tuple):
+        pairs = list(enumerate(value))
+    for key, item in pairs:
+        found = nul_field(key, where) or nul_field(item, f"{where}.{key}" if where else str(key))
+        if found is not None:
+            return found
+    return None
+
+
+def check_lonlat(lon: float | None, lat: float | None) -> None:
+    if lon is None and lat is None:
+        return
+    if lon is None or lat is None:
+        raise InvalidLocationError("give both lat and long, or neither")
+    if not (math.isfinite(lon) and math.isfinite(lat)):
+        raise InvalidLocationError("lat/long must be finite numbers")
+    if not (-180.0 <= lon <= 180.0 and -90.0 <= lat <= 90.0):
+        raise InvalidLocationError(f"lat/long out of range: lat={lat}, long={lon}")
+
+
+class ServiceDesk:
+    def __init__(
+        self,
+        app: CityApp,
+        categories: Categories,
+        locator: Locator,
+        personal: PersonalData,
+        nearby: NearbyCases | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        auto_accept: bool = True,
+        correlated: frozenset[str] = frozenset(),
+    ) -> None:
+        """``correlated``: categories the urban brain merges (one incident per problem);
+        intake registers their nearby repeats instead of holding them for a dispatcher."""
+        self.app = app
+        self.categories = categories
+        self.locator = locator
+        self.personal = personal
+        self.nearby = nearby
+        self.clock = clock
+        self.auto_accept = auto_accept
+        self.correlated = correlated
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def get(self, case_uuid: UUID) -> ServiceCase:
+        return self.app.get_typed(case_uuid, ServiceCase, "case")
+
+    def _save(self, case: ServiceCase) -> None:
+        self.app.save_unless_changed(case, what=f"case {case.id}")
+
+    def _command(
+        self, case_uuid: UUID, run: Callable[[ServiceCase], None], check: Check | None
+    ) -> ServiceCase:
+        case = self.get(case_uuid)
+        if check is not None:
+            check(case)  # the caller's authorization, on the state the command runs on
+        run(case)
+        self._save(case)
+        return case
+
+    # -- intake ---------------------------------------------------------------------------
+
+    def validate(self, cmd: SubmitCase) -> tuple[Category, dict[str, Any]]:
+        """Everything about a submission that can be refused before anything is stored."""
+        if cmd.channel not in CHANNELS:
+            raise DomainError(f"unknown channel {cmd.channel!r}")
+        if not cmd.external_id or len(cmd.external_id) > 300:
+            raise DomainError("external id must be 1 to 300 characters")
+        category = self.categories.get(cmd.category)
+        attributes = category.check_attributes(cmd.attributes)
+        if len(cmd.description) > MAX_DESCRIPTION:
+            raise DomainError(f"description is longer than {MAX_DESCRIPTION} characters")
+        check_lonlat(cmd.lon, cmd.lat)
+        nul = nul_field(
+            {
+                "external_id": cmd.external_id,
+                "description": cmd.description,
+                "address": cmd.address,
+                "attributes": cmd.attributes,
+            }
+        )
+        if nul is not None:
+            raise InvalidTextError(f"{nul}: text must not contain NUL (U+0000)")
+        if cmd.lon is None and not (cmd.address and cmd.address.strip()):
+            raise InvalidLocationError("a case needs lat/long or an address")
+        if cmd.address is not None and len(cmd.address) > 300:
+            raise DomainError("address is longer than 300 characters")
+        return category, attributes
+
+    def submit(
+        self,
+        cmd: SubmitCase,
+        actor: str,
+        correlation_id: str,
+        pe: ProcessingEvent[UUID] | None = None,
+    ) -> ServiceCase:
+        """Submit a case; with auto-accept on, register and dispatch it at once."""
+        category, attributes = self.validate(cmd)
+        new_id = case_id(cmd.channel, cmd.external_id)
+        # A worker's batch checks first (its transaction must not fail); a direct save
+        # finds out from the event store's unique (id, version), with no extra query.
+        if pe is not None and (new_id in pe.aggregates or self.app.exists(new_id)):
+            raise DuplicateSubmissionError(new_id)
+        # Personal data typed into the text stays out of the log; a phone number given
+        # only there becomes the case's (sealed) contact, so the citizen can be answered.
+        description = screen_text(cmd.description)
+        address = None if cmd.address is None else screen_text(cmd.address)
+        contact = cmd.contact
+        if contact.empty and description.phones:
+            with contextlib.suppress(InvalidContactError):
+                contact = Contact.parse(phone=description.phones[0])
+        citizen: UUID | None = cmd.citizen_id
+        token = None
+        if not contact.empty:
+            citizen, token = self.personal.seal(contact, cmd.citizen_id)
+        case = ServiceCase.submit(
+            new_id,
+            channel=cmd.channel,
+            external_id=cmd.external_id,
+            category=category.code,
+            categories_version=self.categories.version,
+            description=description.text,
+            lon=cmd.lon,
+            lat=cmd.lat,
+            address=None if address is None else address.text,
+            attributes=attributes,
+            citizen_id=None if citizen is None else str(citizen),
+            contact_token=token,
+            actor=actor,
+            correlation_id=correlation_id,
+        )
+        self._intake(case, category, correlation_id, self._clock_start(cmd.received_at))
+        if pe is not None:
+            pe.collect_events(case)
+            return case
+        try:
+            self.app.save(case)
+        except IntegrityError:
+            raise DuplicateSubmissionError(new_id) from None
+        return case
+
+    def _clock_start(self, received_at: datetime | None) -> datetime:
+        """When the time limit starts: when the hotline took the call, if it says so.
+
+        Only within the last week and not in the future; else now (a wrong clock in a
+        source system must not make a case overdue at once, or extend its time).
+        """
+        now = self.clock()
+        if received_at is None or received_at.tzinfo is None:
+            return now
+        if now - timedelta(days=7) <= received_at <= now:
+            return received_at
+        return now
+
+    def _intake(
+        self,
+        case: ServiceCase,
+        category: Category,
+        correlation_id: str,
+        start: datetime | None = None,
+    ) -> None:
+        """Intake policy: refuse what is not the city's, hold possible duplicates, else go.
+
+        "Go" is registration and dispatch when auto-accept is on; else a dispatcher
+        registers the case.
+        """
+        if case.lon is not None and case.lat is not None:
+            if self.locator.place(case.lon, case.lat) is None:
+                case.reject(
+                    rejection="not_our_city",
+                    duplicate_of=None,
+                    actor=SYSTEM_INTAKE,
+                    reason="the location is outside the city's districts",
+                    correlation_id=correlation_id,
+                )
+                return
+            if (
+                self.nearby is not None
+                and category.duplicate_radius_m > 0
+                and category.code not in self.correlated
+            ):
+                near = [
+                    c
+                    for c in self.nearby.open_cases_near(
+                        category.code, case.lon, case.lat, category.duplicate_radius_m, 10
+                    )
+                    if c != str(case.id)
+                ]
+                if near:
+                    case.suggest_duplicates(
+                        possible_duplicates=near,
+                        actor=SYSTEM_INTAKE,
+                        reason=f"{len(near)} open {category.code} case(s) within "
+                        f"{category.duplicate_radius_m:g} m: a dispatcher decides",
+                        correlation_id=correlation_id,
+                    )
+                    return
+        if self.auto_accept:
+            case.accept(actor=SYSTEM_INTAKE, reason="registered", correlation_id=correlation_id)
+            self._dispatch(case, category, SYSTEM_INTAKE, correlation_id, start)
+
+    def _dispatch(
+        self,
+        case: ServiceCase,
+        category: Category,
+        actor: str,
+        correlation_id: str,
+        start: datetime | None = None,
+    ) -> None:
+        """Dispatch policy: the jurisdiction polygon of the category's department type."""
+        base = {
+            "by": "policy",
+            "department_type": category.department_type,
+            "categories_version": self.categories.version,
+        }
+        if case.lon is None or case.lat is None:
+            case.await_manual_assignment(
+                grid_code=None,
+                district_code=None,
+                decision={**base, "rule": "no_location"},
+                actor=actor,
+                reason="no coordinates, only an address: a dispatcher assigns it",
+                correlation_id=correlation_id,
+            )
+            return
+        place = self.locator.place(case.lon, case.lat) or Place(None, None)
+        department = self.locator.department_for(case.lon, case.lat, category.department_type)
+        if department is None:
+            case.await_manual_assignment(
+                grid_code=place.grid_code,
+                district_code=place.district_code,
+                decision={**base, "rule": "no_jurisdiction"},
+                actor=actor,
+                reason=f"no {category.department_type} jurisdiction covers this place",
+                correlation_id=correlation_id,
+            )
+            return
+        self._assign(
+            case,
+            category,
+            department,
+            place,
+            {**base, "rule": "jurisdiction_polygon", "jurisdiction": department},
+            actor,
+            f"jurisdiction of {department}",
+            correlation_id,
+            start,
+        )
+
+    def _assign(
+        self,
+        case: ServiceCase,
+        category: Category,
+        department: str,
+        place: Place,
+        decision: dict[str, Any],
+        actor: str,
+        reason: str,
+        correlation_id: str,
+        start: datetime | None = None,
+    ) -> None:
+        started = start or self.clock()
+        due = deadline(self.categories.calendar, started, category.time_limit_h, category.clock)
+        case.assign(
+            department_code=department,
+            grid_code=place.grid_code,
+            district_code=place.district_code,
+            decision={
+                **decision,
+                "time_limit_h": category.time_limit_h,
+                "clock": category.clock,
+                "clock_started_at": started.isoformat(),
+            },
+            due_at=due.due_at,
+            due_soon_at=due.due_soon_at,
+            actor=actor,
+            reason=reason,
+            correlation_id=correlation_id,
+        )
+
+    # -- dispatcher -----------------------------------------------------------------------
+
+    def accept(
+        self,
+        case_uuid: UUID,
+        actor: str,
+        reason: str,
+        correlation_id: str,
+        check: Check | None = None,
+        department_code: str | None = None,
+    ) -> ServiceCase:
+        """Register a held case (立案); dispatch it by policy, or to ``department_code``."""
+        departments = self._known_department(department_code)
+
+        def run(case: ServiceCase) -> None:
+            case.accept(actor=actor, reason=reason or "registered", correlation_id=correlation_id)
+            if department_code is None:
+                self._dispatch(case, self.categories.get(case.category), actor, correlation_id)
+            else:
+                self._manual(case, department_code, departments, actor, reason, correlation_id)
+
+        return self._command(case_uuid, run, check=check)
+
+    def reject(
+        self,
+        case_uuid: UUID,
+        rejection: str,
+        duplicate_of: UUID | None,
+        actor: str,
+        reason: str,
+        correlation_id: str,
+        check: Check | None = None,
+    ) -> ServiceCase:
+        if duplicate_of is not None:
+            if duplicate_of == case_uuid:
+                raise IllegalTransitionError("a case cannot duplicate itself")
+            self.get(duplicate_of)  # must exist
+        return self._command(
+            case_uuid,
+            lambda c: c.reject(
+                rejection=rejection,
+                duplicate_of=None if duplicate_of is None else str(duplicate_of),
+                actor=actor,
+                reason=reason,
+                correlation_id=correlation_id,
+            ),
+            check=check,
+        )
+
+    def assign(
+        self,
+        case_uuid: UUID,
+        department_code: str,
+        actor: str,
+        reason: str,
+        correlation_id: str,
+        check: Check | None = None,
+    ) -> ServiceCase:
+        """Manual dispatch (or re-dispatch of a returned case) to a named department."""
+        departments = self._known_department(department_code)
+        return self._command(
+            case_uuid,
+            lambda c: self._manual(c, department_code, departments, actor, reason, correlation_id),
+            check=check,
+        )
+
+    def _known_department(self, department_code: str | None) -> dict[str, Department]:
+        departments = self.locator.departments()
+        if department_code is not None and department_code not in departments:
+            raise NotFoundError(f"unknown department {department_code!r}")
+        return departments
+
+    def _manual(
+        self,
+        case: ServiceCase,
+        department_code: str,
+        departments: dict[str, Department],
+        actor: str,
+        reason: str,
+        correlation_id: str,
+    ) -> None:
+        category = self.categories.get(case.category)
+        place = Place(case.grid_code, case.district_code)
+        if case.lon is not None and case.lat is not None:
+            place = self.locator.place(case.lon, case.lat) or place
+        self._assign(
+            case,
+            category,
+            department_code,
+            place,
+            {
+                "by": "manual",
+                "rule": "dispatcher",
+                "department_type": departments[department_code].department_type,
+                "categories_version": self.categories.version,
+            },
+            actor,
+            reason or "assigned by a dispatcher",
+            correlation_id,
+        )
+
+    def decide_extension(
+        self,
+        case_uuid: UUID,
+        approve: bool,
+        actor: str,
+        reason: str,
+        correlation_id: str,
+        check: Check | None = None,
+    ) -> ServiceCase:
+        def run(case: ServiceCase) -> None:
+            if not approve:
+                case.refuse_extension(actor=actor, reason=reason, correlation_id=correlation_id)
+                return
+            if case.extension_request is None or case.due_at is None:
+                raise IllegalTransitionError("no extension request is pending")
+            category = self.categories.get(case.category)
+            hours = float(case.extension_request["hours"])
+            due = deadline(self.categories.calendar, case.due_at, hours, category.clock)
+            # Due soon again at 80 % of the added time, counted from the old deadline.
+            case.approve_extension(
+                due_at=due.due_at,
+                due_soon_at=due.due_soon_at,
+                actor=actor,
+                reason=reason,
+                correlation_id=correlation_id,
+            )
+
+        return self._command(case_uuid, run, check=check)
+
+    # -- department -----------------------------------------------------------------------
+
+    def start(
+        self,
+        case_uuid: UUID,
+        actor: str,
+        reason: str,
+        correlation_id: str,
+        check: Check | None = None,
+    ) -> ServiceCase:
+        return self._command(
+            case_uuid,
+            lambda c: c.start(actor=actor, reason=reason, correlation_id=correlation_id),
+            check=check,
+        )
+
+    def resolve(
+        self,
+        case_uuid: UUID,
+        reply: str,
+        actor: str,
+        reason: str,
+        correlation_id: str,
+        check: Check | None = None,
+    ) -> ServiceCase:
+        return self._command(
+            case_uuid,
+            lambda c: c.resolve(
+                reply=reply, actor=actor, reason=reason, correlation_id=correlation_id
+            ),
+            check=check,
+        )
+
+    def return_case(
+        self,
+        case_uuid: UUID,
+        actor: str,
+        reason: str,
+        correlation_id: str,
+        check: Check | None = None,
+    ) -> ServiceCase:
+        return self._command(
+            case_uuid,
+            lambda c: c.return_to_dispatch(
+                actor=actor, reason=reason, correlation_id=correlation_id
+            ),
+            check=check,
+        )
+
+    def request_extension(
+        self,
+        case_uuid: UUID,
+        hours: float,
+        actor: str,
+        reason: str,
+        correlation_id: str,
+        check: Check | None = None,
+    ) -> ServiceCase:
+        return self._command(
+            case_uuid,
+            lambda c: c.request_extension(
+                hours=hours, actor=actor, reason=reason, correlation_id=correlation_id
+            ),
+            check=check,
+        )
+
+    # -- citizen --------------------------------------------------------------------------
+
+    def rate(
+        self,
+        case_uuid: UUID,
+        rating: int,
+        comment: str,
+        actor: str,
+        correlation_id: str,
+        check: Check | None = None,
+    ) -> ServiceCase:
+        """Rate a resolved case; a bad rating reopens it for a revisit with a new deadline."""
+        policy = self.categories.revisit
+
+        def run(case: ServiceCase) -> None:
+            revisit = rating <= policy.max_rating
+            due = (
+                deadline(self.categories.calendar, self.clock(), policy.time_limit_h, policy.clock)
+                if revisit
+                else None
+            )
+            case.rate(
+                rating=rating,
+                comment=screen_text(comment).text,
+                revisit=revisit,
+                due_at=None if due is None else due.due_at,
+                due_soon_at=None if due is None else due.due_soon_at,
+                actor=actor,
+                correlation_id=correlation_id,
+            )
+
+        return self._command(case_uuid, run, check=check)
+
+    def cancel(
+        self,
+        case_uuid: UUID,
+        actor: str,
+        reason: str,
+        correlation_id: str,
+        check: Check | None = None,
+    ) -> ServiceCase:
+        return self._command(
+            case_uuid,
+            lambda c: c.cancel(actor=actor, reason=reason, correlation_id=correlation_id),
+            check=check,
+        )
+
+    # -- SLA clock ------------------------------------------------------------------------
+
+    def check_deadlines(self, case_ids: Iterable[UUID], correlation_id: str) -> dict[str, int]:
+        """Record due-soon and overdue marks that are due now; each once per deadline.
+
+        Safe to run from several workers and after a crash: the marks live on the case,
+        and a concurrent writer makes the save fail instead of writing a second mark.
+        """
+        counts = {"due_soon": 0, "overdue": 0, "raced": 0, "missing": 0}
+        now = self.clock()
+        for cid in case_ids:
+            try:
+                case = self.get(cid)
+            except NotFoundError:
+                counts["missing"] += 1  # a read-model row without a case: skip, go on
+                continue
+            marked = []
+            if case.due_soon_pending(now):
+                assert case.due_at is not None
+                case.mark_due_soon(
+                    deadline_no=case.deadline_no,
+                    due_at=case.due_at,
+                    actor=SYSTEM_SLA,
+                    correlation_id=correlation_id,
+                )
+                marked.append("due_soon")
+            if case.overdue_pending(now):
+                assert case.due_at is not None
+                case.mark_overdue(
+                    deadline_no=case.deadline_no,
+                    due_at=case.due_at,
+                    actor=SYSTEM_SLA,
+                    correlation_id=correlation_id,
+                )
+                marked.append("overdue")
+            if not marked:
+                continue
+            try:
+                self.app.save(case)
+            except IntegrityError:
+                counts["raced"] += 1  # someone changed the case: the next pass decides
+                continue
+            for mark in marked:
+                counts[mark] += 1
+        return counts
+
+    # -- personal data --------------------------------------------------------------------
+
+    def contact_of(self, case: ServiceCase) -> Contact | None:
+        """The case's contact in clear; None if there is none or it was erased."""
+        if case.citizen_id is None or case.contact_token is None:
+            return None
+        return self.personal.open(UUID(case.citizen_id), case.contact_token)
+
+    def erase_citizen(
+        self,
+        citizen_id: UUID,
+        cases_of: Callable[[UUID], Iterable[UUID]],
+        actor: str,
+        correlation_id: str,
+    ) -> int:
+        """Destroy the citizen's key, then note the erasure on each of their cases.
+
+        ``cases_of`` is asked after the key is gone, so a case filed meanwhile is
+        either unreadable already or found and noted.
+        """
+        self.personal.erase(citizen_id)
+        noted = 0
+        for cid in cases_of(citizen_id):
+            case = self.get(cid)
+            if case.citizen_id != str(citizen_id) or case.erased:
+                continue
+            case.note_erasure(
+                actor=actor, reason="citizen's request (PIPL)", correlation_id=correlation_id
+            )
+            self._save(case)
+            noted += 1
+        return noted

@@ -1,0 +1,433 @@
+"""Decode and validate what sensor gateways publish over MQTT (contract: DESIGN.md 3.1).
+
+Pure: no clock, no I/O. The caller passes ``now`` and a ``gateway_of`` look-up (the
+gateway a device is registered under, None if it is not), and
+gets a normalised :class:`~core.sensor.telemetry.TelemetryMessage` or a :class:`RejectedPayload`
+carrying a short machine reason code (counted, logged and dead-lettered by the bridge).
+
+Accepted telemetry payloads:
+
+- a SenML JSON pack (RFC 8428)::
+
+    [{"bn": "wl-0042:", "bt": 1763700000.0, "n": "water_level", "u": "cm", "v": 38.5},
+     {"n": "battery", "u": "%", "v": 91}]
+
+- a plain object::
+
+    {"ts": "2025-11-21T04:40:00Z", "metrics": {"water_level": 38.5}, "units": {"water_level": "m"}}
+
+Status payloads: ``online`` / ``offline``, as text, a JSON string or ``{"status": ...}``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import orjson
+
+from core.sensor.telemetry import (
+    CANONICAL_UNITS,
+    UNIT_CONVERSIONS,
+    DeviceStatus,
+    Reading,
+    TelemetryMessage,
+)
+
+
+class LimitSettings(Protocol):
+    """The part of the process settings that :class:`Limits` reads."""
+
+    max_payload_bytes: int
+    max_future_skew_s: float
+    max_past_age_s: float
+
+REASON_CODES: tuple[str, ...] = (
+    "topic_shape",
+    "oversized",
+    "empty",
+    "not_utf8",
+    "not_json",
+    "non_finite",
+    "bad_senml",
+    "wrong_type",
+    "unknown_device",
+    "foreign_device",
+    "device_mismatch",
+    "unknown_metric",
+    "unknown_unit",
+    "future_timestamp",
+    "stale_timestamp",
+    "bad_status",
+)
+
+_ID = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
+_TOPIC = re.compile(rf"cityops/(?P<gateway>{_ID})/(?P<device>{_ID})/(?P<channel>telemetry|status)")
+# RFC 8428 section 4.5.1: the characters a resolved SenML name may use.
+_SENML_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9:./_-]*")
+# RFC 8428 section 4.5.3: smaller resolved times are relative to "now".
+_RELATIVE_TIME_LIMIT = 2.0**28
+# RFC 8428 uses 10; older drafts used smaller numbers for the same JSON layout.
+_MAX_SENML_VERSION = 10
+_SENML_VALUE_FIELDS = ("v", "vs", "vb", "vd")
+_DEADLETTER_PAYLOAD_MAX = 4096
+_DETAIL_MAX = 80
+
+
+class RejectedPayload(Exception):  # noqa: N818 - the contract's name: a payload, rejected
+    """A payload that must not enter the pipeline; ``reason_code`` is one of REASON_CODES."""
+
+    def __init__(self, reason_code: str, detail: str) -> None:
+        super().__init__(f"{reason_code}: {detail}")
+        self.reason_code = reason_code
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Ingestion limits applied by :func:`decode`."""
+
+    max_payload_bytes: int = 16_384
+    max_future_skew_s: float = 300.0
+    max_past_age_s: float = 7 * 86_400.0
+
+    @classmethod
+    def from_settings(cls, settings: LimitSettings) -> Limits:
+        """The limits configured in ``settings``."""
+        return cls(
+            max_payload_bytes=settings.max_payload_bytes,
+            max_future_skew_s=settings.max_future_skew_s,
+            max_past_age_s=settings.max_past_age_s,
+        )
+
+
+def decode(
+    topic: str,
+    payload: bytes,
+    now: float,
+    gateway_of: Callable[[str], str | None],
+    limits: Limits,
+) -> TelemetryMessage:
+    """Normalise one MQTT message, or raise RejectedPayload with the reason."""
+    match = _TOPIC.fullmatch(topic)
+    if match is None:
+        raise RejectedPayload(
+            "topic_shape",
+            f"topic {_clip(topic)} is not cityops/<gateway>/<device>/telemetry|status",
+        )
+    gateway_id, device_id = match["gateway"], match["device"]
+    # Before any parsing, so a flood of huge payloads costs nothing but a length check.
+    if len(payload) > limits.max_payload_bytes:
+        raise RejectedPayload(
+            "oversized", f"{len(payload)} bytes > limit {limits.max_payload_bytes}"
+        )
+    owner = gateway_of(device_id)
+    if owner is None:
+        raise RejectedPayload("unknown_device", f"device {device_id!r} is not registered")
+    if owner != gateway_id:  # a gateway speaks for its own devices only
+        raise RejectedPayload(
+            "foreign_device", f"device {device_id!r} is not a device of {gateway_id!r}"
+        )
+    if not payload.strip():
+        # An empty publish is also how MQTT clears a retained message: not a bad status.
+        raise RejectedPayload("empty", "empty payload")
+
+    if match["channel"] == "status":
+        return TelemetryMessage(
+            device_id=device_id,
+            gateway_id=gateway_id,
+            received_at=now,
+            kind="status",
+            status=_status(payload),
+        )
+
+    body = _parse_json(payload)
+    if isinstance(body, list):
+        readings = _senml_readings(body, device_id, now, limits)
+    elif isinstance(body, dict):
+        readings = _plain_readings(body, now, limits)
+    else:
+        raise RejectedPayload(
+            "bad_senml", f"expected a SenML array or an object, got {type(body).__name__}"
+        )
+    if not readings:
+        raise RejectedPayload("empty", "no readings in payload")
+    return TelemetryMessage(
+        device_id=device_id, gateway_id=gateway_id, received_at=now, readings=tuple(readings)
+    )
+
+
+def deadletter_record(
+    source: str, topic: str, payload: bytes, reason: RejectedPayload, now: float
+) -> bytes:
+    """The JSON value sent to ``cityops.deadletter`` for a rejected payload."""
+    head = payload[:_DEADLETTER_PAYLOAD_MAX]
+    truncated = len(head) < len(payload)
+    record: dict[str, Any] = {
+        "source": source,
+        "topic": topic,
+        "reason": reason.reason_code,
+        "detail": reason.detail,
+        "received_at": now,
+        "payload_bytes": len(payload),
+        "truncated": truncated,
+    }
+    text = _utf8_prefix(head, truncated)
+    if text is None:
+        record["payload"] = base64.b64encode(head).decode("ascii")
+        record["payload_encoding"] = "base64"
+    else:
+        record["payload"] = text
+        record["payload_encoding"] = "utf-8"
+    return orjson.dumps(record)
+
+
+# --- status ------------------------------------------------------------------------------
+
+
+def _status(payload: bytes) -> DeviceStatus:
+    text = _utf8(payload).strip()
+    value: Any = text
+    if text[:1] in ('"', "{"):
+        try:
+            value = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            raise RejectedPayload("bad_status", f"status {_clip(text)} is not valid JSON") from None
+        if isinstance(value, dict):
+            value = value.get("status")
+    if value == "online":
+        return "online"
+    if value == "offline":
+        return "offline"
+    raise RejectedPayload("bad_status", f"status {_clip(value)} is not 'online' or 'offline'")
+
+
+# --- JSON ---------------------------------------------------------------------------------
+
+
+def _parse_json(payload: bytes) -> Any:
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        pass
+    # Only failures pay for this: tell the gateway's owner *why* it is not JSON.
+    text = _utf8(payload)
+    non_finite = False
+
+    def constant(name: str) -> float:
+        nonlocal non_finite
+        non_finite = True
+        return 0.0
+
+    def number(literal: str) -> float:
+        nonlocal non_finite
+        value = float(literal)  # overflow gives inf here, never an exception
+        non_finite = non_finite or not math.isfinite(value)
+        return value
+
+    try:
+        # The stdlib parser accepts NaN/Infinity and overflowing numbers, which orjson
+        # refuses; if it succeeds where orjson failed, that is usually why.
+        json.loads(text, parse_constant=constant, parse_float=number, parse_int=number)
+    except (ValueError, RecursionError):
+        raise RejectedPayload("not_json", "payload is not valid JSON") from None
+    if non_finite:
+        raise RejectedPayload(
+            "non_finite", "payload contains NaN, Infinity or an overflowing number"
+        )
+    raise RejectedPayload("not_json", "payload is not strict JSON (RFC 8259)")
+
+
+def _utf8(payload: bytes) -> str:
+    try:
+        return payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RejectedPayload("not_utf8", f"invalid UTF-8 at byte {exc.start}") from None
+
+
+def _utf8_prefix(head: bytes, truncated: bool) -> str | None:
+    try:
+        return head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        # Cutting at 4 KiB may split a multi-byte character; that alone is still text.
+        if truncated and exc.reason == "unexpected end of data":
+            return head[: exc.start].decode("utf-8")
+        return None
+
+
+# --- SenML (RFC 8428) ---------------------------------------------------------------------
+
+
+def _senml_readings(pack: list[Any], device_id: str, now: float, limits: Limits) -> list[Reading]:
+    base_name = ""
+    base_time = 0.0
+    base_unit: str | None = None
+    base_value = 0.0
+    version: int | None = None
+    readings: list[Reading] = []
+    for index, record in enumerate(pack):
+        where = f"record {index}"
+        if not isinstance(record, dict):
+            raise RejectedPayload("bad_senml", f"{where} is not an object")
+        for key in record:
+            if key.endswith("_"):
+                # RFC 8428 section 4.4: a "must understand" extension we do not know.
+                raise RejectedPayload("bad_senml", f"{where}: unsupported field {_clip(key)}")
+        if "bver" in record:
+            bver = record["bver"]
+            if not _is_int(bver) or not 1 <= bver <= _MAX_SENML_VERSION:
+                raise RejectedPayload("bad_senml", f"{where}: unsupported bver {_clip(bver)}")
+            if version is not None and bver != version:
+                raise RejectedPayload("bad_senml", f"{where}: bver changes within the pack")
+            version = bver
+        if "bn" in record:
+            base_name = _text_field(record, "bn", where)
+        if "bt" in record:
+            base_time = _number_field(record, "bt", where)
+        if "bu" in record:
+            base_unit = _text_field(record, "bu", where)
+        if "bv" in record:
+            base_value = _number_field(record, "bv", where)
+
+        value_fields = [f for f in _SENML_VALUE_FIELDS if f in record]
+        if len(value_fields) > 1:
+            raise RejectedPayload("bad_senml", f"{where} has several value fields")
+        if not value_fields and "s" not in record:
+            if any(f in record for f in ("n", "u", "t")):
+                raise RejectedPayload("bad_senml", f"{where} has no value")
+            continue  # a record that only sets base fields for the ones after it
+
+        name = base_name + (_text_field(record, "n", where) if "n" in record else "")
+        if not _SENML_NAME.fullmatch(name):
+            raise RejectedPayload("bad_senml", f"{where}: invalid name {_clip(name)}")
+        device_part, colon, metric = name.partition(":")
+        if not colon:
+            metric = name  # a bare metric name: the device is the topic's
+        elif device_part != device_id:
+            raise RejectedPayload(
+                "device_mismatch",
+                f"{where}: name {_clip(name)} is not for topic device {device_id!r}",
+            )
+        if metric not in CANONICAL_UNITS:
+            raise RejectedPayload("unknown_metric", f"{where}: unknown metric {_clip(metric)}")
+        if value_fields != ["v"]:
+            kind = value_fields[0] if value_fields else "s"
+            raise RejectedPayload("wrong_type", f"{where}: {metric} needs a numeric v, got {kind}")
+        unit = _text_field(record, "u", where) if "u" in record else base_unit
+        raw = _numeric_value(record["v"], f"{where}: {metric}")
+        time = base_time + (_number_field(record, "t", where) if "t" in record else 0.0)
+        if not math.isfinite(time):
+            raise RejectedPayload("non_finite", f"{where}: time is not finite")
+        if time < _RELATIVE_TIME_LIMIT:
+            time += now
+        _check_time(time, now, limits, where)
+        readings.append(_reading(metric, raw + base_value, unit, time, where))
+    return readings
+
+
+def _text_field(record: dict[str, Any], key: str, where: str) -> str:
+    value = record[key]
+    if not isinstance(value, str):
+        raise RejectedPayload("bad_senml", f"{where}: {key} must be a string")
+    return value
+
+
+def _number_field(record: dict[str, Any], key: str, where: str) -> float:
+    value = record[key]
+    if not _is_number(value):
+        raise RejectedPayload("bad_senml", f"{where}: {key} must be a number")
+    return float(value)
+
+
+# --- plain object form --------------------------------------------------------------------
+
+
+def _plain_readings(body: dict[str, Any], now: float, limits: Limits) -> list[Reading]:
+    metrics = body.get("metrics")
+    if not isinstance(metrics, dict):
+        raise RejectedPayload("bad_senml", "object payload needs a 'metrics' object")
+    units = body.get("units", {})
+    if not isinstance(units, dict):
+        raise RejectedPayload("bad_senml", "'units' must be an object")
+    if not metrics:
+        return []
+    ts = _plain_time(body.get("ts"), now)
+    _check_time(ts, now, limits, "ts")
+    readings = []
+    for metric, raw in metrics.items():
+        where = f"metrics.{_clip(metric)}"
+        if metric not in CANONICAL_UNITS:
+            raise RejectedPayload("unknown_metric", f"unknown metric {_clip(metric)}")
+        unit = units.get(metric)
+        if unit is not None and not isinstance(unit, str):
+            raise RejectedPayload("bad_senml", f"unit of {metric} must be a string")
+        readings.append(_reading(metric, _numeric_value(raw, where), unit, ts, where))
+    return readings
+
+
+def _plain_time(ts: Any, now: float) -> float:
+    if ts is None:
+        return now
+    if _is_number(ts):
+        value = float(ts)
+    elif isinstance(ts, str):
+        try:
+            parsed = datetime.fromisoformat(ts)
+            if parsed.tzinfo is None:
+                parsed = parsed.replace(tzinfo=UTC)  # gateways are told to send UTC
+            value = parsed.timestamp()
+        except (ValueError, OverflowError):
+            raise RejectedPayload("bad_senml", f"ts {_clip(ts)} is not ISO 8601") from None
+    else:
+        raise RejectedPayload("bad_senml", "ts must be an ISO 8601 string or epoch seconds")
+    if not math.isfinite(value):
+        raise RejectedPayload("non_finite", "ts is not finite")
+    return value
+
+
+# --- shared -------------------------------------------------------------------------------
+
+
+def _numeric_value(value: Any, where: str) -> float:
+    if not _is_number(value):
+        raise RejectedPayload("wrong_type", f"{where}: {_clip(value)} is not a number")
+    return float(value)
+
+
+def _reading(metric: str, raw: float, unit: str | None, ts: float, where: str) -> Reading:
+    canonical = CANONICAL_UNITS[metric]
+    conversion = UNIT_CONVERSIONS[metric].get(canonical if unit is None else unit)
+    if conversion is None:
+        raise RejectedPayload("unknown_unit", f"{where}: unit {_clip(unit)} for {metric}")
+    factor, offset = conversion
+    value = raw * factor + offset
+    if not math.isfinite(value):
+        raise RejectedPayload("non_finite", f"{where}: value overflows in {canonical}")
+    return Reading(ts=ts, metric=metric, value=value, unit=canonical)
+
+
+def _check_time(ts: float, now: float, limits: Limits, where: str) -> None:
+    if ts > now + limits.max_future_skew_s:
+        raise RejectedPayload("future_timestamp", f"{where}: {ts - now:.0f} s ahead of now")
+    if ts < now - limits.max_past_age_s:
+        raise RejectedPayload("stale_timestamp", f"{where}: {now - ts:.0f} s old")
+
+
+def _is_number(value: Any) -> bool:
+    # JSON true/false arrive as bool, which Python counts as int.
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _clip(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= _DETAIL_MAX else text[: _DETAIL_MAX - 3] + "..."

@@ -1,0 +1,160 @@
+"""All configuration, from the environment (prefix ``CITYOPS_``), validated at start."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Literal, Self
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Environment(StrEnum):
+    DEVELOPMENT = "development"
+    PRODUCTION = "production"
+
+
+DEV_JWT_SECRET = "dev-only-jwt-secret-do-not-use-in-production"  # noqa: S105
+DEV_PII_PEPPER = "dev-only-pii-pepper-do-not-use-in-production"
+
+
+class Settings(BaseSettings):
+    """One settings object for every process; each reads what it needs."""
+
+    model_config = SettingsConfigDict(env_prefix="CITYOPS_", extra="ignore")
+
+    environment: Environment = Environment.DEVELOPMENT
+
+    # PostgreSQL: the event store, the telemetry store and the read models.
+    # An empty URL means "start the embedded PostgreSQL" (demo only).
+    database_url: str = ""
+    db_pool_size: int = Field(default=4, ge=1, le=64)
+
+    # Kafka (any Kafka-protocol broker). Empty means "start the embedded broker".
+    kafka_bootstrap: str = ""
+    # Prefix of every topic and consumer-group name (isolates tests and tenants).
+    kafka_topic_prefix: str = ""
+    kafka_partitions: int = Field(default=4, ge=1, le=256)
+    # Small poll interval: consumer groups join within seconds on Tansu and on Kafka.
+    kafka_max_poll_interval_ms: int = Field(default=10_000, ge=1_000)
+    # Telemetry consumers (writer, monitor): a fetch waits for this much data or this long.
+    kafka_fetch_min_bytes: int = Field(default=256 * 1024, ge=1)
+    kafka_fetch_max_wait_ms: int = Field(default=100, ge=0, le=10_000)
+
+    # MQTT broker. Empty host means "start the embedded broker".
+    mqtt_host: str = ""
+    mqtt_port: int = Field(default=1883, ge=1, le=65535)
+    mqtt_username: str = ""
+    mqtt_password: str = ""
+    # 5 uses a shared subscription so several bridges share the load; 3 (3.1.1) for amqtt.
+    mqtt_protocol: int = Field(default=5)
+    mqtt_share_group: str = "cityops-bridge"
+    # The bridge's MQTT client id; its persistent session (with the QoS 1 messages queued
+    # while it was down) belongs to that id. Empty: "cityops-bridge-<hostname>".
+    # A session remembers its subscriptions: change the share group with a new id.
+    mqtt_client_id: str = ""
+
+    # HTTP API.
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8000, ge=1, le=65535)
+
+    # Access control: JWT bearer tokens (HS256) issued by `cityops token`; API keys for
+    # machines from `cityops apikey`. The development defaults are public: production
+    # refuses them.
+    jwt_secret: SecretStr = SecretStr(DEV_JWT_SECRET)
+    jwt_issuer: str = "cityops"
+    jwt_audience: str = "cityops-api"
+    token_ttl_s: int = Field(default=8 * 3600, ge=60)
+    # Development only: the operations-center page gets an operator token without a login.
+    dev_login: bool = True
+    # Keyed hash that finds a citizen by phone/email without storing either in clear.
+    pii_pepper: SecretStr = SecretStr(DEV_PII_PEPPER)
+
+    # Service cases: categories file (default: the packaged core/case/categories.yaml) and
+    # whether intake registers and dispatches cases at once (else a dispatcher does).
+    categories_file: Path | None = None
+    cases_auto_accept: bool = True
+    # The urban brain: correlation rules and incident time limits (default: the packaged
+    # core/brain/correlation.yaml); events per projector transaction.
+    correlation_file: Path | None = None
+    projector_batch: int = Field(default=2_000, ge=1, le=100_000)
+    sla_poll_s: float = Field(default=5.0, gt=0)
+    # Resolution notices to citizens: "log" only logs them; "smtp" emails (SMS is logged).
+    notify_backend: Literal["log", "smtp"] = "log"
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = Field(default=25, ge=1, le=65535)
+    smtp_sender: str = "12345@cityops.local"
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_starttls: bool = False
+    # The citizen simulator: everyday reports per second, and the API it files to.
+    cases_sim_rate: float = Field(default=0.2, ge=0)
+    sim_api_url: str = ""  # default: http://<api_host>:<api_port>
+
+    # Reference data: generated demo city lives here (GeoJSON / GeoPackage / YAML).
+    data_dir: Path = Path("var/city")
+    city_seed: int = 42
+    rules_file: Path | None = None  # default: the packaged core/sensor/rules.yaml
+
+    # Ingestion limits.
+    max_payload_bytes: int = Field(default=16_384, ge=256)
+    max_future_skew_s: float = Field(default=300.0, ge=0)
+    max_past_age_s: float = Field(default=7 * 86_400.0, ge=0)
+
+    # Worker batching.
+    writer_batch_max: int = Field(default=5_000, ge=1)
+    writer_poll_ms: int = Field(default=200, ge=1)
+    monitor_silence_check_s: float = Field(default=5.0, gt=0)
+
+    # Simulator.
+    sim_rate: float = Field(default=200.0, gt=0, description="messages per second")
+    sim_scenario: str = "rainstorm"
+    sim_sensors: int = Field(default=2_000, ge=4)
+
+    # Tamper evidence (`cityops audit`): the Ed25519 key that signs checkpoints of the
+    # log's hash chain (made with mode 0600 on first use, its public half beside it as
+    # <file>.pub) and the JSON-lines file the signed checkpoints are appended to. Both
+    # live outside the database: keep them where the database's administrators cannot
+    # write.
+    audit_key_file: Path = Path("var/audit/signing-key.pem")
+    audit_checkpoint_file: Path = Path("var/audit/checkpoints.jsonl")
+
+    # Issue 5: the replay's snapshots, computed from the log every this many events.
+    replay_snapshot_every: int = Field(default=20_000, ge=100)
+    # Issue 6: the operations center's base map. Unset: districts and grid cells drawn as
+    # vectors only (works offline). A deployment with its own tile server sets an XYZ URL,
+    # e.g. http://tiles.internal/{z}/{x}/{y}.png (the page requests nothing else outside).
+    map_tile_url: str | None = None
+    # Issue 5: the role that owns the schema and the tables (`cityops seed` creates them
+    # and the log's guards as it). Every other process connects with CITYOPS_DATABASE_URL
+    # as a member of `cityops_writer`, which may not rewrite the log nor drop its guards
+    # (README, "Database roles"). Empty: CITYOPS_DATABASE_URL is also the owner.
+    admin_database_url: str = ""
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_production(self) -> Self:
+        if self.environment is Environment.PRODUCTION:
+            missing = [
+                name
+                for name, value in (
+                    ("CITYOPS_DATABASE_URL", self.database_url),
+                    ("CITYOPS_KAFKA_BOOTSTRAP", self.kafka_bootstrap),
+                    ("CITYOPS_MQTT_HOST", self.mqtt_host),
+                )
+                if not value
+            ]
+            if missing:
+                raise ValueError("production needs external services; set " + ", ".join(missing))
+            if self.mqtt_host and not self.mqtt_password:
+                raise ValueError("production MQTT needs CITYOPS_MQTT_PASSWORD")
+            for name, secret, dev in (
+                ("CITYOPS_JWT_SECRET", self.jwt_secret, DEV_JWT_SECRET),
+                ("CITYOPS_PII_PEPPER", self.pii_pepper, DEV_PII_PEPPER),
+            ):
+                value = secret.get_secret_value()
+                if value == dev or len(value) < 32:
+                    raise ValueError(f"production needs {name}: at least 32 random characters")
+            if self.dev_login:
+                raise ValueError("CITYOPS_DEV_LOGIN must be false in production")
+        return self
