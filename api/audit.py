@@ -33,10 +33,10 @@ from core.audit import (
     summary,
 )
 from core.case import ServiceCase
+from core.case.desk import ServiceDesk
 from core.incident import Incident
 from core.personal import ERASED_VIEW
 from core.sensor import Sensor, sensor_id
-from core.service import ServiceDesk
 from projections.history import LoggedEvent, LogHistory
 
 router = APIRouter(prefix="/api/v1/audit", tags=["audit"])

@@ -27,8 +27,8 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
-from cityops.apikeys import API_KEY_PREFIX, StoredKey, hash_secret
-from cityops.settings import Settings
+from infra.apikeys import API_KEY_PREFIX, StoredKey, hash_secret
+from infra.settings import Settings
 
 Role = Literal["operator", "dispatcher", "department", "auditor", "gateway", "citizen"]
 ROLES: tuple[str, ...] = get_args(Role)

@@ -18,8 +18,8 @@ from pydantic import BaseModel, Field
 from api.auth import Forbidden, Principal, Role, citizen_uuid, require
 from api.deps import CasesDep, DeskDep, correlation
 from core.case import ACTIVE, OPEN, REJECTION_REASONS, ServiceCase
+from core.case.desk import Check, ServiceDesk, SubmitCase
 from core.personal import ERASED_VIEW, Contact
-from core.service import Check, ServiceDesk, SubmitCase
 from projections.case_queries import CaseFilter
 from projections.queries import BBox
 

@@ -15,8 +15,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from core.case.desk import DuplicateSubmissionError
 from core.errors import ConcurrentUpdateError, DomainError, IllegalTransitionError, NotFoundError
-from core.service import DuplicateSubmissionError
 
 log = logging.getLogger(__name__)
 

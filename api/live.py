@@ -22,7 +22,7 @@ from sse_starlette.sse import EventSourceResponse
 
 from api.cases import summary
 from api.deps import ContainerDep
-from cityops.apikeys import REVOKED_CHANNEL
+from infra.apikeys import REVOKED_CHANNEL
 from projections.case_queries import CaseQueries
 from projections.map import NOTIFY_CHANNEL
 from projections.queries import ReadModels, feature

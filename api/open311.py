@@ -23,9 +23,9 @@ from fastapi.responses import JSONResponse
 from api.auth import Forbidden, OptionalPrincipalDep, Unauthorized, citizen_uuid
 from api.deps import CasesDep, ContainerDep, DeskDep
 from core.case import OPEN, STATUSES, ServiceCase
-from core.categories import Category
+from core.case.categories import Category
+from core.case.desk import ServiceDesk, SubmitCase
 from core.personal import Contact
-from core.service import ServiceDesk, SubmitCase
 from projections.case_queries import CaseFilter
 
 router = APIRouter(prefix="/open311/v2", tags=["open311"])

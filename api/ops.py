@@ -16,9 +16,9 @@ from api.auth import Forbidden, StaffReader
 from api.cases import CASE_ACTION_ROLES, scoped, summary
 from api.deps import CityDep, Container, ContainerDep
 from api.incidents import INCIDENT_ACTION_ROLES
-from core.correlation import CorrelationPolicy, load_policy
+from core.brain.correlation import CorrelationPolicy, load_policy
+from core.case.sla import DUE_SOON_FRACTION
 from core.incident import SEVERITIES, WORKING, Incident
-from core.sla import DUE_SOON_FRACTION
 from projections.case_queries import CaseFilter
 from projections.ops_queries import OpsQueries
 
@@ -51,7 +51,7 @@ class IncidentState:
 
 
 def _stage_allows(action: str, incident: IncidentState) -> bool:
-    """The aggregate's own preconditions (core/incident.py), action by action."""
+    """The aggregate's own preconditions (core/incident/__init__.py), action by action."""
     if action == "acknowledge":
         return incident.status != "closed" and not incident.acknowledged
     if action == "dispatch":

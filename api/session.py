@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from api.auth import PrincipalDep, issue_token
 from api.deps import ContainerDep
-from cityops.settings import Environment
+from infra.settings import Environment
 
 router = APIRouter(prefix="/api/v1/auth", tags=["auth"])
 

@@ -1,7 +1,7 @@
 """Telemetry over HTTP for gateways that cannot speak MQTT: the same contract and path.
 
 The body is what the MQTT topic would carry (SenML or the plain object); it is decoded
-by the same ``sensors.senml.decode`` and forwarded to ``cityops.telemetry`` once Kafka
+by the same ``core.sensor.senml.decode`` and forwarded to ``cityops.telemetry`` once Kafka
 has acknowledged it (202), or dead-lettered with its reason (422).
 """
 
@@ -17,8 +17,8 @@ from fastapi.responses import JSONResponse
 
 from api.auth import Principal, require
 from api.deps import ContainerDep
-from cityops.kafka import Topics
-from sensors.senml import Limits, RejectedPayload, deadletter_record, decode
+from core.sensor.senml import Limits, RejectedPayload, deadletter_record, decode
+from infra.kafka import Topics
 
 router = APIRouter(prefix="/api/v1/telemetry", tags=["telemetry"])
 
