@@ -8,7 +8,7 @@
 #   (grid cells, jurisdictions, sensor locations);
 # - creates the role `cityops` (password CITYOPS_DB_PASSWORD) and makes it the owner of
 #   the database: `cityops seed` logs in as it to create the schemas and tables, and
-#   grants `cityops_writer` its rights on them (cityops/audit.sql);
+#   grants `cityops_writer` its rights on them (infra/audit.sql);
 # - creates `cityops_writer` (no login) and the login role `cityops_app` (password
 #   CITYOPS_APP_DB_PASSWORD) in it, as which every other process runs: it records events
 #   and writes the views, but owns nothing, so it can neither rewrite the log nor switch
