@@ -13,15 +13,14 @@ projection's new position and the change notices in ONE transaction, pipelined:
 - replaying from zero runs the same code as tailing the log: a rebuild is a batch of
   ``batch_size`` events per transaction, not one transaction per event.
 
-The library's notification order is commit order (its inserts take the table lock), so
-reading ``notification_id > position`` skips nothing.
+The reading loop is the one every log worker runs (``core.follow.LogTail``); this
+module is its sink for SQL views.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -30,6 +29,8 @@ import orjson
 import psycopg
 from eventsourcing.application import Application
 from psycopg import sql
+
+from core.follow import LogTail, PositionMovedError
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ def row_update(table: str, key: str, sets: str, **params: str) -> Callable[[Any]
     return build
 
 
-class StalePositionError(Exception):
+class StalePositionError(PositionMovedError):
     """A tracking row moved under this worker (another worker, or a rebuild)."""
 
 
@@ -153,17 +154,22 @@ class ProjectionWorker:
         self.app = app
         self.database_url = database_url
         self.projections = list(projections)
-        self.batch_size = batch_size
         self.notify_limit = notify_limit
         self.positions: dict[str, int] = {}
         self.conn: psycopg.Connection[Any] | None = None
+        self.tail = LogTail(
+            "projection worker",
+            app.recorder,
+            self,
+            batch_size=batch_size,
+            transient=(psycopg.OperationalError,),
+        )
 
-    # -- connection and positions -------------------------------------------------------
+    # -- connection and positions (the tail's sink) -------------------------------------
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self.conn is None or self.conn.closed:
             self.conn = psycopg.connect(self.database_url, autocommit=False)
-            self.positions.clear()
         return self.conn
 
     def close(self) -> None:
@@ -171,7 +177,12 @@ class ProjectionWorker:
             self.conn.close()
             self.conn = None
 
-    def _load_positions(self, conn: psycopg.Connection[Any]) -> None:
+    def reset(self) -> None:
+        self.positions.clear()
+        self.close()
+
+    def start(self) -> int:
+        conn = self._connection()
         with conn.transaction():
             for p in self.projections:
                 # The single tracking row must exist, so that every later batch can
@@ -184,33 +195,17 @@ class ProjectionWorker:
                     (TRACKING_NAME,),
                 )
                 self.positions[p.name] = read_position(conn, p.name)
+        return min(self.positions.values())
 
-    # -- one batch ----------------------------------------------------------------------
-
-    def step(self) -> int:
-        """Project the next batch; return how many notifications it covered."""
-        conn = self._connection()
-        if not self.positions:
-            self._load_positions(conn)
-        start = min(self.positions.values())
-        notifications = self.app.recorder.select_notifications(
-            start=start, limit=self.batch_size, inclusive_of_start=False
-        )
-        if not notifications:
-            return 0
+    def apply(self, notifications: Sequence[Any], stop: threading.Event | None) -> int:
         statements, changes = effects(
             self.app.mapper, notifications, self.projections, self.positions
         )
-        last = notifications[-1].id
-        try:
-            self._write(conn, statements, changes, last)
-        except StalePositionError as exc:
-            log.warning("projection positions moved (%s): reloading them", exc)
-            self.positions.clear()
-            return 0
+        last = int(notifications[-1].id)
+        self._write(self._connection(), statements, changes, last)
         for p in self.projections:
             self.positions[p.name] = max(self.positions[p.name], last)
-        return len(notifications)
+        return last
 
     def _write(
         self,
@@ -245,27 +240,14 @@ class ProjectionWorker:
 
     # -- the loop -----------------------------------------------------------------------
 
+    def step(self) -> int:
+        """Project the next batch; return how many notifications it covered."""
+        return self.tail.step()
+
     def run(self, stop: threading.Event, idle_wait: float = 0.1) -> None:
         """Tail the log until ``stop``; back off on database errors and go on."""
-        backoff = 0.5
-        try:
-            while not stop.is_set():
-                try:
-                    if self.step() == 0:
-                        stop.wait(idle_wait)
-                    backoff = 0.5
-                except psycopg.OperationalError as exc:
-                    log.warning("projection worker: database unavailable (%s); retrying", exc)
-                    self.close()
-                    stop.wait(backoff)
-                    backoff = min(backoff * 2, 10.0)
-        finally:
-            self.close()
+        self.tail.run(stop, idle_wait)
 
     def catch_up(self, timeout: float = 60.0) -> int:
         """Project until no notification is left (tests, rebuild); return the position."""
-        deadline = time.monotonic() + timeout
-        while self.step():
-            if time.monotonic() > deadline:
-                raise TimeoutError("projection did not catch up in time")
-        return min(self.positions.values())
+        return self.tail.catch_up(timeout)

@@ -1,9 +1,10 @@
 """Workers that follow the city log: each event handled once, position recorded with it.
 
 A ``LogFollower`` reads the notifications of some event topics after its recorded
-position; for each it calls ``handle(event, pe)``, then records what the handler
-collected into the ``ProcessingEvent`` together with the event's notification id (the
-city app's tracking table, fenced by the position it started from). A crash before the
+position (the loop of ``core.follow.LogTail``); for each it calls ``handle(event, pe)``,
+then records what the handler collected into the ``ProcessingEvent`` together with the
+event's notification id (the city app's tracking table, fenced by the position it
+started from). A crash before the
 commit replays the event; after it, skips it. A concurrent change of an aggregate the
 handler touched (optimistic concurrency) replays the event on fresh state.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -21,6 +22,7 @@ from eventsourcing.persistence import IntegrityError, ProcessRecorder, Tracking
 from eventsourcing.utils import get_topic
 
 from core.app import CityApp
+from core.follow import LogTail, PositionMovedError
 from infra.pgstore import StalePositionError
 
 log = logging.getLogger(__name__)
@@ -46,35 +48,45 @@ class LogFollower:
     ) -> None:
         self.app = app
         self.name = name
-        self.topics = [get_topic(cls) for cls in event_classes]
         self.handle = handle
-        self.batch_size = batch_size
         self.retries = retries
         self.on_recorded = on_recorded
-        self.position: int | None = None
-
-    def load_position(self) -> None:
-        recorder: ProcessRecorder = self.app.recorder  # type: ignore[assignment]
-        self.position = recorder.max_tracking_id(self.name)
-
-    def step(self, stop: threading.Event | None = None) -> int:
-        """Handle the next batch; return how many events it covered."""
-        if self.position is None:
-            self.load_position()
-        notifications = self.app.recorder.select_notifications(
-            start=self.position or 0,
-            limit=self.batch_size,
-            topics=self.topics,
-            inclusive_of_start=False,
+        self.tail = LogTail(
+            name,
+            app.recorder,
+            self,
+            batch_size=batch_size,
+            topics=[get_topic(cls) for cls in event_classes],
         )
+
+    @property
+    def position(self) -> int | None:
+        """The last notification handled (None until read from the tracking records)."""
+        return self.tail.position
+
+    # -- the tail's sink ----------------------------------------------------------------
+
+    def start(self) -> int:
+        recorder: ProcessRecorder = self.app.recorder  # type: ignore[assignment]
+        return recorder.max_tracking_id(self.name) or 0
+
+    def reset(self) -> None:
+        pass  # nothing is held between batches but the position
+
+    def apply(self, notifications: Sequence[Any], stop: threading.Event | None) -> int:
+        position = self.tail.position or 0
         for n in notifications:
             if stop is not None and stop.is_set():
                 break
-            if not self._one(n.id, self.app.mapper.to_domain_event(n), stop):
-                return 0
-        return len(notifications)
+            if not self._one(n.id, self.app.mapper.to_domain_event(n), position, stop):
+                break
+            position = n.id
+        return position
 
-    def _one(self, notification_id: int, event: Any, stop: threading.Event | None) -> bool:
+    def _one(
+        self, notification_id: int, event: Any, position: int, stop: threading.Event | None
+    ) -> bool:
+        """Handle one event and record it; False if stopped while waiting to retry."""
         backoff = 0.5
         attempt = 0
         while True:
@@ -83,12 +95,12 @@ class LogFollower:
             )
             try:
                 self.handle(event, pe)
-                pe.collect_events(expected_position=self.position)
+                # Fenced: recorded only if the tracking records still end at ``position``
+                # (a first event has none to check against).
+                pe.collect_events(expected_position=position or None)
                 recordings = self.app.record(pe)
-            except StalePositionError:
-                log.warning("%s: another worker moved the position; reloading it", self.name)
-                self.position = None
-                return False
+            except StalePositionError as exc:
+                raise PositionMovedError("another worker moved the position") from exc
             except IntegrityError:
                 attempt += 1
                 if attempt > self.retries:
@@ -105,17 +117,15 @@ class LogFollower:
                     return False
                 backoff = min(backoff * 2, 30.0)
                 continue
-            self.position = notification_id
             if self.on_recorded is not None and recordings:
                 self.on_recorded(max(r.notification.id for r in recordings))
             return True
 
+    # -- the loop -----------------------------------------------------------------------
+
+    def step(self, stop: threading.Event | None = None) -> int:
+        """Handle the next batch; return how many events it covered."""
+        return self.tail.step(stop)
+
     def run(self, stop: threading.Event, idle_wait: float = 0.2) -> None:
-        while not stop.is_set():
-            try:
-                if self.step(stop) == 0:
-                    stop.wait(idle_wait)
-            except Exception:
-                log.exception("%s: pass failed; retrying", self.name)
-                self.position = None
-                stop.wait(1.0)
+        self.tail.run(stop, idle_wait)

@@ -12,7 +12,8 @@ transaction, so exactly-once comes from two facts instead:
 
 After a crash the relay reads each partition's last record and skips the events in
 (position, max of those] whose partition already holds them. Nothing is skipped that
-is missing, nothing published twice.
+is missing, nothing published twice. The reading loop is ``core.follow.LogTail``: after
+an error it starts over from this recovery.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import orjson
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from psycopg_pool import ConnectionPool
 
+from core.follow import LogTail
 from infra.kafka import Topics, default_partition
 from infra.settings import Settings
 
@@ -62,6 +64,9 @@ class DomainEventRelay:
         self.producer = producer
         self.batch = batch
         self.published = 0
+        self._skip: dict[int, int] = {}
+        self._horizon = 0
+        self.tail = LogTail(RELAY_NAME, recorder, self, batch_size=batch)
 
     # -- position -----------------------------------------------------------------------
 
@@ -139,18 +144,29 @@ class DomainEventRelay:
         )
         if not notifications:
             return start
+        return self._publish_and_commit(notifications, skip)
+
+    def _publish_and_commit(self, notifications: Sequence[Any], skip: dict[int, int]) -> int:
         self.published += self.publish(notifications, skip)
         last = int(notifications[-1].id)
         self.commit(last)
         return last
 
-    def run(self, stop: threading.Event, idle_s: float = 0.2) -> None:
+    # -- the tail's sink ----------------------------------------------------------------
+
+    def start(self) -> int:
         position, tails = self.recover()
-        skip = {p: n for p, n in tails.items() if n > position}
-        horizon = max(skip.values(), default=0)
-        log.info("relay: position %d, partitions ahead up to %d", position, horizon)
-        while not stop.is_set():
-            new = self.run_once(position, skip if position < horizon else {})
-            if new == position:
-                stop.wait(idle_s)
-            position = new
+        self._skip = {p: n for p, n in tails.items() if n > position}
+        self._horizon = max(self._skip.values(), default=0)
+        log.info("relay: position %d, partitions ahead up to %d", position, self._horizon)
+        return position
+
+    def apply(self, notifications: Sequence[Any], stop: threading.Event | None) -> int:
+        ahead = (self.tail.position or 0) < self._horizon
+        return self._publish_and_commit(notifications, self._skip if ahead else {})
+
+    def reset(self) -> None:
+        pass  # the next start recovers the position and the partitions' tails again
+
+    def run(self, stop: threading.Event, idle_s: float = 0.2) -> None:
+        self.tail.run(stop, idle_s)
