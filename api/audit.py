@@ -1,4 +1,4 @@
-"""Audit reads (issue 5): each aggregate's history, its state at a version or instant, and
+"""Audit reads: each aggregate's history, its state at a version or instant, and
 an incident's causal trace. Read-only; every read is itself recorded.
 
 Open to auditors and the operations center (both read everything with personal data

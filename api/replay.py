@@ -1,4 +1,4 @@
-"""Time travel (issue 5): the city's map as of any instant, and the changes in a window,
+"""Time travel: the city's map as of any instant, and the changes in a window,
 computed from the log (``projections.replay``).
 
 Open to auditors and the operations center; each successful read is recorded in the

@@ -259,7 +259,7 @@ def run_projector(
     if rebuild:
         rebuild_projections(settings)
     app = city_app(settings, pool_size=2)
-    # The replay's checkpoints (issue 5) are computed from the log beside the views.
+    # The replay's checkpoints are computed from the log beside the views.
     done = threading.Event()  # set when this projector stops, however it stops
     snapshots = threading.Thread(
         target=run_snapshotter, args=(settings, done), name="replay-snapshots", daemon=True

@@ -1,4 +1,4 @@
--- Tamper evidence for the city log (issue 5). Applied after the event store's tables
+-- Tamper evidence for the city log. Applied after the event store's tables
 -- exist (``infra.pgstore.apply_audit_schema``). Idempotent.
 SELECT pg_advisory_xact_lock(7202612);
 

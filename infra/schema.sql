@@ -88,7 +88,7 @@ CREATE TABLE IF NOT EXISTS map_incidents (
 CREATE INDEX IF NOT EXISTS map_incidents_status ON map_incidents (status, severity);
 CREATE INDEX IF NOT EXISTS map_incidents_grid ON map_incidents (grid_code);
 CREATE INDEX IF NOT EXISTS map_incidents_device ON map_incidents (device_id);
--- Issue 4: the incident workflow (GB/T 30428: 派遣 -> 处置 -> 反馈 -> 核查 -> 结案) and links
+-- The incident workflow (GB/T 30428: 派遣 -> 处置 -> 反馈 -> 核查 -> 结案) and links
 -- with citizen cases. ``status`` stays open/closed; ``stage`` is where the work is:
 -- reported, dispatched, accepted, resolved, closed.
 ALTER TABLE map_incidents ADD COLUMN IF NOT EXISTS stage text NOT NULL DEFAULT 'reported';
@@ -200,7 +200,7 @@ CREATE INDEX IF NOT EXISTS service_cases_category_lonlat ON service_cases (categ
 CREATE INDEX IF NOT EXISTS service_cases_submitted ON service_cases (submitted_at);
 CREATE INDEX IF NOT EXISTS service_cases_citizen ON service_cases (citizen_id);
 CREATE INDEX IF NOT EXISTS service_cases_submitter ON service_cases (submitted_by);
--- Issue 4: the incident a case is linked to, and what nearby sensors said about it
+-- The incident a case is linked to, and what nearby sensors said about it
 -- (confirmed, not_confirmed, no_sensors); ``proactive`` when the incident's resolution
 -- resolved the case (主动服务).
 ALTER TABLE service_cases ADD COLUMN IF NOT EXISTS incident_id uuid;
@@ -221,7 +221,7 @@ CREATE TABLE IF NOT EXISTS relay_positions (
     notification_id bigint NOT NULL
 );
 
--- >>> Time travel (issue 5 item 2): replay checkpoints, see projections/replay.py. >>>
+-- >>> Time travel: replay checkpoints, see projections/replay.py. >>>
 -- Snapshots of the replayed views, computed from the log by the replay itself (never
 -- copied from the live views), taken every N events by ``cityops replay --snapshot``.
 -- Stored as row versions: a row is written at the first checkpoint where it differs

@@ -1,4 +1,4 @@
-"""Time travel (issue 5): the city's views as of any log position, recomputed from the log.
+"""Time travel: the city's views as of any log position, recomputed from the log.
 
 The replay runs the live projections (``projections.runner.effects`` / ``execute``) into
 session TEMP tables named like the views, which shadow them for unqualified names, so
