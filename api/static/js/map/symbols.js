@@ -1,0 +1,40 @@
+/*
+ * Marker sizes and the grid cells the current colouring fills: shared by drawing and
+ * hit-testing, so that what is clicked is what is drawn.
+ */
+import { HOTSPOT_Z } from '../constants.js';
+import { view, state } from '../store.js';
+import { clamp } from './projection.js';
+
+// Grid cell outlines only once a cell is this wide on screen: stroking thousands of
+// tiny cells is what costs most per frame on a software-rendered canvas.
+export const GRID_OUTLINE_PX = 16;
+
+export function sensorRadius() {
+  const z = Math.log2(view.scale / view.fitScale);
+  return clamp(1.5 + z * 0.6, 1.5, 5);
+}
+
+export function incidentRadius(rec) {
+  const z = Math.log2(view.scale / view.fitScale);
+  return 4 + (rec.rank || 0.5) + clamp(z * 0.5, 0, 3);
+}
+
+export const hotspotBucket = (score) => (score >= HOTSPOT_Z[1] ? 2 : score >= HOTSPOT_Z[0] ? 1 : 0);
+
+/** The grid cells the current colouring fills: loaded cells, or hotspots. */
+export function colouredCells() {
+  if (state.gridMode === 'hotspot') {
+    const out = [];
+    for (const code of state.hotspots.keys()) {
+      const cell = state.gridByCode.get(code);
+      if (cell) out.push(cell);
+    }
+    return out;
+  }
+  if (state.hotDirty) {
+    state.hotCells = state.grid.filter((c) => c.count > 0);
+    state.hotDirty = false;
+  }
+  return state.hotCells;
+}
