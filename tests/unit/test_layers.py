@@ -50,3 +50,17 @@ def test_the_domain_is_kept_free_of_infrastructure() -> None:
     (forbidden,) = [c for c in linter["contracts"] if c["type"] == "forbidden"]
     assert forbidden["source_modules"] == ["core"]
     assert {"psycopg", "kafka", "fastapi", "paho", "httpx"} <= set(forbidden["forbidden_modules"])
+
+
+def test_the_page_is_small_es_modules() -> None:
+    static = REPO / "api" / "static"
+    scripts = sorted(static.rglob("*.js"))
+    assert scripts, "the operations center has no scripts"
+    too_long = {
+        str(p.relative_to(static)): n
+        for p in scripts
+        if (n := len(p.read_text(encoding="utf-8").splitlines())) > 600
+    }
+    assert too_long == {}
+    index = (static / "index.html").read_text(encoding="utf-8")
+    assert '<script type="module" src="/static/js/main.js"></script>' in index
