@@ -268,3 +268,20 @@ def make_consumer(
     consumer = KafkaConsumer(**config)
     consumer.subscribe([topic], listener=_Positions(consumer, load_positions, on_revoked))
     return consumer
+
+
+def telemetry_consumer(
+    settings: Settings,
+    group_id: str,
+    load_positions: Callable[[list[TopicPartition]], dict[TopicPartition, int]],
+    on_revoked: Callable[[list[TopicPartition]], None],
+) -> KafkaConsumer:
+    """A ``make_consumer`` of the telemetry topic, fetching as ``telemetry_fetch`` says."""
+    return make_consumer(
+        settings,
+        Topics.of(settings).telemetry,
+        group_id,
+        load_positions=load_positions,
+        on_revoked=on_revoked,
+        **telemetry_fetch(settings),
+    )

@@ -7,9 +7,11 @@ lookup hash in place, so the row records when the citizen was erased and nothing
 from __future__ import annotations
 
 import uuid
+from typing import Any
 from uuid import UUID
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from psycopg import Connection
 from psycopg_pool import ConnectionPool
 
 
@@ -48,17 +50,11 @@ class PgKeyStore:
                 "WHERE citizen_keys.key IS NULL",
                 (citizen_id, key),
             )
-            row = conn.execute(
-                "SELECT key FROM citizen_keys WHERE citizen_id = %s", (citizen_id,)
-            ).fetchone()
-        return None if row is None or row[0] is None else bytes(row[0])
+            return _stored_key(conn, citizen_id)
 
     def key(self, citizen_id: UUID) -> bytes | None:
         with self.pool.connection() as conn:
-            row = conn.execute(
-                "SELECT key FROM citizen_keys WHERE citizen_id = %s", (citizen_id,)
-            ).fetchone()
-        return None if row is None or row[0] is None else bytes(row[0])
+            return _stored_key(conn, citizen_id)
 
     def find(self, lookup: str) -> UUID | None:
         with self.pool.connection() as conn:
@@ -76,3 +72,11 @@ class PgKeyStore:
                 (citizen_id,),
             )
             return cur.rowcount > 0
+
+
+def _stored_key(conn: Connection[Any], citizen_id: UUID) -> bytes | None:
+    """The citizen's key, None when there is none or it was erased."""
+    row = conn.execute(
+        "SELECT key FROM citizen_keys WHERE citizen_id = %s", (citizen_id,)
+    ).fetchone()
+    return None if row is None or row[0] is None else bytes(row[0])

@@ -64,6 +64,10 @@ class CaseQueries:
             cur.execute(query, params)
             return cur.fetchall()
 
+    def _ids(self, query: sql.SQL, params: list[Any], column: str) -> list[Any]:
+        """The ``column`` of each row of ``query``."""
+        return [r[column] for r in self._rows(query, params)]
+
     def _where(self, flt: CaseFilter) -> Filters:
         f = (
             Filters()
@@ -164,7 +168,7 @@ class CaseQueries:
 
     def deadline_candidates(self, now: datetime, limit: int = 1_000) -> list[UUID]:
         """Active cases whose due-soon or overdue mark for the current deadline is due."""
-        rows = self._rows(
+        return self._ids(
             sql.SQL(
                 "SELECT case_id FROM service_cases WHERE status = ANY(%s) AND ("
                 " (due_soon_at <= %s AND due_soon_marked < deadline_no)"
@@ -172,8 +176,8 @@ class CaseQueries:
                 " ORDER BY due_soon_at LIMIT %s"
             ),
             [list(ACTIVE), now, now, limit],
+            "case_id",
         )
-        return [r["case_id"] for r in rows]
 
     def cases_of_incident(self, incident_id: UUID) -> list[dict[str, Any]]:
         """The cases linked to an incident (no personal data), oldest first."""
@@ -188,15 +192,15 @@ class CaseQueries:
 
     def escalation_candidates(self, now: datetime, limit: int = 500) -> list[UUID]:
         """Incidents being worked whose deadline (or next escalation) has passed."""
-        rows = self._rows(
+        return self._ids(
             sql.SQL(
                 "SELECT incident_id FROM map_incidents WHERE escalate_at <= %s"
                 " AND status = 'open' AND stage IN ('dispatched', 'accepted')"
                 " ORDER BY escalate_at LIMIT %s"
             ),
             [now, limit],
+            "incident_id",
         )
-        return [r["incident_id"] for r in rows]
 
     def wait_until_current(self, timeout: float = 10.0) -> bool:
         """Wait until the read model has caught up with the log as it is now."""
@@ -207,7 +211,8 @@ class CaseQueries:
     def case_ids_of_citizen(self, citizen_id: UUID) -> list[UUID]:
         """Every case of a citizen, as of the log now (waits for the read model)."""
         self.wait_until_current()
-        rows = self._rows(
-            sql.SQL("SELECT case_id FROM service_cases WHERE citizen_id = %s"), [citizen_id]
+        return self._ids(
+            sql.SQL("SELECT case_id FROM service_cases WHERE citizen_id = %s"),
+            [citizen_id],
+            "case_id",
         )
-        return [r["case_id"] for r in rows]

@@ -25,55 +25,60 @@ class NearbyQueries:
     def __init__(self, pool: ConnectionPool) -> None:
         self.pool = pool
 
-    def _rows(self, query: str, params: list[Any]) -> list[dict[str, Any]]:
+    def _near(
+        self, query: str, params: list[Any], lon: float, lat: float, radius_m: float
+    ) -> list[tuple[float, dict[str, Any]]]:
+        """(distance, row) of the rows of ``query`` within ``radius_m``, nearest first."""
         with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             cur.execute(query, params)
-            return cur.fetchall()
-
-    def _within(
-        self, rows: list[dict[str, Any]], lon: float, lat: float, radius_m: float
-    ) -> list[tuple[float, dict[str, Any]]]:
+            rows = cur.fetchall()
         found = [(float(distance_m(lon, lat, r["lon"], r["lat"])), r) for r in rows]
         return sorted((d, r) for d, r in found if d <= radius_m)
 
     def incidents_near(
         self, lon: float, lat: float, radius_m: float, categories: tuple[str, ...], since: datetime
     ) -> list[NearIncident]:
-        rows = self._rows(
+        near = self._near(
             "SELECT incident_id, kind, lon, lat FROM map_incidents WHERE status = 'open'"
             " AND stage IN ('reported', 'dispatched', 'accepted') AND category = ANY(%s)"
             " AND lon BETWEEN %s AND %s AND lat BETWEEN %s AND %s"
             " AND (opened_at >= %s OR alarm_status = 'active')",
             [list(categories), *box_around(lon, lat, radius_m), since],
+            lon,
+            lat,
+            radius_m,
         )
-        return [
-            NearIncident(r["incident_id"], d, r["kind"])
-            for d, r in self._within(rows, lon, lat, radius_m)
-        ]
+        return [NearIncident(r["incident_id"], d, r["kind"]) for d, r in near]
 
     def cases_near(
         self, lon: float, lat: float, radius_m: float, categories: tuple[str, ...], since: datetime
     ) -> list[NearCase]:
-        rows = self._rows(
+        near = self._near(
             "SELECT case_id, lon, lat FROM service_cases WHERE status = ANY(%s)"
             " AND incident_id IS NULL AND category = ANY(%s)"
             " AND lon BETWEEN %s AND %s AND lat BETWEEN %s AND %s AND submitted_at >= %s"
             " LIMIT 500",
             [list(OPEN), list(categories), *box_around(lon, lat, radius_m), since],
+            lon,
+            lat,
+            radius_m,
         )
-        return [NearCase(r["case_id"], d) for d, r in self._within(rows, lon, lat, radius_m)]
+        return [NearCase(r["case_id"], d) for d, r in near]
 
     def sensors_near(
         self, lon: float, lat: float, radius_m: float, sensor_types: tuple[str, ...]
     ) -> list[NearSensor]:
-        rows = self._rows(
+        near = self._near(
             "SELECT device_id, lon, lat, alarms, silent FROM map_sensors"
             " WHERE sensor_type = ANY(%s) AND lon BETWEEN %s AND %s AND lat BETWEEN %s AND %s",
             [list(sensor_types), *box_around(lon, lat, radius_m)],
+            lon,
+            lat,
+            radius_m,
         )
         return [
             NearSensor(r["device_id"], d, tuple(sorted(r["alarms"] or {})), bool(r["silent"]))
-            for d, r in self._within(rows, lon, lat, radius_m)
+            for d, r in near
         ]
 
     def wait_for(self, notification_id: int, timeout: float = 10.0) -> bool:

@@ -31,15 +31,14 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
+from core.refdata import load_yaml
 from projections.queries import BBox
 
 Level = Literal["grid", "district", "department"]
@@ -108,14 +107,12 @@ def parse_weights(doc: Any) -> Weights:
 
 def load_weights(path: Path | None = None) -> Weights:
     """Load and validate a weights file (default: the packaged ``scorecard.yaml``)."""
-    if path is None:
-        text = resources.files("projections").joinpath("scorecard.yaml").read_text("utf-8")
-    else:
-        text = path.read_text(encoding="utf-8")
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise WeightsError(f"the weights file is not valid YAML: {exc}") from None
+    doc = load_yaml(
+        "projections",
+        "scorecard.yaml",
+        path,
+        invalid=(WeightsError, "the weights file is not valid YAML"),
+    )
     return parse_weights(doc)
 
 

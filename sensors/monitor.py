@@ -213,13 +213,8 @@ class SensorMonitor:
     # -- loop -------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
-        consumer = topics.make_consumer(
-            self.settings,
-            self.topics.telemetry,
-            self.group_id,
-            load_positions=self.load_positions,
-            on_revoked=self.forget,
-            **topics.telemetry_fetch(self.settings),
+        consumer = topics.telemetry_consumer(
+            self.settings, self.group_id, self.load_positions, self.forget
         )
         next_check = time.monotonic() + self.settings.monitor_silence_check_s
         try:

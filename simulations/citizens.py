@@ -23,7 +23,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
@@ -366,14 +366,17 @@ class CitizenModel:
         drafts = self._background(self._rng(0, k), t0)
         drafts += self._scenario_reports(self._rng(1, k), t0)
         drafts.sort(key=lambda d: d.t)
-        reports = [d.finish(f"{self.id_prefix}-{k}-{j}") for j, d in enumerate(drafts)]
+        # Ids follow the time order within the slot.
+        reports = [
+            replace(d, external_id=f"{self.id_prefix}-{k}-{j}") for j, d in enumerate(drafts)
+        ]
         # Ticks shorter than a slot ask for the same slot again: keep the last few.
         if len(self._slots) >= 4:
             del self._slots[min(self._slots)]
         self._slots[k] = reports
         return reports
 
-    def _background(self, rng: np.random.Generator, t0: float) -> list[_Draft]:
+    def _background(self, rng: np.random.Generator, t0: float) -> list[CaseReport]:
         p = self.params
         n = int(rng.poisson(p.base_rate * SLOT_S))
         drafts = []
@@ -390,8 +393,8 @@ class CitizenModel:
             drafts.append(self._draft(rng, t, category, attributes, lon, lat, address))
         return drafts
 
-    def _scenario_reports(self, rng: np.random.Generator, t0: float) -> list[_Draft]:
-        drafts: list[_Draft] = []
+    def _scenario_reports(self, rng: np.random.Generator, t0: float) -> list[CaseReport]:
+        drafts: list[CaseReport] = []
         for source in self._sources:  # in a fixed order: one generator serves them all
             rate, alarms = self._rate(source, t0)
             if rate == 0.0:
@@ -401,9 +404,7 @@ class CitizenModel:
                 drafts += self._near_alarms(rng, t0, n, source, alarms)
             else:
                 drafts += self._at_venue(rng, t0, n, source)
-        for draft in drafts:
-            draft.cause = "scenario"
-        return drafts
+        return [replace(draft, cause="scenario") for draft in drafts]
 
     def _near_alarms(
         self,
@@ -412,7 +413,7 @@ class CitizenModel:
         n: int,
         source: _Source,
         alarms: AlarmingSensors,
-    ) -> list[_Draft]:
+    ) -> list[CaseReport]:
         spec = source.spec
         assert isinstance(spec, NearAlarms)
         metric = self._watch(spec.sensor_type).threshold.metric
@@ -438,7 +439,7 @@ class CitizenModel:
 
     def _at_venue(
         self, rng: np.random.Generator, t0: float, n: int, source: _Source
-    ) -> list[_Draft]:
+    ) -> list[CaseReport]:
         spec = source.spec
         assert isinstance(spec, AtVenue)
         assert source.venue is not None
@@ -464,11 +465,13 @@ class CitizenModel:
         lat: float,
         address: str | None,
         theme: str = "",
-    ) -> _Draft:
+    ) -> CaseReport:
+        """A report without its id (``external_id`` empty), filled in once the slot is sorted."""
         p = self.params
-        return _Draft(
+        return CaseReport(
             t=t,
             channel="open311" if rng.random() < p.open311_share else "hotline",
+            external_id="",
             service_code=category.code,
             description=_description(category, attributes, rng, p.chinese_share, theme),
             lon=round(lon, 6),
@@ -538,37 +541,6 @@ class CitizenModel:
         number = int(rng.integers(1, 1_200))
         near = "附近" if rng.random() < 0.5 else ""
         return f"上海市{self._district_zh.get(district, '')}{road}{number}号{near}"
-
-
-@dataclass(slots=True)
-class _Draft:
-    """A report before its id: ids follow the time order within the slot."""
-
-    t: float
-    channel: Channel
-    service_code: str
-    description: str
-    lon: float
-    lat: float
-    address: str | None
-    attributes: dict[str, AttributeValue]
-    contact: CitizenContact | None
-    cause: Cause = "background"
-
-    def finish(self, external_id: str) -> CaseReport:
-        return CaseReport(
-            channel=self.channel,
-            external_id=external_id,
-            service_code=self.service_code,
-            description=self.description,
-            lon=self.lon,
-            lat=self.lat,
-            address=self.address,
-            attributes=self.attributes,
-            contact=self.contact,
-            t=self.t,
-            cause=self.cause,
-        )
 
 
 # -- the adapters ------------------------------------------------------------------------

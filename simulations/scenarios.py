@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import ClassVar, NamedTuple, Protocol
 
 import numpy as np
 import pandas as pd
@@ -226,6 +226,70 @@ def _check_source(categories: Weights, rate: float, radius_m: tuple[float, float
         raise ValueError("radius_m must be (inner, outer) with 0 <= inner <= outer")
 
 
+class _Enveloped:
+    """A scenario whose effect follows one :class:`Envelope` of its own fields."""
+
+    start_s: float
+    ramp_s: float
+    hold_s: float
+    recede_s: float
+
+    @property
+    def envelope(self) -> Envelope:
+        """The effect's rise from ``start_s``, plateau and fall."""
+        return Envelope(self.start_s, self.ramp_s, self.hold_s, self.recede_s)
+
+    @property
+    def timeline(self) -> Timeline:
+        """Start, peak and end of the effect."""
+        return self.envelope.timeline
+
+
+class _Calls(NamedTuple):
+    """What citizens call about around the sensors of one type in alarm (see NearAlarms)."""
+
+    sensor_type: str
+    categories: Weights
+    radius_m: tuple[float, float]
+    theme: str = ""
+
+
+class _OverBaseline:
+    """A scenario that changes some readings of an ordinary day (:class:`Baseline`).
+
+    Citizens call as ``CALLS`` says, ``report_rate_per_sensor`` calls per second per
+    sensor in alarm.
+    """
+
+    CALLS: ClassVar[_Calls]
+    seed: int
+    report_rate_per_sensor: float
+
+    @property
+    def citizen_reports(self) -> tuple[ReportSource, ...]:
+        """Calls around the sensors in alarm, as ``CALLS`` says."""
+        calls = self.CALLS
+        return (
+            NearAlarms(
+                calls.sensor_type,
+                calls.categories,
+                self.report_rate_per_sensor,
+                calls.radius_m,
+                theme=calls.theme,
+            ),
+        )
+
+    def values(self, fleet: Fleet, t: float) -> Values:
+        """Metric values of the fleet at ``t``; see :class:`Scenario`."""
+        out = Baseline(self.seed).values(fleet, t)
+        self._change(fleet, t, out)
+        return out
+
+    def _change(self, fleet: Fleet, t: float, out: Values) -> None:
+        """Change the ordinary day's readings ``out`` in place."""
+        raise NotImplementedError
+
+
 @dataclass(frozen=True)
 class Baseline:
     """An ordinary day: every metric near its normal level with sensor noise.
@@ -239,8 +303,7 @@ class Baseline:
 
     def values(self, fleet: Fleet, t: float) -> Values:
         """Metric values of the fleet at ``t``; see :class:`Scenario`."""
-        own = _DeviceDraw(fleet.keys, self.seed, tick=None)
-        now = _DeviceDraw(fleet.keys, self.seed, tick=int(np.floor(t)))
+        own, now = _draws(fleet.keys, self.seed, t)
         hours = t / 3600.0
         raw = {
             "water_level": 20.0 + 4.5 * own.normal(1) + 1.5 * now.normal(2),
@@ -258,7 +321,7 @@ class Baseline:
 
 
 @dataclass(frozen=True)
-class Rainstorm:
+class Rainstorm(_Enveloped, _OverBaseline):
     """A rainstorm floods streets in some districts, then the water recedes.
 
     Water levels in ``affected_districts`` rise linearly from ``start_s`` over
@@ -278,20 +341,14 @@ class Rainstorm:
     # Citizens' flooding and blocked-drain calls per second per flooded sensor: with the
     # default 2,000-sensor city about 170 sensors flood, about 0.7 calls a second.
     report_rate_per_sensor: float = 0.004
+    # Flooding and blocked-drain calls 50 to 250 m from the flooded sensors.
+    CALLS: ClassVar[_Calls] = _Calls(
+        "water_level", (("flooding", 0.8), ("drain_blocked", 0.2)), (50.0, 250.0)
+    )
 
     def __post_init__(self) -> None:
         if min(self.ramp_s, self.recede_s) <= 0 or self.hold_s < 0 or self.peak_cm <= 0:
             raise ValueError("ramp_s, recede_s and peak_cm must be positive, hold_s >= 0")
-
-    @property
-    def envelope(self) -> Envelope:
-        """The storm's rise, plateau and fall."""
-        return Envelope(self.start_s, self.ramp_s, self.hold_s, self.recede_s)
-
-    @property
-    def timeline(self) -> Timeline:
-        """Start, peak and end of the storm."""
-        return self.envelope.timeline
 
     @property
     def end_s(self) -> float:
@@ -302,39 +359,23 @@ class Rainstorm:
         """Storm intensity at ``t``: 0 before and after, 1 at the peak."""
         return self.envelope.intensity(t)
 
-    @property
-    def citizen_reports(self) -> tuple[ReportSource, ...]:
-        """Flooding and blocked-drain calls 50 to 250 m from the flooded sensors."""
-        return (
-            NearAlarms(
-                "water_level",
-                (("flooding", 0.8), ("drain_blocked", 0.2)),
-                self.report_rate_per_sensor,
-                (50.0, 250.0),
-            ),
-        )
-
-    def values(self, fleet: Fleet, t: float) -> Values:
-        """Metric values of the fleet at ``t``; see :class:`Scenario`."""
-        out = Baseline(self.seed).values(fleet, t)
+    def _change(self, fleet: Fleet, t: float, out: Values) -> None:
         surge = self.surge(t)
         if surge == 0.0:
-            return out
+            return
         flooded = fleet.of_type("water_level") & np.isin(
             fleet.district_code, list(self.affected_districts)
         )
-        own = _DeviceDraw(fleet.keys[flooded], self.seed, tick=None)
-        now = _DeviceDraw(fleet.keys[flooded], self.seed, tick=int(np.floor(t)))
+        own, now = _draws(fleet.keys[flooded], self.seed, t)
         flood_level = self.peak_cm * (0.7 + 0.38 * own.uniform(20)) + 1.5 * now.normal(21)
         level = out["water_level"]
         level[flooded] = np.round(
             (1.0 - surge) * level[flooded] + surge * flood_level, _RANGES["water_level"][2]
         )
-        return out
 
 
 @dataclass(frozen=True)
-class AirPollution:
+class AirPollution(_OverBaseline):
     """A haze episode: PM2.5 rises district after district, holds, then clears.
 
     The plume reaches ``affected_districts`` one after the other, ``spread_s`` apart
@@ -354,6 +395,8 @@ class AirPollution:
     peak_ugm3: float = 170.0
     seed: int = 0
     report_rate_per_sensor: float = 0.0015  # air-quality calls per second per alarm
+    # Air-quality calls 100 to 800 m from the alarming PM2.5 sensors.
+    CALLS: ClassVar[_Calls] = _Calls("pm25", (("air_pollution", 1.0),), (100.0, 800.0), "haze")
 
     def __post_init__(self) -> None:
         if self.spread_s < 0 or self.peak_ugm3 <= 0:
@@ -372,38 +415,21 @@ class AirPollution:
         last = self.envelope(max(0, len(self.affected_districts) - 1)).timeline
         return Timeline(first.start_s, last.peak_s, last.end_s)
 
-    @property
-    def citizen_reports(self) -> tuple[ReportSource, ...]:
-        """Air-quality calls 100 to 800 m from the alarming PM2.5 sensors."""
-        return (
-            NearAlarms(
-                "pm25",
-                (("air_pollution", 1.0),),
-                self.report_rate_per_sensor,
-                (100.0, 800.0),
-                theme="haze",
-            ),
-        )
-
-    def values(self, fleet: Fleet, t: float) -> Values:
-        """Metric values of the fleet at ``t``; see :class:`Scenario`."""
-        out = Baseline(self.seed).values(fleet, t)
+    def _change(self, fleet: Fleet, t: float, out: Values) -> None:
         surge = np.zeros(len(fleet))
         for index, district in enumerate(self.affected_districts):
             surge[fleet.district_code == district] = self.envelope(index).intensity(t)
         hit = fleet.of_type("pm25") & (surge > 0)
         if not hit.any():
-            return out
-        own = _DeviceDraw(fleet.keys[hit], self.seed, tick=None)
-        now = _DeviceDraw(fleet.keys[hit], self.seed, tick=int(np.floor(t)))
+            return
+        own, now = _draws(fleet.keys[hit], self.seed, t)
         plume = self.peak_ugm3 * (0.8 + 0.7 * own.uniform(30)) + 4.0 * now.normal(31)
         pm25, s = out["pm25"], surge[hit]
         pm25[hit] = np.round((1.0 - s) * pm25[hit] + s * plume, _RANGES["pm25"][2])
-        return out
 
 
 @dataclass(frozen=True)
-class StreetlightOutage:
+class StreetlightOutage(_Enveloped, _OverBaseline):
     """A feeder fault darkens every street light of one district, then power returns.
 
     The lights of ``district`` go out one section after another over ``ramp_s`` from
@@ -418,31 +444,15 @@ class StreetlightOutage:
     recede_s: float = 30.0
     seed: int = 0
     report_rate_per_sensor: float = 0.003  # street-light calls per second per dark light
+    # Street-light-out calls 20 to 90 m from the dark lights.
+    CALLS: ClassVar[_Calls] = _Calls(
+        "streetlight_power", (("streetlight_out", 1.0),), (20.0, 90.0), "outage"
+    )
 
     def __post_init__(self) -> None:
-        Envelope(self.start_s, self.ramp_s, self.hold_s, self.recede_s)  # validates
+        _ = self.envelope  # validates; its timeline: first light out, all out, all back
 
-    @property
-    def timeline(self) -> Timeline:
-        """First light out, every light out, every light back."""
-        return Envelope(self.start_s, self.ramp_s, self.hold_s, self.recede_s).timeline
-
-    @property
-    def citizen_reports(self) -> tuple[ReportSource, ...]:
-        """Street-light-out calls 20 to 90 m from the dark lights."""
-        return (
-            NearAlarms(
-                "streetlight_power",
-                (("streetlight_out", 1.0),),
-                self.report_rate_per_sensor,
-                (20.0, 90.0),
-                theme="outage",
-            ),
-        )
-
-    def values(self, fleet: Fleet, t: float) -> Values:
-        """Metric values of the fleet at ``t``; see :class:`Scenario`."""
-        out = Baseline(self.seed).values(fleet, t)
+    def _change(self, fleet: Fleet, t: float, out: Values) -> None:
         lights = np.flatnonzero(
             fleet.of_type("streetlight_power") & (fleet.district_code == self.district)
         )
@@ -454,11 +464,10 @@ class StreetlightOutage:
             now = _DeviceDraw(fleet.keys[dark], self.seed, tick=int(np.floor(t)))
             standby = np.clip(0.8 + 0.4 * now.normal(34), 0.0, None)
             out["power"][dark] = np.round(standby, _RANGES["power"][2])
-        return out
 
 
 @dataclass(frozen=True)
-class ManholeTheft:
+class ManholeTheft(_OverBaseline):
     """Manhole covers stolen one by one at scattered places, later replaced.
 
     Each manhole-tilt sensor is a target with probability ``share`` (so the thefts do
@@ -474,6 +483,12 @@ class ManholeTheft:
     hold_s: float = 300.0
     seed: int = 0
     report_rate_per_sensor: float = 0.02  # calls per second per missing cover
+    # Missing- and damaged-cover calls 5 to 40 m from the tripped sensors.
+    CALLS: ClassVar[_Calls] = _Calls(
+        "manhole_tilt",
+        (("manhole_cover_missing", 0.8), ("manhole_cover_damaged", 0.2)),
+        (5.0, 40.0),
+    )
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.share <= 1.0 or self.ramp_s <= 0 or self.hold_s <= 0:
@@ -484,18 +499,6 @@ class ManholeTheft:
         """First theft, last theft, last cover replaced."""
         last = self.start_s + self.ramp_s
         return Timeline(self.start_s, last, last + self.hold_s)
-
-    @property
-    def citizen_reports(self) -> tuple[ReportSource, ...]:
-        """Missing- and damaged-cover calls 5 to 40 m from the tripped sensors."""
-        return (
-            NearAlarms(
-                "manhole_tilt",
-                (("manhole_cover_missing", 0.8), ("manhole_cover_damaged", 0.2)),
-                self.report_rate_per_sensor,
-                (5.0, 40.0),
-            ),
-        )
 
     def targets(self, fleet: Fleet) -> NDArray[np.bool_]:
         """Mask of the manholes whose covers are stolen at some point."""
@@ -509,23 +512,19 @@ class ManholeTheft:
         at = self.start_s + self.ramp_s * own.uniform(41)
         return np.where(self.targets(fleet), at, np.nan)
 
-    def values(self, fleet: Fleet, t: float) -> Values:
-        """Metric values of the fleet at ``t``; see :class:`Scenario`."""
-        out = Baseline(self.seed).values(fleet, t)
+    def _change(self, fleet: Fleet, t: float, out: Values) -> None:
         at = self.stolen_at(fleet)
         with np.errstate(invalid="ignore"):
             gone = np.flatnonzero((at <= t) & (t < at + self.hold_s))
         if len(gone):
-            own = _DeviceDraw(fleet.keys[gone], self.seed, tick=None)
-            now = _DeviceDraw(fleet.keys[gone], self.seed, tick=int(np.floor(t)))
+            own, now = _draws(fleet.keys[gone], self.seed, t)
             tilt = 20.0 + 65.0 * own.uniform(42) + 1.0 * now.normal(43)
             low, high, decimals = _RANGES["tilt"]
             out["tilt"][gone] = np.round(np.clip(tilt, low, high), decimals)
-        return out
 
 
 @dataclass(frozen=True)
-class Festival:
+class Festival(_Enveloped):
     """A street festival: a crowd gathers at a venue no sensor watches, then disperses.
 
     The sensors read an ordinary day (the city has no noise or crowd sensors). Citizens
@@ -546,17 +545,7 @@ class Festival:
     def __post_init__(self) -> None:
         if self.radius_m <= 0:
             raise ValueError("radius_m must be positive")
-        Envelope(self.start_s, self.ramp_s, self.hold_s, self.recede_s)  # validates
-
-    @property
-    def envelope(self) -> Envelope:
-        """The crowd's build-up, height and dispersal."""
-        return Envelope(self.start_s, self.ramp_s, self.hold_s, self.recede_s)
-
-    @property
-    def timeline(self) -> Timeline:
-        """Gates open, full crowd, everyone gone."""
-        return self.envelope.timeline
+        _ = self.envelope  # validates; its timeline: gates open, full crowd, everyone gone
 
     @property
     def citizen_reports(self) -> tuple[ReportSource, ...]:
@@ -684,6 +673,11 @@ class _DeviceDraw:
         stream = _splitmix(np.asarray([salt * 4 + lane], dtype=np.uint64))
         bits = _splitmix(self._keys ^ stream)
         return (bits >> np.uint64(11)).astype(np.float64) * (1.0 / 2**53)
+
+
+def _draws(keys: NDArray[np.uint64], seed: int, t: float) -> tuple[_DeviceDraw, _DeviceDraw]:
+    """The devices' own draws (fixed for the run) and those of the second ``t`` falls in."""
+    return _DeviceDraw(keys, seed, tick=None), _DeviceDraw(keys, seed, tick=int(np.floor(t)))
 
 
 def _splitmix(x: NDArray[np.uint64]) -> NDArray[np.uint64]:

@@ -17,17 +17,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from importlib import resources
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict
 from uuid import NAMESPACE_URL, UUID, uuid5
 
-import yaml
 from eventsourcing.application import ProcessingEvent
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from core.case import OPEN, ServiceCase
 from core.incident import SEVERITIES, Incident, raised_severity
+from core.refdata import load_yaml
 
 SYSTEM_BRAIN = "system:urban-brain"
 CLUSTER_NS = uuid5(NAMESPACE_URL, "https://cityops.example/citizen-report-cluster")
@@ -105,14 +104,12 @@ class CorrelationPolicy(_Frozen):
 
 def load_policy(path: Path | None = None) -> CorrelationPolicy:
     """Load and validate a policy file (default: the packaged ``core/brain/correlation.yaml``)."""
-    if path is None:
-        text = resources.files("core.brain").joinpath("correlation.yaml").read_text("utf-8")
-    else:
-        text = path.read_text(encoding="utf-8")
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise PolicyError(f"correlation policy is not YAML: {exc}") from None
+    raw = load_yaml(
+        "core.brain",
+        "correlation.yaml",
+        path,
+        invalid=(PolicyError, "correlation policy is not YAML"),
+    )
     try:
         return CorrelationPolicy.model_validate(raw)
     except ValidationError as exc:
@@ -164,6 +161,16 @@ class Nearby(Protocol):
 
 
 # -- the policy at work --------------------------------------------------------------------
+
+
+class _Link(TypedDict):
+    """What the incident's CaseLinked and the case's LinkedToIncident both record."""
+
+    rule_id: str
+    rule_version: int
+    distance_m: float
+    actor: str
+    correlation_id: str
 
 
 class Correlator:
@@ -316,23 +323,16 @@ class Correlator:
         pe: ProcessingEvent[UUID],
     ) -> None:
         self._sensor_check(case, rule, correlation_id, pe)
-        version, distance = self.policy.version, round(distance_m, 1)
-        incident.link_case(
-            case_id=str(case.id),
+        # Both sides record the same link.
+        link = _Link(
             rule_id=rule.id,
-            rule_version=version,
-            distance_m=distance,
+            rule_version=self.policy.version,
+            distance_m=round(distance_m, 1),
             actor=SYSTEM_BRAIN,
             correlation_id=correlation_id,
         )
-        case.link_incident(
-            incident_id=str(incident.id),
-            rule_id=rule.id,
-            rule_version=version,
-            distance_m=distance,
-            actor=SYSTEM_BRAIN,
-            correlation_id=correlation_id,
-        )
+        incident.link_case(case_id=str(case.id), **link)
+        case.link_incident(incident_id=str(incident.id), **link)
         if (
             incident.kind == "sensor_alarm"
             and not incident.confirmed_by_reports

@@ -5,14 +5,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from core.case.sla import Clock, WorkCalendar, parse_calendar
 from core.errors import DomainError
+from core.refdata import load_yaml
 
 CaseClass = Literal["component", "event"]
 DATATYPES = ("string", "number", "datetime", "text", "singlevaluelist", "multivaluelist")
@@ -145,11 +143,7 @@ class Categories:
 
 def load_categories(path: Path | None = None) -> Categories:
     """Load and validate a categories file (default: the packaged ``core/case/categories.yaml``)."""
-    if path is None:
-        text = resources.files("core.case").joinpath("categories.yaml").read_text(encoding="utf-8")
-    else:
-        text = path.read_text(encoding="utf-8")
-    return parse_categories(yaml.safe_load(text))
+    return parse_categories(load_yaml("core.case", "categories.yaml", path))
 
 
 def _clock(raw: object, where: str) -> Clock:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TypedDict
 from uuid import UUID
 
 from eventsourcing.application import ProcessingEvent
@@ -13,6 +14,18 @@ from core.sensor import SILENCE_RULE, Sensor
 from core.sensor.rules import RuleSet, Transition
 
 SYSTEM_MONITOR = "system:sensor-monitor"
+
+
+class _AlarmFacts(TypedDict):
+    """What each Sensor alarm event of one rule transition records about it."""
+
+    rule_id: str
+    rule_version: int
+    metric: str
+    value: float
+    reading_ts: float
+    actor: str
+    correlation_id: str
 
 
 class IncidentPolicy:
@@ -95,6 +108,15 @@ class IncidentPolicy:
         for tr in transitions:
             rule = self.ruleset.by_id(tr.rule_id)
             active = tr.rule_id in sensor.alarms
+            facts = _AlarmFacts(
+                rule_id=rule.id,
+                rule_version=version,
+                metric=tr.metric,
+                value=tr.value,
+                reading_ts=tr.ts,
+                actor=SYSTEM_MONITOR,
+                correlation_id=correlation_id,
+            )
             if tr.kind in ("raised", "severity_changed") and tr.severity is not None:
                 if not active:
                     incident, seq = self._raise(
@@ -111,29 +133,14 @@ class IncidentPolicy:
                         pe,
                     )
                     sensor.raise_alarm(
-                        rule_id=rule.id,
-                        rule_version=version,
+                        **facts,
                         severity=tr.severity,
-                        metric=tr.metric,
-                        value=tr.value,
-                        reading_ts=tr.ts,
                         incident_id=incident.id.hex,
                         incident_seq=seq,
-                        actor=SYSTEM_MONITOR,
-                        correlation_id=correlation_id,
                     )
                     pe.collect_events(incident)
                 elif sensor.alarms[tr.rule_id] != tr.severity:
-                    sensor.change_severity(
-                        rule_id=rule.id,
-                        rule_version=version,
-                        severity=tr.severity,
-                        metric=tr.metric,
-                        value=tr.value,
-                        reading_ts=tr.ts,
-                        actor=SYSTEM_MONITOR,
-                        correlation_id=correlation_id,
-                    )
+                    sensor.change_severity(**facts, severity=tr.severity)
                     open_incident = self._open_incident(sensor, rule.id, pe)
                     if open_incident is not None:
                         open_incident.change_severity(
@@ -145,15 +152,7 @@ class IncidentPolicy:
                         )
                         pe.collect_events(open_incident)
             elif tr.kind == "cleared" and active:
-                sensor.clear_alarm(
-                    rule_id=rule.id,
-                    rule_version=version,
-                    metric=tr.metric,
-                    value=tr.value,
-                    reading_ts=tr.ts,
-                    actor=SYSTEM_MONITOR,
-                    correlation_id=correlation_id,
-                )
+                sensor.clear_alarm(**facts)
                 self._clear_incident(sensor, rule.id, tr.value, tr.ts, correlation_id, pe)
         pe.collect_events(sensor)
 

@@ -86,6 +86,14 @@ class Sensor(Aggregate):
         seq = self.incident_seq.get(rule_id, 0) + 1
         return incident_id(self.device_id, rule_id, seq), seq
 
+    def _incident_opened(self, rule_id: str, incident_id: str, incident_seq: int) -> None:
+        self.open_incidents[rule_id] = incident_id
+        self.incident_seq[rule_id] = max(self.incident_seq.get(rule_id, 0), incident_seq)
+
+    def _require_alarm(self, rule_id: str) -> None:
+        if rule_id not in self.alarms:
+            raise IllegalTransitionError(f"no active alarm for rule {rule_id}")
+
     @event("AlarmRaised")
     def raise_alarm(
         self,
@@ -101,8 +109,7 @@ class Sensor(Aggregate):
         correlation_id: str,
     ) -> None:
         self.alarms[rule_id] = severity
-        self.open_incidents[rule_id] = incident_id
-        self.incident_seq[rule_id] = max(self.incident_seq.get(rule_id, 0), incident_seq)
+        self._incident_opened(rule_id, incident_id, incident_seq)
 
     @event("AlarmSeverityChanged")
     def change_severity(
@@ -116,8 +123,7 @@ class Sensor(Aggregate):
         actor: str,
         correlation_id: str,
     ) -> None:
-        if rule_id not in self.alarms:
-            raise IllegalTransitionError(f"no active alarm for rule {rule_id}")
+        self._require_alarm(rule_id)
         self.alarms[rule_id] = severity
 
     @event("AlarmCleared")
@@ -131,8 +137,7 @@ class Sensor(Aggregate):
         actor: str,
         correlation_id: str,
     ) -> None:
-        if rule_id not in self.alarms:
-            raise IllegalTransitionError(f"no active alarm for rule {rule_id}")
+        self._require_alarm(rule_id)
         del self.alarms[rule_id]
 
     @event("WentSilent")
@@ -148,8 +153,7 @@ class Sensor(Aggregate):
         if self.silent:
             raise IllegalTransitionError("sensor is already silent")
         self.silent = True
-        self.open_incidents[SILENCE_RULE] = incident_id
-        self.incident_seq[SILENCE_RULE] = max(self.incident_seq.get(SILENCE_RULE, 0), incident_seq)
+        self._incident_opened(SILENCE_RULE, incident_id, incident_seq)
 
     @event("CameBack")
     def come_back(self, seen_at: float, actor: str, correlation_id: str) -> None:

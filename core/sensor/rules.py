@@ -7,11 +7,10 @@ commit, and retry; and so that a later backtest can re-run a rule version on old
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
+from core.refdata import load_yaml
 
 SEVERITIES: tuple[str, ...] = ("warning", "minor", "major", "critical")
 
@@ -85,11 +84,7 @@ class RuleSet:
 
 def load_rules(path: Path | None = None) -> RuleSet:
     """Load and validate a rules file (default: the packaged ``core/sensor/rules.yaml``)."""
-    if path is None:
-        text = resources.files("core.sensor").joinpath("rules.yaml").read_text(encoding="utf-8")
-    else:
-        text = path.read_text(encoding="utf-8")
-    return parse_rules(yaml.safe_load(text))
+    return parse_rules(load_yaml("core.sensor", "rules.yaml", path))
 
 
 def parse_rules(doc: Any) -> RuleSet:
