@@ -182,8 +182,43 @@ def start_mqtt(workdir: Path, port: int | None = None) -> Service:
 # -- PostgreSQL -----------------------------------------------------------------------------
 
 
-def start_postgres_cluster(workdir: Path, port: int | None = None) -> Service:
-    """A throwaway Debian PostgreSQL cluster in ``workdir``, run as the postgres user."""
+def timescaledb_installed(pg_bin: Path = DEBIAN_PG_BIN) -> bool:
+    """Whether the TimescaleDB extension (control file and library) is installed in the
+    PostgreSQL of ``pg_bin`` (``scripts/timescaledb.sh`` builds and installs it)."""
+    pg_config = pg_bin / "pg_config"
+    if not pg_config.exists():
+        return False
+    try:
+        out = subprocess.run(
+            [str(pg_config), "--sharedir", "--pkglibdir"],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout.splitlines()
+    except (OSError, subprocess.SubprocessError):
+        return False
+    if len(out) != 2:
+        return False
+    share, lib = Path(out[0]), Path(out[1])
+    return (share / "extension" / "timescaledb.control").is_file() and (
+        lib / "timescaledb.so"
+    ).is_file()
+
+
+def start_postgres_cluster(
+    workdir: Path, port: int | None = None, *, timescaledb: bool | None = None
+) -> Service:
+    """A throwaway Debian PostgreSQL cluster in ``workdir``, run as the postgres user.
+
+    ``timescaledb``: preload the TimescaleDB extension (None: when it is installed;
+    True: it must be). The Service's env has ``CITYOPS_TIMESCALEDB`` ``1`` when it is
+    preloaded, ``0`` when not.
+    """
+    if timescaledb is None:
+        timescaledb = timescaledb_installed()
+    elif timescaledb and not timescaledb_installed():
+        raise RuntimeError("TimescaleDB is not installed: run scripts/timescaledb.sh")
     port = port or free_port()
     data = workdir / "pgdata"
     sockdir = workdir / "pgsock"
@@ -206,6 +241,13 @@ def start_postgres_cluster(workdir: Path, port: int | None = None) -> Service:
         "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
         "-c max_connections=200 -c shared_buffers=256MB"
     )
+    if timescaledb:
+        # No network here: no telemetry. Room for the extension's background workers (a
+        # scheduler per database that has it) besides the parallel query workers.
+        opts += (
+            " -c shared_preload_libraries=timescaledb -c timescaledb.telemetry_level=off"
+            " -c max_worker_processes=24"
+        )
     subprocess.run(
         [
             *prefix,
@@ -244,13 +286,15 @@ def start_postgres_cluster(workdir: Path, port: int | None = None) -> Service:
     def stop() -> None:
         subprocess.run(stop_cmd, check=False, capture_output=True, timeout=60)
 
-    return Service("postgres", url, {"CITYOPS_DATABASE_URL": url}, stop)
+    env = {"CITYOPS_DATABASE_URL": url, "CITYOPS_TIMESCALEDB": "1" if timescaledb else "0"}
+    return Service("postgres", url, env, stop)
 
 
 def start_embedded_postgres(data_dir: Path) -> Service:
     """PostgreSQL from the pgserver wheel: the demo's store when nothing else is given.
 
-    One store code path (PostgreSQL) for the demo, the tests and production.
+    One store code path (PostgreSQL) for the demo, the tests and production. The wheel's
+    server has no TimescaleDB: ``readings`` stays a plain table there.
     """
     import pgserver
 
@@ -260,7 +304,8 @@ def start_embedded_postgres(data_dir: Path) -> Service:
     with contextlib.suppress(Exception):
         server.psql("CREATE DATABASE cityops;")
     url = uri.replace("/postgres?", "/cityops?")
-    return Service("postgres", url, {"CITYOPS_DATABASE_URL": url}, server.cleanup)
+    env = {"CITYOPS_DATABASE_URL": url, "CITYOPS_TIMESCALEDB": "0"}
+    return Service("postgres", url, env, server.cleanup)
 
 
 @contextlib.contextmanager
@@ -278,11 +323,17 @@ def running(services: list[Service]) -> Iterator[list[Service]]:
 
 @contextlib.contextmanager
 def throwaway_services(prefix: str = "cityops-test-") -> Iterator[dict[str, str]]:
-    """PostgreSQL cluster, Mosquitto and Tansu in a temp dir; yields their CITYOPS_ env."""
+    """PostgreSQL cluster, Mosquitto and Tansu in a temp dir; yields their CITYOPS_ env.
+
+    PostgreSQL preloads TimescaleDB when it is installed; ``CITYOPS_TIMESCALEDB=0`` in the
+    environment starts it without (the plain path), ``=1`` requires it.
+    """
+    wanted = os.environ.get("CITYOPS_TIMESCALEDB", "")
+    timescaledb = None if wanted not in ("0", "1") else wanted == "1"
     workdir = Path(tempfile.mkdtemp(prefix=prefix))
     os.chmod(workdir, 0o755)  # noqa: S103 - the postgres user must reach its data dir
     with running([]) as services:
-        services.append(start_postgres_cluster(workdir))
+        services.append(start_postgres_cluster(workdir, timescaledb=timescaledb))
         services.append(start_mosquitto(workdir))
         services.append(start_kafka(workdir))
         env = {"CITYOPS_TEST_WORKDIR": str(workdir)}

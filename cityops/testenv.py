@@ -2,7 +2,8 @@
 
     python -m cityops.testenv -- pytest -q
 
-Exports CITYOPS_DATABASE_URL, CITYOPS_KAFKA_BOOTSTRAP, CITYOPS_MQTT_HOST/PORT/PROTOCOL.
+Exports CITYOPS_DATABASE_URL, CITYOPS_KAFKA_BOOTSTRAP, CITYOPS_MQTT_HOST/PORT/PROTOCOL, and
+CITYOPS_TIMESCALEDB (1 when the PostgreSQL server preloads TimescaleDB, else 0).
 """
 
 from __future__ import annotations

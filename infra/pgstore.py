@@ -135,29 +135,122 @@ def apply_audit_schema(conn: psycopg.Connection[Any]) -> None:
 
 
 def apply_schema(conn: psycopg.Connection[Any]) -> bool:
-    """Create the project's own tables (idempotent). Returns True when TimescaleDB is present."""
+    """Create the project's own tables (idempotent). Returns True when TimescaleDB is used.
+
+    ``readings`` becomes a hypertable, with the continuous aggregate ``readings_1m``, only
+    when the server has TimescaleDB installed and preloaded: creating or using the
+    extension on a server that has not preloaded it ends the session.
+    """
     timescale = False
     with conn.transaction():
-        try:
-            with conn.transaction():
-                conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
-            timescale = True
-        except psycopg.Error:
-            log.info("TimescaleDB not available: readings stay a plain partition-free table")
+        timescale = _use_timescale(conn)
         sql = resources.files("infra").joinpath("schema.sql").read_text(encoding="utf-8")
         conn.execute(sql)
         if timescale:
+            # migrate_data: a database first seeded without TimescaleDB keeps its rows.
             conn.execute(
                 "SELECT create_hypertable('readings', 'ts', if_not_exists => TRUE, "
-                "chunk_time_interval => INTERVAL '1 day')"
+                "chunk_time_interval => INTERVAL '1 day', migrate_data => TRUE)"
             )
     if timescale:
         _create_continuous_aggregate(conn)
     return timescale
 
 
+_TIMESCALE_LIBRARY = "timescaledb"
+
+
+def _preloads_timescale(shared_preload_libraries: str) -> bool:
+    """Whether a ``shared_preload_libraries`` value names the TimescaleDB loader."""
+    for entry in shared_preload_libraries.split(","):
+        name = entry.strip().strip('"').rsplit("/", 1)[-1].lower()
+        name = name.removesuffix(".so")
+        if name == _TIMESCALE_LIBRARY or name.startswith(_TIMESCALE_LIBRARY + "-"):
+            return True
+    return False
+
+
+def _timescale_decision(
+    available: str | None, created: str | None, preloaded: bool
+) -> tuple[bool, str]:
+    """Use TimescaleDB or not, and why (for the log).
+
+    ``available``: the default version in ``pg_available_extensions`` (None: not installed
+    on the server); ``created``: the version created in this database (None: not created);
+    ``preloaded``: whether the server preloads it.
+    """
+    if available is None:
+        return False, "TimescaleDB is not installed on this server: readings stay a plain table"
+    if not preloaded:
+        where = f" (created in this database, version {created})" if created else ""
+        return False, (
+            f"TimescaleDB {available} installed{where} but not in shared_preload_libraries: "
+            "readings stay a plain table; add it to use hypertables"
+        )
+    if created:
+        return True, f"TimescaleDB {created}: readings is a hypertable"
+    return True, f"TimescaleDB {available} preloaded: creating the extension"
+
+
+def _server_preloads_timescale(conn: psycopg.Connection[Any]) -> bool:
+    """Whether the server preloads TimescaleDB.
+
+    ``shared_preload_libraries`` is readable only by superusers and pg_read_all_settings;
+    for other roles the loader's own setting tells: the server defines it, as a bool, only
+    when the loader is preloaded (a value merely set in a config file is a string).
+    """
+    try:
+        with conn.transaction():
+            row = conn.execute("SHOW shared_preload_libraries").fetchone()
+        return _preloads_timescale(str(row[0]) if row else "")
+    except psycopg.errors.InsufficientPrivilege:
+        pass
+    row = conn.execute(
+        "SELECT vartype FROM pg_settings WHERE name = 'timescaledb.disable_load'"
+    ).fetchone()
+    return row is not None and row[0] == "bool"
+
+
+def _use_timescale(conn: psycopg.Connection[Any]) -> bool:
+    """Decide whether this database uses TimescaleDB and create the extension if so.
+
+    Runs inside the caller's transaction; never lets the server end the session.
+    """
+    row = conn.execute(
+        "SELECT default_version, installed_version FROM pg_available_extensions WHERE name = %s",
+        (_TIMESCALE_LIBRARY,),
+    ).fetchone()
+    available, created = (None, None) if row is None else (row[0], row[1])
+    preloaded = available is not None and _server_preloads_timescale(conn)
+    use, why = _timescale_decision(available, created, preloaded)
+    # Not installed is the usual plain server; installed but unusable deserves a warning.
+    log.log(logging.INFO if use or available is None else logging.WARNING, why)
+    if not use or created:
+        return use
+    try:
+        with conn.transaction():
+            conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+    except psycopg.Error as exc:
+        if conn.closed:
+            raise
+        log.warning(
+            "TimescaleDB preloaded but CREATE EXTENSION failed (%s): readings stay a plain "
+            "table; create it as a superuser to use hypertables",
+            str(exc).strip(),
+        )
+        return False
+    return True
+
+
 def _create_continuous_aggregate(conn: psycopg.Connection[Any]) -> None:
+    """``readings_1m``, per-minute statistics of ``readings``, refreshed every minute."""
     # Continuous aggregates cannot be created inside a transaction block.
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        log.warning(
+            "readings_1m not created: apply_schema ran inside a transaction; "
+            "run it on a connection with no transaction open"
+        )
+        return
     prev = conn.autocommit
     conn.autocommit = True
     try:

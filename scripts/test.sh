@@ -16,6 +16,8 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 # Debian starts a system mosquitto / postgresql on install; ours run on their own ports.
+# TimescaleDB, built once from its source tarball when one is found (else its tests skip).
+bash scripts/timescaledb.sh
 
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv

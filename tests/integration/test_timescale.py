@@ -1,0 +1,371 @@
+"""TimescaleDB for real: ``readings`` as a hypertable on a server that preloads the extension,
+and the plain table, with the session intact, on one that has it installed but not preloaded.
+
+Needs the extension in the Debian PostgreSQL 15 (``scripts/timescaledb.sh`` builds it) and
+the test command's cluster started with it (``CITYOPS_TIMESCALEDB=1``); skipped otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from importlib import resources
+from pathlib import Path
+from typing import Any, cast
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+from kafka import KafkaProducer, TopicPartition
+from psycopg import sql
+
+from cityops.bootstrap import seed
+from cityops.services import Service, create_database, drop_database, start_postgres_cluster
+from core.sensor.telemetry import Reading, TelemetryMessage
+from infra.pgstore import apply_schema, make_pool
+from infra.settings import Settings
+from sensors.writer import TelemetryWriter, copy_readings
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(
+        os.environ.get("CITYOPS_TIMESCALEDB") != "1",
+        reason="the test PostgreSQL runs without TimescaleDB (CITYOPS_TIMESCALEDB is not 1): "
+        "install it with scripts/timescaledb.sh (builds it from $CITYOPS_TIMESCALEDB_SOURCE or "
+        "../shared/vendor/timescaledb-*.tar.gz), then run the tests with scripts/test.sh",
+    ),
+]
+
+# Two minutes before midnight, two days with a chunk each; long before the continuous
+# aggregate's policy window (the last day), so a test's refresh never meets the policy's.
+T0 = datetime(2025, 6, 30, 23, 58, tzinfo=UTC)
+
+
+def is_hypertable(conn: psycopg.Connection[Any], table: str = "readings") -> bool:
+    row = conn.execute(
+        "SELECT count(*) FROM timescaledb_information.hypertables WHERE hypertable_name = %s",
+        (table,),
+    ).fetchone()
+    return row == (1,)
+
+
+def relkind(conn: psycopg.Connection[Any], table: str) -> str | None:
+    row = conn.execute(
+        "SELECT relkind::text FROM pg_class WHERE oid = to_regclass(%s)", (table,)
+    ).fetchone()
+    return None if row is None else str(row[0])
+
+
+# -- on the test command's cluster (TimescaleDB preloaded) --------------------------------
+
+
+def test_seed_makes_readings_a_hypertable_with_its_continuous_aggregate(
+    settings: Settings,
+) -> None:
+    assert seed(settings)["timescale"] == 1
+    with psycopg.connect(settings.database_url) as conn:
+        assert is_hypertable(conn)
+        dims = conn.execute(
+            "SELECT column_name, time_interval FROM timescaledb_information.dimensions"
+            " WHERE hypertable_name = 'readings'"
+        ).fetchall()
+        assert dims == [("ts", timedelta(days=1))]
+        assert conn.execute(
+            "SELECT count(*) FROM timescaledb_information.continuous_aggregates"
+            " WHERE view_name = 'readings_1m' AND hypertable_name = 'readings'"
+        ).fetchone() == (1,)
+        assert conn.execute(
+            "SELECT schedule_interval FROM timescaledb_information.jobs"
+            " WHERE proc_name = 'policy_refresh_continuous_aggregate'"
+        ).fetchall() == [(timedelta(minutes=1),)]
+        # The natural key stays unique on the hypertable.
+        assert conn.execute(
+            "SELECT indisunique FROM pg_index WHERE indexrelid = 'readings_natural_key'::regclass"
+        ).fetchone() == (True,)
+        # Applying again (every start does) changes nothing.
+        assert apply_schema(conn) is True
+        assert conn.execute(
+            "SELECT count(*) FROM timescaledb_information.jobs"
+            " WHERE proc_name = 'policy_refresh_continuous_aggregate'"
+        ).fetchone() == (1,)
+
+
+def test_a_database_first_seeded_without_it_keeps_its_readings(settings: Settings) -> None:
+    schema = resources.files("infra").joinpath("schema.sql").read_text(encoding="utf-8")
+    rows = [(T0 + timedelta(minutes=i), "wl-1", "water_level", float(i), "cm") for i in range(3)]
+    with psycopg.connect(settings.database_url) as conn:
+        with conn.transaction():  # the plain table, as a server without TimescaleDB left it
+            conn.execute(schema)
+            with conn.cursor() as cur:
+                assert copy_readings(cur, rows) == 3
+        assert relkind(conn, "readings") == "r"
+        assert apply_schema(conn) is True
+        assert is_hypertable(conn)
+        assert conn.execute("SELECT ts, value FROM readings ORDER BY ts").fetchall() == [
+            (r[0], r[3]) for r in rows
+        ]
+        assert conn.execute("SELECT count(*) FROM show_chunks('readings')").fetchone() == (2,)
+
+
+@dataclass(frozen=True)
+class Record:
+    """What the writer reads of a Kafka record."""
+
+    value: bytes
+    offset: int
+
+
+class NoDeadLetters:
+    """The writer's producer, which only dead letters use: none are expected here."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def send(self, topic: str, key: bytes, value: bytes) -> None:
+        self.sent.append(value)
+
+    def flush(self) -> None:
+        pass
+
+
+def messages(device: str, start: datetime, count: int) -> list[bytes]:
+    """One message a minute, a water level (10 per minute) and a battery level each."""
+    out = []
+    for i in range(count):
+        ts = (start + timedelta(minutes=i)).timestamp()
+        out.append(
+            TelemetryMessage(
+                device_id=device,
+                gateway_id="gw-t",
+                received_at=ts,
+                readings=(
+                    Reading(ts, "water_level", float(10 * i), "cm"),
+                    Reading(ts, "battery", 90.0, "%"),
+                ),
+            ).to_json()
+        )
+    return out
+
+
+def batch(
+    tp: TopicPartition, values: Sequence[bytes], first_offset: int
+) -> dict[TopicPartition, list[Record]]:
+    return {tp: [Record(v, first_offset + i) for i, v in enumerate(values)]}
+
+
+def test_the_writer_stores_readings_in_chunks_and_refuses_repeats_quietly(
+    settings: Settings, unique: str
+) -> None:
+    device = f"wl-{unique}"
+    tp = TopicPartition(f"t{unique}.telemetry", 0)
+    values = messages(device, T0, 5)  # 23:58 .. 00:02: two days, two chunks
+    producer = NoDeadLetters()
+    pool = make_pool(settings, max_size=2)
+    try:
+        with pool.connection() as conn:
+            assert apply_schema(conn) is True
+        writer = TelemetryWriter(settings, pool, cast(KafkaProducer, producer))
+        writer.load_positions([tp])
+        assert writer.write(batch(tp, values[:4], 0)) == 8
+        # A redelivery (the same messages at later offsets, one new message among them) is
+        # stored once, without an error escaping the writer.
+        assert writer.write(batch(tp, values[2:], 4)) == 2
+        assert writer.counters == {"rows": 10, "duplicates": 4, "rejected": 0}
+        assert producer.sent == []
+        with pool.connection() as conn:
+            stored = conn.execute(
+                "SELECT ts, metric, value FROM readings WHERE device_id = %s ORDER BY ts, metric",
+                (device,),
+            ).fetchall()
+            assert [(ts, m) for ts, m, _ in stored] == [
+                (T0 + timedelta(minutes=i), m) for i in range(5) for m in ("battery", "water_level")
+            ]
+            assert conn.execute(
+                "SELECT next_offset FROM telemetry_positions WHERE topic = %s", (tp.topic,)
+            ).fetchone() == (7,)
+            chunks = conn.execute("SELECT count(*) FROM show_chunks('readings')").fetchone()
+            assert chunks == (2,)
+            # The row-level path too: a repeat within one transaction, which goes on working.
+            row = (T0, device, "water_level", 0.0, "cm")
+            with conn.transaction(), conn.cursor() as cur:
+                assert copy_readings(cur, [row, row]) == 0
+                cur.execute("SELECT 1")
+        # The continuous aggregate sees what the writer stored.
+        with psycopg.connect(settings.database_url, autocommit=True) as conn:
+            conn.execute(
+                "CALL refresh_continuous_aggregate('readings_1m', %s, %s)",
+                (T0 - timedelta(hours=1), T0 + timedelta(hours=1)),
+            )
+            buckets = conn.execute(
+                "SELECT bucket, avg, count FROM readings_1m"
+                " WHERE device_id = %s AND metric = 'water_level' ORDER BY bucket",
+                (device,),
+            ).fetchall()
+        assert buckets == [(T0 + timedelta(minutes=i), 10.0 * i, 1) for i in range(5)]
+    finally:
+        pool.close()
+
+
+def login_role(settings: Settings, role: str) -> Settings:
+    parts = urlsplit(settings.database_url)
+    url = urlunsplit(parts._replace(netloc=f"{role}@{parts.hostname}:{parts.port}"))
+    return settings.model_copy(update={"database_url": url})
+
+
+@pytest.fixture
+def roles(settings: Settings) -> Iterator[tuple[str, str, str]]:
+    """Three login roles, no superusers: one owns the test database (as the compose
+    deployment's ``cityops``), one may only create tables in its schema, one may only
+    read and write the tables it is granted (as ``cityops_writer``)."""
+    owner, tables_only, writer = (f"{p}_{uuid.uuid4().hex[:8]}" for p in ("own", "tbl", "wrt"))
+    dbname = urlsplit(settings.database_url).path.lstrip("/")
+    with psycopg.connect(settings.database_url, autocommit=True) as admin:
+        for role in (owner, tables_only, writer):
+            admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+        admin.execute(
+            sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
+                sql.Identifier(dbname), sql.Identifier(owner)
+            )
+        )
+        admin.execute(
+            sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(sql.Identifier(tables_only))
+        )
+    try:
+        yield owner, tables_only, writer
+    finally:
+        # The database goes first: its objects and grants are these roles'.
+        drop_database(os.environ["CITYOPS_DATABASE_URL"], dbname)
+        with psycopg.connect(os.environ["CITYOPS_DATABASE_URL"], autocommit=True) as admin:
+            for role in (owner, tables_only, writer):
+                admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+@pytest.mark.parametrize("created_by_superuser", [True, False])
+def test_the_schema_owner_without_superuser_rights_gets_the_hypertable(
+    settings: Settings, roles: tuple[str, str, str], created_by_superuser: bool
+) -> None:
+    owner = login_role(settings, roles[0])
+    if created_by_superuser:  # as deploy/timescaledb/100-cityops.sh does
+        with psycopg.connect(settings.database_url, autocommit=True) as admin:
+            admin.execute("CREATE EXTENSION timescaledb")
+    with psycopg.connect(owner.database_url) as conn:
+        # The setting is hidden from it: the loader's own setting tells instead.
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SHOW shared_preload_libraries")
+        conn.rollback()
+        assert apply_schema(conn) is True
+        assert is_hypertable(conn)
+        assert relkind(conn, "readings_1m") == "v"
+
+
+def test_a_role_that_may_not_create_the_extension_gets_the_plain_table(
+    settings: Settings, roles: tuple[str, str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    tables_only = login_role(settings, roles[1])
+    caplog.set_level(logging.INFO, logger="infra.pgstore")
+    with psycopg.connect(tables_only.database_url) as conn:
+        assert apply_schema(conn) is False
+        assert not conn.closed
+        assert relkind(conn, "readings") == "r"
+        assert copy_readings(conn.cursor(), [(T0, "wl-1", "water_level", 1.0, "cm")]) == 1
+    assert "CREATE EXTENSION failed" in caplog.text
+
+
+def test_a_role_with_only_the_writers_rights_fills_new_chunks(
+    settings: Settings, roles: tuple[str, str, str]
+) -> None:
+    writer = login_role(settings, roles[2])
+    with psycopg.connect(settings.database_url, autocommit=True) as admin:
+        assert apply_schema(admin) is True
+        # What infra/audit.sql grants cityops_writer on the project's tables.
+        admin.execute(
+            sql.SQL(
+                "GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON ALL TABLES IN SCHEMA public"
+                " TO {}"
+            ).format(sql.Identifier(roles[2]))
+        )
+    rows = [(T0 + timedelta(minutes=i), "wl-1", "water_level", float(i), "cm") for i in range(4)]
+    with psycopg.connect(writer.database_url) as conn:
+        with conn.transaction(), conn.cursor() as cur:
+            assert copy_readings(cur, rows[:3]) == 3
+        with conn.transaction(), conn.cursor() as cur:
+            assert copy_readings(cur, rows) == 1
+        assert conn.execute("SELECT count(*) FROM readings").fetchone() == (4,)
+        assert conn.execute("SELECT count(*) FROM show_chunks('readings')").fetchone() == (2,)
+        # Readable too; materialized only, so empty until a refresh.
+        assert conn.execute("SELECT count(*) FROM readings_1m").fetchone() == (0,)
+
+
+# -- on a second cluster: TimescaleDB installed, not preloaded ----------------------------
+
+
+@pytest.fixture(scope="module")
+def unloaded_server() -> Iterator[Service]:
+    """A throwaway cluster of the same PostgreSQL, started without the preload."""
+    workdir = Path(tempfile.mkdtemp(prefix="cityops-test-nopreload-"))
+    os.chmod(workdir, 0o755)  # noqa: S103 - the postgres user must reach its data dir
+    server = start_postgres_cluster(workdir, timescaledb=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def unloaded_settings(unloaded_server: Service, unique: str, tmp_path: Path) -> Iterator[Settings]:
+    name = f"t_{unique}"
+    url = create_database(unloaded_server.url, name)
+    yield Settings(
+        database_url=url,
+        kafka_topic_prefix=f"t{unique}.",
+        data_dir=tmp_path / "city",
+        sim_sensors=40,
+    )
+    drop_database(unloaded_server.url, name)
+
+
+def test_the_server_does_end_the_session_that_creates_the_extension_unloaded(
+    unloaded_server: Service, unloaded_settings: Settings
+) -> None:
+    assert unloaded_server.env["CITYOPS_TIMESCALEDB"] == "0"
+    with psycopg.connect(unloaded_settings.database_url) as conn:
+        assert (
+            conn.execute(
+                "SELECT default_version FROM pg_available_extensions WHERE name = 'timescaledb'"
+            ).fetchone()
+            is not None
+        )
+        # A FATAL error: the client sees the error, then a closed connection.
+        with pytest.raises(psycopg.Error, match="must be preloaded"):
+            conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+        assert conn.closed
+
+
+def test_apply_schema_takes_the_plain_path_and_keeps_the_session(
+    unloaded_settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="infra.pgstore")
+    with psycopg.connect(unloaded_settings.database_url) as conn:
+        assert apply_schema(conn) is False
+        assert not conn.closed
+        assert relkind(conn, "readings") == "r"
+        assert conn.execute(
+            "SELECT count(*) FROM pg_extension WHERE extname = 'timescaledb'"
+        ).fetchone() == (0,)
+        assert apply_schema(conn) is False  # and again
+    assert "installed but not in shared_preload_libraries" in caplog.text
+
+
+def test_seed_works_on_it(unloaded_settings: Settings) -> None:
+    result = seed(unloaded_settings)
+    assert result["timescale"] == 0
+    assert result["registered"] == unloaded_settings.sim_sensors
+    with psycopg.connect(unloaded_settings.database_url) as conn, conn.transaction():
+        assert copy_readings(conn.cursor(), [(T0, "wl-1", "water_level", 1.0, "cm")]) == 1
