@@ -1,43 +1,40 @@
 """Incidents: list (GeoJSON), one incident with its linked cases and sensors, and the
 workflow: acknowledge, dispatch, accept, resolve (with field feedback; linked cases are
-resolved with it), verify on site (close, or rework)."""
+resolved with it), verify on site (close, or rework).
+
+The workflow commands after acknowledge are a table (``WORKFLOW``): each row is one POST
+route that builds its command from the body and runs it through ``IncidentDesk.execute``.
+"""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
-from api.auth import Forbidden, Principal, Role, require
-from api.deps import CityDep, ContainerDep, IncidentDeskDep, ReadDep, correlation
-from core.incident import Incident
+from api import schemas
+from api.auth import Principal, require
+from api.deps import CityDep, Container, ContainerDep, IncidentDeskDep, ReadDep, correlation
+from api.permissions import INCIDENT_ACTION_ROLES, authorize_incident
+from api.presenters import acknowledgement, resolution, workflow_state
+from api.routing import add_command
+from api.schemas import GRID, Severity
+from core.commands import CommandContext
+from core.incident import commands
+from core.incident.desk import IncidentDesk, Outcome
 from projections.nearby import NearbyQueries
 from projections.queries import BBox, collection, feature
 
 router = APIRouter(prefix="/api/v1/incidents", tags=["incidents"])
 
-Severity = Literal["warning", "minor", "major", "critical"]
-# Who may run each workflow command (departments: on their own incidents only). The
-# routes below take their roles from here, and so does the operations center's list of
-# what a caller may do (api/ops.py).
-INCIDENT_ACTION_ROLES: dict[str, tuple[Role, ...]] = {
-    "acknowledge": ("operator", "dispatcher"),
-    "dispatch": ("operator", "dispatcher"),
-    "accept": ("operator", "dispatcher", "department"),
-    "resolve": ("operator", "dispatcher", "department"),
-    "verify": ("operator", "dispatcher"),
-}
-
 
 def _may(action: str) -> Any:
     return Depends(require(*INCIDENT_ACTION_ROLES[action]))
-
-
-class Acknowledge(BaseModel):
-    reason: str = Field(default="", max_length=1_000)
 
 
 @router.get("")
@@ -45,7 +42,7 @@ def list_incidents(
     read: ReadDep,
     status: Literal["open", "closed"] | None = None,
     severity: Severity | None = None,
-    grid_code: Annotated[str | None, Query(pattern=r"^\d{15}$")] = None,
+    grid_code: Annotated[str | None, Query(pattern=GRID)] = None,
     device_id: str | None = None,
     bbox: Annotated[str | None, Query(description="west,south,east,north (WGS84)")] = None,
     limit: Annotated[int, Query(ge=1, le=20_000)] = 5_000,
@@ -110,124 +107,116 @@ async def acknowledge(
     who: Annotated[Principal, _may("acknowledge")],
     city: CityDep,
     incident_id: uuid.UUID,
-    body: Acknowledge | None = None,
+    body: schemas.Acknowledge | None = None,
 ) -> dict[str, Any]:
     """Acknowledge an incident's alarm; it closes once the alarm is also cleared."""
     incident = await run_in_threadpool(
         city.acknowledge_incident,
         incident_id,
         actor=who.actor,
-        reason=(body or Acknowledge()).reason,
+        reason=(body or schemas.Acknowledge()).reason,
         correlation_id=correlation(),
     )
-    return {
-        "incident_id": str(incident.id),
-        "status": incident.status,
-        "alarm_status": incident.alarm_status,
-        "acknowledged": incident.acknowledged,
-        "acknowledged_by": incident.acknowledged_by,
-        "version": incident.version,
-    }
+    return acknowledgement(incident)
 
 
 # -- the workflow (派遣 -> 处置 -> 反馈 -> 核查 -> 结案) --------------------------------------
 
 
-class Dispatch(BaseModel):
-    department_code: str | None = Field(
-        default=None, max_length=64, description="default: the department of the place"
-    )
-    reason: str = Field(default="", max_length=2_000)
-
-
-class Feedback(BaseModel):
-    feedback: str = Field(min_length=1, max_length=4_000, description="处置反馈 from the field")
-
-
-class Verification(BaseModel):
-    passed: bool
-    note: str = Field(default="", max_length=2_000)
-
-
-def _state(incident: Incident, **extra: Any) -> dict[str, Any]:
-    return {
-        "incident_id": str(incident.id),
-        "status": incident.status,
-        "stage": incident.stage,
-        "department_code": incident.department_code,
-        "due_at": incident.due_at.isoformat() if incident.due_at else None,
-        "reworks": incident.reworks,
-        "escalation_level": incident.escalation_level,
-        "linked_cases": len(incident.linked_cases),
-        "version": incident.version,
-        **extra,
-    }
-
-
-def _own_department(who: Principal) -> Any:
-    def check(incident: Incident) -> None:
-        if who.role == "department" and incident.department_code != who.department:
-            raise Forbidden("this incident is not dispatched to your department")
-
-    return check
-
-
-@router.post("/{incident_id}/dispatch")
-async def dispatch(
-    who: Annotated[Principal, _may("dispatch")],
-    c: ContainerDep,
-    desk: IncidentDeskDep,
-    incident_id: uuid.UUID,
-    body: Dispatch,
-) -> dict[str, Any]:
-    """Dispatch (派遣) to a department, with a deadline from the incident's severity."""
+def _known_department(c: Container, body: schemas.Dispatch) -> None:
     known = c.desk.locator.departments()
     if body.department_code is not None and body.department_code not in known:
         raise HTTPException(422, f"unknown department {body.department_code!r}")
-    incident = await run_in_threadpool(
-        desk.dispatch, incident_id, body.department_code, who.actor, body.reason, correlation()
-    )
-    return _state(incident)
 
 
-@router.post("/{incident_id}/accept")
-async def accept_work(
-    who: Annotated[Principal, _may("accept")],
-    desk: IncidentDeskDep,
-    incident_id: uuid.UUID,
-) -> dict[str, Any]:
-    """The department takes the incident on (处置 begins)."""
-    incident = await run_in_threadpool(
-        desk.accept, incident_id, who.actor, correlation(), _own_department(who)
-    )
-    return _state(incident)
-
-
-@router.post("/{incident_id}/resolve")
-async def resolve(
-    who: Annotated[Principal, _may("resolve")],
-    desk: IncidentDeskDep,
-    incident_id: uuid.UUID,
-    body: Feedback,
-) -> dict[str, Any]:
-    """Field feedback (反馈): the incident is resolved, and so is every linked open case."""
-    incident, cases = await run_in_threadpool(
-        desk.resolve, incident_id, body.feedback, who.actor, correlation(), _own_department(who)
-    )
-    return _state(incident, resolved_cases=[str(c.id) for c in cases])
-
-
-@router.post("/{incident_id}/verify")
-async def verify(
-    who: Annotated[Principal, _may("verify")],
-    desk: IncidentDeskDep,
-    incident_id: uuid.UUID,
-    body: Verification,
-) -> dict[str, Any]:
-    """On-site verification (核查): passed closes (结案); failed sends it back (返工)."""
+def _note_on_failure(c: Container, body: schemas.Verification) -> None:
     if not body.passed and not body.note.strip():
         raise HTTPException(422, "a failed verification needs a note saying what is wrong")
-    incident = await run_in_threadpool(
-        desk.verify, incident_id, body.passed, body.note, who.actor, correlation()
-    )
-    return _state(incident)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowRoute:
+    """One workflow command over HTTP: POST /api/v1/incidents/{incident_id}/``action``."""
+
+    name: str  # the route's name: its OpenAPI summary and operation id
+    action: str  # the path's last part; who may run it: INCIDENT_ACTION_ROLES[action]
+    command: Callable[..., commands.IncidentCommand]  # called with the body's fields
+    description: str
+    body: type[BaseModel] | None = None  # None: the route takes no body
+    # Checks of the request before the command runs (422s).
+    validate: Callable[[Container, Any], None] | None = None
+    # A department runs it only on an incident dispatched to it.
+    own_department: bool = False
+    answer: Callable[[Outcome], dict[str, Any]] = workflow_state
+
+
+WORKFLOW = (
+    WorkflowRoute(
+        "dispatch",
+        "dispatch",
+        commands.Dispatch,
+        "Dispatch (派遣) to a department, with a deadline from the incident's severity.",
+        body=schemas.Dispatch,
+        validate=_known_department,
+    ),
+    WorkflowRoute(
+        "accept_work",
+        "accept",
+        commands.AcceptWork,
+        "The department takes the incident on (处置 begins).",
+        own_department=True,
+    ),
+    WorkflowRoute(
+        "resolve",
+        "resolve",
+        commands.Resolve,
+        "Field feedback (反馈): the incident is resolved, and so is every linked open case.",
+        body=schemas.Feedback,
+        own_department=True,
+        answer=resolution,
+    ),
+    WorkflowRoute(
+        "verify",
+        "verify",
+        commands.Verify,
+        "On-site verification (核查): passed closes (结案); failed sends it back (返工).",
+        body=schemas.Verification,
+        validate=_note_on_failure,
+    ),
+)
+
+
+def _add(route: WorkflowRoute) -> None:
+    async def endpoint(
+        *,
+        who: Principal,
+        c: Container | None = None,
+        desk: IncidentDesk,
+        incident_id: uuid.UUID,
+        body: BaseModel | None = None,
+    ) -> dict[str, Any]:
+        if route.validate is not None:
+            assert c is not None
+            route.validate(c, body)
+        command = route.command(**(body.model_dump() if body is not None else {}))
+        check = (lambda i: authorize_incident(who, i)) if route.own_department else None
+        done = await run_in_threadpool(
+            desk.execute, incident_id, command, CommandContext(who.actor, correlation()), check
+        )
+        return route.answer(done)
+
+    params: dict[str, Any] = {
+        "who": Annotated[Principal, _may(route.action)],
+        "desk": IncidentDeskDep,
+        "incident_id": uuid.UUID,
+    }
+    if route.validate is not None:
+        params["c"] = ContainerDep  # what the checks read
+    if route.body is not None:
+        params["body"] = route.body
+    path = f"/{{incident_id}}/{route.action}"
+    add_command(router, path, route.name, route.description, endpoint, **params)
+
+
+for _route in WORKFLOW:
+    _add(_route)

@@ -14,7 +14,7 @@ citizen's own key (see ``core.personal``).
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal, get_args
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
@@ -30,7 +30,7 @@ ACTIVE = ("assigned", "in_progress", "reopened")
 OPEN = ("submitted", "accepted", *ACTIVE)
 TERMINAL = ("rejected", "closed", "cancelled")
 SENSOR_CHECKS = ("confirmed", "not_confirmed", "no_sensors")
-STATUSES = (
+CaseStatus = Literal[
     "submitted",
     "accepted",
     "rejected",
@@ -40,7 +40,8 @@ STATUSES = (
     "reopened",
     "closed",
     "cancelled",
-)
+]
+STATUSES: tuple[CaseStatus, ...] = get_args(CaseStatus)
 
 
 def case_id(channel: str, external_id: str) -> UUID:
@@ -355,22 +356,28 @@ class ServiceCase(Aggregate):
             and self.overdue_recorded < self.deadline_no
         )
 
+    def _require_unmarked(self, command: str, mark: str, deadline_no: int, recorded: int) -> None:
+        """``deadline_no`` is the current deadline, and its ``mark`` is not recorded yet."""
+        self._require(command, *ACTIVE)
+        if deadline_no != self.deadline_no or recorded >= deadline_no:
+            raise IllegalTransitionError(f"deadline {deadline_no} is not pending {mark}")
+
     @event("CaseDueSoon")
     def mark_due_soon(
         self, deadline_no: int, due_at: datetime, actor: str, correlation_id: str
     ) -> None:
-        self._require("mark as due soon", *ACTIVE)
-        if deadline_no != self.deadline_no or self.due_soon_recorded >= deadline_no:
-            raise IllegalTransitionError(f"deadline {deadline_no} is not pending a due-soon mark")
+        self._require_unmarked(
+            "mark as due soon", "a due-soon mark", deadline_no, self.due_soon_recorded
+        )
         self.due_soon_recorded = deadline_no
 
     @event("CaseBecameOverdue")
     def mark_overdue(
         self, deadline_no: int, due_at: datetime, actor: str, correlation_id: str
     ) -> None:
-        self._require("mark as overdue", *ACTIVE)
-        if deadline_no != self.deadline_no or self.overdue_recorded >= deadline_no:
-            raise IllegalTransitionError(f"deadline {deadline_no} is not pending an overdue mark")
+        self._require_unmarked(
+            "mark as overdue", "an overdue mark", deadline_no, self.overdue_recorded
+        )
         self.overdue_recorded = deadline_no
 
     # -- the join with the management network ---------------------------------------------

@@ -1,9 +1,10 @@
 """The service network (一网通办): commands on service cases, intake and dispatch policy.
 
-``ServiceDesk`` is the application service over the city log (``CityApp``). Each
-command loads a case, runs one or more transitions, and saves them together, or adds
-them to a worker's ``ProcessingEvent`` so that they commit with its input position.
-The places it needs (grid, jurisdictions, nearby open cases) come through ports.
+``ServiceDesk`` is the application service over the city log (``CityApp``). A command
+(``core.case.commands``) runs through ``execute``: load the case, run one or more
+transitions, save them together. A submission is saved, or added to a worker's
+``ProcessingEvent`` so that it commits with its input position. The places the desk
+needs (grid, jurisdictions, nearby open cases) come through ports.
 """
 
 from __future__ import annotations
@@ -22,7 +23,22 @@ from eventsourcing.persistence import IntegrityError
 from core.app import CityApp
 from core.case import CHANNELS, ServiceCase, case_id
 from core.case.categories import Categories, Category
+from core.case.commands import (
+    Accept,
+    ApproveExtension,
+    Assign,
+    Cancel,
+    CaseCommand,
+    Rate,
+    RefuseExtension,
+    Reject,
+    RequestExtension,
+    Resolve,
+    ReturnCase,
+    Start,
+)
 from core.case.sla import deadline
+from core.commands import CommandContext
 from core.errors import DomainError, IllegalTransitionError, NotFoundError
 from core.personal import Contact, InvalidContactError, PersonalData, screen_text
 
@@ -30,7 +46,10 @@ SYSTEM_INTAKE = "system:intake-policy"
 SYSTEM_SLA = "system:sla-clock"
 MAX_DESCRIPTION = 4_000
 
+# The caller's authorization, run on the case the command is about to change.
 Check = Callable[[ServiceCase], None]
+# What a prepared command does to the loaded case.
+Apply = Callable[[ServiceCase], None]
 
 
 class DuplicateSubmissionError(DomainError):
@@ -164,15 +183,63 @@ class ServiceDesk:
     def _save(self, case: ServiceCase) -> None:
         self.app.save_unless_changed(case, what=f"case {case.id}")
 
-    def _command(
-        self, case_uuid: UUID, run: Callable[[ServiceCase], None], check: Check | None
+    def execute(
+        self,
+        case_uuid: UUID,
+        command: CaseCommand,
+        ctx: CommandContext,
+        check: Check | None = None,
     ) -> ServiceCase:
+        """Run ``command`` on the case: load it, let ``check`` (the caller's authorization)
+        see the state the command runs on, apply the command, save. A refused command
+        raises before anything is saved."""
+        apply = self._prepare(case_uuid, command, ctx)
         case = self.get(case_uuid)
         if check is not None:
-            check(case)  # the caller's authorization, on the state the command runs on
-        run(case)
+            check(case)
+        apply(case)
         self._save(case)
         return case
+
+    def _prepare(self, case_uuid: UUID, command: CaseCommand, ctx: CommandContext) -> Apply:
+        """What ``command`` does to the case, after the checks that need no case loaded."""
+        stamp = ctx.stamp()
+        match command:
+            case Accept():
+                departments = self._known_department(command.department_code)
+                return lambda case: self._accept(case, command, departments, ctx)
+            case Reject():
+                if command.duplicate_of is not None:
+                    if command.duplicate_of == case_uuid:
+                        raise IllegalTransitionError("a case cannot duplicate itself")
+                    self.get(command.duplicate_of)  # must exist
+                return lambda case: self._reject(case, command, ctx)
+            case Assign():
+                departments = self._known_department(command.department_code)
+                return lambda case: self._manual(
+                    case, command.department_code, departments, command.reason, ctx
+                )
+            case ApproveExtension():
+                return lambda case: self._approve_extension(case, command.reason, ctx)
+            case RefuseExtension():
+                return lambda case: case.refuse_extension(reason=command.reason, **stamp)
+            case Start():
+                return lambda case: case.start(reason=command.reason, **stamp)
+            case Resolve():
+                return lambda case: case.resolve(
+                    reply=command.reply, reason=command.reason, **stamp
+                )
+            case ReturnCase():
+                return lambda case: case.return_to_dispatch(reason=command.reason, **stamp)
+            case RequestExtension():
+                return lambda case: case.request_extension(
+                    hours=command.hours, reason=command.reason, **stamp
+                )
+            case Rate():
+                return lambda case: self._rate(case, command, ctx)
+            case Cancel():
+                return lambda case: case.cancel(reason=command.reason, **stamp)
+        raise TypeError(f"not a case command: {command!r}")
 
     # -- intake ---------------------------------------------------------------------------
 
@@ -280,14 +347,14 @@ class ServiceDesk:
         "Go" is registration and dispatch when auto-accept is on; else a dispatcher
         registers the case.
         """
+        system = CommandContext(SYSTEM_INTAKE, correlation_id)
         if case.lon is not None and case.lat is not None:
             if self.locator.place(case.lon, case.lat) is None:
                 case.reject(
                     rejection="not_our_city",
                     duplicate_of=None,
-                    actor=SYSTEM_INTAKE,
                     reason="the location is outside the city's districts",
-                    correlation_id=correlation_id,
+                    **system.stamp(),
                 )
                 return
             if (
@@ -305,22 +372,20 @@ class ServiceDesk:
                 if near:
                     case.suggest_duplicates(
                         possible_duplicates=near,
-                        actor=SYSTEM_INTAKE,
                         reason=f"{len(near)} open {category.code} case(s) within "
                         f"{category.duplicate_radius_m:g} m: a dispatcher decides",
-                        correlation_id=correlation_id,
+                        **system.stamp(),
                     )
                     return
         if self.auto_accept:
-            case.accept(actor=SYSTEM_INTAKE, reason="registered", correlation_id=correlation_id)
-            self._dispatch(case, category, SYSTEM_INTAKE, correlation_id, start)
+            case.accept(reason="registered", **system.stamp())
+            self._dispatch(case, category, system, start)
 
     def _dispatch(
         self,
         case: ServiceCase,
         category: Category,
-        actor: str,
-        correlation_id: str,
+        ctx: CommandContext,
         start: datetime | None = None,
     ) -> None:
         """Dispatch policy: the jurisdiction polygon of the category's department type."""
@@ -334,9 +399,8 @@ class ServiceDesk:
                 grid_code=None,
                 district_code=None,
                 decision={**base, "rule": "no_location"},
-                actor=actor,
                 reason="no coordinates, only an address: a dispatcher assigns it",
-                correlation_id=correlation_id,
+                **ctx.stamp(),
             )
             return
         place = self.locator.place(case.lon, case.lat) or Place(None, None)
@@ -346,9 +410,8 @@ class ServiceDesk:
                 grid_code=place.grid_code,
                 district_code=place.district_code,
                 decision={**base, "rule": "no_jurisdiction"},
-                actor=actor,
                 reason=f"no {category.department_type} jurisdiction covers this place",
-                correlation_id=correlation_id,
+                **ctx.stamp(),
             )
             return
         self._assign(
@@ -357,9 +420,8 @@ class ServiceDesk:
             department,
             place,
             {**base, "rule": "jurisdiction_polygon", "jurisdiction": department},
-            actor,
             f"jurisdiction of {department}",
-            correlation_id,
+            ctx,
             start,
         )
 
@@ -370,9 +432,8 @@ class ServiceDesk:
         department: str,
         place: Place,
         decision: dict[str, Any],
-        actor: str,
         reason: str,
-        correlation_id: str,
+        ctx: CommandContext,
         start: datetime | None = None,
     ) -> None:
         started = start or self.clock()
@@ -389,75 +450,32 @@ class ServiceDesk:
             },
             due_at=due.due_at,
             due_soon_at=due.due_soon_at,
-            actor=actor,
             reason=reason,
-            correlation_id=correlation_id,
+            **ctx.stamp(),
         )
 
     # -- dispatcher -----------------------------------------------------------------------
 
-    def accept(
+    def _accept(
         self,
-        case_uuid: UUID,
-        actor: str,
-        reason: str,
-        correlation_id: str,
-        check: Check | None = None,
-        department_code: str | None = None,
-    ) -> ServiceCase:
-        """Register a held case (立案); dispatch it by policy, or to ``department_code``."""
-        departments = self._known_department(department_code)
+        case: ServiceCase,
+        command: Accept,
+        departments: dict[str, Department],
+        ctx: CommandContext,
+    ) -> None:
+        case.accept(reason=command.reason or "registered", **ctx.stamp())
+        if command.department_code is None:
+            self._dispatch(case, self.categories.get(case.category), ctx)
+        else:
+            self._manual(case, command.department_code, departments, command.reason, ctx)
 
-        def run(case: ServiceCase) -> None:
-            case.accept(actor=actor, reason=reason or "registered", correlation_id=correlation_id)
-            if department_code is None:
-                self._dispatch(case, self.categories.get(case.category), actor, correlation_id)
-            else:
-                self._manual(case, department_code, departments, actor, reason, correlation_id)
-
-        return self._command(case_uuid, run, check=check)
-
-    def reject(
-        self,
-        case_uuid: UUID,
-        rejection: str,
-        duplicate_of: UUID | None,
-        actor: str,
-        reason: str,
-        correlation_id: str,
-        check: Check | None = None,
-    ) -> ServiceCase:
-        if duplicate_of is not None:
-            if duplicate_of == case_uuid:
-                raise IllegalTransitionError("a case cannot duplicate itself")
-            self.get(duplicate_of)  # must exist
-        return self._command(
-            case_uuid,
-            lambda c: c.reject(
-                rejection=rejection,
-                duplicate_of=None if duplicate_of is None else str(duplicate_of),
-                actor=actor,
-                reason=reason,
-                correlation_id=correlation_id,
-            ),
-            check=check,
-        )
-
-    def assign(
-        self,
-        case_uuid: UUID,
-        department_code: str,
-        actor: str,
-        reason: str,
-        correlation_id: str,
-        check: Check | None = None,
-    ) -> ServiceCase:
-        """Manual dispatch (or re-dispatch of a returned case) to a named department."""
-        departments = self._known_department(department_code)
-        return self._command(
-            case_uuid,
-            lambda c: self._manual(c, department_code, departments, actor, reason, correlation_id),
-            check=check,
+    def _reject(self, case: ServiceCase, command: Reject, ctx: CommandContext) -> None:
+        original = command.duplicate_of
+        case.reject(
+            rejection=command.rejection,
+            duplicate_of=None if original is None else str(original),
+            reason=command.reason,
+            **ctx.stamp(),
         )
 
     def _known_department(self, department_code: str | None) -> dict[str, Department]:
@@ -471,9 +489,8 @@ class ServiceDesk:
         case: ServiceCase,
         department_code: str,
         departments: dict[str, Department],
-        actor: str,
         reason: str,
-        correlation_id: str,
+        ctx: CommandContext,
     ) -> None:
         category = self.categories.get(case.category)
         place = Place(case.grid_code, case.district_code)
@@ -490,10 +507,80 @@ class ServiceDesk:
                 "department_type": departments[department_code].department_type,
                 "categories_version": self.categories.version,
             },
-            actor,
             reason or "assigned by a dispatcher",
-            correlation_id,
+            ctx,
         )
+
+    def _approve_extension(self, case: ServiceCase, reason: str, ctx: CommandContext) -> None:
+        if case.extension_request is None or case.due_at is None:
+            raise IllegalTransitionError("no extension request is pending")
+        category = self.categories.get(case.category)
+        hours = float(case.extension_request["hours"])
+        due = deadline(self.categories.calendar, case.due_at, hours, category.clock)
+        # Due soon again at 80 % of the added time, counted from the old deadline.
+        case.approve_extension(
+            due_at=due.due_at, due_soon_at=due.due_soon_at, reason=reason, **ctx.stamp()
+        )
+
+    # -- citizen --------------------------------------------------------------------------
+
+    def _rate(self, case: ServiceCase, command: Rate, ctx: CommandContext) -> None:
+        policy = self.categories.revisit
+        revisit = command.rating <= policy.max_rating
+        due = (
+            deadline(self.categories.calendar, self.clock(), policy.time_limit_h, policy.clock)
+            if revisit
+            else None
+        )
+        case.rate(
+            rating=command.rating,
+            comment=screen_text(command.comment).text,
+            revisit=revisit,
+            due_at=None if due is None else due.due_at,
+            due_soon_at=None if due is None else due.due_soon_at,
+            **ctx.stamp(),
+        )
+
+    # -- the commands by name, for callers that pass actor and correlation id apart ------
+
+    def accept(
+        self,
+        case_uuid: UUID,
+        actor: str,
+        reason: str,
+        correlation_id: str,
+        check: Check | None = None,
+        department_code: str | None = None,
+    ) -> ServiceCase:
+        """Register a held case (立案); dispatch it by policy, or to ``department_code``."""
+        command = Accept(reason, department_code)
+        return self.execute(case_uuid, command, CommandContext(actor, correlation_id), check)
+
+    def reject(
+        self,
+        case_uuid: UUID,
+        rejection: str,
+        duplicate_of: UUID | None,
+        actor: str,
+        reason: str,
+        correlation_id: str,
+        check: Check | None = None,
+    ) -> ServiceCase:
+        command = Reject(rejection, duplicate_of, reason)
+        return self.execute(case_uuid, command, CommandContext(actor, correlation_id), check)
+
+    def assign(
+        self,
+        case_uuid: UUID,
+        department_code: str,
+        actor: str,
+        reason: str,
+        correlation_id: str,
+        check: Check | None = None,
+    ) -> ServiceCase:
+        """Manual dispatch (or re-dispatch of a returned case) to a named department."""
+        command = Assign(department_code, reason)
+        return self.execute(case_uuid, command, CommandContext(actor, correlation_id), check)
 
     def decide_extension(
         self,
@@ -504,27 +591,8 @@ class ServiceDesk:
         correlation_id: str,
         check: Check | None = None,
     ) -> ServiceCase:
-        def run(case: ServiceCase) -> None:
-            if not approve:
-                case.refuse_extension(actor=actor, reason=reason, correlation_id=correlation_id)
-                return
-            if case.extension_request is None or case.due_at is None:
-                raise IllegalTransitionError("no extension request is pending")
-            category = self.categories.get(case.category)
-            hours = float(case.extension_request["hours"])
-            due = deadline(self.categories.calendar, case.due_at, hours, category.clock)
-            # Due soon again at 80 % of the added time, counted from the old deadline.
-            case.approve_extension(
-                due_at=due.due_at,
-                due_soon_at=due.due_soon_at,
-                actor=actor,
-                reason=reason,
-                correlation_id=correlation_id,
-            )
-
-        return self._command(case_uuid, run, check=check)
-
-    # -- department -----------------------------------------------------------------------
+        command = ApproveExtension(reason) if approve else RefuseExtension(reason)
+        return self.execute(case_uuid, command, CommandContext(actor, correlation_id), check)
 
     def start(
         self,
@@ -534,11 +602,7 @@ class ServiceDesk:
         correlation_id: str,
         check: Check | None = None,
     ) -> ServiceCase:
-        return self._command(
-            case_uuid,
-            lambda c: c.start(actor=actor, reason=reason, correlation_id=correlation_id),
-            check=check,
-        )
+        return self.execute(case_uuid, Start(reason), CommandContext(actor, correlation_id), check)
 
     def resolve(
         self,
@@ -549,13 +613,8 @@ class ServiceDesk:
         correlation_id: str,
         check: Check | None = None,
     ) -> ServiceCase:
-        return self._command(
-            case_uuid,
-            lambda c: c.resolve(
-                reply=reply, actor=actor, reason=reason, correlation_id=correlation_id
-            ),
-            check=check,
-        )
+        command = Resolve(reply, reason)
+        return self.execute(case_uuid, command, CommandContext(actor, correlation_id), check)
 
     def return_case(
         self,
@@ -565,13 +624,8 @@ class ServiceDesk:
         correlation_id: str,
         check: Check | None = None,
     ) -> ServiceCase:
-        return self._command(
-            case_uuid,
-            lambda c: c.return_to_dispatch(
-                actor=actor, reason=reason, correlation_id=correlation_id
-            ),
-            check=check,
-        )
+        command = ReturnCase(reason)
+        return self.execute(case_uuid, command, CommandContext(actor, correlation_id), check)
 
     def request_extension(
         self,
@@ -582,15 +636,8 @@ class ServiceDesk:
         correlation_id: str,
         check: Check | None = None,
     ) -> ServiceCase:
-        return self._command(
-            case_uuid,
-            lambda c: c.request_extension(
-                hours=hours, actor=actor, reason=reason, correlation_id=correlation_id
-            ),
-            check=check,
-        )
-
-    # -- citizen --------------------------------------------------------------------------
+        command = RequestExtension(hours, reason)
+        return self.execute(case_uuid, command, CommandContext(actor, correlation_id), check)
 
     def rate(
         self,
@@ -602,26 +649,8 @@ class ServiceDesk:
         check: Check | None = None,
     ) -> ServiceCase:
         """Rate a resolved case; a bad rating reopens it for a revisit with a new deadline."""
-        policy = self.categories.revisit
-
-        def run(case: ServiceCase) -> None:
-            revisit = rating <= policy.max_rating
-            due = (
-                deadline(self.categories.calendar, self.clock(), policy.time_limit_h, policy.clock)
-                if revisit
-                else None
-            )
-            case.rate(
-                rating=rating,
-                comment=screen_text(comment).text,
-                revisit=revisit,
-                due_at=None if due is None else due.due_at,
-                due_soon_at=None if due is None else due.due_soon_at,
-                actor=actor,
-                correlation_id=correlation_id,
-            )
-
-        return self._command(case_uuid, run, check=check)
+        command = Rate(rating, comment)
+        return self.execute(case_uuid, command, CommandContext(actor, correlation_id), check)
 
     def cancel(
         self,
@@ -631,11 +660,8 @@ class ServiceDesk:
         correlation_id: str,
         check: Check | None = None,
     ) -> ServiceCase:
-        return self._command(
-            case_uuid,
-            lambda c: c.cancel(actor=actor, reason=reason, correlation_id=correlation_id),
-            check=check,
-        )
+        command = Cancel(reason)
+        return self.execute(case_uuid, command, CommandContext(actor, correlation_id), check)
 
     # -- SLA clock ------------------------------------------------------------------------
 
@@ -646,6 +672,7 @@ class ServiceDesk:
         and a concurrent writer makes the save fail instead of writing a second mark.
         """
         counts = {"due_soon": 0, "overdue": 0, "raced": 0, "missing": 0}
+        clock = CommandContext(SYSTEM_SLA, correlation_id)
         now = self.clock()
         for cid in case_ids:
             try:
@@ -654,24 +681,14 @@ class ServiceDesk:
                 counts["missing"] += 1  # a read-model row without a case: skip, go on
                 continue
             marked = []
-            if case.due_soon_pending(now):
-                assert case.due_at is not None
-                case.mark_due_soon(
-                    deadline_no=case.deadline_no,
-                    due_at=case.due_at,
-                    actor=SYSTEM_SLA,
-                    correlation_id=correlation_id,
-                )
-                marked.append("due_soon")
-            if case.overdue_pending(now):
-                assert case.due_at is not None
-                case.mark_overdue(
-                    deadline_no=case.deadline_no,
-                    due_at=case.due_at,
-                    actor=SYSTEM_SLA,
-                    correlation_id=correlation_id,
-                )
-                marked.append("overdue")
+            for mark, pending, record in (
+                ("due_soon", case.due_soon_pending, case.mark_due_soon),
+                ("overdue", case.overdue_pending, case.mark_overdue),
+            ):
+                if pending(now):
+                    assert case.due_at is not None
+                    record(deadline_no=case.deadline_no, due_at=case.due_at, **clock.stamp())
+                    marked.append(mark)
             if not marked:
                 continue
             try:
@@ -703,15 +720,14 @@ class ServiceDesk:
         ``cases_of`` is asked after the key is gone, so a case filed meanwhile is
         either unreadable already or found and noted.
         """
+        ctx = CommandContext(actor, correlation_id)
         self.personal.erase(citizen_id)
         noted = 0
         for cid in cases_of(citizen_id):
             case = self.get(cid)
             if case.citizen_id != str(citizen_id) or case.erased:
                 continue
-            case.note_erasure(
-                actor=actor, reason="citizen's request (PIPL)", correlation_id=correlation_id
-            )
+            case.note_erasure(reason="citizen's request (PIPL)", **ctx.stamp())
             self._save(case)
             noted += 1
         return noted

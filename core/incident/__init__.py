@@ -107,6 +107,12 @@ class Incident(Aggregate):
         if self.closed:
             raise IllegalTransitionError("incident is closed")
 
+    def _require_open_and_not(self, done: bool, refusal: str) -> None:
+        """Open, and the fact ``done`` says is not recorded yet (each is recorded once)."""
+        self._require_open()
+        if done:
+            raise IllegalTransitionError(refusal)
+
     @event("Retriggered")
     def retrigger(
         self,
@@ -147,15 +153,17 @@ class Incident(Aggregate):
 
     @event("Acknowledged")
     def acknowledge(self, actor: str, reason: str, correlation_id: str) -> None:
-        self._require_open()
-        if self.acknowledged:
-            raise IllegalTransitionError("incident is already acknowledged")
+        self._require_open_and_not(self.acknowledged, "incident is already acknowledged")
         self.acknowledged = True
         self.acknowledged_by = actor
 
     @event("Closed")
     def close(self, reason: str, actor: str, correlation_id: str) -> None:
         self._require_open()
+        self._set_closed()
+
+    def _set_closed(self) -> None:
+        """Closed for good: no further stage, no escalation pending."""
         self.status = "closed"
         self.stage = "closed"
         self.escalate_at = None
@@ -278,9 +286,9 @@ class Incident(Aggregate):
         self, severity: str, reports: int, rule_version: int, actor: str, correlation_id: str
     ) -> None:
         """Many citizens report what the sensors show: the severity goes up one step."""
-        self._require_open()
-        if self.confirmed_by_reports:
-            raise IllegalTransitionError("the incident is already confirmed by reports")
+        self._require_open_and_not(
+            self.confirmed_by_reports, "the incident is already confirmed by reports"
+        )
         self.confirmed_by_reports = True
         self.severity = severity
 
@@ -289,6 +297,4 @@ class Incident(Aggregate):
         """Citizen reports turned out to be a sensor's incident: this one closes into it."""
         self._require_open()
         self.merged_into = target_id
-        self.status = "closed"
-        self.stage = "closed"
-        self.escalate_at = None
+        self._set_closed()

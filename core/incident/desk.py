@@ -9,18 +9,29 @@ severity, in calendar hours; ``now`` is injected (tests and replays pass their o
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from uuid import UUID
 
 from core.app import CityApp
 from core.brain.correlation import CorrelationPolicy
 from core.case import OPEN, ServiceCase
+from core.commands import CommandContext
 from core.errors import ConcurrentUpdateError, IllegalTransitionError
 from core.incident import Incident
+from core.incident.commands import AcceptWork, Dispatch, IncidentCommand, Resolve, Verify
 
 SYSTEM_ESCALATION = "system:incident-clock"
 # The caller's authorization, run on the incident the command is about to change.
 Check = Callable[[Incident], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What a command changed: the incident, and the linked cases it resolved with it."""
+
+    incident: Incident
+    cases: list[ServiceCase] = field(default_factory=list)
 
 
 def proactive_reply(feedback: str) -> str:
@@ -53,6 +64,77 @@ class IncidentDesk:
     def _due(self, incident: Incident) -> datetime:
         return self.now() + self.policy.time_limit(incident.severity)
 
+    def execute(
+        self,
+        incident_uuid: UUID,
+        command: IncidentCommand,
+        ctx: CommandContext,
+        check: Check | None = None,
+    ) -> Outcome:
+        """Run ``command`` on the incident: load it, let ``check`` (the caller's
+        authorization) see it, apply the command, and save the incident with the cases it
+        changed, atomically."""
+        incident = self.get(incident_uuid)
+        if check is not None:
+            check(incident)
+        cases = self._apply(incident, command, ctx)
+        self._save(incident, *cases)
+        return Outcome(incident, cases)
+
+    def _apply(
+        self, incident: Incident, command: IncidentCommand, ctx: CommandContext
+    ) -> list[ServiceCase]:
+        """Apply ``command``; the linked service cases it changed too."""
+        match command:
+            case Dispatch():
+                self._dispatch(incident, command, ctx)
+            case AcceptWork():
+                incident.accept_work(**ctx.stamp())
+            case Resolve():
+                return self._resolve(incident, command.feedback, ctx)
+            case Verify():
+                self._verify(incident, command, ctx)
+            case _:
+                raise TypeError(f"not an incident command: {command!r}")
+        return []
+
+    def _dispatch(self, incident: Incident, command: Dispatch, ctx: CommandContext) -> None:
+        department = command.department_code or incident.department_code
+        if not department:
+            raise IllegalTransitionError(
+                "no department for this place: name the department to dispatch to"
+            )
+        incident.dispatch(
+            department_code=department,
+            due_at=self._due(incident),
+            reason=command.reason,
+            **ctx.stamp(),
+        )
+
+    def _resolve(self, incident: Incident, feedback: str, ctx: CommandContext) -> list[ServiceCase]:
+        incident.resolve(feedback=feedback, **ctx.stamp())
+        cases = []
+        for key in incident.linked_cases:
+            case = self.app.get_typed(UUID(key), ServiceCase, "service case")
+            if case.status in OPEN and case.incident_id == str(incident.id):
+                case.resolve_with_incident(
+                    incident_id=str(incident.id),
+                    reply=proactive_reply(feedback),
+                    reason="resolved with the linked incident",
+                    **ctx.stamp(),
+                )
+                cases.append(case)
+        return cases
+
+    def _verify(self, incident: Incident, command: Verify, ctx: CommandContext) -> None:
+        if command.passed:
+            incident.verify(note=command.note, **ctx.stamp())
+            incident.close(reason=command.note or "verified on site", **ctx.stamp())
+        else:
+            incident.order_rework(reason=command.note, due_at=self._due(incident), **ctx.stamp())
+
+    # -- the commands by name, for callers that pass actor and correlation id apart ------
+
     def dispatch(
         self,
         incident_uuid: UUID,
@@ -62,31 +144,14 @@ class IncidentDesk:
         correlation_id: str,
     ) -> Incident:
         """To ``department_code``, or the department the incident's place belongs to."""
-        incident = self.get(incident_uuid)
-        department = department_code or incident.department_code
-        if not department:
-            raise IllegalTransitionError(
-                "no department for this place: name the department to dispatch to"
-            )
-        incident.dispatch(
-            department_code=department,
-            due_at=self._due(incident),
-            actor=actor,
-            reason=reason,
-            correlation_id=correlation_id,
-        )
-        self._save(incident)
-        return incident
+        command = Dispatch(department_code, reason)
+        return self.execute(incident_uuid, command, CommandContext(actor, correlation_id)).incident
 
     def accept(
         self, incident_uuid: UUID, actor: str, correlation_id: str, check: Check | None = None
     ) -> Incident:
-        incident = self.get(incident_uuid)
-        if check is not None:
-            check(incident)
-        incident.accept_work(actor=actor, correlation_id=correlation_id)
-        self._save(incident)
-        return incident
+        ctx = CommandContext(actor, correlation_id)
+        return self.execute(incident_uuid, AcceptWork(), ctx, check).incident
 
     def resolve(
         self,
@@ -97,44 +162,20 @@ class IncidentDesk:
         check: Check | None = None,
     ) -> tuple[Incident, list[ServiceCase]]:
         """Field feedback (处置反馈); every linked open case is resolved with it, atomically."""
-        incident = self.get(incident_uuid)
-        if check is not None:
-            check(incident)
-        incident.resolve(feedback=feedback, actor=actor, correlation_id=correlation_id)
-        cases = []
-        for key in incident.linked_cases:
-            case = self.app.get_typed(UUID(key), ServiceCase, "service case")
-            if case.status in OPEN and case.incident_id == str(incident.id):
-                case.resolve_with_incident(
-                    incident_id=str(incident.id),
-                    reply=proactive_reply(feedback),
-                    actor=actor,
-                    reason="resolved with the linked incident",
-                    correlation_id=correlation_id,
-                )
-                cases.append(case)
-        self._save(incident, *cases)
-        return incident, cases
+        ctx = CommandContext(actor, correlation_id)
+        done = self.execute(incident_uuid, Resolve(feedback), ctx, check)
+        return done.incident, done.cases
 
     def verify(
         self, incident_uuid: UUID, passed: bool, note: str, actor: str, correlation_id: str
     ) -> Incident:
         """On-site verification (核查): passed closes (结案), failed orders rework (返工)."""
-        incident = self.get(incident_uuid)
-        if passed:
-            incident.verify(note=note, actor=actor, correlation_id=correlation_id)
-            incident.close(
-                reason=note or "verified on site", actor=actor, correlation_id=correlation_id
-            )
-        else:
-            incident.order_rework(
-                reason=note, due_at=self._due(incident), actor=actor, correlation_id=correlation_id
-            )
-        self._save(incident)
-        return incident
+        command = Verify(passed, note)
+        return self.execute(incident_uuid, command, CommandContext(actor, correlation_id)).incident
 
     def check_escalations(self, incident_ids: Iterable[UUID], correlation_id: str) -> int:
         """Escalate each incident whose deadline (or last escalation's) has passed."""
+        clock = CommandContext(SYSTEM_ESCALATION, correlation_id)
         done = 0
         now = self.now()
         for incident_uuid in incident_ids:
@@ -146,9 +187,7 @@ class IncidentDesk:
                 continue
             last = level == self.policy.max_escalation_level
             next_at = None if last else now + self.policy.time_limit(incident.severity)
-            incident.escalate(
-                level=level, next_at=next_at, actor=SYSTEM_ESCALATION, correlation_id=correlation_id
-            )
+            incident.escalate(level=level, next_at=next_at, **clock.stamp())
             try:
                 self._save(incident)
             except ConcurrentUpdateError:

@@ -1,0 +1,105 @@
+"""Request bodies and query types of the case and incident routes.
+
+Their class names are the schema names in the OpenAPI document. A command's body has
+the fields of its command (``core.case.commands``, ``core.incident.commands``), by name.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from core.case import REJECTION_REASONS
+
+Severity = Literal["warning", "minor", "major", "critical"]
+# A grid cell code (query parameter pattern).
+GRID = r"^\d{15}$"
+
+# -- service cases ------------------------------------------------------------------------
+
+
+class ContactIn(BaseModel):
+    name: str | None = Field(default=None, max_length=100)
+    phone: str | None = Field(default=None, max_length=32)
+    email: str | None = Field(default=None, max_length=254)
+    address: str | None = Field(default=None, max_length=300)
+
+
+class NewCase(BaseModel):
+    category: str = Field(min_length=1, max_length=64, description="a category code")
+    description: str = Field(default="", max_length=4_000)
+    lon: float | None = Field(default=None, ge=-180, le=180)
+    lat: float | None = Field(default=None, ge=-90, le=90)
+    address: str | None = Field(default=None, max_length=300, description="problem location")
+    attributes: dict[str, Any] = Field(default_factory=dict)
+    contact: ContactIn | None = None
+    external_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        description="your id; resubmitting it is refused",
+    )
+
+
+class Reason(BaseModel):
+    reason: str = Field(default="", max_length=2_000)
+
+
+class Accept(BaseModel):
+    reason: str = Field(default="", max_length=2_000)
+    department_code: str | None = Field(
+        default=None, max_length=64, description="dispatch here instead of by policy"
+    )
+
+
+class Reject(BaseModel):
+    rejection: Literal["duplicate", "out_of_scope", "not_our_city"] = Field(
+        description=f"one of {', '.join(REJECTION_REASONS)}"
+    )
+    duplicate_of: uuid.UUID | None = None
+    reason: str = Field(default="", max_length=2_000)
+
+
+class Assign(BaseModel):
+    department_code: str = Field(min_length=1, max_length=64)
+    reason: str = Field(default="", max_length=2_000)
+
+
+class Resolve(BaseModel):
+    reply: str = Field(min_length=1, max_length=4_000, description="the answer to the citizen")
+    reason: str = Field(default="", max_length=2_000)
+
+
+class ExtensionRequest(BaseModel):
+    hours: float = Field(gt=0, le=24 * 90)
+    reason: str = Field(min_length=1, max_length=2_000)
+
+
+class Rate(BaseModel):
+    rating: int = Field(ge=1, le=5)
+    comment: str = Field(default="", max_length=2_000)
+
+
+# -- incidents ----------------------------------------------------------------------------
+
+
+class Acknowledge(BaseModel):
+    reason: str = Field(default="", max_length=1_000)
+
+
+class Dispatch(BaseModel):
+    department_code: str | None = Field(
+        default=None, max_length=64, description="default: the department of the place"
+    )
+    reason: str = Field(default="", max_length=2_000)
+
+
+class Feedback(BaseModel):
+    feedback: str = Field(min_length=1, max_length=4_000, description="处置反馈 from the field")
+
+
+class Verification(BaseModel):
+    passed: bool
+    note: str = Field(default="", max_length=2_000)
