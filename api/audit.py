@@ -18,6 +18,7 @@ from urllib.parse import urlencode
 from eventsourcing.domain import Aggregate
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request
 
+from api.audit_reads import record_audit_read
 from api.auth import Principal, require
 from api.deps import Container, ContainerDep, correlation
 from core.audit import (
@@ -28,7 +29,6 @@ from core.audit import (
     event_view,
     jsonable,
     mask_actor,
-    record_read,
     state_view,
     summary,
 )
@@ -105,23 +105,6 @@ def _resolve(history: LogHistory, kind: str, raw: str) -> tuple[uuid.UUID, Logge
         if first is not None and isinstance(first.event, cls.Event):
             return candidate, first
     raise HTTPException(404, f"unknown {what} {raw}")
-
-
-def record_audit_read(
-    c: Container, who: Principal, request: Request, correlation_id: str
-) -> dict[str, str]:
-    """Record this audit read in the city log (chained like every event); the answer
-    names the record."""
-    read = record_read(
-        c.city,
-        reader=who.subject,
-        role=who.role,
-        path=request.url.path,
-        query=request.url.query,
-        actor=who.actor,
-        correlation_id=correlation_id,
-    )
-    return {"id": str(read.id), "correlation_id": correlation_id}
 
 
 def _links(kind: str, aggregate_id: uuid.UUID, version: int) -> dict[str, str]:

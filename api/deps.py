@@ -19,8 +19,7 @@ from projections.queries import ReadModels
 
 if TYPE_CHECKING:
     from api.auth import ApiKeyVerifier
-    from api.live import ChangeHub
-    from api.telemetry import TelemetryIntake
+    from api.services import ChangeHub, TelemetryIntake
     from projections.runner import SqlProjection
 
 

@@ -14,8 +14,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from api.deps import container
-from api.incidents import Severity
-from api.sensors import SensorState, SensorType
+from api.schemas import SensorState, SensorType, Severity
 from projections.map_layers import MapLayers
 from projections.queries import GEOJSON, POINT_LAYERS, BBox, LayerQuery, MapTokenFeed
 

@@ -13,9 +13,9 @@ from fastapi import APIRouter, Query
 from fastapi.concurrency import run_in_threadpool
 
 from api.auth import Forbidden, StaffReader
-from api.cases import CASE_ACTION_ROLES, scoped, summary
 from api.deps import CityDep, Container, ContainerDep
-from api.incidents import INCIDENT_ACTION_ROLES
+from api.permissions import CASE_ACTION_ROLES, INCIDENT_ACTION_ROLES, scoped
+from api.presenters import summary
 from core.brain.correlation import CorrelationPolicy, load_policy
 from core.case.sla import DUE_SOON_FRACTION
 from core.incident import SEVERITIES, WORKING, Incident

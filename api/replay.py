@@ -14,7 +14,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import Response, StreamingResponse
 
-from api.audit import record_audit_read
+from api.audit_reads import record_audit_read
 from api.auth import Principal, require
 from api.deps import ContainerDep, correlation
 from projections import replay

@@ -14,6 +14,8 @@ from pydantic import BaseModel, Field
 from core.case import REJECTION_REASONS
 
 Severity = Literal["warning", "minor", "major", "critical"]
+SensorState = Literal["normal", "alarm", "silent", "maintenance"]
+SensorType = Literal["water_level", "pm25", "manhole_tilt", "streetlight_power"]
 # A grid cell code (query parameter pattern).
 GRID = r"^\d{15}$"
 

@@ -8,12 +8,11 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, HTTPException, Query
 
 from api.deps import ReadDep
+from api.schemas import SensorState, SensorType
 from projections.queries import BBox, collection
 
 router = APIRouter(prefix="/api/v1/sensors", tags=["sensors"])
 
-SensorState = Literal["normal", "alarm", "silent", "maintenance"]
-SensorType = Literal["water_level", "pm25", "manhole_tilt", "streetlight_power"]
 MAX_WINDOW = timedelta(days=31)
 
 

@@ -487,9 +487,8 @@ def api_container(settings: Settings) -> Container:
     from api.app import layer_geojson
     from api.auth import ApiKeyVerifier
     from api.deps import Container
-    from api.live import ChangeHub
     from api.probes import kafka_probe, tcp_probe
-    from api.telemetry import TelemetryIntake
+    from api.services import ChangeHub, TelemetryIntake
     from core.sensor.senml import Limits
     from infra.apikeys import PgApiKeys
     from projections.case_queries import CaseQueries

@@ -8,9 +8,11 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
-from cityops.bootstrap import api_app, seed
+from cityops.bootstrap import seed
 from infra.settings import Settings
-from tests.conftest import bearer
+from tests.helpers.waiting import wait_until
+from tests.helpers.web import served
+from tests.helpers.workers import in_threads
 
 pytestmark = pytest.mark.integration
 
@@ -18,8 +20,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def http(settings: Settings) -> Iterator[TestClient]:
     seed(settings)
-    with TestClient(api_app(settings), raise_server_exceptions=False) as client:
-        client.headers.update(bearer(settings, "operator"))
+    with served(settings, as_role="operator") as client:
         yield client
 
 
@@ -46,18 +47,11 @@ def test_health_and_layers(http: TestClient) -> None:
 
 
 def test_sensor_filters_on_the_projected_read_model(http: TestClient, settings: Settings) -> None:
-    from cityops.bootstrap import run_in_thread, run_projector
-    from tests.integration.test_pipeline_kafka import wait_until
-
-    thread, stop = run_in_thread(lambda s: run_projector(settings, s), "projector")
-    try:
+    with in_threads(settings, "projector"):
         wait_until(
             lambda: len(http.get("/api/v1/sensors").json()["features"]) == settings.sim_sensors,
             what="all sensors projected",
         )
-    finally:
-        stop.set()
-        thread.join(15)
     water = http.get("/api/v1/sensors", params={"type": "water_level"}).json()["features"]
     assert water
     assert {f["properties"]["sensor_type"] for f in water} == {"water_level"}
@@ -132,18 +126,11 @@ def test_reading_windows_are_bounded(http: TestClient, settings: Settings) -> No
 
     device = str(city_layers(settings).sensors.device_id.iloc[0])
     # The read model may not be projected yet in this test: project once.
-    from cityops.bootstrap import run_in_thread, run_projector
-    from tests.integration.test_pipeline_kafka import wait_until
-
-    thread, stop = run_in_thread(lambda s: run_projector(settings, s), "projector")
-    try:
+    with in_threads(settings, "projector"):
         wait_until(
             lambda: http.get(f"/api/v1/sensors/{device}").status_code == 200,
             what="sensor projected",
         )
-    finally:
-        stop.set()
-        thread.join(15)
     url = f"/api/v1/sensors/{device}/readings"
     huge = http.get(url, params={"from": "2000-01-01T00:00:00Z", "to": "2026-01-01T00:00:00Z"})
     assert huge.status_code == 400
@@ -158,22 +145,16 @@ def test_live_channel_pushes_the_changed_feature(http: TestClient, settings: Set
 
     import orjson
 
-    from api.live import ChangeHub
-    from cityops.bootstrap import run_in_thread, run_projector
+    from api.services import ChangeHub
     from infra.pgstore import make_pool
     from projections.map import NOTIFY_CHANNEL
     from projections.queries import ReadModels
-    from tests.integration.test_pipeline_kafka import wait_until
 
-    thread, stop = run_in_thread(lambda s: run_projector(settings, s), "projector")
-    try:
+    with in_threads(settings, "projector"):
         wait_until(
             lambda: len(http.get("/api/v1/sensors").json()["features"]) > 0,
             what="sensors projected",
         )
-    finally:
-        stop.set()
-        thread.join(15)
     feature = http.get("/api/v1/sensors").json()["features"][0]
     pool = make_pool(settings, max_size=2)
     notice = {

@@ -64,3 +64,15 @@ def test_the_page_is_small_es_modules() -> None:
     assert too_long == {}
     index = (static / "index.html").read_text(encoding="utf-8")
     assert '<script type="module" src="/static/js/main.js"></script>' in index
+
+
+def test_every_router_is_independent_of_the_others() -> None:
+    linter = _pyproject()["tool"]["importlinter"]
+    (independence,) = [c for c in linter["contracts"] if c["type"] == "independence"]
+    routers = {
+        f"api.{p.stem}"
+        for p in (REPO / "api").glob("*.py")
+        if "\nrouter = APIRouter(" in p.read_text(encoding="utf-8")
+    }
+    assert routers
+    assert set(independence["modules"]) == routers
