@@ -11,8 +11,8 @@ ids (the trigger chains every copy). Then ``verify`` recomputes the chain of the
 from __future__ import annotations
 
 import argparse
-import os
 import resource
+import sys
 import time
 import uuid
 from contextlib import ExitStack
@@ -20,8 +20,11 @@ from pathlib import Path
 
 import psycopg
 
+if not __package__:  # run as a file: python bench/bench_audit_verify.py
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.harness import BENCH_CITY, database
 from cityops.bootstrap import city_app
-from cityops.services import create_database, drop_database, throwaway_services
 from core.sensor import SensorSpec
 from infra.audit_chain import verify
 from infra.settings import Settings
@@ -82,18 +85,11 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=10_000, help="rows per verify fetch")
     args = ap.parse_args()
     with ExitStack() as stack:
-        if not os.environ.get("CITYOPS_DATABASE_URL"):
-            os.environ.update(stack.enter_context(throwaway_services("cityops-bench-")))
-        server = os.environ["CITYOPS_DATABASE_URL"]
         run = uuid.uuid4().hex[:8]
-        urls = {}
-        for kind in ("chained", "plain"):
-            name = f"audit_{run}_{kind}"
-            urls[kind] = create_database(server, name)
-            stack.callback(drop_database, server, name)
+        urls = {kind: database(stack, f"audit_{run}_{kind}") for kind in ("chained", "plain")}
 
         for kind, url in urls.items():
-            settings = Settings(database_url=url, data_dir=Path("var/bench-city"))
+            settings = Settings(database_url=url, data_dir=Path(BENCH_CITY))
             seconds = record_real(settings, args.real)
             print(
                 f"record via the app, {kind:7}: {args.real:,} events in {seconds:.2f} s,"

@@ -14,23 +14,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
-import subprocess
 import sys
 import time
-import uuid
 from contextlib import ExitStack
 from pathlib import Path
 
 import aiohttp
-import httpx
 import psycopg
 
+if not __package__:  # run as a file: python bench/bench_cases.py
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from api.auth import issue_token
+from bench.harness import fresh_settings, start_api
 from cityops.bootstrap import city_layers, seed
-from cityops.services import create_database, free_port, throwaway_services
-from infra.settings import Settings
 
 Headers = dict[str, str]
 
@@ -138,22 +136,13 @@ def main() -> None:
     args = ap.parse_args()
 
     with ExitStack() as stack:
-        if not os.environ.get("CITYOPS_DATABASE_URL"):
-            os.environ.update(stack.enter_context(throwaway_services("cityops-bench-")))
-        run = uuid.uuid4().hex[:8]
-        os.environ.update(
-            {
-                "CITYOPS_DATABASE_URL": create_database(
-                    os.environ["CITYOPS_DATABASE_URL"], f"bench_{run}"
-                ),
-                "CITYOPS_KAFKA_TOPIC_PREFIX": f"bench{run}.",
-                "CITYOPS_DATA_DIR": str(Path("var/bench-city")),
-                "CITYOPS_CASES_AUTO_ACCEPT": "false",  # the dispatcher's command dispatches
-                "CITYOPS_LOG_LEVEL": "WARNING",
-                "CITYOPS_DB_POOL_SIZE": "8",
-            }
+        settings = fresh_settings(
+            stack,
+            "bench",
+            "bench",
+            CITYOPS_CASES_AUTO_ACCEPT="false",  # the dispatcher's command dispatches
+            CITYOPS_DB_POOL_SIZE="8",
         )
-        settings = Settings()
         seed(settings)
         layers = city_layers(settings)
         rng = random.Random(7)
@@ -168,34 +157,7 @@ def main() -> None:
         for code in layers.jurisdictions.department_code:
             tok = issue_token(settings, f"bench-{code}", "department", department=str(code))
             tokens[f"department:{code}"] = bearer(tok)
-        port = free_port()
-        api = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "--factory",
-                "cityops.bootstrap:app_from_env",
-                "--port",
-                str(port),
-                "--workers",
-                str(args.workers),
-                "--log-level",
-                "warning",
-                "--no-access-log",
-            ],
-            env=dict(os.environ),
-        )
-        stack.callback(api.wait, 30)
-        stack.callback(api.terminate)
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
+        _, base = start_api(stack, args.workers)
         asyncio.run(drive(base, tokens, points, args.warmup, min(args.concurrency, 16)))
         elapsed, lat, errors = asyncio.run(
             drive(base, tokens, points, args.cases, args.concurrency)

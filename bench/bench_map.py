@@ -21,27 +21,27 @@ import argparse
 import asyncio
 import os
 import random
-import signal
-import subprocess
 import sys
 import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import httpx
 import psycopg
 from fastapi import FastAPI
 
+if not __package__:  # run as a file: python bench/bench_map.py
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from api.auth import issue_token
+from bench.harness import fresh_settings, start_api
 from cityops.bootstrap import city_layers
-from cityops.services import create_database, drop_database, free_port, throwaway_services
 from infra.pgstore import apply_schema
 from infra.settings import Settings
 from projections.runner import TRACKING_NAME
@@ -105,6 +105,13 @@ def fill(settings: Settings, sensors: int, incidents: int, seed: int = 7) -> Ext
         code, district, (w, s, e, n) = rng.choice(cells)
         return rng.uniform(w, e), rng.uniform(s, n), code, district
 
+    def spread(n: int) -> Iterator[tuple[int, str, float, float, str, str]]:
+        """``n`` rows' (index, sensor type, lon, lat, grid code, district): at random
+        places, the sensor types in turn."""
+        for i in range(n):
+            lon, lat, code, district = place()
+            yield i, SENSOR_TYPES[i % len(SENSOR_TYPES)], lon, lat, code, district
+
     now = time.time()
     with psycopg.connect(settings.database_url) as conn:
         apply_schema(conn)
@@ -114,9 +121,7 @@ def fill(settings: Settings, sensors: int, incidents: int, seed: int = 7) -> Ext
                 " grid_code, district_code, department_code, state, alarms, updated_at, version)"
                 " FROM STDIN"
             ) as copy:
-                for i in range(sensors):
-                    lon, lat, code, district = place()
-                    kind = SENSOR_TYPES[i % len(SENSOR_TYPES)]
+                for i, kind, lon, lat, code, district in spread(sensors):
                     state = rng.choices(("normal", "alarm", "silent"), (90, 7, 3))[0]
                     copy.write_row(
                         (
@@ -141,9 +146,7 @@ def fill(settings: Settings, sensors: int, incidents: int, seed: int = 7) -> Ext
                 " last_value, trigger_count, lon, lat, grid_code, district_code,"
                 " department_code, opened_at, updated_at, version, stage) FROM STDIN"
             ) as copy:
-                for i in range(incidents):
-                    lon, lat, code, district = place()
-                    kind = SENSOR_TYPES[i % len(SENSOR_TYPES)]
+                for i, kind, lon, lat, code, district in spread(incidents):
                     opened = time.gmtime(now - rng.uniform(0, 2 * 86_400))
                     copy.write_row(
                         (
@@ -436,61 +439,19 @@ def main() -> None:
     args = ap.parse_args()
 
     with ExitStack() as stack:
-        if not os.environ.get("CITYOPS_DATABASE_URL"):
-            os.environ.update(stack.enter_context(throwaway_services("cityops-bench-")))
-        run = uuid.uuid4().hex[:8]
-        server, database = os.environ["CITYOPS_DATABASE_URL"], f"bench_map_{run}"
-        url = create_database(server, database)
-        stack.callback(drop_database, server, database)  # after the API has stopped
-        os.environ.update(
-            {
-                "CITYOPS_DATABASE_URL": url,
-                "CITYOPS_KAFKA_TOPIC_PREFIX": f"bench{run}.",
-                "CITYOPS_DATA_DIR": str(Path("var/bench-city")),
-                "CITYOPS_LOG_LEVEL": "WARNING",
-                "CITYOPS_DB_POOL_SIZE": "8",
-            }
-        )
-        settings = Settings()
+        settings = fresh_settings(stack, "bench_map", "bench", CITYOPS_DB_POOL_SIZE="8")
         t0 = time.perf_counter()
         city = fill(settings, args.sensors, args.incidents)
         print(
             f"filled {args.sensors:,} sensors and {args.incidents:,} incidents"
             f" in {time.perf_counter() - t0:.1f} s"
         )
-        port = free_port()
         factory = (
             "bench.bench_map:app_without_cache"
             if args.no_cache
             else "cityops.bootstrap:app_from_env"
         )
-        api = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "--factory",
-                factory,
-                "--port",
-                str(port),
-                "--workers",
-                str(args.workers),
-                "--log-level",
-                "warning",
-                "--no-access-log",
-            ],
-            env=dict(os.environ),
-            start_new_session=True,  # its own process group, workers included
-        )
-        stack.callback(stop_process, api)
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
+        api, base = start_api(stack, args.workers, factory)
         token = issue_token(settings, "bench-map", "operator")
         stop = threading.Event()
         updater = threading.Thread(
@@ -512,16 +473,6 @@ def main() -> None:
                 updater.join(10)
         report(results, args, advanced)
         print(f"  {usage}")
-
-
-def stop_process(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM; if uvicorn has not stopped in 30 s, SIGKILL its whole process group."""
-    proc.terminate()
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
 
 
 def _position(settings: Settings) -> int:

@@ -49,12 +49,12 @@ from urllib.parse import urlsplit
 
 from bench import pipeline_db as db
 from bench import procstat
+from bench.harness import services
 from bench.legs import Leg, run_legs
 from bench.mqtt_load import LoadPlan, Publisher, device_names, drop_session, publisher_command
 from bench.pipeline_report import print_curve, print_legs_summary, print_run
 from bench.pyspy import Profile, finish_profiles, profiler_pids, start_profiles
 from cityops.bootstrap import city_app
-from cityops.services import throwaway_services
 from core.sensor import SensorSpec
 from infra import kafka as topics
 from infra.pgstore import apply_schema, make_pool
@@ -678,8 +678,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     rates = [float(r) for r in args.rates.split(",")] if args.sweep else [args.rate]
     with ExitStack() as stack:
-        if not os.environ.get("CITYOPS_DATABASE_URL"):
-            os.environ.update(stack.enter_context(throwaway_services("cityops-bench-")))
+        services(stack)
         bench = prepare(args, Settings())
         print(f"worker and publisher logs: {bench.log_dir}")
         if not args.skip_legs:

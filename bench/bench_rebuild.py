@@ -10,16 +10,19 @@ then empties the read models and times the projector replaying the whole log.
 from __future__ import annotations
 
 import argparse
-import os
+import sys
 import threading
 import time
-import uuid
 from contextlib import ExitStack
+from pathlib import Path
 
 import psycopg
 
+if not __package__:  # run as a file: python bench/bench_rebuild.py
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.harness import fresh_settings
 from cityops.bootstrap import city_app, rebuild_projections, run_projector, seed, service_desk
-from cityops.services import create_database, throwaway_services
 from core.case.desk import SubmitCase
 from infra.pgstore import make_pool
 from infra.settings import Settings
@@ -37,18 +40,7 @@ def main() -> None:
     ap.add_argument("--cases", type=int, default=5_000)
     args = ap.parse_args()
     with ExitStack() as stack:
-        if not os.environ.get("CITYOPS_DATABASE_URL"):
-            os.environ.update(stack.enter_context(throwaway_services("cityops-bench-")))
-        run = uuid.uuid4().hex[:8]
-        os.environ.update(
-            CITYOPS_DATABASE_URL=create_database(
-                os.environ["CITYOPS_DATABASE_URL"], f"rebuild_{run}"
-            ),
-            CITYOPS_KAFKA_TOPIC_PREFIX=f"rb{run}.",
-            CITYOPS_DATA_DIR="var/bench-city",
-            CITYOPS_LOG_LEVEL="WARNING",
-        )
-        settings = Settings()
+        settings = fresh_settings(stack, "rebuild", "rb")
         seed(settings)
         pool = make_pool(settings, max_size=2)
         app = city_app(settings, pool_size=2)

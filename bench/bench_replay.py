@@ -23,9 +23,11 @@ import argparse
 import os
 import random
 import statistics
+import sys
 import time
 import uuid
 from contextlib import ExitStack
+from pathlib import Path
 from uuid import UUID
 
 import orjson
@@ -33,6 +35,10 @@ import psycopg
 from eventsourcing.application import ProcessingEvent
 from psycopg import sql
 
+if not __package__:  # run as a file: python bench/bench_replay.py
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.harness import bench_settings, database, services
 from cityops.bootstrap import (
     city_app,
     city_layers,
@@ -41,7 +47,6 @@ from cityops.bootstrap import (
     seed,
     service_desk,
 )
-from cityops.services import create_database, drop_database, throwaway_services
 from core.app import CityApp
 from core.case.desk import SubmitCase
 from core.incident.policy import IncidentPolicy
@@ -217,26 +222,15 @@ def main() -> None:
     )
     args = ap.parse_args()
     with ExitStack() as stack:
-        if not os.environ.get("CITYOPS_DATABASE_URL"):
-            os.environ.update(stack.enter_context(throwaway_services("cityops-bench-")))
         run = uuid.uuid4().hex[:8]
-        server = os.environ["CITYOPS_DATABASE_URL"]
         name = args.database or f"replay_{run}"
-        os.environ.update(
-            CITYOPS_DATABASE_URL=(
-                server.rsplit("/", 1)[0] + "/" + name
-                if args.database
-                else create_database(server, name)
-            ),
-            CITYOPS_KAFKA_TOPIC_PREFIX=f"rp{run}.",
-            CITYOPS_DATA_DIR="var/bench-city",
-            CITYOPS_LOG_LEVEL="WARNING",
-        )
-        if not args.keep and not args.database:
-            stack.callback(drop_database, server, name)
-        elif not args.database:
-            print(f"database {name} is kept: --database {name} times it again")
-        settings = Settings()
+        if args.database:
+            url = services(stack).rsplit("/", 1)[0] + "/" + name
+        else:
+            url = database(stack, name, keep=args.keep)
+            if args.keep:
+                print(f"database {name} is kept: --database {name} times it again")
+        settings = bench_settings(url, CITYOPS_KAFKA_TOPIC_PREFIX=f"rp{run}.")
         if not args.database:
             seed(settings)
             t0 = time.perf_counter()

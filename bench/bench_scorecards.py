@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
 import time
 import uuid
 from collections.abc import Callable
@@ -22,10 +21,9 @@ from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from typing import Any, get_args
 
+from bench.harness import bench_settings, database
 from cityops.bootstrap import city_layers
-from cityops.services import create_database, drop_database, throwaway_services
 from infra.pgstore import apply_schema, make_pool
-from infra.settings import Settings
 from projections.scorecards import Level, Scorecards
 
 # Each row picks its cell, department type and fate from its own random() draws;
@@ -108,18 +106,8 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the database afterwards")
     args = ap.parse_args()
     with ExitStack() as stack:
-        if not os.environ.get("CITYOPS_DATABASE_URL"):
-            os.environ.update(stack.enter_context(throwaway_services("cityops-bench-")))
-        server = os.environ["CITYOPS_DATABASE_URL"]
         name = f"scorecards_{uuid.uuid4().hex[:8]}"
-        os.environ.update(
-            CITYOPS_DATABASE_URL=create_database(server, name),
-            CITYOPS_DATA_DIR="var/bench-city",
-            CITYOPS_LOG_LEVEL="WARNING",
-        )
-        if not args.keep:
-            stack.callback(drop_database, server, name)
-        settings = Settings()
+        settings = bench_settings(database(stack, name, keep=args.keep))
         grid = city_layers(settings).grid
         centres = grid.geometry.representative_point()
         cells = [

@@ -23,6 +23,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.browser.stack import CHROMIUM, CHROMIUM_ARGS, demo_stack
+from tests.helpers.web import auth_header, dev_token
 
 OUT = Path("docs/screenshots")
 
@@ -45,6 +46,10 @@ def shoot(base: str, out: Path) -> list[Path]:
             page.screenshot(path=str(path))
             made.append(path)
 
+        def open_drawer(incident_id: str) -> None:
+            page.evaluate("(id) => window.CityOps.selectIncident(id)", incident_id)
+            page.wait_for_selector('[data-testid="detail-panel"][data-loaded="true"]')
+
         save("overview")
         first = page.evaluate(
             """() => {
@@ -53,8 +58,7 @@ def shoot(base: str, out: Path) -> list[Path]:
             }"""
         )
         if first:
-            page.evaluate("(id) => window.CityOps.selectIncident(id)", first)
-            page.wait_for_selector('[data-testid="detail-panel"][data-loaded="true"]')
+            open_drawer(first)
             page.wait_for_timeout(1_500)
             save("incident-drawer")
             page.locator('[data-testid="detail-close"]').click()
@@ -74,8 +78,7 @@ def shoot(base: str, out: Path) -> list[Path]:
         page.wait_for_selector('body[data-mode="live"]')
         page.locator('[data-testid="lang-toggle"]').click()
         if first:
-            page.evaluate("(id) => window.CityOps.selectIncident(id)", first)
-            page.wait_for_selector('[data-testid="detail-panel"][data-loaded="true"]')
+            open_drawer(first)
         page.wait_for_timeout(1_500)
         save("chinese-labels")
         page.locator('[data-testid="lang-toggle"]').click()
@@ -112,19 +115,17 @@ def shoot(base: str, out: Path) -> list[Path]:
         )
         if department:
             # Dispatched to it, so the drawer offers the department its own actions.
-            dev = f"{base.rstrip('/')}/api/v1/auth/dev-token"
-            dispatcher = httpx.post(dev, json={"role": "dispatcher"}, timeout=10).json()
+            dispatcher = dev_token(base.rstrip("/"), "dispatcher")
             httpx.post(
                 f"{base.rstrip('/')}/api/v1/incidents/{first}/dispatch",
                 json={"reason": "screenshot"},
-                headers={"Authorization": f"Bearer {dispatcher['access_token']}"},
+                headers=auth_header(dispatcher),
                 timeout=10,
             )
             page.select_option('[data-testid="role-select"]', "department")
             page.select_option('[data-testid="department-select"]', department)
             page.wait_for_selector(f'body[data-department="{department}"]')
-            page.evaluate("(id) => window.CityOps.selectIncident(id)", first)
-            page.wait_for_selector('[data-testid="detail-panel"][data-loaded="true"]')
+            open_drawer(first)
             page.wait_for_timeout(1_500)
             save("department-sign-in")
         browser.close()

@@ -21,10 +21,6 @@ PERF_FILE = Path("var/browser/perf.json")
 FIGURES: dict[str, Any] = {}
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "browser: the operations center in headless Chromium")
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     reason = missing_requirements()
     if reason is None:

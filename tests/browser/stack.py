@@ -14,16 +14,16 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
-from cityops.services import create_database, drop_database, free_port
+from cityops.services import free_port
+from infra.settings import Settings
+from tests.helpers.db import fresh_database
+from tests.helpers.workers import cityops, log_of, stop_session, wait_http_ready
 
 SERVICES = ("CITYOPS_DATABASE_URL", "CITYOPS_KAFKA_BOOTSTRAP", "CITYOPS_MQTT_HOST")
 CHROMIUM = os.environ.get("CITYOPS_CHROMIUM", "/usr/bin/chromium")
@@ -62,31 +62,17 @@ class Stack:
     def database_url(self) -> str:
         return self.env["CITYOPS_DATABASE_URL"]
 
-
-def _wait_ready(
-    base: str, proc: subprocess.Popen[bytes], log: Path, timeout: float, probe: str = "/readyz"
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}{probe}", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            raise RuntimeError(f"the stack exited:\n{log.read_text(errors='replace')[-3000:]}")
-        time.sleep(0.5)
-    raise RuntimeError(f"the stack was not ready in {timeout:.0f} s")
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(40)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+    @property
+    def settings(self) -> Settings:
+        """The settings the stack's processes read from ``env``."""
+        prefix = "CITYOPS_"
+        return Settings(
+            **{
+                k.removeprefix(prefix).lower(): v
+                for k, v in self.env.items()
+                if k.startswith(prefix)
+            }
+        )
 
 
 def _env(run: str, url: str, state_dir: Path, **extra: str) -> dict[str, str]:
@@ -114,19 +100,13 @@ def demo_stack(
 ) -> Iterator[Stack]:
     """``cityops demo`` on the running services and a fresh database, until exit."""
     run = uuid.uuid4().hex[:8]
-    server = os.environ["CITYOPS_DATABASE_URL"]
-    database = f"web_{run}"
-    url = create_database(server, database)
-    state_dir.mkdir(parents=True, exist_ok=True)
-    env = _env(run, url, state_dir, CITYOPS_SIM_SENSORS=str(sensors))
-    port = free_port()
-    log = state_dir / "demo.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "cityops",
+    with fresh_database(f"web_{run}") as url:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        env = _env(run, url, state_dir, CITYOPS_SIM_SENSORS=str(sensors))
+        port = free_port()
+        log = state_dir / "demo.log"
+        with log.open("wb") as out:
+            proc = cityops(
                 "demo",
                 "--port",
                 str(port),
@@ -135,70 +115,60 @@ def demo_stack(
                 str(rate),
                 "--state-dir",
                 str(state_dir),
-            ],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        _wait_ready(base, proc, log, 120)
-        yield Stack(base, env, state_dir)
-    finally:
-        _stop(proc)
-        drop_database(server, database)
-
-
-@contextmanager
-def map_stack(state_dir: Path, *, sensors: int, incidents: int) -> Iterator[Stack]:
-    """The API alone over ``sensors`` map sensors and ``incidents`` open incidents."""
-    from bench.bench_map import fill
-    from infra.settings import Settings
-
-    run = uuid.uuid4().hex[:8]
-    server = os.environ["CITYOPS_DATABASE_URL"]
-    database = f"webmap_{run}"
-    url = create_database(server, database)
-    state_dir.mkdir(parents=True, exist_ok=True)
-    env = _env(run, url, state_dir)
-    port = free_port()
-    log = state_dir / "api.log"
-    proc: subprocess.Popen[bytes] | None = None
-    try:
-        settings = Settings(
-            database_url=url, data_dir=state_dir / "city", kafka_topic_prefix=f"web{run}."
-        )
-        fill(settings, sensors, incidents)
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "uvicorn",
-                    "--factory",
-                    "cityops.bootstrap:app_from_env",
-                    "--port",
-                    str(port),
-                    "--log-level",
-                    "warning",
-                    "--no-access-log",
-                ],
                 env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
         base = f"http://127.0.0.1:{port}"
-        # Only the API runs (no brokers' workers): alive is enough.
-        _wait_ready(base, proc, log, 90, probe="/healthz")
-        yield Stack(base, env, state_dir)
-    finally:
-        if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-        drop_database(server, database)
-        shutil.rmtree(state_dir, ignore_errors=True)
+        try:
+            wait_http_ready(base, proc, 120, output=log_of(log))
+            yield Stack(base, env, state_dir)
+        finally:
+            stop_session(proc, 40, signal.SIGINT)
+
+
+@contextmanager
+def map_stack(state_dir: Path, *, sensors: int, incidents: int) -> Iterator[Stack]:
+    """The API alone over ``sensors`` map sensors and ``incidents`` open incidents."""
+    from bench.bench_map import fill
+
+    run = uuid.uuid4().hex[:8]
+    with fresh_database(f"webmap_{run}") as url:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        env = _env(run, url, state_dir)
+        port = free_port()
+        log = state_dir / "api.log"
+        proc: subprocess.Popen[bytes] | None = None
+        try:
+            settings = Settings(
+                database_url=url, data_dir=state_dir / "city", kafka_topic_prefix=f"web{run}."
+            )
+            fill(settings, sensors, incidents)
+            with log.open("wb") as out:
+                proc = subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "uvicorn",
+                        "--factory",
+                        "cityops.bootstrap:app_from_env",
+                        "--port",
+                        str(port),
+                        "--log-level",
+                        "warning",
+                        "--no-access-log",
+                    ],
+                    env=env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            base = f"http://127.0.0.1:{port}"
+            # Only the API runs (no brokers' workers): alive is enough.
+            wait_http_ready(base, proc, 90, probe="/healthz", output=log_of(log))
+            yield Stack(base, env, state_dir)
+        finally:
+            if proc is not None:
+                stop_session(proc, 30)
+            shutil.rmtree(state_dir, ignore_errors=True)

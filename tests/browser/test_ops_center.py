@@ -19,13 +19,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-import orjson
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.browser.conftest import record
 from tests.browser.stack import Stack, map_stack
+from tests.helpers.brokers import publish
+from tests.helpers.builders import senml
+from tests.helpers.waiting import poll
+from tests.helpers.web import auth_header, dev_token
 
 pytestmark = pytest.mark.browser
 
@@ -81,15 +82,12 @@ def ops(browser: Any, stack: Stack) -> Iterator[Watched]:
 
 
 def token(stack: Stack, role: str, department: str | None = None) -> str:
-    body = {"role": role} if department is None else {"role": role, "department_code": department}
-    got = httpx.post(f"{stack.base}/api/v1/auth/dev-token", json=body, timeout=10)
-    got.raise_for_status()
-    return str(got.json()["access_token"])
+    return dev_token(stack.base, role, department)
 
 
 def api(stack: Stack, method: str, path: str, role: str = "operator", **kw: Any) -> Any:
     """The API's JSON answer to ``role``; anything but a 2xx fails the test."""
-    headers = {"Authorization": f"Bearer {token(stack, role)}"}
+    headers = auth_header(token(stack, role))
     got = httpx.request(method, f"{stack.base}/api/v1{path}", headers=headers, timeout=15, **kw)
     assert got.is_success, f"{method} {path}: {got.status_code} {got.text}"
     return got.json()
@@ -127,26 +125,7 @@ def alarm(stack: Stack, sensor: dict[str, Any]) -> None:
     """Readings that take a water-level sensor over its alarm threshold."""
     device, gateway = sensor["device_id"], sensor["gateway_id"]
     for level in (30.0, 62.0, 64.0):
-        publish(stack, f"cityops/{gateway}/{device}/telemetry", senml(device, level))
-
-
-def publish(stack: Stack, topic: str, payload: bytes) -> None:
-    env = stack.env
-    v5 = env.get("CITYOPS_MQTT_PROTOCOL", "5") == "5"
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311)
-    if env.get("CITYOPS_MQTT_USERNAME"):
-        client.username_pw_set(env["CITYOPS_MQTT_USERNAME"], env.get("CITYOPS_MQTT_PASSWORD"))
-    client.connect(env["CITYOPS_MQTT_HOST"], int(env.get("CITYOPS_MQTT_PORT", "1883")))
-    client.loop_start()
-    client.publish(topic, payload, qos=1).wait_for_publish(10)
-    client.loop_stop()
-    client.disconnect()
-
-
-def senml(device_id: str, level: float) -> bytes:
-    return orjson.dumps(
-        [{"bn": f"{device_id}:", "bt": time.time(), "n": "water_level", "u": "cm", "v": level}]
-    )
+        publish(stack.settings, f"cityops/{gateway}/{device}/telemetry", senml(device, level))
 
 
 # What the MQTT test caused, for the tests after it.
@@ -257,7 +236,7 @@ def test_actions_follow_the_role_and_the_api_refuses_the_rest(ops: Watched, stac
     refused = httpx.post(
         f"{stack.base}/api/v1/incidents/{incident_id}/acknowledge",
         json={"reason": "auditors only read"},
-        headers={"Authorization": f"Bearer {token(stack, 'auditor')}"},
+        headers=auth_header(token(stack, "auditor")),
         timeout=10,
     )
     assert refused.status_code == 403, refused.text
@@ -280,7 +259,7 @@ def test_actions_follow_the_role_and_the_api_refuses_the_rest(ops: Watched, stac
     )
     shown = httpx.get(
         f"{stack.base}/api/v1/incidents/{incident_id}",
-        headers={"Authorization": f"Bearer {token(stack, 'operator')}"},
+        headers=auth_header(token(stack, "operator")),
         timeout=10,
     ).json()["properties"]
     assert shown["acknowledged"] is True
@@ -344,7 +323,7 @@ def test_a_department_acts_on_its_own_incidents_only(ops: Watched, stack: Stack)
     # Exactly what the API offers this department on its own dispatched incident.
     offered = httpx.get(
         f"{stack.base}/api/v1/ops/actions/incidents/{own_id}",
-        headers={"Authorization": f"Bearer {token(stack, 'department', department)}"},
+        headers=auth_header(token(stack, "department", department)),
         timeout=10,
     ).json()
     actions = [a["action"] for a in offered["actions"]]
@@ -386,17 +365,18 @@ def submit_case(stack: Stack, lon: float, lat: float) -> str:
 def dispatched(stack: Stack, case_id: str) -> dict[str, Any]:
     """The case once assigned: by the intake policy, or by the dispatcher where the policy
     holds it as a possible duplicate of a report nearby."""
-    deadline = time.monotonic() + 30
     registered = False
-    while True:
+
+    def fetch() -> dict[str, Any]:
+        nonlocal registered
         case: dict[str, Any] = api(stack, "GET", f"/cases/{case_id}")
-        if case["status"] == "assigned" or time.monotonic() > deadline:
-            return case
         if case["status"] == "submitted" and case["possible_duplicates"] and not registered:
             body = {"reason": "another pothole, not a duplicate"}
             api(stack, "POST", f"/cases/{case_id}/accept", "dispatcher", json=body)
             registered = True
-        time.sleep(0.3)
+        return case
+
+    return poll(fetch, lambda case: case["status"] == "assigned", timeout=30, interval=0.3)
 
 
 def test_a_queue_row_opens_the_case_drawer(ops: Watched, stack: Stack) -> None:
@@ -409,12 +389,12 @@ def test_a_queue_row_opens_the_case_drawer(ops: Watched, stack: Stack) -> None:
     case = cases[0]
     assert [c["status"] for c in cases] == ["assigned"] * 3, case["timeline"]
     department = case["department_code"]
-    queued: list[str] = []
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and case_id not in queued:
+
+    def fetch_queue() -> list[str]:
         queue = api(stack, "GET", f"/departments/{department}/queue", params={"limit": 100})
-        queued = [c["case_id"] for c in queue["cases"]]
-        time.sleep(0.3)
+        return [c["case_id"] for c in queue["cases"]]
+
+    queued = poll(fetch_queue, lambda ids: case_id in ids, timeout=20, interval=0.3)
     assert case_id in queued, "the case did not reach its department's queue"
     CAUSED["cases"] = ids
 
@@ -446,13 +426,12 @@ def test_grid_cells_coloured_by_hotspot(ops: Watched, stack: Stack) -> None:
     if "cases" not in CAUSED:
         pytest.skip("needs the cases the queue test filed")
     grid = api(stack, "GET", f"/cases/{CAUSED['cases'][0]}")["grid_code"]
-    deadline = time.monotonic() + 20
-    hot: list[str] = []
-    while time.monotonic() < deadline and grid not in hot:
-        hot = [
-            h["grid_code"] for h in api(stack, "GET", "/hotspots", params={"hours": 24})["hotspots"]
-        ]
-        time.sleep(0.3)
+
+    def fetch_hotspots() -> list[str]:
+        hotspots = api(stack, "GET", "/hotspots", params={"hours": 24})["hotspots"]
+        return [h["grid_code"] for h in hotspots]
+
+    hot = poll(fetch_hotspots, lambda cells: grid in cells, timeout=20, interval=0.3)
     assert grid in hot, "three reports in a quiet cell within the hour make a hotspot"
 
     assert page.locator('[data-testid="legend-load"]').is_visible()

@@ -9,68 +9,35 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
-import orjson
-import paho.mqtt.client as mqtt
 import pytest
-from fastapi.testclient import TestClient
-from kafka import KafkaConsumer
-from paho.mqtt.enums import CallbackAPIVersion
 
-from cityops.bootstrap import (
-    api_app,
-    city_layers,
-    run_bridge,
-    run_in_thread,
-    run_monitor,
-    run_projector,
-    run_writer,
-    seed,
-)
+from cityops.bootstrap import city_layers, seed
 from core.sensor.rules import DEPARTMENT_TYPE
 from gis.assign import Jurisdictions
 from infra import kafka as topics
 from infra.settings import Settings
-from tests.conftest import bearer
-from tests.integration.test_pipeline_kafka import count, wait_until
+from tests.helpers.brokers import publish, read_topic
+from tests.helpers.builders import senml
+from tests.helpers.db import count
+from tests.helpers.waiting import wait_until
+from tests.helpers.web import served
+from tests.helpers.workers import in_threads
 
 pytestmark = pytest.mark.e2e
+
+# With the water level, what the sensor's pack also carries.
+BATTERY_AND_TEMPERATURE = (
+    {"n": "battery", "u": "%EL", "v": 88},
+    {"n": "temperature", "u": "Cel", "v": 19.5},
+)
 
 
 @pytest.fixture
 def pipeline(settings: Settings) -> Iterator[Settings]:
     seed(settings)
-    workers = [
-        run_in_thread(lambda s: run_bridge(settings, s), "bridge"),
-        run_in_thread(lambda s: run_writer(settings, s), "writer"),
-        run_in_thread(lambda s: run_monitor(settings, s), "monitor"),
-        run_in_thread(lambda s: run_projector(settings, s), "projector"),
-    ]
-    time.sleep(3)  # consumer groups join; the bridge subscribes
-    yield settings
-    for _, stop in workers:
-        stop.set()
-    for thread, _ in workers:
-        thread.join(20)
-
-
-def publish(settings: Settings, topic: str, payload: bytes) -> None:
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    client.connect(settings.mqtt_host, settings.mqtt_port)
-    client.loop_start()
-    info = client.publish(topic, payload, qos=1)
-    info.wait_for_publish(10)
-    client.loop_stop()
-    client.disconnect()
-
-
-def senml(device_id: str, level: float) -> bytes:
-    return orjson.dumps(
-        [
-            {"bn": f"{device_id}:", "bt": time.time(), "n": "water_level", "u": "cm", "v": level},
-            {"n": "battery", "u": "%EL", "v": 88},
-            {"n": "temperature", "u": "Cel", "v": 19.5},
-        ]
-    )
+    with in_threads(settings, "bridge", "writer", "monitor", "projector", join_s=20):
+        time.sleep(3)  # consumer groups join; the bridge subscribes
+        yield settings
 
 
 def test_senml_over_mqtt_becomes_incident_on_the_map(pipeline: Settings) -> None:
@@ -83,19 +50,10 @@ def test_senml_over_mqtt_becomes_incident_on_the_map(pipeline: Settings) -> None
     )
     topic = f"cityops/{gateway}/{device}/telemetry"
     for level in (30.0, 62.0, 64.0):
-        publish(settings, topic, senml(device, level))
+        publish(settings, topic, senml(device, level, *BATTERY_AND_TEMPERATURE))
 
     # Kafka holds the normalised batch, keyed by device.
-    consumer = KafkaConsumer(
-        topics.Topics.of(settings).telemetry,
-        bootstrap_servers=settings.kafka_bootstrap,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        group_id=None,
-        consumer_timeout_ms=5_000,
-    )
-    keys = [m.key for m in consumer]
-    consumer.close()
+    keys = [m.key for m in read_topic(settings, topics.Topics.of(settings).telemetry, 3)]
     assert keys.count(device.encode()) == 3
 
     wait_until(
@@ -103,8 +61,7 @@ def test_senml_over_mqtt_becomes_incident_on_the_map(pipeline: Settings) -> None
         what="9 readings",
     )
 
-    with TestClient(api_app(settings)) as http:
-        http.headers.update(bearer(settings, "operator"))
+    with served(settings, as_role="operator", raise_errors=True) as http:
 
         def incident() -> dict | None:
             found = http.get("/api/v1/incidents", params={"status": "open"}).json()["features"]
@@ -126,7 +83,7 @@ def test_senml_over_mqtt_becomes_incident_on_the_map(pipeline: Settings) -> None
         assert any(f["id"] == feature["id"] for f in layer["features"])
 
         # Return to normal clears the alarm; acknowledging then closes the incident.
-        publish(settings, topic, senml(device, 20.0))
+        publish(settings, topic, senml(device, 20.0, *BATTERY_AND_TEMPERATURE))
         wait_until(
             lambda: (
                 http.get(f"/api/v1/incidents/{feature['id']}").json()["properties"]["alarm_status"]

@@ -11,32 +11,21 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
-import psycopg
 import pytest
-from eventsourcing.application import ProcessingEvent
 from fastapi.testclient import TestClient
 
-from cityops.bootstrap import api_app, city_app, projections, seed, service_desk
 from core.audit import AuditRead, state_view
-from core.incident.policy import IncidentPolicy
-from core.sensor import SensorSpec, sensor_id
-from core.sensor.rules import Transition, load_rules
-from infra.pgstore import make_pool
+from core.sensor import sensor_id
 from infra.settings import Settings
-from projections.runner import ProjectionWorker
-from tests.builders import link_as_brain
-from tests.conftest import bearer
-from tests.integration.test_urban_brain import offset, places, report
+from tests.helpers.builders import REPORTER_PHONE as PHONE
+from tests.helpers.builders import flood_alarm
+from tests.helpers.city import City, flooded_place
+from tests.helpers.db import rows
+from tests.helpers.web import bearer
 
 pytestmark = pytest.mark.integration
 
 DEVICE = "wl-audit"
-PHONE = "13800138000"  # what test_urban_brain's ``report`` files as the caller's phone
-
-
-def rows(settings: Settings, query: str, *params: Any) -> list[tuple[Any, ...]]:
-    with psycopg.connect(settings.database_url) as conn:
-        return conn.execute(query, params).fetchall()
 
 
 def audit_reads(settings: Settings, app: Any) -> list[AuditRead]:
@@ -52,54 +41,29 @@ def audit_reads(settings: Settings, app: Any) -> list[AuditRead]:
 @pytest.fixture
 def world(settings: Settings) -> Iterator[dict[str, Any]]:
     """A sensor alarm on a stored reading, its incident, and two linked citizen reports."""
-    seed(settings)
-    pool = make_pool(settings, max_size=2)
-    app = city_app(settings, pool_size=2)
-    desk = service_desk(settings, app, pool)
-    lon, lat, _ = places(settings, 1)[0]
-    water = desk.locator.department_for(lon, lat, "water")
-    assert water is not None
-    app.register_sensors(
-        [SensorSpec(DEVICE, "water_level", "gw-t", lon, lat, None, None, water)],
-        actor="test",
-        correlation_id="t",
-    )
     crossed = round(time.time() - 120, 3)
-    with pool.connection() as conn:
-        for dt, value in ((-60, 41.0), (0, 62.0), (60, 64.0)):
-            conn.execute(
-                "INSERT INTO readings (ts, device_id, metric, value, unit)"
-                " VALUES (to_timestamp(%s), %s, 'water_level', %s, 'cm')",
-                (crossed + dt, DEVICE, value),
-            )
-    pe: ProcessingEvent[UUID] = ProcessingEvent()
-    IncidentPolicy(app, load_rules()).apply(
-        app.get_sensor(DEVICE),
-        [Transition("raised", "water_level_high", "major", "water_level", 62.0, crossed)],
-        "audit-storm",
-        pe,
-    )
-    app.record(pe)
-    incident = UUID(app.get_sensor(DEVICE).open_incidents["water_level_high"])
-    cases = [report(desk, f"au{i}", *offset(lon, lat, 60 * i, 30)) for i in range(2)]
-    worker = ProjectionWorker(app, settings.database_url, projections())
-    worker.catch_up()
-    link_as_brain(app, pool, cases)
-    worker.catch_up()
-    with TestClient(api_app(settings)) as client:
+
+    def alarm(city: City, device: str) -> UUID:
+        with city.pool.connection() as conn:
+            for dt, value in ((-60, 41.0), (0, 62.0), (60, 64.0)):
+                conn.execute(
+                    "INSERT INTO readings (ts, device_id, metric, value, unit)"
+                    " VALUES (to_timestamp(%s), %s, 'water_level', %s, 'cm')",
+                    (crossed + dt, device, value),
+                )
+        return flood_alarm(city.app, device, crossed, "audit-storm")
+
+    with flooded_place(settings, DEVICE, "au", alarm) as place:
         yield {
-            "client": client,
-            "app": app,
-            "desk": desk,
-            "incident": incident,
-            "cases": cases,
-            "water": water,
+            "client": place.client,
+            "app": place.city.app,
+            "desk": place.city.desk,
+            "incident": place.incident,
+            "cases": place.cases,
+            "water": place.water,
             "crossed": crossed,
-            "worker": worker,
+            "worker": place.worker,
         }
-    worker.close()
-    app.close()
-    pool.close()
 
 
 def run_workflow(settings: Settings, world: dict[str, Any]) -> None:

@@ -28,7 +28,7 @@ from infra.audit_chain import (
     verify,
 )
 from infra.settings import Settings
-from tests.builders import sensor
+from tests.helpers.builders import sensor
 
 pytestmark = pytest.mark.integration
 
@@ -107,6 +107,8 @@ def relink_from(settings: Settings, position: int) -> None:
 
 
 ALTER = "UPDATE city_events SET state = convert_to('{\"x\": 1}', 'UTF8') WHERE notification_id = %s"
+DELETE_EVENT = "DELETE FROM city_events WHERE notification_id = %s"
+DELETE_LINK = "DELETE FROM event_chain WHERE notification_id = %s"
 
 
 def test_the_recorded_log_verifies_with_the_database_s_own_chain(city) -> None:
@@ -135,7 +137,7 @@ def test_an_altered_event_is_named(city) -> None:
 def test_a_deleted_event_is_named(city) -> None:
     settings, _ = city
     ids = positions(settings)
-    tamper(settings, ("DELETE FROM city_events WHERE notification_id = %s", (ids[77],)))
+    tamper(settings, (DELETE_EVENT, (ids[77],)))
     result = check(settings)
     assert (result.position, result.problem) == (ids[77], Problem.MISSING)
 
@@ -143,11 +145,7 @@ def test_a_deleted_event_is_named(city) -> None:
 def test_an_event_deleted_with_its_link_is_named(city) -> None:
     settings, _ = city
     ids = positions(settings)
-    tamper(
-        settings,
-        ("DELETE FROM city_events WHERE notification_id = %s", (ids[77],)),
-        ("DELETE FROM event_chain WHERE notification_id = %s", (ids[77],)),
-    )
+    tamper(settings, (DELETE_EVENT, (ids[77],)), (DELETE_LINK, (ids[77],)))
     result = check(settings)
     assert (result.position, result.problem) == (ids[77], Problem.MISSING)
     assert f"the link of {ids[78]} names {ids[77]}" in result.detail
@@ -161,8 +159,8 @@ def test_an_event_deleted_with_its_link_and_the_hint_is_found_at_the_next_positi
     ids = positions(settings)
     tamper(
         settings,
-        ("DELETE FROM city_events WHERE notification_id = %s", (ids[77],)),
-        ("DELETE FROM event_chain WHERE notification_id = %s", (ids[77],)),
+        (DELETE_EVENT, (ids[77],)),
+        (DELETE_LINK, (ids[77],)),
         ("UPDATE event_chain SET prev_id = %s WHERE notification_id = %s", (ids[76], ids[78])),
     )
     result = check(settings)
@@ -173,7 +171,7 @@ def test_an_event_deleted_with_its_link_and_the_hint_is_found_at_the_next_positi
 def test_an_event_without_a_link_is_named(city) -> None:
     settings, _ = city
     ids = positions(settings)
-    tamper(settings, ("DELETE FROM event_chain WHERE notification_id = %s", (ids[5],)))
+    tamper(settings, (DELETE_LINK, (ids[5],)))
     assert (check(settings).position, check(settings).problem) == (ids[5], Problem.UNLINKED)
 
 

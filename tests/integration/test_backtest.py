@@ -12,13 +12,10 @@ from typing import Any
 import orjson
 import psycopg
 import pytest
-import typer
 import yaml
 from kafka import TopicPartition
-from typer.testing import CliRunner
 
 from cityops.bootstrap import city_app
-from cityops.cli.backtest import backtest_command
 from core.app import CityApp
 from core.sensor.rules import load_rules
 from infra.backtest import BacktestRequest, run_backtest
@@ -26,7 +23,8 @@ from infra.pgstore import apply_schema, make_pool
 from infra.settings import Settings
 from sensors.monitor import SensorMonitor
 from sensors.writer import copy_readings
-from tests.builders import readings_message, sensor
+from tests.helpers.builders import readings_message, sensor
+from tests.helpers.workers import backtest
 
 pytestmark = pytest.mark.integration
 
@@ -164,17 +162,14 @@ def test_backtest_reproduces_live_incidents_and_reports_threshold_changes(
     assert late.matched == []
 
     # The command, as `cityops audit backtest` runs it.
-    monkeypatch.setenv("CITYOPS_DATABASE_URL", settings.database_url)
-    cli = typer.Typer()
-    cli.command()(backtest_command)
-    runner = CliRunner()
+    invoke = backtest(settings, monkeypatch)
     args = ["--from", start.isoformat(), "--to", end.isoformat()]
-    out = runner.invoke(cli, [*args, "--rules", str(tmp_path / "higher.yaml"), "--json"])
+    out = invoke([*args, "--rules", str(tmp_path / "higher.yaml"), "--json"])
     assert out.exit_code == 0, out.output
     doc = orjson.loads(out.stdout)
     assert doc["counts"]["would_not_have_opened"] == 1
     assert doc["would_not_have_opened"][0]["device_id"] == "wl-1"
-    text = runner.invoke(cli, args)
+    text = invoke(args)
     assert text.exit_code == 0, text.output
     assert "identical" in text.stdout
 
@@ -185,11 +180,11 @@ def test_backtest_reproduces_live_incidents_and_reports_threshold_changes(
         (["--rules", str(tmp_path / "nope.yaml")], "cannot read the rules file"),
         (["--correlation", str(bad)], "correlation policy"),
     ]:
-        failed = runner.invoke(cli, [*args, *extra])
+        failed = invoke([*args, *extra])
         assert failed.exit_code == 2
         assert message in failed.output
     future = (datetime.now(UTC) + timedelta(days=1)).isoformat()
-    failed = runner.invoke(cli, ["--from", future, "--to", future])
+    failed = invoke(["--from", future, "--to", future])
     assert failed.exit_code == 2
     assert "before" in failed.output
 

@@ -3,9 +3,9 @@ brain, then its rules re-run over the log in scratch state and compared."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid5
@@ -13,31 +13,22 @@ from uuid import UUID, uuid5
 import orjson
 import psycopg
 import pytest
-import typer
 import yaml
-from typer.testing import CliRunner
 
-from cityops.bootstrap import (
-    brain_follower,
-    city_app,
-    run_in_thread,
-    run_projector,
-    seed,
-    service_desk,
-)
-from cityops.cli.backtest import backtest_command
+from cityops.bootstrap import brain_follower, run_projector, seed
 from core.app import CityApp
 from core.backtest.rules import CorrelationOutcome
 from core.brain.correlation import CLUSTER_NS, load_policy
 from core.case.desk import ServiceDesk
 from core.sensor import SensorSpec
 from infra.backtest import BacktestRequest, run_backtest
-from infra.pgstore import make_pool
 from infra.settings import Settings
 from projections.positions import head
-from tests.integration.test_pipeline_kafka import wait_until
-from tests.integration.test_rebuild import caught_up, checksums
-from tests.integration.test_urban_brain import flood_alarm, offset, places, report
+from tests.helpers.builders import flood_alarm, offset, report
+from tests.helpers.city import open_city, places
+from tests.helpers.db import caught_up, checksums
+from tests.helpers.waiting import wait_until
+from tests.helpers.workers import backtest, threads
 
 pytestmark = pytest.mark.integration
 
@@ -47,24 +38,11 @@ LIVE_POLICY = Path(__file__).resolve().parents[2] / "core" / "brain" / "correlat
 @pytest.fixture
 def city(settings: Settings) -> Iterator[tuple[CityApp, ServiceDesk]]:
     seed(settings)
-    pool = make_pool(settings, max_size=4)
-    app = city_app(settings, pool_size=4)
-    desk = service_desk(settings, app, pool)
-    projector, stop_projector = run_in_thread(lambda s: run_projector(settings, s), "projector")
-    brain = brain_follower(settings, app, pool)
-    stop_brain = threading.Event()
-    brain_thread = threading.Thread(target=brain.run, args=(stop_brain,), daemon=True)
-    brain_thread.start()
-    try:
-        yield app, desk
-        wait_until(lambda: caught_up(settings), 60, "projections at the head")
-    finally:
-        stop_brain.set()
-        stop_projector.set()
-        brain_thread.join(15)
-        projector.join(15)
-        app.close()
-        pool.close()
+    with open_city(settings, pool_size=4) as opened:
+        brain = brain_follower(settings, opened.app, opened.pool)
+        with threads(partial(run_projector, settings), brain.run):
+            yield opened.app, opened.desk
+            wait_until(lambda: caught_up(settings), 60, "projections at the head")
 
 
 def policy_with(tmp_path: Path, name: str, **changes: Any) -> Path:
@@ -203,22 +181,19 @@ def test_backtest_replays_the_brain_and_reports_changed_rules(
     assert diff.diffs["confirmation"].identical
 
     # The command, as `cityops audit backtest` runs it.
-    monkeypatch.setenv("CITYOPS_DATABASE_URL", settings.database_url)
-    cli = typer.Typer()
-    cli.command()(backtest_command)
-    runner = CliRunner()
+    invoke = backtest(settings, monkeypatch)
     args = ["--from", start.isoformat(), "--to", end.isoformat()]
-    out = runner.invoke(cli, [*args, "--correlation", str(tmp_path / "narrow.yaml"), "--json"])
+    out = invoke([*args, "--correlation", str(tmp_path / "narrow.yaml"), "--json"])
     assert out.exit_code == 0, out.output
     doc = orjson.loads(out.stdout)
     assert doc["correlation"]["counts"]["link"] == {"same": 9, "missing": 2, "extra": 2}
     assert doc["correlation"]["cluster"]["extra"][0]["subject"] == x
     assert doc["identical"] is False
-    text = runner.invoke(cli, args)
+    text = invoke(args)
     assert text.exit_code == 0, text.output
     assert "link: same 11, missing 0, extra 0" in text.stdout
     assert text.stdout.rstrip().endswith("identical")
-    narrow_text = runner.invoke(cli, [*args, "--correlation", str(tmp_path / "narrow.yaml")])
+    narrow_text = invoke([*args, "--correlation", str(tmp_path / "narrow.yaml")])
     assert f"missing: case {a2} -> incident {ia} (flooding v{live})" in narrow_text.stdout
     assert narrow_text.stdout.rstrip().endswith("differences found")
 

@@ -8,10 +8,7 @@ clocks running at once; a case resolved in time gets no overdue mark.
 
 from __future__ import annotations
 
-import signal
 import subprocess
-import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -26,17 +23,10 @@ import orjson
 import psycopg
 import pytest
 import yaml
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer, TopicPartition
 from psycopg_pool import ConnectionPool
 
-from cityops.bootstrap import (
-    city_app,
-    city_layers,
-    run_in_thread,
-    run_projector,
-    seed,
-    service_desk,
-)
+from cityops.bootstrap import city_app, city_layers, seed, service_desk
 from core.app import CityApp
 from core.case import ServiceCase, case_id
 from core.case.desk import ServiceDesk, SubmitCase
@@ -46,9 +36,11 @@ from infra.hotline_schema import HotlineCase, encode
 from infra.pgstore import make_pool
 from infra.settings import Settings
 from projections.case_queries import CaseFilter, CaseQueries
-from tests.integration.test_bridge import read_topic
-from tests.integration.test_crash import worker_env
-from tests.integration.test_pipeline_kafka import wait_until
+from tests.helpers.brokers import read_topic, topic_size
+from tests.helpers.city import open_city
+from tests.helpers.db import rows
+from tests.helpers.waiting import wait_until
+from tests.helpers.workers import in_threads, sigkill, start_worker, stop_all, threads
 from workers.intake import CaseIntake
 
 pytestmark = pytest.mark.integration
@@ -98,27 +90,12 @@ def hotline_case_id(external_id: str, source: str = "12345") -> UUID:
 
 def per_case(settings: Settings, topic_like: str) -> dict[UUID, int]:
     """How many events of that kind each case has in the city log."""
-    pool = make_pool(settings, max_size=1)
-    try:
-        with pool.connection() as conn:
-            rows = conn.execute(
-                "SELECT originator_id, count(*) FROM city_events WHERE topic LIKE %s GROUP BY 1",
-                (topic_like,),
-            ).fetchall()
-    finally:
-        pool.close()
-    return {r[0]: int(r[1]) for r in rows}
-
-
-def topic_size(settings: Settings, topic: str) -> int:
-    """Records in a topic (sum of its partitions' end offsets)."""
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=None)
-    try:
-        partitions = consumer.partitions_for_topic(topic) or set()
-        ends = consumer.end_offsets([TopicPartition(topic, p) for p in partitions])
-        return sum(ends.values())
-    finally:
-        consumer.close()
+    found = rows(
+        settings,
+        "SELECT originator_id, count(*) FROM city_events WHERE topic LIKE %s GROUP BY 1",
+        topic_like,
+    )
+    return {r[0]: int(r[1]) for r in found}
 
 
 POSITIONS = (
@@ -143,13 +120,12 @@ def first_commit_after(
     conn: psycopg.Connection[Any], settings: Settings, base: int, timeout: float = 60
 ) -> int:
     """Poll (tightly) until the intake records a position past ``base``; return it."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def past() -> int:
         now = positions(conn, settings)
-        if now > base:
-            return now
-        time.sleep(0.005)
-    raise AssertionError(f"no intake progress past position {base} in {timeout} s")
+        return now if now > base else 0
+
+    return wait_until(past, timeout, f"intake progress past position {base}", interval=0.005)
 
 
 @dataclass
@@ -157,51 +133,23 @@ class Intake:
     """An in-process intake worker whose counters the test can read."""
 
     worker: CaseIntake
-    thread: threading.Thread
-    stop: threading.Event
 
 
 @contextmanager
 def intake_worker(settings: Settings) -> Iterator[Intake]:
-    pool = make_pool(settings, max_size=2)
-    app = city_app(settings, pool_size=2)
-    producer = topics.make_producer(settings)
-    worker = CaseIntake(settings, service_desk(settings, app, pool), producer)
-    thread, stop = run_in_thread(worker.run, "intake")
-    try:
-        yield Intake(worker, thread, stop)
-    finally:
-        stop.set()
-        thread.join(20)
-        producer.close()
-        app.close()
-        pool.close()
-
-
-def start(settings: Settings, worker: str, **env: str) -> subprocess.Popen[bytes]:
-    """``python -m cityops <worker>`` against the test's database and topics."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "cityops", worker],
-        env={**worker_env(settings), "CITYOPS_SIM_SENSORS": str(settings.sim_sensors), **env},
-    )
-
-
-def sigkill(proc: subprocess.Popen[bytes]) -> None:
-    assert proc.poll() is None, f"worker {proc.args!r} died on its own (rc {proc.returncode})"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(10)
-
-
-def stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.terminate()
-    for p in procs:
+    with open_city(settings) as city:
+        producer = topics.make_producer(settings)
+        worker = CaseIntake(settings, city.desk, producer)
         try:
-            p.wait(15)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(5)
+            with threads(worker.run, join_s=20):
+                yield Intake(worker)
+        finally:
+            producer.close()
+
+
+def sigkill_alive(proc: subprocess.Popen[bytes]) -> None:
+    assert proc.poll() is None, f"worker {proc.args!r} died on its own (rc {proc.returncode})"
+    sigkill(proc)
 
 
 @pytest.fixture
@@ -411,7 +359,7 @@ def test_sigkilled_intake_neither_loses_nor_doubles_cases(seeded: Settings, uniq
     ids = [f"K-{unique}-{i:04d}" for i in range(total)]
     chunks = [ids[:100], ids[100:200], ids[200:]]
     kills: list[tuple[int, int]] = []  # (positions committed, messages sent) at each kill
-    proc = start(settings, "intake")
+    proc = start_worker(settings, "intake")
     procs = [proc]
     conn = psycopg.connect(settings.database_url, autocommit=True)
     try:
@@ -433,8 +381,8 @@ def test_sigkilled_intake_neither_loses_nor_doubles_cases(seeded: Settings, uniq
             # SIGKILL it right after its first commit of this chunk: the poll's other
             # partitions are being processed then (mid-stream, mid-transaction).
             kills.append((first_commit_after(conn, settings, base), sent))
-            sigkill(proc)
-            proc = start(settings, "intake")  # joins once the dead member's session expires
+            sigkill_alive(proc)
+            proc = start_worker(settings, "intake")  # joins once the dead member's session expires
             procs.append(proc)
         wait_until(
             lambda: positions(conn, settings) == total, timeout=60, what=f"{total} positions"
@@ -501,67 +449,67 @@ def test_sla_marks_once_per_deadline_across_kills_and_two_clocks(
     app: CityApp = city_app(settings, pool_size=2)
     pool: ConnectionPool = make_pool(settings, max_size=2)
     procs: list[subprocess.Popen[bytes]] = []
-    projector, stop_projector = run_in_thread(lambda s: run_projector(settings, s), "projector")
     try:
-        desk = service_desk(settings, app, pool)
-        # Points spread over the city; the radius is 0 anyway (no duplicate holds).
-        points = [(121.43, 31.21), (121.47, 31.215), (121.50, 31.25), (121.44, 31.25)]
-        late = [
-            submit(desk, f"late-{unique}-{i}", "fallen_tree", *p).id
-            for i, p in enumerate(points[:3])
-        ]
-        on_time = submit(desk, f"soon-{unique}", "fallen_tree", *points[3]).id
-        early = submit(desk, f"early-{unique}", "fallen_tree", 121.46, 31.24).id
-        normal = submit(desk, f"normal-{unique}", "road_damage", 121.51, 31.20).id
-        for cid in (*late, on_time, early, normal):
-            assert desk.get(cid).status == "assigned"
-        first_due = desk.get(late[0]).due_at
-        assert first_due is not None
-        desk.resolve(early, reply="fixed", actor="user:dept", reason="done", correlation_id="t")
+        with in_threads(settings, "projector"):
+            desk = service_desk(settings, app, pool)
+            # Points spread over the city; the radius is 0 anyway (no duplicate holds).
+            points = [(121.43, 31.21), (121.47, 31.215), (121.50, 31.25), (121.44, 31.25)]
+            late = [
+                submit(desk, f"late-{unique}-{i}", "fallen_tree", *p).id
+                for i, p in enumerate(points[:3])
+            ]
+            on_time = submit(desk, f"soon-{unique}", "fallen_tree", *points[3]).id
+            early = submit(desk, f"early-{unique}", "fallen_tree", 121.46, 31.24).id
+            normal = submit(desk, f"normal-{unique}", "road_damage", 121.51, 31.20).id
+            for cid in (*late, on_time, early, normal):
+                assert desk.get(cid).status == "assigned"
+            first_due = desk.get(late[0]).due_at
+            assert first_due is not None
+            desk.resolve(early, reply="fixed", actor="user:dept", reason="done", correlation_id="t")
 
-        # Two clocks at once while the due-soon marks fall due.
-        procs += [start(settings, "sla", **env), start(settings, "sla", **env)]
-        wait_until(
-            lambda: len(per_case(settings, DUE_SOON)) == 4, timeout=30, what="4 due-soon marks"
-        )
-        # Shortly before the deadline: kill both, resolve one case, restart two clocks.
-        for p in procs:
-            sigkill(p)
-        desk.resolve(on_time, reply="done", actor="user:dept", reason="done", correlation_id="t")
-        left = first_due.timestamp() - time.time()
-        assert left > 0, f"due-soon marks came {-left:.1f} s after the deadline: too slow"
-        procs += [start(settings, "sla", **env), start(settings, "sla", **env)]
+            # Two clocks at once while the due-soon marks fall due.
+            procs += [start_worker(settings, "sla", **env), start_worker(settings, "sla", **env)]
+            wait_until(
+                lambda: len(per_case(settings, DUE_SOON)) == 4, timeout=30, what="4 due-soon marks"
+            )
+            # Shortly before the deadline: kill both, resolve one case, restart two clocks.
+            for p in procs:
+                sigkill_alive(p)
+            desk.resolve(
+                on_time, reply="done", actor="user:dept", reason="done", correlation_id="t"
+            )
+            left = first_due.timestamp() - time.time()
+            assert left > 0, f"due-soon marks came {-left:.1f} s after the deadline: too slow"
+            procs += [start_worker(settings, "sla", **env), start_worker(settings, "sla", **env)]
 
-        queries = CaseQueries(pool)
+            queries = CaseQueries(pool)
 
-        def overdue_listed() -> set[UUID]:
-            return {r["case_id"] for r in queries.cases(CaseFilter(overdue=True))}
+            def overdue_listed() -> set[UUID]:
+                return {r["case_id"] for r in queries.cases(CaseFilter(overdue=True))}
 
-        wait_until(lambda: overdue_listed() == set(late), timeout=30, what="overdue list")
-        # A few more polls of both clocks: would either write a second mark?
-        time.sleep(1.0)
-        for p in procs[2:]:
-            assert p.poll() is None, "an SLA clock died"
+            wait_until(lambda: overdue_listed() == set(late), timeout=30, what="overdue list")
+            # A few more polls of both clocks: would either write a second mark?
+            time.sleep(1.0)
+            for p in procs[2:]:
+                assert p.poll() is None, "an SLA clock died"
 
-        assert per_case(settings, DUE_SOON) == dict.fromkeys((*late, on_time), 1)
-        assert per_case(settings, OVERDUE) == dict.fromkeys(late, 1)
-        assert overdue_listed() == set(late)
-        for cid in late:
-            case = desk.get(cid)
-            assert case.overdue
-            assert case.due_soon_recorded == case.overdue_recorded == 1
-            row = queries.case(cid)
-            assert row is not None
-            assert (row["due_soon_marked"], row["overdue_marked"]) == (1, 1)
-        for cid in (on_time, early):
-            assert desk.get(cid).status == "resolved"
-            assert desk.get(cid).overdue_recorded == 0
-        assert desk.get(early).due_soon_recorded == 0
-        assert desk.get(normal).due_soon_recorded == 0
-        assert queries.count(CaseFilter(overdue=False, case_ids=(on_time, early, normal))) == 3
+            assert per_case(settings, DUE_SOON) == dict.fromkeys((*late, on_time), 1)
+            assert per_case(settings, OVERDUE) == dict.fromkeys(late, 1)
+            assert overdue_listed() == set(late)
+            for cid in late:
+                case = desk.get(cid)
+                assert case.overdue
+                assert case.due_soon_recorded == case.overdue_recorded == 1
+                row = queries.case(cid)
+                assert row is not None
+                assert (row["due_soon_marked"], row["overdue_marked"]) == (1, 1)
+            for cid in (on_time, early):
+                assert desk.get(cid).status == "resolved"
+                assert desk.get(cid).overdue_recorded == 0
+            assert desk.get(early).due_soon_recorded == 0
+            assert desk.get(normal).due_soon_recorded == 0
+            assert queries.count(CaseFilter(overdue=False, case_ids=(on_time, early, normal))) == 3
     finally:
         stop_all(procs)
-        stop_projector.set()
-        projector.join(15)
         pool.close()
         app.close()

@@ -9,16 +9,11 @@ until the projector has caught up with the event log.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
-import os
 import re
-import threading
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -26,205 +21,23 @@ import orjson
 import psycopg
 import pytest
 import shapely
-from fastapi.testclient import TestClient
 from httpx import Response
-from psycopg_pool import ConnectionPool
 
-from cityops.bootstrap import (
-    api_app,
-    city_app,
-    city_layers,
-    rebuild_projections,
-    run_in_thread,
-    run_projector,
-    seed,
-)
-from cityops.services import create_database, drop_database
+from cityops.bootstrap import city_app, rebuild_projections
 from core.case import ACTIVE, ServiceCase
 from core.case.categories import load_categories
 from core.personal import ERASED_VIEW
 from infra.apikeys import PgApiKeys
-from infra.pgstore import make_pool
-from infra.settings import Settings
-from tests.conftest import bearer
-from tests.integration.test_pipeline_kafka import wait_until
+from tests.helpers.city import REQUESTS, World, served_city
 
 pytestmark = pytest.mark.integration
 
-REQUESTS = "/open311/v2/requests.json"
 PHONE, NAME, EMAIL = "13812345678", "张三", "zhang.san@example.com"
 OUTSIDE_THE_CITY = (100.0, 10.0)  # lon, lat
 CATEGORIES = load_categories()
 
 
 # -- the module's city ----------------------------------------------------------------------
-
-
-def _lattice(
-    area: Any, step: float = 0.0065, margin: float = 0.0035
-) -> Iterator[tuple[float, float]]:
-    """Points well inside ``area``, about 600 m apart (more than any duplicate radius)."""
-    minx, miny, maxx, maxy = area.bounds
-    inner = area.buffer(-margin)
-    y = miny + margin
-    while y <= maxy - margin:
-        x = minx + margin
-        while x <= maxx - margin:
-            if inner.contains(shapely.Point(x, y)):
-                yield round(x, 6), round(y, 6)
-            x += step
-        y += step
-
-
-class World:
-    """A seeded city behind a ``TestClient``, with its projector running."""
-
-    def __init__(self, settings: Settings, client: TestClient, pool: ConnectionPool) -> None:
-        self.settings = settings
-        self.client = client
-        self.pool = pool
-        self.layers = city_layers(settings)
-        self.districts = {
-            str(d.district_code): d.geometry for d in self.layers.districts.itertuples()
-        }
-        self.departments = {
-            str(j.department_code): str(j.name) for j in self.layers.jurisdictions.itertuples()
-        }
-        self._points = {code: _lattice(area) for code, area in self.districts.items()}
-        self._any_district = itertools.cycle(sorted(self.districts))
-        self.projector: tuple[threading.Thread, threading.Event] | None = None
-
-    # -- places and callers
-
-    def point(self, district: str | None = None) -> tuple[float, float]:
-        """A fresh (lon, lat) inside ``district`` (any district by default)."""
-        return next(self._points[district or next(self._any_district)])
-
-    def centre(self, district: str = "310101") -> tuple[float, float]:
-        """A point inside ``district``, for requests that must store nothing."""
-        p = self.districts[district].representative_point()
-        return round(p.x, 6), round(p.y, 6)
-
-    def headers(
-        self, role: str, subject: str | uuid.UUID | None = None, department: str | None = None
-    ) -> dict[str, str]:
-        kw = {"department": department} if department else {}
-        return bearer(self.settings, role, None if subject is None else str(subject), **kw)
-
-    def citizen(self, citizen_id: uuid.UUID) -> dict[str, str]:
-        return self.headers("citizen", citizen_id)
-
-    def dept(self, code: str) -> dict[str, str]:
-        return self.headers("department", f"staff-{code}", department=code)
-
-    # -- HTTP shortcuts
-
-    def post311(self, fields: dict[str, str], headers: dict[str, str] | None = None) -> Response:
-        return self.client.post(REQUESTS, data=fields, headers=headers or {})
-
-    def file(self, fields: dict[str, str], headers: dict[str, str]) -> str:
-        """File an Open311 request that must be accepted; its id."""
-        response = self.post311(fields, headers)
-        assert response.status_code == 201, response.text
-        [created] = response.json()
-        return str(created["service_request_id"])
-
-    def case(self, case_id: str, role: str = "dispatcher", **kw: Any) -> dict[str, Any]:
-        headers = kw.pop("headers", None) or self.headers(role)
-        response = self.client.get(f"/api/v1/cases/{case_id}", headers=headers)
-        assert response.status_code == 200, response.text
-        body: dict[str, Any] = response.json()
-        return body
-
-    def command(
-        self, case_id: str, name: str, headers: dict[str, str], body: dict[str, Any] | None = None
-    ) -> Response:
-        return self.client.post(f"/api/v1/cases/{case_id}/{name}", json=body or {}, headers=headers)
-
-    def public(self, request_id: str) -> dict[str, Any]:
-        response = self.client.get(f"/open311/v2/requests/{request_id}.json")
-        assert response.status_code == 200, response.text
-        [one] = response.json()
-        return dict(one)
-
-    def listed(self, **params: Any) -> list[dict[str, Any]]:
-        response = self.client.get(REQUESTS, params=params)
-        assert response.status_code == 200, response.text
-        return list(response.json())
-
-    # -- the database
-
-    def scalar(self, query: str, *params: Any) -> Any:
-        with self.pool.connection() as conn:
-            row = conn.execute(query, params).fetchone()
-        return None if row is None else row[0]
-
-    def cases_in_store(self) -> int:
-        return int(
-            self.scalar(
-                "SELECT count(*) FROM city_events WHERE topic LIKE %s",
-                "%ServiceCase.CaseSubmitted",
-            )
-        )
-
-    def cases_in_read_model(self) -> int:
-        return int(self.scalar("SELECT count(*) FROM service_cases"))
-
-    def caught_up(self) -> bool:
-        return bool(
-            self.scalar(
-                "SELECT coalesce((SELECT max(notification_id) FROM city_events), 0)"
-                " <= coalesce((SELECT max(notification_id) FROM cases_tracking), 0)"
-            )
-        )
-
-    def sync(self) -> None:
-        """Wait until the case read model has every recorded event."""
-        wait_until(self.caught_up, timeout=20, what="the case projection to catch up")
-
-    # -- the projector
-
-    def start_projector(self) -> None:
-        assert self.projector is None
-        self.projector = run_in_thread(lambda s: run_projector(self.settings, s), "projector")
-
-    def stop_projector(self) -> None:
-        if self.projector is not None:
-            thread, stop = self.projector
-            stop.set()
-            thread.join(15)
-            self.projector = None
-
-
-@contextmanager
-def served_city(data_dir: Path) -> Iterator[World]:
-    """A fresh database, seeded; the API app over it and the projector; dropped after."""
-    base = os.environ["CITYOPS_DATABASE_URL"]
-    unique = uuid.uuid4().hex[:10]
-    name = f"t_{unique}"
-    settings = Settings(
-        database_url=create_database(base, name),
-        kafka_topic_prefix=f"t{unique}.",
-        mqtt_share_group=f"bridge-{unique}",
-        mqtt_client_id=f"bridge-{unique}",
-        data_dir=data_dir,
-        sim_sensors=40,
-    )
-    try:
-        seed(settings)
-        pool = make_pool(settings, max_size=2)
-        try:
-            with TestClient(api_app(settings), raise_server_exceptions=False) as client:
-                world = World(settings, client, pool)
-                world.start_projector()
-                try:
-                    yield world
-                finally:
-                    world.stop_projector()
-        finally:
-            pool.close()
-    finally:
-        drop_database(base, name)
 
 
 @pytest.fixture(scope="module")

@@ -2,44 +2,24 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 
 import pytest
 
-from cityops.bootstrap import city_app
 from infra import kafka as topics
 from infra.settings import Settings
-from tests.builders import prepare, readings_message, send, sensor
-from tests.integration.test_pipeline_kafka import count, wait_until
+from tests.helpers.builders import readings_message, send, sensor
+from tests.helpers.city import city_with
+from tests.helpers.db import count, wait_for_readings
+from tests.helpers.waiting import wait_until
+from tests.helpers.workers import sigkill, start_worker, stop_all
 
 pytestmark = pytest.mark.integration
 
 
-def worker_env(settings: Settings) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        CITYOPS_DATABASE_URL=settings.database_url,
-        CITYOPS_KAFKA_TOPIC_PREFIX=settings.kafka_topic_prefix,
-        CITYOPS_DATA_DIR=str(settings.data_dir),
-        CITYOPS_LOG_LEVEL="WARNING",
-    )
-    return env
-
-
-def start(name: str, settings: Settings, *args: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "cityops", name, *args], env=worker_env(settings)
-    )
-
-
 def test_sigkill_loses_and_duplicates_nothing(settings: Settings, unique: str) -> None:
     devices = [f"wl-{unique}-{i}" for i in range(20)]
-    app = city_app(settings, pool_size=2, create_tables=True)
-    prepare(settings, app, [sensor(d) for d in devices])
+    app = city_with(settings, [sensor(d) for d in devices])
     producer = topics.make_producer(settings)
     rounds = 300
 
@@ -47,7 +27,7 @@ def test_sigkill_loses_and_duplicates_nothing(settings: Settings, unique: str) -
     def level(r: int) -> float:
         return 65.0 if 100 <= r < 120 else 20.0
 
-    procs = {"writer": start("writer", settings), "monitor": start("monitor", settings)}
+    procs = {name: start_worker(settings, name) for name in ("writer", "monitor")}
     try:
         for r in range(rounds):
             send(
@@ -58,15 +38,10 @@ def test_sigkill_loses_and_duplicates_nothing(settings: Settings, unique: str) -
             if r in (60, 110, 200):
                 # Kill both in the middle of the stream, while they are busy.
                 for name in procs:
-                    procs[name].send_signal(signal.SIGKILL)
-                    procs[name].wait(10)
-                    procs[name] = start(name, settings)
+                    sigkill(procs[name])
+                    procs[name] = start_worker(settings, name)
         expected = rounds * len(devices) * 2
-        wait_until(
-            lambda: count(settings, "SELECT count(*) FROM readings") >= expected,
-            timeout=120,
-            what=f"{expected} readings",
-        )
+        wait_for_readings(settings, expected, timeout=120)
         time.sleep(2)  # would a duplicate still arrive?
         assert count(settings, "SELECT count(*) FROM readings") == expected
         assert (
@@ -99,8 +74,6 @@ def test_sigkill_loses_and_duplicates_nothing(settings: Settings, unique: str) -
         )
         assert raised == len(devices)
     finally:
-        for p in procs.values():
-            p.terminate()
-            p.wait(15)
+        stop_all(list(procs.values()))
         producer.close()
         app.close()

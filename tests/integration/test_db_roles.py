@@ -1,4 +1,4 @@
-"""Database roles (issue 5): the schema's owner seeds, a role in cityops_writer runs the rest.
+"""Database roles: the schema's owner seeds, a role in cityops_writer runs the rest.
 
 The deployment of docker-compose.yml and of `cityops demo`: `cityops seed` creates the
 tables as their owner (``admin_database_url``, here the test server's superuser); every
@@ -14,24 +14,15 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
-from fastapi.testclient import TestClient
 from psycopg import sql
 
-from cityops.bootstrap import (
-    api_app,
-    brain_follower,
-    city_app,
-    incident_desk,
-    rebuild_projections,
-    seed,
-    service_desk,
-)
+from cityops.bootstrap import brain_follower, incident_desk, rebuild_projections, seed
 from core.case.desk import SubmitCase
-from infra.pgstore import make_pool
 from infra.settings import Settings
 from projections.case_queries import CaseQueries
-from tests.conftest import bearer
-from tests.integration.test_rebuild import checksums, project
+from tests.helpers.city import open_city
+from tests.helpers.db import checksums, project
+from tests.helpers.web import bearer, served
 from workers.sla_clock import SlaClock
 
 pytestmark = pytest.mark.integration
@@ -71,10 +62,8 @@ def as_app(settings: Settings) -> Iterator[Settings]:
 
 def submit_cases(settings: Settings, count: int) -> list[str]:
     """Cases through the service desk, as the application's role; half of them assigned."""
-    pool = make_pool(settings, max_size=2)
-    app = city_app(settings, pool_size=2)
-    try:
-        desk = service_desk(settings, app, pool)
+    with open_city(settings) as city:
+        app, desk, pool = city.app, city.desk, city.pool
         department = sorted(desk.locator.departments())[0]
         ids = []
         for i in range(count):
@@ -90,9 +79,6 @@ def submit_cases(settings: Settings, count: int) -> list[str]:
         brain_follower(settings, app, pool).step()
         SlaClock(desk, CaseQueries(pool), incidents=incident_desk(settings, app)).tick()
         return ids
-    finally:
-        app.close()
-        pool.close()
 
 
 def test_the_application_role_runs_the_pipeline_but_cannot_rewrite_the_log(
@@ -140,7 +126,7 @@ def test_the_application_role_runs_the_pipeline_but_cannot_rewrite_the_log(
     project(as_app)
     assert checksums(as_app) == live
 
-    with TestClient(api_app(as_app), raise_server_exceptions=False) as client:
+    with served(as_app) as client:
         response = client.get(f"/api/v1/cases/{ids[1]}", headers=bearer(as_app, "dispatcher"))
         assert response.status_code == 200, response.text
         assert response.json()["status"] == "assigned"

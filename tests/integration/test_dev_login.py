@@ -3,19 +3,17 @@ staff roles, a department's token for a known department only, nothing in produc
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
-from cityops.bootstrap import api_app, seed
-from cityops.services import create_database, drop_database
+from cityops.bootstrap import seed
 from infra.settings import Environment, Settings
+from tests.helpers.db import fresh_settings
+from tests.helpers.web import auth_header, served
 
 pytestmark = pytest.mark.integration
 
@@ -25,28 +23,15 @@ LOGIN = "/api/v1/auth/dev-token"
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     """The app in development over a freshly seeded database."""
-    base = os.environ["CITYOPS_DATABASE_URL"]
-    unique = uuid.uuid4().hex[:10]
-    name = f"t_{unique}"
-    data_dir: Path = tmp_path_factory.mktemp("city") / "city"
-    settings = Settings(
-        database_url=create_database(base, name),
-        kafka_topic_prefix=f"t{unique}.",
-        data_dir=data_dir,
-        sim_sensors=40,
-        environment=Environment.DEVELOPMENT,
-        dev_login=True,
-    )
-    try:
+    data_dir = tmp_path_factory.mktemp("city") / "city"
+    with fresh_settings(data_dir, environment=Environment.DEVELOPMENT, dev_login=True) as settings:
         seed(settings)
-        with TestClient(api_app(settings), raise_server_exceptions=False) as running:
+        with served(settings) as running:
             yield running
-    finally:
-        drop_database(base, name)
 
 
 def me(client: TestClient, token: str) -> dict[str, Any]:
-    got = client.get("/api/v1/auth/me", headers={"Authorization": f"Bearer {token}"})
+    got = client.get("/api/v1/auth/me", headers=auth_header(token))
     assert got.status_code == 200, got.text
     body: dict[str, Any] = got.json()
     return body
@@ -55,7 +40,7 @@ def me(client: TestClient, token: str) -> dict[str, Any]:
 def a_department(client: TestClient) -> str:
     """A department the city knows, as the page's picker lists them."""
     operator = client.post(LOGIN, json={"role": "operator"}).json()["access_token"]
-    listed = client.get("/api/v1/departments", headers={"Authorization": f"Bearer {operator}"})
+    listed = client.get("/api/v1/departments", headers=auth_header(operator))
     assert listed.status_code == 200, listed.text
     return str(listed.json()["departments"][0]["code"])
 
@@ -83,7 +68,7 @@ def test_a_known_department_gets_a_department_token(client: TestClient) -> None:
     who = me(client, got.json()["access_token"])
     assert (who["role"], who["department"]) == ("department", code)
     # The token works its own queue only.
-    auth = {"Authorization": f"Bearer {got.json()['access_token']}"}
+    auth = auth_header(got.json()["access_token"])
     assert client.get(f"/api/v1/departments/{code}/queue", headers=auth).status_code == 200
     other = client.get("/api/v1/departments/no-such-dept/queue", headers=auth)
     assert other.status_code == 403, other.text

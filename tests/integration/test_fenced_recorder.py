@@ -7,19 +7,18 @@ import pytest
 from eventsourcing.application import ProcessingEvent
 from eventsourcing.persistence import Tracking
 
-from cityops.bootstrap import city_app
 from infra.pgstore import StalePositionError
 from infra.settings import Settings
-from tests.builders import prepare, sensor
-from tests.integration.test_pipeline_kafka import count
+from tests.helpers.builders import sensor
+from tests.helpers.city import city_with
+from tests.helpers.db import count
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.mark.parametrize("rows", [1, 2_000])
 def test_state_rows_and_tracking_commit_together(settings: Settings, rows: int) -> None:
-    app = city_app(settings, pool_size=2, create_tables=True)
-    prepare(settings, app, [sensor("wl-fence")])
+    app = city_with(settings, [sensor("wl-fence")])
     state = [(f"dev-{i}", orjson.dumps({"p": 0, "n": i}).decode()) for i in range(rows)]
     # Enough rounds for psycopg to start preparing the statements (its threshold is 5).
     previous = None

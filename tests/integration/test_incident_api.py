@@ -11,52 +11,26 @@ from uuid import uuid4
 import pytest
 from fastapi.testclient import TestClient
 
-from cityops.bootstrap import api_app, city_app, projections, seed, service_desk
-from core.sensor import SensorSpec
-from infra.pgstore import make_pool
 from infra.settings import Settings
-from projections.runner import ProjectionWorker
-from tests.builders import link_as_brain
-from tests.conftest import bearer
-from tests.integration.test_urban_brain import flood_alarm, offset, places, report
+from tests.helpers.builders import report
+from tests.helpers.city import flooded_place, places
+from tests.helpers.web import bearer
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def world(settings: Settings) -> Iterator[dict[str, Any]]:
-    seed(settings)
-    pool = make_pool(settings, max_size=2)
-    app = city_app(settings, pool_size=2)
-    desk = service_desk(settings, app, pool)
-    lon, lat, _ = places(settings, 1)[0]
-    place = desk.locator.place(lon, lat)
-    assert place is not None
-    water = desk.locator.department_for(lon, lat, "water")
-    assert water is not None
-    app.register_sensors(
-        [SensorSpec("wl-x", "water_level", "gw-t", lon, lat, None, None, water)],
-        actor="test",
-        correlation_id="t",
-    )
-    incident = flood_alarm(app, "wl-x")
-    cases = [report(desk, f"x{i}", *offset(lon, lat, 60 * i, 30)) for i in range(2)]
-    worker = ProjectionWorker(app, settings.database_url, projections())
-    worker.catch_up()
-    link_as_brain(app, pool, cases)
-    worker.catch_up()
-    with TestClient(api_app(settings)) as client:
+    with flooded_place(settings, "wl-x", "x") as place:
+        assert place.city.desk.locator.place(place.lon, place.lat) is not None
         yield {
-            "client": client,
-            "incident": incident,
-            "cases": cases,
-            "water": water,
-            "worker": worker,
-            "desk": desk,
+            "client": place.client,
+            "incident": place.incident,
+            "cases": place.cases,
+            "water": place.water,
+            "worker": place.worker,
+            "desk": place.city.desk,
         }
-    worker.close()
-    app.close()
-    pool.close()
 
 
 def test_incident_workflow_over_http(settings: Settings, world: dict[str, Any]) -> None:

@@ -13,7 +13,6 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
-from cityops.bootstrap import api_app
 from infra.pgstore import apply_schema
 from infra.settings import Settings
 from projections.map_layers import MapLayers
@@ -27,7 +26,7 @@ from projections.queries import (
     ReadModels,
 )
 from projections.runner import TRACKING_NAME
-from tests.conftest import bearer
+from tests.helpers.web import bearer, served
 
 pytestmark = pytest.mark.integration
 
@@ -120,8 +119,7 @@ def db(settings: Settings) -> Iterator[psycopg.Connection[Any]]:
 
 @pytest.fixture
 def http(settings: Settings, db: psycopg.Connection[Any]) -> Iterator[TestClient]:
-    with TestClient(api_app(settings), raise_server_exceptions=False) as client:
-        client.headers.update(bearer(settings, "operator"))
+    with served(settings, as_role="operator") as client:
         yield client
 
 
@@ -482,8 +480,7 @@ def test_without_the_cache_the_answers_are_the_same(
     import api.map
 
     monkeypatch.setattr(api.map, "CACHE_LAYERS", False)
-    with TestClient(api_app(settings), raise_server_exceptions=False) as direct:
-        direct.headers.update(bearer(settings, "operator"))
+    with served(settings, as_role="operator") as direct:
         for layer, params in (
             ("sensors", {"bbox": "121.44,31.21,121.48,31.24", "state": "alarm"}),
             ("incidents", {"bbox": "121.44,31.21,121.48,31.24"}),

@@ -6,27 +6,23 @@ workflow routes, role by role and stage by stage.
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
-from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from fastapi.testclient import TestClient
 from psycopg_pool import ConnectionPool
 
-from cityops.bootstrap import api_app, city_app, city_layers, incident_desk, seed
-from cityops.services import create_database, drop_database
+from cityops.bootstrap import city_app, city_layers, incident_desk, seed
 from core.app import CityApp
-from core.incident import Incident
 from core.incident.desk import IncidentDesk
 from infra.pgstore import make_pool
-from infra.settings import Settings
-from tests.conftest import bearer
+from tests.helpers.builders import operator_incident
+from tests.helpers.db import fresh_settings
+from tests.helpers.web import Api, bearer, served
 
 pytestmark = pytest.mark.integration
 
@@ -202,16 +198,12 @@ def add_rows(pool: ConnectionPool) -> Data:
 
 
 @dataclass
-class Api:
-    settings: Settings
-    client: TestClient
+class OpsApi(Api):
+    """The served app with its hand-made rows, its city and incident desk."""
+
     data: Data
     city: CityApp
     desk: IncidentDesk
-
-    def get(self, path: str, role: str | None = "operator", **params: Any) -> Any:
-        headers = self.headers(role) if role else {}
-        return self.client.get(path, params=params, headers=headers)
 
     def headers(self, role: str) -> dict[str, str]:
         """A token: ``department`` is the water department, ``other`` the roads one."""
@@ -221,42 +213,29 @@ class Api:
             return bearer(self.settings, "department", "other", department=ROADS)
         if role == "citizen":
             return bearer(self.settings, "citizen", str(uuid.uuid4()))
-        return bearer(self.settings, role)
+        return super().headers(role)
 
 
 @pytest.fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpsApi]:
     """The app over a seeded database with the hand-made read-model rows."""
-    base = os.environ["CITYOPS_DATABASE_URL"]
-    unique = uuid.uuid4().hex[:10]
-    name = f"t_{unique}"
-    data_dir: Path = tmp_path_factory.mktemp("city") / "city"
-    settings = Settings(
-        database_url=create_database(base, name),
-        kafka_topic_prefix=f"t{unique}.",
-        data_dir=data_dir,
-        sim_sensors=40,
-        map_tile_url=TILES,
-    )
-    try:
+    with fresh_settings(tmp_path_factory.mktemp("city") / "city", map_tile_url=TILES) as settings:
         seed(settings)
         pool = make_pool(settings, max_size=2)
         city = city_app(settings, pool_size=2)
         try:
             data = add_rows(pool)
-            with TestClient(api_app(settings), raise_server_exceptions=False) as client:
-                yield Api(settings, client, data, city, incident_desk(settings, city))
+            with served(settings) as client:
+                yield OpsApi(settings, client, data, city, incident_desk(settings, city))
         finally:
             city.close()
             pool.close()
-    finally:
-        drop_database(base, name)
 
 
 # -- KPIs -----------------------------------------------------------------------------------
 
 
-def test_kpis_worked_out_by_hand(api: Api) -> None:
+def test_kpis_worked_out_by_hand(api: OpsApi) -> None:
     r = api.get("/api/v1/ops/kpis")
     assert r.status_code == 200, r.text
     k = r.json()
@@ -301,7 +280,7 @@ def test_kpis_worked_out_by_hand(api: Api) -> None:
     }
 
 
-def test_kpi_period_is_a_parameter(api: Api) -> None:
+def test_kpi_period_is_a_parameter(api: OpsApi) -> None:
     # The last 5 days, up to the request (a little after the rows were made): c3 and c7
     # are out, submitted 5 and 6 days before the rows. In: c4-c6, c8, c9, c11, c13 (7)
     # and i1-i3, i5-i7 (6).
@@ -320,7 +299,7 @@ def ids_of(items: list[dict[str, Any]], key: str) -> list[str]:
     return [item[key] for item in items]
 
 
-def test_sla_board_most_urgent_first(api: Api) -> None:
+def test_sla_board_most_urgent_first(api: OpsApi) -> None:
     ids = api.data.ids
     r = api.get("/api/v1/ops/sla")
     assert r.status_code == 200, r.text
@@ -351,7 +330,7 @@ def test_sla_board_most_urgent_first(api: Api) -> None:
     assert (i4["overdue"], i4["due_soon"], i4["reworks"]) == (False, False, 1)
 
 
-def test_sla_board_limits_keep_the_counts(api: Api) -> None:
+def test_sla_board_limits_keep_the_counts(api: OpsApi) -> None:
     ids = api.data.ids
     board = api.get("/api/v1/ops/sla", limit=1).json()
     assert board["limit"] == 1
@@ -363,7 +342,7 @@ def test_sla_board_limits_keep_the_counts(api: Api) -> None:
     assert board["incidents"]["total"] == 3
 
 
-def test_sla_board_of_one_department(api: Api) -> None:
+def test_sla_board_of_one_department(api: OpsApi) -> None:
     ids = api.data.ids
     expected = ([ids["c4"]], [ids["c6"]], [ids["i1"]])
     for role, params in (("dispatcher", {"department_code": WATER}), ("department", {})):
@@ -405,7 +384,7 @@ def test_sla_board_of_one_department(api: Api) -> None:
         ("auditor", [], []),
     ],
 )
-def test_config_per_role(api: Api, role: str, incidents: list[str], cases: list[str]) -> None:
+def test_config_per_role(api: OpsApi, role: str, incidents: list[str], cases: list[str]) -> None:
     r = api.get("/api/v1/ops/config", role=role)
     assert r.status_code == 200, r.text
     cfg = r.json()
@@ -424,30 +403,10 @@ def test_config_per_role(api: Api, role: str, incidents: list[str], cases: list[
 # -- actions vs the real routes -------------------------------------------------------------
 
 
-def incident_in(api: Api, stage: str, acknowledged: bool = True) -> uuid.UUID:
+def incident_in(api: OpsApi, stage: str, acknowledged: bool = True) -> uuid.UUID:
     """A new incident (an operator's, of the water department), taken to ``stage``."""
     incident_id = uuid.uuid4()
-    incident = Incident.open(
-        incident_id,
-        kind="operator",
-        title="test",
-        category="flooding",
-        severity="major",
-        device_id=None,
-        rule_id=None,
-        rule_version=None,
-        lon=121.49,
-        lat=31.23,
-        grid_code=None,
-        district_code=None,
-        department_code=WATER,
-        metric=None,
-        value=None,
-        reading_ts=None,
-        actor="test",
-        correlation_id="t",
-    )
-    api.city.save(incident)
+    api.city.save(operator_incident(incident_id, "test", "major", WATER))
     if acknowledged:
         api.city.acknowledge_incident(incident_id, "test", "seen", "t")
     steps = ("reported", "dispatched", "accepted", "resolved", "closed")
@@ -482,21 +441,21 @@ STAGES = {
 CALLERS = ("operator", "dispatcher", "department", "other", "auditor")
 
 
-def offered(api: Api, role: str, incident_id: uuid.UUID) -> dict[str, Any]:
+def offered(api: OpsApi, role: str, incident_id: uuid.UUID) -> dict[str, Any]:
     r = api.get(f"/api/v1/ops/actions/incidents/{incident_id}", role=role)
     assert r.status_code == 200, r.text
     body: dict[str, Any] = r.json()
     return body
 
 
-def post(api: Api, role: str, incident_id: uuid.UUID, action: str) -> Any:
+def post(api: OpsApi, role: str, incident_id: uuid.UUID, action: str) -> Any:
     url = f"/api/v1/incidents/{incident_id}/{action}"
     return api.client.post(url, json=BODIES[action], headers=api.headers(role))
 
 
 @pytest.mark.parametrize(("stage", "acknowledged"), list(STAGES))
 def test_offered_actions_are_what_the_routes_accept(
-    api: Api, stage: str, acknowledged: bool
+    api: OpsApi, stage: str, acknowledged: bool
 ) -> None:
     """Each offered action succeeds on the real route (on a fresh incident in that
     stage); each action not offered is refused, and changes nothing."""
@@ -528,29 +487,9 @@ def test_offered_actions_are_what_the_routes_accept(
     assert seen["auditor"] == seen["other"] == []
 
 
-def test_dispatch_of_an_incident_without_a_department_needs_one(api: Api) -> None:
+def test_dispatch_of_an_incident_without_a_department_needs_one(api: OpsApi) -> None:
     incident_id = uuid.uuid4()
-    incident = Incident.open(
-        incident_id,
-        kind="operator",
-        title="nowhere",
-        category="flooding",
-        severity="minor",
-        device_id=None,
-        rule_id=None,
-        rule_version=None,
-        lon=121.49,
-        lat=31.23,
-        grid_code=None,
-        district_code=None,
-        department_code=None,
-        metric=None,
-        value=None,
-        reading_ts=None,
-        actor="test",
-        correlation_id="t",
-    )
-    api.city.save(incident)
+    api.city.save(operator_incident(incident_id, "nowhere", "minor", None))
     answer = offered(api, "dispatcher", incident_id)
     assert [a["action"] for a in answer["actions"]] == ["acknowledge", "dispatch"]
     assert answer["department_required"] is True
@@ -575,7 +514,7 @@ PATHS = [
 
 
 @pytest.mark.parametrize("path", PATHS)
-def test_staff_only(api: Api, path: str) -> None:
+def test_staff_only(api: OpsApi, path: str) -> None:
     assert api.get(path, role=None).status_code == 401
     for role in ("citizen", "gateway"):
         r = api.get(path, role=role)
@@ -595,13 +534,13 @@ def test_staff_only(api: Api, path: str) -> None:
         ("/api/v1/ops/actions/incidents/not-a-uuid", {}),
     ],
 )
-def test_bad_parameters_are_422(api: Api, path: str, params: dict[str, Any]) -> None:
+def test_bad_parameters_are_422(api: OpsApi, path: str, params: dict[str, Any]) -> None:
     r = api.get(path, **params)
     assert r.status_code == 422, r.text
     assert r.json()["detail"]
 
 
-def test_unknown_incident_is_404(api: Api) -> None:
+def test_unknown_incident_is_404(api: OpsApi) -> None:
     r = api.get(f"/api/v1/ops/actions/incidents/{uuid.uuid4()}")
     assert r.status_code == 404
     assert "unknown incident" in r.json()["detail"]

@@ -12,17 +12,16 @@ import threading
 import time
 from typing import Any
 
-import orjson
 import pytest
 
-from cityops.bootstrap import DeviceRegistry, city_app, run_in_thread, run_writer
 from infra import kafka as topics
 from infra.settings import Settings
-from sensors.bridge import MqttBridge
 from sensors.mqtt_session import READ_BYTES
-from tests.builders import prepare, sensor
-from tests.integration.test_bridge import publisher
-from tests.integration.test_pipeline_kafka import count, wait_until
+from tests.helpers.brokers import bridge, publisher
+from tests.helpers.builders import senml, sensor
+from tests.helpers.city import city_with
+from tests.helpers.db import count, wait_for_readings
+from tests.helpers.workers import in_threads
 
 pytestmark = pytest.mark.integration
 
@@ -56,21 +55,18 @@ def test_a_throttled_bridge_is_held_back_by_the_broker_and_loses_nothing(
     settings: Settings, unique: str
 ) -> None:
     devices = [f"wl-{unique}-{i}" for i in range(30)]
-    app = city_app(settings, pool_size=2, create_tables=True)
-    prepare(settings, app, [sensor(d) for d in devices])
+    app = city_with(settings, [sensor(d) for d in devices])
     producer = topics.make_producer(settings)
     # About 100 windows of 50 per second at most: ~5,000 msg/s is far above that.
-    bridge = MqttBridge(
+    throttled = bridge(
         settings,
-        SlowProducer(producer, 0.05),
-        DeviceRegistry(app),
-        client_id=f"b-{unique}",
+        app,
+        f"b-{unique}",
+        producer=SlowProducer(producer, 0.05),
         receive_maximum=RECEIVE_MAXIMUM,
         window_max=50,
     )
-    bridge.start()
-    assert bridge.wait_connected(15)
-    writer, stop_writer = run_in_thread(lambda s: run_writer(settings, s), "writer")
+    assert throttled.wait_connected(15)
     pub = publisher(settings)
     n = 6_000
     held: list[int] = []
@@ -78,47 +74,40 @@ def test_a_throttled_bridge_is_held_back_by_the_broker_and_loses_nothing(
 
     def sample() -> None:
         while not sampling.is_set():
-            held.append(bridge.pending_acks)
+            held.append(throttled.pending_acks)
             time.sleep(0.01)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     base = time.time() - 3_600
     try:
-        infos = []
-        for i in range(n):
-            d = devices[i % len(devices)]
-            body = orjson.dumps(
-                [{"bn": f"{d}:", "bt": base + i * 0.01, "n": "water_level", "v": float(i)}]
-            )
-            infos.append(pub.publish(f"cityops/gw-t/{d}/telemetry", body, qos=1))
-        for info in infos:
-            info.wait_for_publish(60)
-        assert all(info.rc == 0 and info.is_published() for info in infos)
-        published_at = time.monotonic()
-        # The broker took everything while the bridge had forwarded only part of it.
-        forwarded_then = bridge.metrics_dict()["forwarded"]
-        assert forwarded_then < n
-        wait_until(
-            lambda: count(settings, "SELECT count(*) FROM readings") >= n,
-            timeout=120,
-            what=f"{n} readings",
-        )
-        drained_s = time.monotonic() - published_at
-        time.sleep(1)
-        sampling.set()
-        sampler.join(5)
-        assert count(settings, "SELECT count(*) FROM readings") == n
-        assert count(settings, "SELECT count(DISTINCT value) FROM readings") == n
-        # Never more in hand than the broker may send unacknowledged, plus one read.
-        assert max(held) <= RECEIVE_MAXIMUM + READ_BYTES // PACKET_BYTES_AT_LEAST
-        assert max(held) >= RECEIVE_MAXIMUM // 2, "the bridge was never loaded"
-        assert drained_s > 1.0, "the backlog should have taken the throttled bridge a while"
+        with in_threads(settings, "writer"):
+            infos = []
+            for i in range(n):
+                d = devices[i % len(devices)]
+                body = senml(d, float(i), ts=base + i * 0.01, unit=None)
+                infos.append(pub.publish(f"cityops/gw-t/{d}/telemetry", body, qos=1))
+            for info in infos:
+                info.wait_for_publish(60)
+            assert all(info.rc == 0 and info.is_published() for info in infos)
+            published_at = time.monotonic()
+            # The broker took everything while the bridge had forwarded only part of it.
+            forwarded_then = throttled.metrics_dict()["forwarded"]
+            assert forwarded_then < n
+            wait_for_readings(settings, n, timeout=120)
+            drained_s = time.monotonic() - published_at
+            time.sleep(1)
+            sampling.set()
+            sampler.join(5)
+            assert count(settings, "SELECT count(*) FROM readings") == n
+            assert count(settings, "SELECT count(DISTINCT value) FROM readings") == n
+            # Never more in hand than the broker may send unacknowledged, plus one read.
+            assert max(held) <= RECEIVE_MAXIMUM + READ_BYTES // PACKET_BYTES_AT_LEAST
+            assert max(held) >= RECEIVE_MAXIMUM // 2, "the bridge was never loaded"
+            assert drained_s > 1.0, "the backlog should have taken the throttled bridge a while"
     finally:
         sampling.set()
         pub.loop_stop()
-        bridge.stop()
-        stop_writer.set()
-        writer.join(15)
+        throttled.stop()
         producer.close()
         app.close()

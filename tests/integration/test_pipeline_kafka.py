@@ -2,39 +2,23 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
+from contextlib import closing
 from uuid import UUID
 
+import orjson
 import pytest
 
-from cityops.bootstrap import city_app, run_in_thread, run_monitor, run_writer
+from cityops.bootstrap import city_app
 from core.app import CityApp
 from infra import kafka as topics
-from infra.pgstore import make_pool
 from infra.settings import Settings
-from tests.builders import prepare, readings_message, send, sensor, status_message
+from tests.helpers.brokers import read_topic
+from tests.helpers.builders import prepare, readings_message, send, sensor, status_message
+from tests.helpers.db import count
+from tests.helpers.waiting import wait_until
+from tests.helpers.workers import in_threads
 
 pytestmark = pytest.mark.integration
-
-
-def wait_until(check: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def count(settings: Settings, query: str, *params: object) -> int:
-    pool = make_pool(settings, max_size=1)
-    try:
-        with pool.connection() as conn:
-            row = conn.execute(query, params).fetchone()  # type: ignore[arg-type]
-            return int(row[0]) if row else 0
-    finally:
-        pool.close()
 
 
 @pytest.fixture
@@ -48,9 +32,7 @@ def test_readings_and_alarm_lifecycle(settings: Settings, app: CityApp, unique: 
     wl = f"wl-{unique}"
     prepare(settings, app, [sensor(wl)])
     producer = topics.make_producer(settings)
-    w, stop_w = run_in_thread(lambda s: run_writer(settings, s), "writer")
-    m, stop_m = run_in_thread(lambda s: run_monitor(settings, s), "monitor")
-    try:
+    with closing(producer), in_threads(settings, "writer", "monitor"):
         levels = [20.0, 55.0, 56.0, 85.0, 60.0, 35.0]
         send(
             settings,
@@ -85,12 +67,6 @@ def test_readings_and_alarm_lifecycle(settings: Settings, app: CityApp, unique: 
             lambda: app.get_sensor(wl).incident_seq.get("water_level_high") == 2,
             what="second incident",
         )
-    finally:
-        stop_w.set()
-        stop_m.set()
-        w.join(15)
-        m.join(15)
-        producer.close()
 
 
 def test_offline_status_opens_silent_incident(
@@ -99,8 +75,7 @@ def test_offline_status_opens_silent_incident(
     dev = f"pm-{unique}"
     prepare(settings, app, [sensor(dev, "pm25")])
     producer = topics.make_producer(settings)
-    m, stop_m = run_in_thread(lambda s: run_monitor(settings, s), "monitor")
-    try:
+    with closing(producer), in_threads(settings, "monitor"):
         send(
             settings,
             producer,
@@ -113,50 +88,22 @@ def test_offline_status_opens_silent_incident(
         send(settings, producer, [readings_message(dev, {"pm25": 31.0})])
         wait_until(lambda: not app.get_sensor(dev).silent, what="sensor back")
         assert app.get_incident(inc.id).alarm_status == "cleared"
-    finally:
-        stop_m.set()
-        m.join(15)
-        producer.close()
 
 
 def test_corrupt_kafka_record_goes_to_dead_letter_and_the_stream_goes_on(
     settings: Settings, app: CityApp, unique: str
 ) -> None:
-    import orjson
-    from kafka import KafkaConsumer
-
     wl = f"wl-{unique}"
     prepare(settings, app, [sensor(wl)])
     names = topics.Topics.of(settings)
     producer = topics.make_producer(settings)
     producer.send(names.telemetry, key=wl.encode(), value=b'{"kind": "nonsense"}')
     send(settings, producer, [readings_message(wl, {"water_level": 12.0})])
-    w, stop_w = run_in_thread(lambda s: run_writer(settings, s), "writer")
-    m, stop_m = run_in_thread(lambda s: run_monitor(settings, s), "monitor")
-    try:
+    with closing(producer), in_threads(settings, "writer", "monitor"):
         wait_until(
             lambda: count(settings, "SELECT count(*) FROM readings WHERE device_id=%s", wl) == 1,
             what="the good reading",
         )
-        consumer = KafkaConsumer(
-            names.deadletter,
-            bootstrap_servers=settings.kafka_bootstrap,
-            auto_offset_reset="earliest",
-            enable_auto_commit=False,
-            group_id=None,
-            consumer_timeout_ms=10_000,
-        )
-        letters = []
-        for record in consumer:
-            letters.append(orjson.loads(record.value))
-            if len(letters) == 2:
-                break
-        consumer.close()
+        letters = [orjson.loads(r.value) for r in read_topic(settings, names.deadletter, 2)]
         assert sorted(x["source"] for x in letters) == ["sensor-monitor", "telemetry-writer"]
         assert all(x["reason"].startswith("bad_message") for x in letters)
-    finally:
-        stop_w.set()
-        stop_m.set()
-        w.join(15)
-        m.join(15)
-        producer.close()

@@ -2,53 +2,28 @@
 
 from __future__ import annotations
 
+import threading
+from functools import partial
+
 import psycopg
 import pytest
 
-from cityops.bootstrap import (
-    city_app,
-    rebuild_projections,
-    run_in_thread,
-    run_projector,
-    seed,
-    service_desk,
-)
+from cityops.bootstrap import rebuild_projections, run_projector, seed
 from core.case.desk import SubmitCase
 from core.personal import Contact
-from infra.pgstore import make_pool
 from infra.settings import Settings
-from projections.checksum import checksums as view_checksums
-from projections.positions import lags
-from tests.integration.test_pipeline_kafka import wait_until
+from tests.helpers.city import open_city
+from tests.helpers.db import caught_up, checksums, project
+from tests.helpers.waiting import wait_until
+from tests.helpers.workers import threads
 
 pytestmark = pytest.mark.integration
 
 
-def checksums(settings: Settings) -> dict[str, tuple[int, str]]:
-    with psycopg.connect(settings.database_url) as conn:
-        return view_checksums(conn)
-
-
-def caught_up(settings: Settings) -> bool:
-    with psycopg.connect(settings.database_url) as conn:
-        return not any(lags(conn).values())
-
-
-def project(settings: Settings) -> None:
-    thread, stop = run_in_thread(lambda s: run_projector(settings, s), "projector")
-    try:
-        wait_until(lambda: caught_up(settings), timeout=60, what="projections at the head")
-    finally:
-        stop.set()
-        thread.join(15)
-
-
 def test_rebuilt_views_equal_the_live_ones(settings: Settings) -> None:
     seed(settings)
-    pool = make_pool(settings, max_size=2)
-    app = city_app(settings, pool_size=2)
-    try:
-        desk = service_desk(settings, app, pool)
+    with open_city(settings) as city:
+        desk = city.desk
         departments = sorted(desk.locator.departments())
         for i in range(40):
             case = desk.submit(
@@ -76,9 +51,6 @@ def test_rebuilt_views_equal_the_live_ones(settings: Settings) -> None:
                 desk.rate(case.id, 1 + i % 5, "", "citizen:c", "c")
             else:
                 desk.cancel(case.id, "citizen:c", "solved myself", "c")
-    finally:
-        app.close()
-        pool.close()
     project(settings)
     live = checksums(settings)
     assert live["map_sensors"][0] == settings.sim_sensors
@@ -91,17 +63,10 @@ def test_rebuilt_views_equal_the_live_ones(settings: Settings) -> None:
 
 def test_views_count_what_the_log_holds_while_writers_run(settings: Settings) -> None:
     """Four writers and two projectors (fenced) at once: nothing skipped, nothing twice."""
-    import threading
-
     seed(settings)
-    pool = make_pool(settings, max_size=6)
-    app = city_app(settings, pool_size=6)
-    projectors = [
-        run_in_thread(lambda s: run_projector(settings, s, batch_size=7), f"projector-{i}")
-        for i in range(2)
-    ]
-    try:
-        desk = service_desk(settings, app, pool)
+    projector = partial(run_projector, settings, batch_size=7)
+    with open_city(settings, pool_size=6) as city, threads(projector, projector):
+        desk = city.desk
         department = sorted(desk.locator.departments())[0]
 
         def write(w: int) -> None:
@@ -121,12 +86,6 @@ def test_views_count_what_the_log_holds_while_writers_run(settings: Settings) ->
         for t in writers:
             t.join(120)
         wait_until(lambda: caught_up(settings), 60, "projections at the head")
-    finally:
-        for thread, stop in projectors:
-            stop.set()
-            thread.join(15)
-        app.close()
-        pool.close()
     with psycopg.connect(settings.database_url) as conn:
         in_log = conn.execute(
             "SELECT count(*) FILTER (WHERE topic LIKE '%.CaseSubmitted'),"

@@ -4,7 +4,6 @@ aggregate, also when the relay is killed with SIGKILL while it publishes."""
 from __future__ import annotations
 
 import itertools
-import signal
 import threading
 import uuid
 from collections import defaultdict
@@ -14,27 +13,27 @@ import psycopg
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from cityops.bootstrap import city_app, seed, service_desk
+from cityops.bootstrap import city_app, seed
 from core.case.desk import SubmitCase
 from infra import kafka as topics
 from infra.pgstore import make_pool
 from infra.settings import Settings
-from tests.integration.test_crash import start
-from tests.integration.test_pipeline_kafka import wait_until
+from projections import positions
+from tests.helpers.city import open_city
+from tests.helpers.db import count
+from tests.helpers.waiting import wait_until
+from tests.helpers.workers import sigkill, start_worker, stop_all
 
 pytestmark = pytest.mark.integration
 
 
 def head(settings: Settings) -> int:
     with psycopg.connect(settings.database_url) as conn:
-        row = conn.execute("SELECT max(notification_id) FROM city_events").fetchone()
-    return int(row[0] or 0) if row else 0
+        return positions.head(conn)
 
 
 def relay_position(settings: Settings) -> int:
-    with psycopg.connect(settings.database_url) as conn:
-        row = conn.execute("SELECT notification_id FROM relay_positions").fetchone()
-    return int(row[0]) if row else 0
+    return count(settings, "SELECT notification_id FROM relay_positions")
 
 
 def published(settings: Settings) -> list[tuple[int, dict[str, object]]]:
@@ -57,14 +56,11 @@ def published(settings: Settings) -> list[tuple[int, dict[str, object]]]:
 
 def file_cases(settings: Settings, n: int, tag: str, until: threading.Event | None = None) -> None:
     """File ``n`` cases (or, with ``until``, keep filing until it is set)."""
-    pool = make_pool(settings, max_size=2)
-    app = city_app(settings, pool_size=2)
-    try:
-        desk = service_desk(settings, app, pool)
+    with open_city(settings) as city:
         for i in itertools.count():
             if (until is None and i >= n) or (until is not None and until.is_set()):
                 return
-            desk.submit(
+            city.desk.submit(
                 SubmitCase(
                     channel="hotline",
                     external_id=f"{tag}-{i}",
@@ -75,9 +71,6 @@ def file_cases(settings: Settings, n: int, tag: str, until: threading.Event | No
                 actor="system:test",
                 correlation_id=f"t:{i}",
             )
-    finally:
-        app.close()
-        pool.close()
 
 
 def test_each_event_is_published_once_in_order_across_sigkills(settings: Settings) -> None:
@@ -86,24 +79,22 @@ def test_each_event_is_published_once_in_order_across_sigkills(settings: Setting
     # More events arrive all the time, so every kill lands while the relay is busy.
     enough = threading.Event()
     writer = threading.Thread(target=file_cases, args=(settings, 0, "during", enough))
-    relay = start("relay", settings)
+    relays = [start_worker(settings, "relay")]
     kills = 0
     try:
         writer.start()
         for _ in range(3):
             seen = relay_position(settings)
             wait_until(lambda s=seen: relay_position(settings) > s, what="relay progress")
-            relay.send_signal(signal.SIGKILL)
-            relay.wait(10)
+            sigkill(relays[-1])
             kills += 1
-            relay = start("relay", settings)
+            relays.append(start_worker(settings, "relay"))
         enough.set()
         writer.join(120)
         total = head(settings)
         wait_until(lambda: relay_position(settings) == total, timeout=60, what="relay at head")
     finally:
-        relay.terminate()
-        relay.wait(10)
+        stop_all(relays)
     assert kills == 3
     records = published(settings)
     ids = [int(v["notification_id"]) for _, v in records]  # type: ignore[call-overload]

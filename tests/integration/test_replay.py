@@ -13,28 +13,20 @@ from uuid import UUID
 import orjson
 import psycopg
 import pytest
-from fastapi.testclient import TestClient
 from psycopg import sql
 
-from cityops.bootstrap import (
-    api_app,
-    city_app,
-    city_layers,
-    incident_desk,
-    projections,
-    seed,
-    service_desk,
-)
+from cityops.bootstrap import city_app, city_layers, incident_desk, projections, seed
 from core.case.desk import SubmitCase
 from core.personal import Contact
 from core.sensor import SensorSpec
-from infra.pgstore import make_pool
 from infra.settings import Settings
 from projections import replay
 from projections.checksum import IGNORED, VIEWS, checksums
-from tests.conftest import bearer
-from tests.integration.test_rebuild import project
-from tests.integration.test_urban_brain import flood_alarm
+from projections.positions import head
+from tests.helpers.builders import flood_alarm
+from tests.helpers.city import open_city
+from tests.helpers.db import project
+from tests.helpers.web import bearer, served
 
 pytestmark = pytest.mark.integration
 
@@ -46,7 +38,7 @@ class Moment:
         with psycopg.connect(settings.database_url) as conn:
             conn.execute("SET TimeZone = 'UTC'")
             self.views = checksums(conn)
-            self.head = replay.at_position(conn, _head(conn)).position
+            self.head = replay.at_position(conn, head(conn)).position
             row = conn.execute("SELECT clock_timestamp()").fetchone()
             assert row is not None
             self.at: datetime = row[0]
@@ -54,10 +46,6 @@ class Moment:
                 conn, "SELECT count(*) FROM map_incidents WHERE status = 'open'"
             )
             self.sensors = _count(conn, "SELECT count(*) FROM map_sensors")
-
-
-def _head(conn: psycopg.Connection[Any]) -> int:
-    return _count(conn, "SELECT max(notification_id) FROM city_events")
 
 
 def _count(conn: psycopg.Connection[Any], query: str) -> int:
@@ -80,11 +68,9 @@ def cells(settings: Settings, n: int) -> list[tuple[str, float, float]]:
 def scenario(settings: Settings) -> list[Moment]:
     """Three instants of a small city's day: alarms and reports, work done, more of both."""
     seed(settings)
-    pool = make_pool(settings, max_size=2)
-    app = city_app(settings, pool_size=2)
     moments: list[Moment] = []
-    try:
-        desk = service_desk(settings, app, pool)
+    with open_city(settings) as city:
+        app, desk = city.app, city.desk
         incidents = incident_desk(settings, app)
         departments = sorted(desk.locator.departments())
         places = cells(settings, 4)
@@ -136,9 +122,6 @@ def scenario(settings: Settings) -> list[Moment]:
             submit(f"r{i}", places[i % 4][1], places[i % 4][2])
         project(settings)
         moments.append(Moment(settings))
-    finally:
-        app.close()
-        pool.close()
     return moments
 
 
@@ -335,8 +318,7 @@ def test_a_sensor_key_held_by_an_untouched_row_replays_in_full(
 
 def test_map_and_window_over_http(settings: Settings, scenario: list[Moment]) -> None:
     first, second, third = scenario
-    with TestClient(api_app(settings), raise_server_exceptions=False) as http:
-        http.headers.update(bearer(settings, "auditor"))
+    with served(settings, as_role="auditor") as http:
         doc = http.get("/api/v1/audit/city", params={"at": first.at.isoformat()})
         assert doc.status_code == 200, doc.text
         city = doc.json()

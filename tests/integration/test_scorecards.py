@@ -7,24 +7,20 @@ figure below can be worked out by hand; the working is in the comments.
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
-from fastapi.testclient import TestClient
 from psycopg_pool import ConnectionPool
 
-from cityops.bootstrap import api_app
-from cityops.services import create_database, drop_database
 from infra.pgstore import apply_schema, make_pool
 from infra.settings import Settings
 from projections.queries import BBox
 from projections.scorecards import Scorecards
-from tests.conftest import bearer
+from tests.helpers.db import fresh_settings
+from tests.helpers.web import Api, bearer, served
 
 pytestmark = pytest.mark.integration
 
@@ -425,30 +421,10 @@ def test_hotspot_windows_of_other_lengths(pool: ConnectionPool) -> None:
 # -- HTTP -----------------------------------------------------------------------------------
 
 
-class Api:
-    def __init__(self, settings: Settings, client: TestClient) -> None:
-        self.settings = settings
-        self.client = client
-
-    def get(self, path: str, role: str | None = "operator", **params: Any) -> Any:
-        headers = bearer(self.settings, role) if role else {}
-        return self.client.get(path, params=params, headers=headers)
-
-
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     """The app over one database with March 2025's work and the last 29 days' traffic."""
-    base = os.environ["CITYOPS_DATABASE_URL"]
-    unique = uuid.uuid4().hex[:10]
-    name = f"t_{unique}"
-    data_dir: Path = tmp_path_factory.mktemp("city") / "city"
-    settings = Settings(
-        database_url=create_database(base, name),
-        kafka_topic_prefix=f"t{unique}.",
-        data_dir=data_dir,
-        sim_sensors=40,
-    )
-    try:
+    with fresh_settings(tmp_path_factory.mktemp("city") / "city") as settings:
         pool = make_pool(settings, max_size=2)
         try:
             with pool.connection() as conn:
@@ -456,12 +432,10 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
             add_work(pool)
             # A minute back: the API's windows end at its own "now", a little later.
             add_traffic(pool, datetime.now(UTC) - timedelta(minutes=1), edges=False)
-            with TestClient(api_app(settings), raise_server_exceptions=False) as client:
+            with served(settings) as client:
                 yield Api(settings, client)
         finally:
             pool.close()
-    finally:
-        drop_database(base, name)
 
 
 def test_api_scorecards(api: Api) -> None:

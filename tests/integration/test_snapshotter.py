@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from contextlib import closing
+
 import psycopg
 import pytest
 
-from cityops.bootstrap import city_app, run_in_thread, run_snapshotter
+from cityops.bootstrap import city_app, run_snapshotter
 from infra.pgstore import apply_schema
 from infra.settings import Settings
-from tests.builders import sensor
-from tests.integration.test_pipeline_kafka import wait_until
+from tests.helpers.builders import sensor
+from tests.helpers.waiting import wait_until
+from tests.helpers.workers import threads
 
 pytestmark = pytest.mark.integration
 
@@ -25,8 +28,7 @@ def test_checkpoints_follow_the_log(settings: Settings) -> None:
     with psycopg.connect(settings.database_url) as conn:
         apply_schema(conn)
     app = city_app(settings, pool_size=1, create_tables=True)
-    thread, stop = run_in_thread(lambda s: run_snapshotter(settings, s, 0.2), "snapshots")
-    try:
+    with closing(app), threads(lambda stop: run_snapshotter(settings, stop, 0.2)):
         app.register_sensors(
             [sensor(f"snap-{i}") for i in range(250)], actor="test", correlation_id="snap"
         )
@@ -38,7 +40,3 @@ def test_checkpoints_follow_the_log(settings: Settings) -> None:
         wait_until(lambda: len(checkpoints(settings)) == 3, 30, "a third checkpoint")
         assert checkpoints(settings)[:2] == first  # taken once, kept
         assert checkpoints(settings)[2] - first[1] == 100
-    finally:
-        stop.set()
-        thread.join(15)
-        app.close()

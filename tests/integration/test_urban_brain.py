@@ -4,32 +4,25 @@ incident workflow with escalation, and a SIGKILLed projection worker."""
 
 from __future__ import annotations
 
-import math
-import os
-import signal
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 from uuid import UUID
 
 import psycopg
 import pytest
-from eventsourcing.application import ProcessingEvent
 
 from api.cases import summary
 from cityops.bootstrap import (
     brain_follower,
-    city_app,
     city_layers,
     incident_desk,
     rebuild_projections,
-    run_in_thread,
     run_projector,
     seed,
-    service_desk,
 )
 from core.app import CityApp
 from core.brain.correlation import load_policy
@@ -37,31 +30,21 @@ from core.case.categories import load_categories
 from core.case.desk import ServiceDesk, SubmitCase
 from core.case.notify import Notice
 from core.errors import IllegalTransitionError
-from core.incident.policy import IncidentPolicy
-from core.personal import Contact
 from core.sensor import SensorSpec
-from core.sensor.rules import Transition, load_rules
-from infra.pgstore import make_pool
 from infra.settings import Settings
 from projections.case_queries import CaseQueries
 from projections.positions import head, position
 from simulations.citizens import CaseReport, CitizenModel
 from simulations.scenarios import Festival
-from tests.integration.test_pipeline_kafka import wait_until
-from tests.integration.test_rebuild import caught_up, checksums, project
+from tests.helpers.builders import flood_alarm, offset, report
+from tests.helpers.city import open_city, places
+from tests.helpers.db import caught_up, checksums, project, rows
+from tests.helpers.waiting import wait_until
+from tests.helpers.workers import sigkill, threads, worker_env
 from workers.brain import NOTICE_EVENTS, notice_handler
 from workers.follower import LogFollower
 
 pytestmark = pytest.mark.integration
-
-M_PER_DEG = 111_320.0
-
-
-def offset(lon: float, lat: float, east_m: float, north_m: float) -> tuple[float, float]:
-    return (
-        lon + east_m / (M_PER_DEG * math.cos(math.radians(lat))),
-        lat + north_m / M_PER_DEG,
-    )
 
 
 class Outbox:
@@ -75,64 +58,8 @@ class Outbox:
 @pytest.fixture
 def city(settings: Settings) -> Iterator[tuple[CityApp, ServiceDesk, Any]]:
     seed(settings)
-    pool = make_pool(settings, max_size=4)
-    app = city_app(settings, pool_size=4)
-    desk = service_desk(settings, app, pool)
-    try:
-        yield app, desk, pool
-    finally:
-        app.close()
-        pool.close()
-
-
-def places(settings: Settings, n: int) -> list[tuple[float, float, str]]:
-    """``n`` grid-cell centres at least 3 km apart (lon, lat, district)."""
-    grid = city_layers(settings).grid
-    out: list[tuple[float, float, str]] = []
-    for row in grid.itertuples():
-        c = row.geometry.centroid
-        if all(math.dist((c.x, c.y), (x, y)) * M_PER_DEG > 3_000 for x, y, _ in out):
-            out.append((c.x, c.y, str(row.district_code)))
-        if len(out) == n:
-            return out
-    raise AssertionError("the test city is too small")
-
-
-def flood_alarm(app: CityApp, device_id: str) -> UUID:
-    """What the sensor monitor does on a water level over the flooding threshold."""
-    pe: ProcessingEvent[UUID] = ProcessingEvent()
-    IncidentPolicy(app, load_rules()).apply(
-        app.get_sensor(device_id),
-        [Transition("raised", "water_level_high", "major", "water_level", 62.0, 1.0)],
-        "test-storm",
-        pe,
-    )
-    app.record(pe)
-    return UUID(app.get_sensor(device_id).open_incidents["water_level_high"])
-
-
-def report(desk: ServiceDesk, key: str, lon: float, lat: float, category: str = "flooding") -> UUID:
-    attributes = {"water_depth": "knee"} if category == "flooding" else {}
-    case = desk.submit(
-        SubmitCase(
-            "hotline",
-            key,
-            category,
-            f"storm report {key}",
-            lon=lon,
-            lat=lat,
-            attributes=attributes,
-            contact=Contact(phone="13800138000"),
-        ),
-        actor="hotline:test",
-        correlation_id=key,
-    )
-    return case.id
-
-
-def rows(settings: Settings, query: str, *params: Any) -> list[tuple[Any, ...]]:
-    with psycopg.connect(settings.database_url) as conn:
-        return conn.execute(query, params).fetchall()
+    with open_city(settings, pool_size=4) as opened:
+        yield opened.app, opened.desk, opened.pool
 
 
 def test_rainstorm_gives_one_incident_per_flooded_place(
@@ -147,12 +74,8 @@ def test_rainstorm_gives_one_incident_per_flooded_place(
         SensorSpec("wl-c", "water_level", "gw-t", *offset(cx, cy, 60, 0), None, None, "dept-w"),
     ]
     app.register_sensors(specs, actor="test", correlation_id="test")
-    projector, stop_projector = run_in_thread(lambda s: run_projector(settings, s), "projector")
     brain = brain_follower(settings, app, pool)
-    stop_brain = threading.Event()
-    brain_thread = threading.Thread(target=brain.run, args=(stop_brain,), daemon=True)
-    brain_thread.start()
-    try:
+    with threads(partial(run_projector, settings), brain.run):
         incident_a = flood_alarm(app, "wl-a")
         # A: five reports 50-250 m around the flooded sensor.
         a_cases = [
@@ -277,11 +200,6 @@ def test_rainstorm_gives_one_incident_per_flooded_place(
             b.id,
         )
         assert b_row == [("dispatched", 2, None)]
-    finally:
-        stop_brain.set()
-        stop_projector.set()
-        brain_thread.join(15)
-        projector.join(15)
     # Rebuild after all that: identical views.
     live = checksums(settings)
     rebuild_projections(settings)
@@ -307,7 +225,6 @@ def test_festival_crowd_complaints_become_one_incident(
     model = CitizenModel(city_layers(settings), load_categories(), festival, seed=3)
     reports = [r for r in model.reports(0.0, festival.timeline.end_s) if r.cause == "scenario"]
     assert len(reports) >= 30
-    projector, stop_projector = run_in_thread(lambda s: run_projector(settings, s), "projector")
     brain = brain_follower(settings, app, pool)
 
     def submit(r: CaseReport) -> UUID:
@@ -331,16 +248,13 @@ def test_festival_crowd_complaints_become_one_incident(
         while brain.step():
             wait_until(lambda: caught_up(settings), 60, "projections at the head")
 
-    try:
+    with threads(partial(run_projector, settings), join_s=10):
         first = [submit(r) for r in reports[:4]]
         brain_done()
         assert all(desk.get(c).incident_id is None for c in first)
         rest = [submit(r) for r in reports[4:]]
         brain_done()
         wait_until(lambda: caught_up(settings), 60, "projections at the head")
-    finally:
-        stop_projector.set()
-        projector.join(10)
     incidents = rows(
         settings,
         "SELECT incident_id, kind, category, linked_cases FROM map_incidents WHERE status = 'open'",
@@ -367,7 +281,7 @@ def test_projection_worker_killed_mid_batch_equals_a_fresh_rebuild(
     # Enough batches (about 1,800 of 5 events) that each kill lands mid-stream.
     for i in range(3_000):
         report(desk, f"k{i}", *offset(lon, lat, 20 * (i % 60), 20 * (i // 60)), "drain_blocked")
-    env = {**os.environ, **settings_env(settings)}
+    env = worker_env(settings)
     with psycopg.connect(settings.database_url) as conn:
         top = head(conn)
     seen: list[int] = []
@@ -378,16 +292,14 @@ def test_projection_worker_killed_mid_batch_equals_a_fresh_rebuild(
         try:
             wait_until(lambda b=before: b < cases_position(settings) < top, 60, "progress")
         finally:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
+            sigkill(proc)
         seen.append(cases_position(settings))
     assert seen[-1] < top, seen
     proc = subprocess.Popen([sys.executable, "-c", PROJECTOR, "50"], env=env)
     try:
         wait_until(lambda: caught_up(settings), 90, "projections at the head after kills")
     finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        sigkill(proc)
     survived = checksums(settings)
     assert survived["service_cases"][0] == 3_000
     rebuild_projections(settings)
@@ -398,12 +310,3 @@ def test_projection_worker_killed_mid_batch_equals_a_fresh_rebuild(
 def cases_position(settings: Settings) -> int:
     with psycopg.connect(settings.database_url) as conn:
         return position(conn, "cases")
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    return {
-        "CITYOPS_DATABASE_URL": settings.database_url,
-        "CITYOPS_DATA_DIR": str(settings.data_dir),
-        "CITYOPS_KAFKA_TOPIC_PREFIX": settings.kafka_topic_prefix,
-        "CITYOPS_LOG_LEVEL": "WARNING",
-    }

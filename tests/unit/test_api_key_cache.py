@@ -29,6 +29,15 @@ class Store:
         return row
 
 
+def cached_then_revoked() -> tuple[Store, ApiKeyVerifier]:
+    """A verifier that has verified (and cached) ``KEY``, revoked in the store since."""
+    store = Store()
+    verifier = ApiKeyVerifier(store.lookup, ttl=3600)
+    verifier.verify(KEY)
+    store.revoked = True
+    return store, verifier
+
+
 def test_a_key_is_looked_up_once_per_ttl() -> None:
     store = Store()
     verifier = ApiKeyVerifier(store.lookup, ttl=3600)
@@ -38,10 +47,7 @@ def test_a_key_is_looked_up_once_per_ttl() -> None:
 
 
 def test_forget_makes_the_next_request_look_again() -> None:
-    store = Store()
-    verifier = ApiKeyVerifier(store.lookup, ttl=3600)
-    verifier.verify(KEY)
-    store.revoked = True
+    store, verifier = cached_then_revoked()
     verifier.forget(KEY_ID)
     with pytest.raises(Unauthorized, match="revoked"):
         verifier.verify(KEY)
@@ -60,10 +66,7 @@ def test_a_look_up_overtaken_by_a_revocation_is_not_cached() -> None:
 
 
 def test_forget_all_after_a_reconnect() -> None:
-    store = Store()
-    verifier = ApiKeyVerifier(store.lookup, ttl=3600)
-    verifier.verify(KEY)
-    store.revoked = True
+    _, verifier = cached_then_revoked()
     verifier.forget(None)
     with pytest.raises(Unauthorized):
         verifier.verify(KEY)

@@ -10,7 +10,7 @@ import copy
 import dataclasses
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -19,137 +19,28 @@ from eventsourcing.application import ProcessingEvent
 
 from core.app import CityApp
 from core.case import ACTIVE, ServiceCase, case_id
-from core.case.categories import InvalidAttributeError, UnknownCategoryError, load_categories
+from core.case.categories import InvalidAttributeError, UnknownCategoryError
 from core.case.desk import (
     SYSTEM_INTAKE,
     SYSTEM_SLA,
-    Department,
     DuplicateSubmissionError,
     InvalidLocationError,
-    Place,
     ServiceDesk,
     SubmitCase,
 )
 from core.errors import DomainError, IllegalTransitionError, NotFoundError
-from core.personal import Contact, InMemoryKeyStore, InvalidContactError, PersonalData
-from tests.builders import sensor
-
-# Monday 2 March 2026, 09:30 in Shanghai.
-T0 = datetime(2026, 3, 2, 1, 30, tzinfo=UTC)
-PEPPER = b"unit-test-pepper-0123456789"
-
-# The fake city: lon 121-122, lat 31-32. Only its west half (lon < 121.5) has
-# jurisdiction polygons; the east half has places but no department.
-WEST = (121.2, 31.2)
-EAST = (121.7, 31.2)
-OUTSIDE = (116.4, 39.9)
-DEPARTMENT_TYPES = (
-    "roads",
-    "lighting",
-    "water",
-    "sanitation",
-    "environment",
-    "urban_management",
-    "traffic",
+from core.personal import Contact, InvalidContactError
+from tests.helpers.builders import sensor
+from tests.helpers.desk import (
+    EAST,
+    OUTSIDE,
+    WEST,
+    FakeClock,
+    FakeNearby,
+    make_desk,
+    request,
+    utc,
 )
-
-
-def utc(
-    year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0
-) -> datetime:
-    return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
-
-
-class FakeClock:
-    def __init__(self, now: datetime = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **delta: float) -> None:
-        self.now += timedelta(**delta)
-
-
-class FakeLocator:
-    """Implements ``core.case.desk.Locator`` over the fake city above."""
-
-    def place(self, lon: float, lat: float) -> Place | None:
-        if not (121.0 <= lon < 122.0 and 31.0 <= lat < 32.0):
-            return None
-        district = "310101" if lon < 121.5 else "310104"
-        return Place(
-            grid_code=f"{district}-g{int(lon * 10) % 10}{int(lat * 10) % 10}",
-            district_code=district,
-        )
-
-    def department_for(self, lon: float, lat: float, department_type: str) -> str | None:
-        if self.place(lon, lat) is None or lon >= 121.5:
-            return None
-        return f"{department_type}-west"
-
-    def departments(self) -> dict[str, Department]:
-        deps = {
-            f"{t}-west": Department(f"{t}-west", t, f"West {t}", f"西区{t}")
-            for t in DEPARTMENT_TYPES
-        }
-        deps["roads-east"] = Department("roads-east", "roads", "East roads", "东区道路")
-        return deps
-
-
-class FakeNearby:
-    """Implements ``core.case.desk.NearbyCases``: returns ``result`` and records calls."""
-
-    def __init__(self, result: list[str] | None = None) -> None:
-        self.result = list(result or [])
-        self.calls: list[tuple[str, float, float, float, int]] = []
-
-    def open_cases_near(
-        self, category: str, lon: float, lat: float, radius_m: float, limit: int
-    ) -> list[str]:
-        self.calls.append((category, lon, lat, radius_m, limit))
-        return list(self.result)
-
-
-CATEGORIES = load_categories()
-
-
-def make_desk(
-    app: CityApp | None = None,
-    clock: Callable[[], datetime] | None = None,
-    nearby: FakeNearby | None = None,
-    auto_accept: bool = True,
-    personal: PersonalData | None = None,
-) -> ServiceDesk:
-    return ServiceDesk(
-        app or CityApp(),
-        CATEGORIES,
-        FakeLocator(),
-        personal or PersonalData(InMemoryKeyStore(), PEPPER),
-        nearby=nearby,
-        clock=clock or FakeClock(),
-        auto_accept=auto_accept,
-    )
-
-
-def request(
-    external_id: str = "e-1",
-    category: str = "road_damage",
-    where: tuple[float, float] | None = WEST,
-    channel: str = "app",
-    description: str = "pothole in front of no. 12",
-    **kwargs: Any,
-) -> SubmitCase:
-    lon, lat = (None, None) if where is None else where
-    return SubmitCase(
-        channel=channel,
-        external_id=external_id,
-        category=category,
-        description=description,
-        lon=lon,
-        lat=lat,
-        **kwargs,
-    )
 
 
 def stored(app: CityApp, cid: UUID) -> list[Any]:
@@ -245,8 +136,31 @@ ACTOR = "user:alice"
 CORR = "corr-42"
 REASON = "because"
 
-# command -> (call, verb in the refusal message, statuses where legal, status after)
 Command = Callable[[ServiceCase], None]
+
+
+def rate(
+    rating: int,
+    comment: str = "",
+    *,
+    revisit: bool = False,
+    due_at: datetime | None = None,
+    due_soon_at: datetime | None = None,
+    actor: str = ACTOR,
+) -> Command:
+    """The rate command with these arguments, to run on a case."""
+    return lambda c: c.rate(
+        rating=rating,
+        comment=comment,
+        revisit=revisit,
+        due_at=due_at,
+        due_soon_at=due_soon_at,
+        actor=actor,
+        correlation_id=CORR,
+    )
+
+
+# command -> (call, verb in the refusal message, statuses where legal, status after)
 COMMANDS: dict[str, tuple[Command, str, set[str], str | None]] = {
     "accept": (
         lambda c: c.accept(actor=ACTOR, reason=REASON, correlation_id=CORR),
@@ -342,15 +256,7 @@ COMMANDS: dict[str, tuple[Command, str, set[str], str | None]] = {
         None,
     ),
     "rate": (
-        lambda c: c.rate(
-            rating=4,
-            comment="ok",
-            revisit=False,
-            due_at=None,
-            due_soon_at=None,
-            actor=ACTOR,
-            correlation_id=CORR,
-        ),
+        rate(4, "ok"),
         "rate",
         {"resolved"},
         "closed",
@@ -560,48 +466,18 @@ def test_bad_extension_requests_are_refused(hours: float, reason: str, match: st
 
 @pytest.mark.parametrize("rating", [0, 6, -1])
 def test_ratings_outside_one_to_five_are_refused(rating: int) -> None:
-    assert_refused(
-        at("resolved"),
-        lambda c: c.rate(
-            rating=rating,
-            comment="",
-            revisit=False,
-            due_at=None,
-            due_soon_at=None,
-            actor=ACTOR,
-            correlation_id=CORR,
-        ),
-        "a rating is 1 to 5",
-    )
+    assert_refused(at("resolved"), rate(rating), "a rating is 1 to 5")
 
 
 def test_a_revisit_without_a_deadline_is_refused_and_changes_nothing() -> None:
     assert_refused(
-        at("resolved"),
-        lambda c: c.rate(
-            rating=1,
-            comment="bad",
-            revisit=True,
-            due_at=D2,
-            due_soon_at=None,
-            actor=ACTOR,
-            correlation_id=CORR,
-        ),
-        "a revisit needs a new deadline",
+        at("resolved"), rate(1, "bad", revisit=True, due_at=D2), "a revisit needs a new deadline"
     )
 
 
 def test_a_bad_rating_reopens_with_a_new_deadline() -> None:
     case = at("resolved")
-    case.rate(
-        rating=2,
-        comment="still broken",
-        revisit=True,
-        due_at=D2,
-        due_soon_at=D2_SOON,
-        actor="citizen:1",
-        correlation_id=CORR,
-    )
+    rate(2, "still broken", revisit=True, due_at=D2, due_soon_at=D2_SOON, actor="citizen:1")(case)
     assert (case.status, case.rating, case.rating_comment) == ("reopened", 2, "still broken")
     assert (case.revisits, case.deadline_no, case.due_at, case.due_soon_at) == (
         1,

@@ -28,7 +28,7 @@ from core.case import ACTIVE, OPEN, ServiceCase
 from core.case.desk import ServiceDesk, SubmitCase
 from core.errors import IllegalTransitionError
 from core.personal import Contact
-from tests.unit.test_case import FakeClock, FakeLocator, make_desk
+from tests.helpers.desk import FakeClock, FakeLocator, make_desk
 
 # Where a case can be: each kind has its own intake outcome.
 PLACES: dict[str, tuple[float, float] | None] = {

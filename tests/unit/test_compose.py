@@ -595,25 +595,23 @@ def test_docker_compose_config_accepts_the_file(tmp_path: Path) -> None:
     # Only the test's env file: not the developer's shell or .env.
     env = {key: value for key, value in os.environ.items() if key not in SECRETS}
     base = [*client, "--project-directory", str(ROOT), "-f", str(COMPOSE_FILE)]
-    result = subprocess.run(
-        [*base, "--env-file", str(env_file), "config", "-q"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+
+    def config(with_env: Path) -> subprocess.CompletedProcess[str]:
+        """``compose config -q`` with only ``with_env`` as the env file."""
+        return subprocess.run(
+            [*base, "--env-file", str(with_env), "config", "-q"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    result = config(env_file)
     assert result.returncode == 0, result.stderr
 
     empty = tmp_path / "empty.env"
     empty.write_text("", encoding="utf-8")
-    refused = subprocess.run(
-        [*base, "--env-file", str(empty), "config", "-q"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    refused = config(empty)
     assert refused.returncode != 0
     assert "see deploy/env.example" in refused.stderr

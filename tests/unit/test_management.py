@@ -11,7 +11,7 @@ from core.app import CityApp
 from core.errors import IllegalTransitionError, NotFoundError
 from core.incident.policy import IncidentPolicy
 from core.sensor.rules import Transition, load_rules
-from tests.builders import sensor
+from tests.helpers.builders import sensor
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from uuid import UUID, uuid4
 import pytest
 
 from core.app import CityApp
-from core.case.desk import SubmitCase
 from core.personal import (
     ERASED_VIEW,
     Contact,
@@ -22,7 +21,7 @@ from core.personal import (
     mask_phone,
     screen_text,
 )
-from tests.unit.test_case import WEST, FakeClock, make_desk
+from tests.helpers.desk import FakeClock, make_desk, request
 
 PEPPER = b"0123456789abcdef-pepper"
 
@@ -285,15 +284,7 @@ def test_stored_events_hold_no_contact_in_clear() -> None:
         name="钱七", phone="137 1234 5678", email="qianqi@example.com", address="福州路88号"
     )
     case = desk.submit(
-        SubmitCase(
-            channel="hotline",
-            external_id="h-1",
-            category="road_damage",
-            description="road broken",
-            lon=WEST[0],
-            lat=WEST[1],
-            contact=contact,
-        ),
+        request("h-1", channel="hotline", description="road broken", contact=contact),
         actor="operator:7",
         correlation_id="c",
     )
@@ -360,13 +351,10 @@ def test_a_phone_typed_only_into_the_description_becomes_the_sealed_contact() ->
     app = CityApp()
     desk = make_desk(app, FakeClock())
     case = desk.submit(
-        SubmitCase(
+        request(
+            "h-2",
             channel="hotline",
-            external_id="h-2",
-            category="road_damage",
             description="路面塌陷，联系13712345678，身份证11010519491231002X",
-            lon=WEST[0],
-            lat=WEST[1],
             address="福州路88号 a@example.com",
         ),
         actor="operator:7",

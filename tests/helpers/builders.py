@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable
 from typing import Any
 from uuid import UUID
 
+import orjson
+from eventsourcing.application import ProcessingEvent
 from kafka import KafkaProducer
 
 from core.app import CityApp
+from core.case.desk import ServiceDesk, SubmitCase
+from core.incident import Incident
+from core.incident.policy import IncidentPolicy
+from core.personal import Contact
 from core.sensor import SensorSpec
+from core.sensor.rules import Transition, load_rules
 from core.sensor.telemetry import Reading, TelemetryMessage
 from infra import kafka as topics
 from infra.pgstore import apply_schema, make_pool
@@ -98,3 +106,91 @@ def link_as_brain(app: CityApp, pool: Any, case_ids: Iterable[UUID]) -> None:
         pe: ProcessingEvent[UUID] = ProcessingEvent()
         correlator.case_accepted(case_id, "t", pe)
         app.record(pe)
+
+
+def senml(
+    device_id: str,
+    value: float,
+    *more: dict[str, Any],
+    ts: float | None = None,
+    unit: str | None = "cm",
+) -> bytes:
+    """A SenML pack of one water level (at ``ts``, now by default) and ``more`` records."""
+    first: dict[str, Any] = {"bn": f"{device_id}:", "bt": time.time() if ts is None else ts}
+    first.update({"n": "water_level", **({"u": unit} if unit else {}), "v": value})
+    return orjson.dumps([first, *more])
+
+
+M_PER_DEG = 111_320.0
+
+
+def offset(lon: float, lat: float, east_m: float, north_m: float) -> tuple[float, float]:
+    """The point ``east_m`` east and ``north_m`` north of (lon, lat)."""
+    return (
+        lon + east_m / (M_PER_DEG * math.cos(math.radians(lat))),
+        lat + north_m / M_PER_DEG,
+    )
+
+
+def flood_alarm(
+    app: CityApp, device_id: str, reading_ts: float = 1.0, correlation_id: str = "test-storm"
+) -> UUID:
+    """What the sensor monitor does on a water level over the flooding threshold."""
+    pe: ProcessingEvent[UUID] = ProcessingEvent()
+    IncidentPolicy(app, load_rules()).apply(
+        app.get_sensor(device_id),
+        [Transition("raised", "water_level_high", "major", "water_level", 62.0, reading_ts)],
+        correlation_id,
+        pe,
+    )
+    app.record(pe)
+    return UUID(app.get_sensor(device_id).open_incidents["water_level_high"])
+
+
+REPORTER_PHONE = "13800138000"
+
+
+def report(desk: ServiceDesk, key: str, lon: float, lat: float, category: str = "flooding") -> UUID:
+    """A citizen's report by the hotline, the caller's phone ``REPORTER_PHONE``."""
+    attributes = {"water_depth": "knee"} if category == "flooding" else {}
+    case = desk.submit(
+        SubmitCase(
+            "hotline",
+            key,
+            category,
+            f"storm report {key}",
+            lon=lon,
+            lat=lat,
+            attributes=attributes,
+            contact=Contact(phone=REPORTER_PHONE),
+        ),
+        actor="hotline:test",
+        correlation_id=key,
+    )
+    return case.id
+
+
+def operator_incident(
+    incident_id: UUID, title: str, severity: str, department_code: str | None
+) -> Incident:
+    """An incident an operator opens by hand (no sensor), at a point of the test city."""
+    return Incident.open(
+        incident_id,
+        kind="operator",
+        title=title,
+        category="flooding",
+        severity=severity,
+        device_id=None,
+        rule_id=None,
+        rule_version=None,
+        lon=121.49,
+        lat=31.23,
+        grid_code=None,
+        district_code=None,
+        department_code=department_code,
+        metric=None,
+        value=None,
+        reading_ts=None,
+        actor="test",
+        correlation_id="t",
+    )
