@@ -15,6 +15,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
@@ -33,26 +34,19 @@ from projections.queries import ReadModels, feature
 log = logging.getLogger(__name__)
 
 
+@dataclass(eq=False)
 class ChangeHub:
     """Fans database notifications out to subscribers' queues (bounded, drop-oldest)."""
 
-    def __init__(
-        self,
-        database_url: str,
-        read: ReadModels,
-        cases: CaseQueries | None = None,
-        queue_size: int = 1_000,
-        on_key_revoked: Callable[[str | None], None] | None = None,
-    ) -> None:
-        self.cases = cases
-        # Told the id of each API key revoked, and None (forget all) on each (re)connect,
-        # when revocations may have been missed.
-        self.on_key_revoked = on_key_revoked
-        self.database_url = database_url
-        self.read = read
-        self.queue_size = queue_size
-        self.subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
-        self.task: asyncio.Task[None] | None = None
+    database_url: str = field(repr=False)
+    read: ReadModels
+    cases: CaseQueries | None = None
+    queue_size: int = 1_000
+    # Told the id of each API key revoked, and None (forget all) on each (re)connect,
+    # when revocations may have been missed.
+    on_key_revoked: Callable[[str | None], None] | None = None
+    subscribers: set[asyncio.Queue[dict[str, Any]]] = field(init=False, default_factory=set)
+    task: asyncio.Task[None] | None = field(init=False, default=None)
 
     async def start(self) -> None:
         self.task = asyncio.create_task(self._listen())
@@ -128,20 +122,14 @@ class ChangeHub:
             self.subscribers.discard(queue)
 
 
+@dataclass(eq=False)
 class TelemetryIntake:
     """Decode and forward one gateway message; the producer is the API's own."""
 
-    def __init__(
-        self,
-        producer: Any,
-        topics: Topics,
-        gateway_of: Callable[[str], str | None],
-        limits: Limits,
-    ) -> None:
-        self.producer = producer
-        self.topics = topics
-        self.gateway_of = gateway_of
-        self.limits = limits
+    producer: Any
+    topics: Topics
+    gateway_of: Callable[[str], str | None]
+    limits: Limits
 
     def accept(self, gateway_id: str, device_id: str, payload: bytes) -> tuple[int, dict[str, Any]]:
         owner = self.gateway_of(device_id)

@@ -18,6 +18,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class LogSink(Protocol):
         ...
 
 
+@dataclass(eq=False)
 class LogTail:
     """Reads the log after ``position`` in batches of ``batch_size`` into ``sink``.
 
@@ -52,25 +54,18 @@ class LogTail:
     waits out (with a backoff up to ``max_backoff`` seconds) instead of stopping on.
     """
 
-    def __init__(
-        self,
-        name: str,
-        recorder: Any,
-        sink: LogSink,
-        *,
-        batch_size: int,
-        topics: Sequence[str] = (),
-        transient: tuple[type[BaseException], ...] = (Exception,),
-        max_backoff: float = 10.0,
-    ) -> None:
-        self.name = name
-        self.recorder = recorder
-        self.sink = sink
-        self.batch_size = batch_size
-        self.topics = list(topics)
-        self.transient = transient
-        self.max_backoff = max_backoff
-        self.position: int | None = None
+    name: str
+    recorder: Any
+    sink: LogSink
+    _: KW_ONLY
+    batch_size: int
+    topics: Sequence[str] = ()
+    transient: tuple[type[BaseException], ...] = (Exception,)
+    max_backoff: float = 10.0
+    position: int | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        self.topics = list(self.topics)
 
     def step(self, stop: threading.Event | None = None) -> int:
         """Apply the next batch; return how many of its notifications are now behind the

@@ -6,6 +6,7 @@ import logging
 import smtplib
 import ssl
 import threading
+from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 
@@ -44,6 +45,7 @@ class LoggingNotifier:
         )
 
 
+@dataclass(eq=False)
 class SmtpNotifier:
     """Emails email notices over SMTP; SMS ones go to ``fallback`` (we have no SMS gateway).
 
@@ -51,25 +53,19 @@ class SmtpNotifier:
     duplicate of a notice sent again after a failure.
     """
 
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        sender: str,
-        username: str | None = None,
-        password: str | None = None,
-        starttls: bool = False,
-        timeout: float = 10,
-        fallback: Notifier | None = None,
-    ) -> None:
-        self.host = host
-        self.port = port
-        self.sender = sender
-        self.username = username
-        self.password = password
-        self.starttls = starttls
-        self.timeout = timeout
-        self.fallback: Notifier = fallback if fallback is not None else LoggingNotifier()
+    host: str
+    port: int
+    sender: str
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    starttls: bool = False
+    timeout: float = 10
+    # None: a LoggingNotifier of its own (set in __post_init__).
+    fallback: Notifier | None = None
+
+    def __post_init__(self) -> None:
+        if self.fallback is None:
+            self.fallback = LoggingNotifier()
 
     def message(self, notice: Notice) -> EmailMessage:
         """The email of ``notice`` (UTF-8)."""
@@ -86,6 +82,7 @@ class SmtpNotifier:
 
     def send(self, notice: Notice) -> None:
         if notice.channel != "email":
+            assert self.fallback is not None  # set in __post_init__
             self.fallback.send(notice)
             return
         msg = self.message(notice)

@@ -16,6 +16,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,6 +26,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from psycopg_pool import ConnectionPool
 
 from infra import kafka as topics
+from infra.kafka import Topics
 from infra.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -125,24 +127,21 @@ class StaleWriterError(RuntimeError):
     """Another writer advanced a partition this writer was writing."""
 
 
+@dataclass(eq=False)
 class TelemetryWriter:
     """Kafka consumer group member writing readings in batches."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        pool: ConnectionPool,
-        producer: KafkaProducer,
-        group_id: str = "telemetry-writer",
-    ) -> None:
-        self.settings = settings
-        self.topics = topics.Topics.of(settings)
-        self.pool = pool
-        self.producer = producer
-        self.group_id = group_id
-        self.positions: dict[TopicPartition, int | None] = {}
-        self.consumer: KafkaConsumer | None = None
-        self.counters: Counter[str] = Counter()
+    settings: Settings
+    pool: ConnectionPool
+    producer: KafkaProducer
+    group_id: str = "telemetry-writer"
+    topics: Topics = field(init=False)
+    positions: dict[TopicPartition, int | None] = field(init=False, default_factory=dict)
+    consumer: KafkaConsumer | None = field(init=False, default=None)
+    counters: Counter[str] = field(init=False, default_factory=Counter)
+
+    def __post_init__(self) -> None:
+        self.topics = Topics.of(self.settings)
 
     # -- positions ------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import KW_ONLY, InitVar, dataclass, field
 from typing import Any
 from uuid import UUID
 
@@ -34,28 +35,24 @@ class RetryLaterError(Exception):
     """The handler could not finish now (a mail server is down): try the event again."""
 
 
+@dataclass(eq=False)
 class LogFollower:
-    def __init__(
-        self,
-        app: CityApp,
-        name: str,
-        event_classes: Iterable[type[Any]],
-        handle: Handler,
-        *,
-        batch_size: int = 100,
-        retries: int = 5,
-        on_recorded: Callable[[int], None] | None = None,
-    ) -> None:
-        self.app = app
-        self.name = name
-        self.handle = handle
-        self.retries = retries
-        self.on_recorded = on_recorded
+    app: CityApp
+    name: str
+    event_classes: InitVar[Iterable[type[Any]]]
+    handle: Handler
+    _: KW_ONLY
+    batch_size: int = 100
+    retries: int = 5
+    on_recorded: Callable[[int], None] | None = None
+    tail: LogTail = field(init=False)
+
+    def __post_init__(self, event_classes: Iterable[type[Any]]) -> None:
         self.tail = LogTail(
-            name,
-            app.recorder,
+            self.name,
+            self.app.recorder,
             self,
-            batch_size=batch_size,
+            batch_size=self.batch_size,
             topics=[get_topic(cls) for cls in event_classes],
         )
 

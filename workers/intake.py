@@ -15,6 +15,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
@@ -23,11 +24,13 @@ from eventsourcing.persistence import Tracking
 from kafka import KafkaProducer, TopicPartition
 from pydantic import ValidationError
 
+from core.app import CityApp
 from core.case.desk import DuplicateSubmissionError, ServiceDesk, SubmitCase
 from core.errors import DomainError
 from core.personal import Contact
 from infra import kafka as topics
 from infra.hotline_schema import HotlineCase
+from infra.kafka import Topics, TrackedPositions
 from infra.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -58,22 +61,21 @@ def schema_reason(exc: ValidationError) -> str:
     return f"schema: {where}: {first.get('msg', 'invalid')} ({exc.error_count()} error(s))"
 
 
+@dataclass(eq=False)
 class CaseIntake:
-    def __init__(
-        self,
-        settings: Settings,
-        desk: ServiceDesk,
-        producer: KafkaProducer,
-        group_id: str = "case-intake",
-    ) -> None:
-        self.settings = settings
-        self.topics = topics.Topics.of(settings)
-        self.desk = desk
-        self.app = desk.app
-        self.producer = producer
-        self.group_id = group_id
-        self.tracked = topics.TrackedPositions(desk.app.recorder, group_id)
-        self.counters: Counter[str] = Counter()
+    settings: Settings
+    desk: ServiceDesk
+    producer: KafkaProducer
+    group_id: str = "case-intake"
+    topics: Topics = field(init=False)
+    app: CityApp = field(init=False)
+    tracked: TrackedPositions = field(init=False)
+    counters: Counter[str] = field(init=False, default_factory=Counter)
+
+    def __post_init__(self) -> None:
+        self.topics = Topics.of(self.settings)
+        self.app = self.desk.app
+        self.tracked = TrackedPositions(self.app.recorder, self.group_id)
 
     def process_partition(self, tp: TopicPartition, records: Sequence[Any]) -> Counter[str]:
         """Submit one partition's cases and record its position, in one transaction."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from core.case.desk import ServiceDesk
@@ -21,18 +22,12 @@ from projections.case_queries import CaseQueries
 log = logging.getLogger(__name__)
 
 
+@dataclass(eq=False)
 class SlaClock:
-    def __init__(
-        self,
-        desk: ServiceDesk,
-        cases: CaseQueries,
-        poll_s: float = 5.0,
-        incidents: IncidentDesk | None = None,
-    ) -> None:
-        self.desk = desk
-        self.cases = cases
-        self.poll_s = poll_s
-        self.incidents = incidents
+    desk: ServiceDesk
+    cases: CaseQueries
+    poll_s: float = 5.0
+    incidents: IncidentDesk | None = None
 
     def tick(self) -> dict[str, int]:
         """One pass over the cases whose marks are due now."""

@@ -173,6 +173,7 @@ class _Link(TypedDict):
     correlation_id: str
 
 
+@dataclass(eq=False)
 class Correlator:
     """Links cases and incidents; collects every change into the caller's ``ProcessingEvent``.
 
@@ -180,27 +181,18 @@ class Correlator:
     is taken; ``alarm_categories`` maps sensor rule ids to their incident category.
     """
 
-    def __init__(
-        self,
-        policy: CorrelationPolicy,
-        nearby: Nearby,
-        get: Callable[[UUID, type[Any], str], Any],
-        exists: Callable[[UUID], bool],
-        alarm_categories: dict[str, str],
-        distance_m: Callable[[float, float, float, float], float],
-    ) -> None:
-        self.policy = policy
-        self.nearby = nearby
-        self._get = get
-        self._exists = exists
-        self.alarm_categories = alarm_categories
-        self.distance_m = distance_m
+    policy: CorrelationPolicy
+    nearby: Nearby
+    get: Callable[[UUID, type[Any], str], Any]
+    exists: Callable[[UUID], bool]
+    alarm_categories: dict[str, str]
+    distance_m: Callable[[float, float, float, float], float]
 
     def _load(self, pe: ProcessingEvent[UUID], aggregate_id: UUID, cls: type[Any]) -> Any:
         held = pe.aggregates.get(aggregate_id)
         if isinstance(held, cls):
             return held
-        return self._get(aggregate_id, cls, cls.__name__)
+        return self.get(aggregate_id, cls, cls.__name__)
 
     # -- a report arrives --------------------------------------------------------------
 
@@ -284,7 +276,7 @@ class Correlator:
         if len(members) < self.policy.min_reports(rule):
             return "alone"
         incident_uuid = uuid5(CLUSTER_NS, f"{rule.id}:{min(m.id for m in members)}")
-        if incident_uuid in pe.aggregates or self._exists(incident_uuid):
+        if incident_uuid in pe.aggregates or self.exists(incident_uuid):
             return "cluster_exists"  # opened already; the next report links to it
         lon = sum(float(m.lon or 0.0) for m in members) / len(members)
         lat = sum(float(m.lat or 0.0) for m in members) / len(members)
