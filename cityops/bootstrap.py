@@ -10,7 +10,8 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
 from typing import TYPE_CHECKING
 
 import psycopg
@@ -26,6 +27,7 @@ from infra.settings import Settings
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
+    from kafka import KafkaProducer
     from psycopg_pool import ConnectionPool
 
     from api.deps import Container
@@ -61,6 +63,28 @@ def city_app(
     if create_tables:
         create_event_tables(settings)
     return CityApp(env=eventstore_env(settings, pool_size))
+
+
+@contextmanager
+def _pool_and_app(settings: Settings) -> Iterator[tuple[ConnectionPool, CityApp]]:
+    """A pool of two connections and the city app, closed (app first) on the way out."""
+    with (
+        closing(make_pool(settings, max_size=2)) as pool,
+        closing(city_app(settings, pool_size=2)) as app,
+    ):
+        yield pool, app
+
+
+@contextmanager
+def _pool_and_producer(
+    settings: Settings, max_size: int = 2
+) -> Iterator[tuple[ConnectionPool, KafkaProducer]]:
+    """A pool of ``max_size`` connections and a Kafka producer, closed (producer first)."""
+    with (
+        closing(make_pool(settings, max_size=max_size)) as pool,
+        closing(topics.make_producer(settings)) as producer,
+    ):
+        yield pool, producer
 
 
 def personal_data(settings: Settings, pool: ConnectionPool) -> PersonalData:
@@ -169,21 +193,14 @@ def seed(settings: Settings) -> dict[str, int]:
     Tables are created as the schema owner (``admin_database_url``); the sensors are
     registered as the application's role, like every later event.
     """
-    pool = make_pool(as_owner(settings), max_size=2)
-    try:
-        with pool.connection() as conn:
-            timescale = apply_schema(conn)
-    finally:
-        pool.close()
+    with closing(make_pool(as_owner(settings), max_size=2)) as pool, pool.connection() as conn:
+        timescale = apply_schema(conn, settings)
     topics.ensure_topics(settings)
     layers = city_layers(settings)
-    app = city_app(settings, pool_size=2, create_tables=True)
-    try:
+    with closing(city_app(settings, pool_size=2, create_tables=True)) as app:
         new = app.register_sensors(
             sensor_specs(layers), actor="system:seed", correlation_id=f"seed:{uuid.uuid4()}"
         )
-    finally:
-        app.close()
     return {"sensors": len(layers.sensors), "registered": new, "timescale": int(timescale)}
 
 
@@ -192,13 +209,15 @@ def run_writer(
 ) -> None:
     from sensors.writer import TelemetryWriter
 
-    pool = make_pool(settings, max_size=2)
-    producer = topics.make_producer(settings)
-    try:
+    with _pool_and_producer(settings) as (pool, producer):
         TelemetryWriter(settings, pool, producer, group_id=group_id).run(stop)
-    finally:
-        producer.close()
-        pool.close()
+
+
+def run_maintain(settings: Settings, stop: threading.Event) -> None:
+    """TimescaleDB's policy jobs, as the schema owner (the jobs' owner may run them)."""
+    from infra.timescale_jobs import run_maintainer
+
+    run_maintainer(as_owner(settings), stop)
 
 
 def run_monitor(
@@ -206,15 +225,11 @@ def run_monitor(
 ) -> None:
     from sensors.monitor import SensorMonitor
 
-    pool = make_pool(settings, max_size=2)
-    producer = topics.make_producer(settings)
-    app = city_app(settings, pool_size=3)
-    try:
+    with (
+        _pool_and_producer(settings) as (pool, producer),
+        closing(city_app(settings, pool_size=3)) as app,
+    ):
         SensorMonitor(settings, app, ruleset(settings), pool, producer, group_id=group_id).run(stop)
-    finally:
-        app.close()
-        producer.close()
-        pool.close()
 
 
 def run_bridge(settings: Settings, stop: threading.Event, client_id: str | None = None) -> None:
@@ -284,8 +299,7 @@ def run_snapshotter(settings: Settings, stop: threading.Event, interval_s: float
     (one every ``settings.replay_snapshot_every`` events; one process at a time)."""
     from projections.replay import snapshot_up_to_head
 
-    app = city_app(settings, pool_size=1)
-    try:
+    with closing(city_app(settings, pool_size=1)) as app:
         while not stop.wait(interval_s):
             try:
                 taken = snapshot_up_to_head(
@@ -299,8 +313,6 @@ def run_snapshotter(settings: Settings, stop: threading.Event, interval_s: float
                 continue
             if taken:
                 log.info("replay checkpoints taken at %s", taken)
-    finally:
-        app.close()
 
 
 def run_in_thread(
@@ -317,42 +329,34 @@ def rebuild_projections(settings: Settings) -> None:
     """Empty the read models and their positions: the projector then replays the log."""
     from projections.runner import reset
 
-    pool = make_pool(settings, max_size=1)
-    try:
-        with pool.connection() as conn, conn.transaction():
-            reset(conn, projections())
-    finally:
-        pool.close()
+    with (
+        closing(make_pool(settings, max_size=1)) as pool,
+        pool.connection() as conn,
+        conn.transaction(),
+    ):
+        reset(conn, projections())
 
 
 def run_intake(settings: Settings, stop: threading.Event, group_id: str = "case-intake") -> None:
     """Kafka ``cityops.cases.inbound`` -> service cases (hotline systems)."""
     from workers.intake import CaseIntake
 
-    pool = make_pool(settings, max_size=2)
-    producer = topics.make_producer(settings)
-    app = city_app(settings, pool_size=2)
-    try:
+    with (
+        _pool_and_producer(settings) as (pool, producer),
+        closing(city_app(settings, pool_size=2)) as app,
+    ):
         CaseIntake(settings, service_desk(settings, app, pool), producer, group_id).run(stop)
-    finally:
-        app.close()
-        producer.close()
-        pool.close()
 
 
 def run_relay(settings: Settings, stop: threading.Event) -> None:
     """The city log -> Kafka cityops.domain-events, each event once, in log order."""
     from workers.relay import DomainEventRelay
 
-    pool = make_pool(settings, max_size=1)
-    producer = topics.make_producer(settings)
-    app = city_app(settings, pool_size=2)
-    try:
+    with (
+        _pool_and_producer(settings, max_size=1) as (pool, producer),
+        closing(city_app(settings, pool_size=2)) as app,
+    ):
         DomainEventRelay(settings, app.recorder, pool, producer).run(stop)
-    finally:
-        app.close()
-        producer.close()
-        pool.close()
 
 
 def run_sla(settings: Settings, stop: threading.Event) -> None:
@@ -360,16 +364,11 @@ def run_sla(settings: Settings, stop: threading.Event) -> None:
     from projections.case_queries import CaseQueries
     from workers.sla_clock import SlaClock
 
-    pool = make_pool(settings, max_size=2)
-    app = city_app(settings, pool_size=2)
-    try:
+    with _pool_and_app(settings) as (pool, app):
         desk = service_desk(settings, app, pool)
         SlaClock(
             desk, CaseQueries(pool), settings.sla_poll_s, incidents=incident_desk(settings, app)
         ).run(stop)
-    finally:
-        app.close()
-        pool.close()
 
 
 def run_simulator(
@@ -456,13 +455,8 @@ def brain_follower(settings: Settings, app: CityApp, pool: ConnectionPool) -> Lo
 
 def run_brain(settings: Settings, stop: threading.Event) -> None:
     """Correlation of citizen reports with sensor incidents, until stopped."""
-    pool = make_pool(settings, max_size=2)
-    app = city_app(settings, pool_size=2)
-    try:
+    with _pool_and_app(settings) as (pool, app):
         brain_follower(settings, app, pool).run(stop)
-    finally:
-        app.close()
-        pool.close()
 
 
 def run_notifier(settings: Settings, stop: threading.Event) -> None:
@@ -471,15 +465,10 @@ def run_notifier(settings: Settings, stop: threading.Event) -> None:
     from workers.brain import NOTICE_EVENTS, notice_handler
     from workers.follower import LogFollower
 
-    pool = make_pool(settings, max_size=2)
-    app = city_app(settings, pool_size=2)
-    try:
+    with _pool_and_app(settings) as (pool, app):
         desk = service_desk(settings, app, pool)
         handler = notice_handler(desk, notifier_from_settings(settings))
         LogFollower(app, "citizen-notifier", NOTICE_EVENTS, handler).run(stop)
-    finally:
-        app.close()
-        pool.close()
 
 
 def api_container(settings: Settings) -> Container:

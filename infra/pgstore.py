@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
 from importlib import resources
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -134,12 +137,15 @@ def apply_audit_schema(conn: psycopg.Connection[Any]) -> None:
         conn.execute(statements)
 
 
-def apply_schema(conn: psycopg.Connection[Any]) -> bool:
+def apply_schema(conn: psycopg.Connection[Any], settings: Settings | None = None) -> bool:
     """Create the project's own tables (idempotent). Returns True when TimescaleDB is used.
 
-    ``readings`` becomes a hypertable, with the continuous aggregate ``readings_1m``, only
-    when the server has TimescaleDB installed and preloaded: creating or using the
-    extension on a server that has not preloaded it ends the session.
+    With TimescaleDB (installed and preloaded: creating or using the extension on a server
+    that has not preloaded it ends the session), ``readings`` becomes a compressed
+    hypertable with a retention policy and the continuous aggregates ``readings_1m`` and
+    ``readings_1h``. Safe at every start and on a database created by an earlier version:
+    what is missing is added, a policy whose setting changed is replaced. ``settings``
+    gives the policies' settings (None: the defaults).
     """
     timescale = False
     with conn.transaction():
@@ -150,11 +156,196 @@ def apply_schema(conn: psycopg.Connection[Any]) -> bool:
             # migrate_data: a database first seeded without TimescaleDB keeps its rows.
             conn.execute(
                 "SELECT create_hypertable('readings', 'ts', if_not_exists => TRUE, "
-                "chunk_time_interval => INTERVAL '1 day', migrate_data => TRUE)"
+                "chunk_time_interval => %s::interval, migrate_data => TRUE)",
+                (READINGS_CHUNK,),
             )
     if timescale:
-        _create_continuous_aggregate(conn)
+        _apply_timescale(conn, ReadingsPolicy.of(settings or Settings()))
     return timescale
+
+
+# ~2,000 devices x 3 metrics every few seconds is ~1,200 rows/s: ~100 M rows, 10-15 GB of
+# heap and unique index a day. One-hour chunks (~0.5 GB) keep the chunk being written and
+# its index in memory (shared_buffers), where day chunks would not fit; retention drops
+# whole chunks, at this granularity. Compression works chunk by chunk: an hour gives each
+# device's segment ~2,000 rows (3 metrics x ~720), two full batches of 1,000.
+READINGS_CHUNK = timedelta(hours=1)
+# Buckets of the continuous aggregates that refresh policies leave to real-time
+# aggregation (readings still arriving for them).
+_AGGREGATES_END_OFFSET = {"readings_1m": timedelta(minutes=1), "readings_1h": timedelta(hours=1)}
+_AGGREGATES_SCHEDULE = {"readings_1m": timedelta(minutes=1), "readings_1h": timedelta(minutes=5)}
+_AGGREGATES_SQL = {
+    # avg is kept for direct reads; sum and count let coarser buckets weight by count.
+    "readings_1m": (
+        "CREATE MATERIALIZED VIEW readings_1m "
+        "WITH (timescaledb.continuous, timescaledb.materialized_only = false) AS "
+        "SELECT time_bucket(INTERVAL '1 minute', ts) AS bucket, device_id, metric, "
+        "min(unit) AS unit, avg(value) AS avg, sum(value) AS sum, min(value) AS min, "
+        "max(value) AS max, count(*) AS count, last(value, ts) AS last "
+        "FROM readings GROUP BY bucket, device_id, metric WITH DATA"
+    ),
+    # Hierarchical: from the minutes, avg weighted by their counts.
+    "readings_1h": (
+        "CREATE MATERIALIZED VIEW readings_1h "
+        "WITH (timescaledb.continuous, timescaledb.materialized_only = false) AS "
+        "SELECT time_bucket(INTERVAL '1 hour', bucket) AS bucket, device_id, metric, "
+        "min(unit) AS unit, sum(sum) / sum(count)::float8 AS avg, sum(sum) AS sum, "
+        "min(min) AS min, max(max) AS max, sum(count)::bigint AS count, "
+        "last(last, bucket) AS last "
+        "FROM readings_1m GROUP BY 1, device_id, metric WITH DATA"
+    ),
+}
+
+
+@dataclass(frozen=True)
+class ReadingsPolicy:
+    """What the TimescaleDB policies of ``readings`` keep and when."""
+
+    compress_after: timedelta = timedelta(days=1)
+    retention: timedelta | None = timedelta(days=90)  # None: raw readings kept forever
+    # The oldest reading accepted (the gateway refuses older ones): the aggregates'
+    # refresh window reaches this far back, so a late reading into a bucket already
+    # materialised is picked up by the next refresh.
+    late_horizon: timedelta = timedelta(days=7)
+
+    @classmethod
+    def of(cls, settings: Settings) -> ReadingsPolicy:
+        days = settings.readings_retention_days
+        return cls(
+            compress_after=timedelta(hours=settings.readings_compress_after_hours),
+            retention=timedelta(days=days) if days else None,
+            late_horizon=timedelta(seconds=settings.max_past_age_s),
+        )
+
+    def refresh_start(self, view: str) -> timedelta:
+        """The refresh window's start: the late horizon plus a margin of two buckets of the
+        coarser aggregate (TimescaleDB wants the window to span at least two buckets)."""
+        return self.late_horizon + 2 * _AGGREGATES_END_OFFSET[view] + timedelta(hours=1)
+
+
+# Continuous aggregates are created outside a transaction block: this session lock keeps
+# two starting processes from creating them at once.
+_TIMESCALE_LOCK = 7202612
+
+
+def _apply_timescale(conn: psycopg.Connection[Any], policy: ReadingsPolicy) -> None:
+    """Compression, retention and the continuous aggregates with their refresh policies."""
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        log.warning(
+            "TimescaleDB policies and aggregates not applied: apply_schema ran inside a "
+            "transaction; run it on a connection with no transaction open"
+        )
+        return
+    prev = conn.autocommit
+    conn.autocommit = True
+    try:
+        conn.execute("SELECT pg_advisory_lock(%s)", (_TIMESCALE_LOCK,))
+        try:
+            _apply_readings_policies(conn, policy)
+            _create_continuous_aggregates(conn, policy)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (_TIMESCALE_LOCK,))
+    finally:
+        conn.autocommit = prev
+
+
+def _job(conn: psycopg.Connection[Any], proc: str, relation: str) -> tuple[int, Any] | None:
+    """The TimescaleDB job ``proc`` of a hypertable or continuous aggregate: (id, config)."""
+    row = conn.execute(
+        "SELECT j.job_id, j.config FROM timescaledb_information.jobs j"
+        " LEFT JOIN timescaledb_information.continuous_aggregates c"
+        "   ON c.materialization_hypertable_schema = j.hypertable_schema"
+        "  AND c.materialization_hypertable_name = j.hypertable_name"
+        " WHERE j.proc_name = %s AND coalesce(c.view_name, j.hypertable_name) = %s",
+        (proc, relation),
+    ).fetchone()
+    return None if row is None else (int(row[0]), row[1])
+
+
+def _same_intervals(conn: psycopg.Connection[Any], config: Any, wanted: dict[str, Any]) -> bool:
+    row = conn.execute(
+        "SELECT " + " AND ".join(f"(%s::jsonb->>'{k}')::interval = %s::interval" for k in wanted),
+        [p for v in wanted.values() for p in (json.dumps(config), v)],
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def _apply_readings_policies(conn: psycopg.Connection[Any], policy: ReadingsPolicy) -> None:
+    row = conn.execute(
+        "SELECT d.time_interval, h.compression_enabled"
+        " FROM timescaledb_information.dimensions d JOIN timescaledb_information.hypertables h"
+        " USING (hypertable_schema, hypertable_name)"
+        " WHERE hypertable_name = 'readings' AND d.column_name = 'ts'"
+    ).fetchone()
+    assert row is not None
+    interval, compressed = row
+    if interval != READINGS_CHUNK:  # an earlier version's day chunks: new chunks get hours
+        conn.execute("SELECT set_chunk_time_interval('readings', %s::interval)", (READINGS_CHUNK,))
+        log.info("readings: chunks of %s from now on (was %s)", READINGS_CHUNK, interval)
+    if not compressed:
+        # Segments by device (each query reads one device), ordered as the natural key:
+        # the dedup check on a compressed chunk finds the batch by its min/max metadata.
+        conn.execute(
+            "ALTER TABLE readings SET (timescaledb.compress,"
+            " timescaledb.compress_segmentby = 'device_id',"
+            " timescaledb.compress_orderby = 'metric, ts')"
+        )
+        log.info("readings: compression enabled")
+    job = _job(conn, "policy_compression", "readings")
+    if job and not _same_intervals(conn, job[1], {"compress_after": policy.compress_after}):
+        conn.execute("SELECT remove_compression_policy('readings')")
+        job = None
+    if job is None:
+        conn.execute(
+            "SELECT add_compression_policy('readings', compress_after => %s::interval)",
+            (policy.compress_after,),
+        )
+    job = _job(conn, "policy_retention", "readings")
+    if job and (
+        policy.retention is None
+        or not _same_intervals(conn, job[1], {"drop_after": policy.retention})
+    ):
+        conn.execute("SELECT remove_retention_policy('readings')")
+        job = None
+    if job is None and policy.retention is not None:
+        conn.execute(
+            "SELECT add_retention_policy('readings', drop_after => %s::interval)",
+            (policy.retention,),
+        )
+
+
+def _create_continuous_aggregates(conn: psycopg.Connection[Any], policy: ReadingsPolicy) -> None:
+    """``readings_1m`` and ``readings_1h`` (hierarchical), real-time, with refresh policies.
+
+    An earlier version's ``readings_1m`` (no sum, no last) is replaced, rebuilt from the
+    raw readings. A new aggregate is created WITH DATA: history older than the refresh
+    window (a database migrated to TimescaleDB) is materialised once.
+    """
+    old = conn.execute(
+        "SELECT to_regclass('readings_1m') IS NOT NULL AND NOT EXISTS (SELECT 1 FROM"
+        " information_schema.columns WHERE table_name = 'readings_1m' AND column_name = 'sum')"
+    ).fetchone()
+    if old and old[0]:
+        log.info("readings_1m: replacing an earlier version's aggregate")
+        conn.execute("DROP MATERIALIZED VIEW readings_1m CASCADE")
+    for view, create in _AGGREGATES_SQL.items():
+        if conn.execute("SELECT to_regclass(%s)", (view,)).fetchone() == (None,):
+            conn.execute(create)
+            log.info("%s: continuous aggregate created", view)
+        wanted = {
+            "start_offset": policy.refresh_start(view),
+            "end_offset": _AGGREGATES_END_OFFSET[view],
+        }
+        job = _job(conn, "policy_refresh_continuous_aggregate", view)
+        if job and not _same_intervals(conn, job[1], wanted):
+            conn.execute("SELECT remove_continuous_aggregate_policy(%s)", (view,))
+            job = None
+        if job is None:
+            conn.execute(
+                "SELECT add_continuous_aggregate_policy(%s, start_offset => %s::interval,"
+                " end_offset => %s::interval, schedule_interval => %s::interval)",
+                (view, wanted["start_offset"], wanted["end_offset"], _AGGREGATES_SCHEDULE[view]),
+            )
 
 
 _TIMESCALE_LIBRARY = "timescaledb"
@@ -240,31 +431,3 @@ def _use_timescale(conn: psycopg.Connection[Any]) -> bool:
         )
         return False
     return True
-
-
-def _create_continuous_aggregate(conn: psycopg.Connection[Any]) -> None:
-    """``readings_1m``, per-minute statistics of ``readings``, refreshed every minute."""
-    # Continuous aggregates cannot be created inside a transaction block.
-    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-        log.warning(
-            "readings_1m not created: apply_schema ran inside a transaction; "
-            "run it on a connection with no transaction open"
-        )
-        return
-    prev = conn.autocommit
-    conn.autocommit = True
-    try:
-        conn.execute(
-            "CREATE MATERIALIZED VIEW IF NOT EXISTS readings_1m "
-            "WITH (timescaledb.continuous) AS "
-            "SELECT time_bucket(INTERVAL '1 minute', ts) AS bucket, device_id, metric, "
-            "avg(value) AS avg, min(value) AS min, max(value) AS max, count(*) AS count "
-            "FROM readings GROUP BY bucket, device_id, metric WITH NO DATA"
-        )
-        conn.execute(
-            "SELECT add_continuous_aggregate_policy('readings_1m', "
-            "start_offset => INTERVAL '1 day', end_offset => INTERVAL '1 minute', "
-            "schedule_interval => INTERVAL '1 minute', if_not_exists => TRUE)"
-        )
-    finally:
-        conn.autocommit = prev

@@ -14,7 +14,18 @@ CREATE TABLE IF NOT EXISTS readings (
     ingested_at timestamptz    NOT NULL DEFAULT now()
 );
 -- Added after the first release: databases created before it gain the column here.
-ALTER TABLE readings ADD COLUMN IF NOT EXISTS ingested_at timestamptz NOT NULL DEFAULT now();
+-- Only when missing: TimescaleDB refuses the statement, IF NOT EXISTS or not, on a
+-- hypertable with compression.
+DO $$
+BEGIN
+    IF NOT EXISTS (
+        SELECT 1 FROM pg_attribute
+        WHERE attrelid = 'readings'::regclass AND attname = 'ingested_at' AND NOT attisdropped
+    ) THEN
+        ALTER TABLE readings ADD COLUMN ingested_at timestamptz NOT NULL DEFAULT now();
+    END IF;
+END
+$$;
 -- One row per (device, metric, time): the transport is at-least-once (an MQTT
 -- redelivery, a producer retry), the table is exactly-once. Includes ts, as
 -- TimescaleDB requires of unique indexes on hypertables.

@@ -102,6 +102,17 @@ class Settings(BaseSettings):
     max_future_skew_s: float = Field(default=300.0, ge=0)
     max_past_age_s: float = Field(default=7 * 86_400.0, ge=0)
 
+    # TimescaleDB (when the server has it): raw readings' chunks are compressed once
+    # older than this many hours and dropped once older than this many days (0: kept
+    # forever; the continuous aggregates are kept either way). Retention must outlast the
+    # aggregates' refresh window (max_past_age_s plus a margin).
+    readings_compress_after_hours: int = Field(default=24, ge=1)
+    readings_retention_days: int = Field(default=90, ge=0)
+    # `cityops maintain` runs TimescaleDB's policy jobs itself when due (the server's
+    # background workers fail them on this PostgreSQL): off leaves them to the server.
+    timescale_jobs: bool = True
+    timescale_jobs_poll_s: float = Field(default=15.0, gt=0)
+
     # Worker batching.
     writer_batch_max: int = Field(default=5_000, ge=1)
     writer_poll_ms: int = Field(default=200, ge=1)
@@ -131,6 +142,17 @@ class Settings(BaseSettings):
     # as a member of `cityops_writer`, which may not rewrite the log nor drop its guards
     # (README, "Database roles"). Empty: CITYOPS_DATABASE_URL is also the owner.
     admin_database_url: str = ""
+
+    @model_validator(mode="after")
+    def _retention_outlasts_late_readings(self) -> Self:
+        days = self.readings_retention_days
+        if days and days * 86_400 < self.max_past_age_s + 2 * 86_400:
+            # A refresh over dropped raw chunks would empty the aggregates' buckets there.
+            raise ValueError(
+                "CITYOPS_READINGS_RETENTION_DAYS must be 0 or at least 2 days more than "
+                "CITYOPS_MAX_PAST_AGE_S (the aggregates' refresh window)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Self:

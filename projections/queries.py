@@ -13,7 +13,7 @@ import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 from uuid import UUID
 
@@ -123,6 +123,7 @@ class Filters:
 class ReadModels:
     def __init__(self, pool: ConnectionPool) -> None:
         self.pool = pool
+        self._readings_aggregates: frozenset[str] | None = None
 
     def _rows(self, query: sql.Composed, params: list[Any]) -> list[dict[str, Any]]:
         with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
@@ -270,14 +271,20 @@ class ReadModels:
         interval_s: int,
         limit: int = 100_000,
     ) -> list[dict[str, Any]]:
-        """Series per metric; aggregated into ``interval_s`` buckets when ``agg`` is given."""
+        """Series per metric; aggregated into ``interval_s`` buckets when ``agg`` is given.
+
+        Aggregated, whole buckets of the continuous aggregates (TimescaleDB) that fit
+        the interval are read from them, the rest of the window from the raw rows: the
+        same numbers as from raw rows alone, which plain PostgreSQL computes.
+        """
+        pieces = readings_pieces(start, end, interval_s, self._aggregates()) if agg else []
         if agg is None:
             query = (
                 "SELECT metric, unit, ts, value FROM readings WHERE device_id = %s"
                 " AND ts >= %s AND ts < %s ORDER BY metric, ts LIMIT %s"
             )
             params: list[Any] = [device_id, start, end, limit]
-        else:
+        elif len(pieces) == 1 and pieces[0][0] == "readings":
             # date_bin works on plain PostgreSQL and on TimescaleDB alike.
             fn = {
                 "avg": "avg(value)",
@@ -292,6 +299,8 @@ class ReadModels:
                 " GROUP BY metric, 3 ORDER BY metric, 3 LIMIT %s"
             )
             params = [interval_s, device_id, start, end, limit]
+        else:
+            query, params = _pieces_query(device_id, pieces, agg, interval_s, limit)
         with self.pool.connection() as conn:
             rows = conn.execute(query, params).fetchall()
         series: dict[str, dict[str, Any]] = {}
@@ -299,6 +308,95 @@ class ReadModels:
             s = series.setdefault(metric, {"metric": metric, "unit": unit, "points": []})
             s["points"].append([ts.isoformat(), value])
         return list(series.values())
+
+    def _aggregates(self) -> frozenset[str]:
+        """The continuous aggregates of readings in this database (looked up once)."""
+        if self._readings_aggregates is None:
+            with self.pool.connection() as conn:
+                rows = conn.execute(
+                    "SELECT relname FROM pg_class WHERE relname = ANY(%s) AND relkind = 'v'"
+                    " AND pg_table_is_visible(oid)",
+                    [[view for _, view in READINGS_AGGREGATES]],
+                ).fetchall()
+            self._readings_aggregates = frozenset(r[0] for r in rows)
+        return self._readings_aggregates
+
+
+# The continuous aggregates of readings (infra/pgstore.py), coarsest first: bucket
+# seconds and view. Their buckets start at whole minutes and hours since the epoch, as
+# date_bin's from 2000-01-01 do.
+READINGS_AGGREGATES = ((3600, "readings_1h"), (60, "readings_1m"))
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ORIGIN = "TIMESTAMPTZ '2000-01-01'"
+
+
+def readings_pieces(
+    start: datetime, end: datetime, interval_s: int, aggregates: frozenset[str] | set[str]
+) -> list[tuple[str, datetime, datetime]]:
+    """[start, end) split into ranges, each read from one source: ``(source, from, to)``.
+
+    An aggregate serves the whole buckets of the window when the interval is a multiple of
+    its bucket (each of its buckets then lies in one interval); the edges go to the next
+    finer aggregate, and what no bucket covers to the raw readings.
+    """
+    levels = [(w, v) for w, v in READINGS_AGGREGATES if v in aggregates and interval_s % w == 0]
+
+    def split(lo: datetime, hi: datetime, rest: list[tuple[int, str]]) -> list[Any]:
+        if lo >= hi:
+            return []
+        if not rest:
+            return [("readings", lo, hi)]
+        (width, view), finer = rest[0], rest[1:]
+        step = timedelta(seconds=width)
+        first = _EPOCH + -((_EPOCH - lo) // step) * step  # lo rounded up to a bucket
+        last = _EPOCH + ((hi - _EPOCH) // step) * step  # hi rounded down
+        if first >= last:
+            return split(lo, hi, finer)
+        return [*split(lo, first, finer), (view, first, last), *split(last, hi, finer)]
+
+    return split(start, end, levels)
+
+
+def _pieces_query(
+    device_id: str,
+    pieces: list[tuple[str, datetime, datetime]],
+    agg: Agg,
+    interval_s: int,
+    limit: int,
+) -> tuple[str, list[Any]]:
+    """Partial sums, counts, minima and maxima per interval from each piece, combined:
+    an average is the sum over the count of all of them (weighted by count)."""
+    parts = []
+    params: list[Any] = []
+    for source, lo, hi in pieces:
+        if source == "readings":
+            parts.append(
+                "SELECT metric, min(unit) AS unit,"
+                f" date_bin(make_interval(secs => %s), ts, {_ORIGIN}) AS ts,"
+                " sum(value) AS sum, count(*) AS n, min(value) AS lo, max(value) AS hi"
+                " FROM readings WHERE device_id = %s AND ts >= %s AND ts < %s GROUP BY 1, 3"
+            )
+        else:
+            parts.append(
+                "SELECT metric, min(unit) AS unit,"
+                f" date_bin(make_interval(secs => %s), bucket, {_ORIGIN}) AS ts,"
+                " sum(sum) AS sum, sum(count) AS n, min(min) AS lo, max(max) AS hi"
+                f" FROM {source} WHERE device_id = %s AND bucket >= %s AND bucket < %s"
+                " GROUP BY 1, 3"
+            )
+        params += [interval_s, device_id, lo, hi]
+    fn = {
+        "avg": "sum(sum) / sum(n)::float8",
+        "min": "min(lo)",
+        "max": "max(hi)",
+        "count": "sum(n)::float8",
+    }[agg]
+    query = (
+        f"SELECT metric, min(unit) AS unit, ts, {fn} AS value FROM ("
+        + " UNION ALL ".join(parts)
+        + ") p GROUP BY metric, ts ORDER BY metric, ts LIMIT %s"
+    )
+    return query, [*params, limit]
 
 
 # -- the live map's layers, rendered -------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import shlex
@@ -9,8 +10,9 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
@@ -63,94 +65,98 @@ def seed() -> None:
     typer.echo(f"seeded: {result}")
 
 
-@app.command()
-def writer(group: str = "telemetry-writer") -> None:
-    """Telemetry writer: Kafka -> readings table."""
-    from cityops.bootstrap import run_writer
+@dataclass(frozen=True)
+class _Option:
+    """A worker command's one option: its parameter and the runner's keyword for it."""
 
-    _logging()
-    settings = _settings()
-    _run_until_signal(lambda stop: run_writer(settings, stop, group_id=group))
-
-
-@app.command()
-def monitor(group: str = "sensor-monitor") -> None:
-    """Sensor monitor: Kafka -> rules -> Sensor and Incident events."""
-    from cityops.bootstrap import run_monitor
-
-    _logging()
-    settings = _settings()
-    _run_until_signal(lambda stop: run_monitor(settings, stop, group_id=group))
+    name: str
+    annotation: Any
+    default: object
+    keyword: str
 
 
-@app.command()
-def bridge(client_id: Annotated[str | None, typer.Option()] = None) -> None:
-    """MQTT -> Kafka bridge (MQTT v5 shared subscription)."""
-    from cityops.bootstrap import run_bridge
-
-    _logging()
-    settings = _settings()
-    _run_until_signal(lambda stop: run_bridge(settings, stop, client_id=client_id))
-
-
-@app.command()
-def projector(rebuild: bool = False) -> None:
-    """Map projection: event store -> read models (``--rebuild`` replays from zero)."""
-    from cityops.bootstrap import run_projector
-
-    _logging()
-    settings = _settings()
-    _run_until_signal(lambda stop: run_projector(settings, stop, rebuild=rebuild))
-
-
-@app.command()
-def intake(group: str = "case-intake") -> None:
-    """Case intake: Kafka cityops.cases.inbound (hotline systems) -> service cases."""
-    from cityops.bootstrap import run_intake
-
-    _logging()
-    settings = _settings()
-    _run_until_signal(lambda stop: run_intake(settings, stop, group_id=group))
-
-
-@app.command()
-def relay() -> None:
-    """Domain-events relay: every recorded event to Kafka cityops.domain-events, once."""
-    from cityops.bootstrap import run_relay
-
-    _logging()
-    settings = _settings()
-    _run_until_signal(lambda stop: run_relay(settings, stop))
-
-
-@app.command()
-def brain() -> None:
-    """Urban brain: correlate citizen reports with sensor incidents (one per problem)."""
-    from cityops.bootstrap import run_brain
-
-    _logging()
-    settings = _settings()
-    _run_until_signal(lambda stop: run_brain(settings, stop))
-
-
-@app.command()
-def notifier() -> None:
-    """Tell citizens their case was resolved (CITYOPS_NOTIFY_BACKEND: log or smtp)."""
-    from cityops.bootstrap import run_notifier
-
-    _logging()
-    settings = _settings()
-    _run_until_signal(lambda stop: run_notifier(settings, stop))
+# The worker commands, in the order ``--help`` lists them: each runs
+# ``cityops.bootstrap.run_<name>(settings, stop, ...)`` in the foreground until a signal.
+_WORKERS: tuple[tuple[str, str, _Option | None], ...] = (
+    (
+        "writer",
+        "Telemetry writer: Kafka -> readings table.",
+        _Option("group", str, "telemetry-writer", "group_id"),
+    ),
+    (
+        "monitor",
+        "Sensor monitor: Kafka -> rules -> Sensor and Incident events.",
+        _Option("group", str, "sensor-monitor", "group_id"),
+    ),
+    (
+        "bridge",
+        "MQTT -> Kafka bridge (MQTT v5 shared subscription).",
+        _Option("client_id", Annotated[str | None, typer.Option()], None, "client_id"),
+    ),
+    (
+        "projector",
+        "Map projection: event store -> read models (``--rebuild`` replays from zero).",
+        _Option("rebuild", bool, False, "rebuild"),
+    ),
+    (
+        "intake",
+        "Case intake: Kafka cityops.cases.inbound (hotline systems) -> service cases.",
+        _Option("group", str, "case-intake", "group_id"),
+    ),
+    (
+        "relay",
+        "Domain-events relay: every recorded event to Kafka cityops.domain-events, once.",
+        None,
+    ),
+    (
+        "brain",
+        "Urban brain: correlate citizen reports with sensor incidents (one per problem).",
+        None,
+    ),
+    (
+        "notifier",
+        "Tell citizens their case was resolved (CITYOPS_NOTIFY_BACKEND: log or smtp).",
+        None,
+    ),
+    ("sla", "SLA clock: due-soon and overdue marks on cases; escalation of late incidents.", None),
+    (
+        "maintain",
+        "TimescaleDB's policies (compression, retention, aggregate refreshes), run when due.",
+        None,
+    ),
+)
 
 
-@app.command()
-def sla() -> None:
-    """SLA clock: due-soon and overdue marks on cases; escalation of late incidents."""
-    from cityops.bootstrap import run_sla
+def _add_worker_command(name: str, doc: str, option: _Option | None) -> None:
+    def command(**given: object) -> None:
+        import cityops.bootstrap
 
-    _logging()
-    settings = _settings()
-    _run_until_signal(lambda stop: run_sla(settings, stop))
+        run = getattr(cityops.bootstrap, f"run_{name}")
+        _logging()
+        settings = _settings()
+        options = {} if option is None else {option.keyword: given[option.name]}
+        _run_until_signal(lambda stop: run(settings, stop, **options))
+
+    params = (
+        []
+        if option is None
+        else [
+            inspect.Parameter(
+                option.name,
+                inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                default=option.default,
+                annotation=option.annotation,
+            )
+        ]
+    )
+    # typer reads the command's options from its signature.
+    command.__signature__ = inspect.Signature(params, return_annotation=None)  # type: ignore[attr-defined]
+    command.__doc__ = doc
+    app.command(name)(command)
+
+
+for _name, _doc, _option in _WORKERS:
+    _add_worker_command(_name, _doc, _option)
 
 
 @app.command()
