@@ -4,17 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-need=()
 # chromium: the operations center's browser tests; a CJK font so its Chinese labels render.
-for pkg in postgresql postgresql-15-postgis-3 mosquitto chromium fonts-wqy-microhei; do
-  dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
-done
-if [ ${#need[@]} -gt 0 ]; then
-  echo "installing Debian packages: ${need[*]}"
-  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+. scripts/debs.sh
+install_debs "the tests" postgresql postgresql-15-postgis-3 mosquitto chromium fonts-wqy-microhei
 # Debian starts a system mosquitto / postgresql on install; ours run on their own ports.
 # TimescaleDB, built once from its source tarball when one is found (else its tests skip).
 bash scripts/timescaledb.sh

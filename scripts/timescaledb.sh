@@ -72,16 +72,8 @@ if [ -n "$expected" ] && [ "$actual" != "$expected" ]; then
 fi
 [ -n "$expected" ] || echo "TimescaleDB: $name is not a known tarball (sha256 $actual); building it as given"
 
-need=()
-for pkg in postgresql-server-dev-15 cmake gcc make; do
-  dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
-done
-if [ ${#need[@]} -gt 0 ]; then
-  echo "installing Debian packages for the TimescaleDB build: ${need[*]}"
-  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+. "$repo/scripts/debs.sh"
+install_debs "the TimescaleDB build" postgresql-server-dev-15 cmake gcc make
 
 work=$(mktemp -d -t cityops-timescaledb-XXXXXX)
 trap 'rm -rf "$work"' EXIT

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 
 from cityops.bootstrap import run_projector
 from cityops.services import create_database, drop_database
@@ -88,3 +89,13 @@ def wait_for_readings(settings: Settings, n: int, timeout: float) -> None:
         timeout=timeout,
         what=f"{n} readings",
     )
+
+
+# The tests of the TimescaleDB path: skipped, with how to get the extension, where the
+# test command's PostgreSQL runs without it.
+NEEDS_TIMESCALEDB = pytest.mark.skipif(
+    os.environ.get("CITYOPS_TIMESCALEDB") != "1",
+    reason="the test PostgreSQL runs without TimescaleDB (CITYOPS_TIMESCALEDB is not 1): "
+    "install it with scripts/timescaledb.sh (builds it from $CITYOPS_TIMESCALEDB_SOURCE or "
+    "../shared/vendor/timescaledb-*.tar.gz), then run the tests with scripts/test.sh",
+)

@@ -24,6 +24,7 @@ from infra.settings import Settings
 from sensors.monitor import SensorMonitor
 from sensors.writer import copy_readings
 from tests.helpers.builders import readings_message, sensor
+from tests.helpers.db import NEEDS_TIMESCALEDB
 from tests.helpers.workers import backtest
 
 pytestmark = pytest.mark.integration
@@ -189,3 +190,24 @@ def test_backtest_reproduces_live_incidents_and_reports_threshold_changes(
     assert "before" in failed.output
 
     assert footprint(settings) == before
+
+
+@NEEDS_TIMESCALEDB
+def test_the_backtest_reads_compressed_chunks(settings: Settings, app: CityApp) -> None:
+    t0 = time.time() - 3600
+    stream(settings, app, t0)
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        compressed = conn.execute(
+            "SELECT count(compress_chunk(c)) FROM show_chunks('readings') c"
+        ).fetchone()
+        assert compressed is not None
+        assert compressed[0] >= 1
+        assert conn.execute(
+            "SELECT bool_and(is_compressed) FROM timescaledb_information.chunks"
+            " WHERE hypertable_name = 'readings'"
+        ).fetchone() == (True,)
+    start = datetime.fromtimestamp(t0 - 60, UTC)
+    report = run_backtest(settings.database_url, BacktestRequest(start, datetime.now(UTC)))
+    assert report.readings == 15
+    assert report.alarms_identical
+    assert sorted(m.live.device_id for m in report.matched) == ["wl-1", "wl-2"]

@@ -14,6 +14,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from importlib import resources
@@ -25,6 +26,7 @@ import psycopg
 import pytest
 from kafka import KafkaProducer, TopicPartition
 from psycopg import sql
+from psycopg_pool import ConnectionPool
 
 from cityops.bootstrap import seed
 from cityops.services import Service, create_database, drop_database, start_postgres_cluster
@@ -34,16 +36,9 @@ from infra.settings import Settings
 from infra.timescale_jobs import JobRunner
 from projections.queries import Agg, ReadModels, readings_pieces
 from sensors.writer import TelemetryWriter, copy_readings
+from tests.helpers.db import NEEDS_TIMESCALEDB
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(
-        os.environ.get("CITYOPS_TIMESCALEDB") != "1",
-        reason="the test PostgreSQL runs without TimescaleDB (CITYOPS_TIMESCALEDB is not 1): "
-        "install it with scripts/timescaledb.sh (builds it from $CITYOPS_TIMESCALEDB_SOURCE or "
-        "../shared/vendor/timescaledb-*.tar.gz), then run the tests with scripts/test.sh",
-    ),
-]
+pytestmark = [pytest.mark.integration, NEEDS_TIMESCALEDB]
 
 # Two minutes before midnight, two days with a chunk each; long before the continuous
 # aggregate's policy window (the last day), so a test's refresh never meets the policy's.
@@ -237,6 +232,22 @@ def batch(
     return {tp: [Record(v, first_offset + i) for i, v in enumerate(values)]}
 
 
+@contextmanager
+def timescale_writer(
+    settings: Settings, tp: TopicPartition, producer: object | None = None
+) -> Iterator[tuple[ConnectionPool, TelemetryWriter]]:
+    """The real writer on a schema applied on TimescaleDB, positioned on ``tp``."""
+    pool = make_pool(settings, max_size=2)
+    try:
+        with pool.connection() as conn:
+            assert apply_schema(conn) is True
+        writer = TelemetryWriter(settings, pool, cast(KafkaProducer, producer or NoDeadLetters()))
+        writer.load_positions([tp])
+        yield pool, writer
+    finally:
+        pool.close()
+
+
 def test_the_writer_stores_readings_in_chunks_and_refuses_repeats_quietly(
     settings: Settings, unique: str
 ) -> None:
@@ -244,12 +255,7 @@ def test_the_writer_stores_readings_in_chunks_and_refuses_repeats_quietly(
     tp = TopicPartition(f"t{unique}.telemetry", 0)
     values = messages(device, T0, 5)  # 23:58 .. 00:02: two days, two chunks
     producer = NoDeadLetters()
-    pool = make_pool(settings, max_size=2)
-    try:
-        with pool.connection() as conn:
-            assert apply_schema(conn) is True
-        writer = TelemetryWriter(settings, pool, cast(KafkaProducer, producer))
-        writer.load_positions([tp])
+    with timescale_writer(settings, tp, producer) as (pool, writer):
         assert writer.write(batch(tp, values[:4], 0)) == 8
         # A redelivery (the same messages at later offsets, one new message among them) is
         # stored once, without an error escaping the writer.
@@ -286,8 +292,6 @@ def test_the_writer_stores_readings_in_chunks_and_refuses_repeats_quietly(
                 (device,),
             ).fetchall()
         assert buckets == [(T0 + timedelta(minutes=i), 10.0 * i, 1) for i in range(5)]
-    finally:
-        pool.close()
 
 
 def recent_hour(hours_ago: int = 3) -> datetime:
@@ -321,12 +325,7 @@ def test_written_readings_are_in_both_aggregates_at_once_and_late_ones_after_the
     device = f"wl-{unique}"
     tp = TopicPartition(f"t{unique}.telemetry", 0)
     r0 = recent_hour()
-    pool = make_pool(settings, max_size=2)
-    try:
-        with pool.connection() as conn:
-            assert apply_schema(conn) is True
-        writer = TelemetryWriter(settings, pool, cast(KafkaProducer, NoDeadLetters()))
-        writer.load_positions([tp])
+    with timescale_writer(settings, tp) as (_pool, writer):
         assert writer.write(batch(tp, messages(device, r0, 5), 0)) == 10
         with psycopg.connect(settings.database_url, autocommit=True) as conn:
             # Real-time: nothing materialised yet.
@@ -362,20 +361,13 @@ def test_written_readings_are_in_both_aggregates_at_once_and_late_ones_after_the
             assert minute_stats(conn, device)[0] == (r0, 2.5, 2, 5.0)
             # Weighted by count: (0 + 5 + 10 + 20 + 30 + 40) / 6, not an average of minutes.
             assert conn.execute(hour, (device,)).fetchall() == [(17.5, 6, 0.0, 40.0, 40.0)]
-    finally:
-        pool.close()
 
 
 def test_a_compressed_chunk_refuses_a_duplicate_quietly(settings: Settings, unique: str) -> None:
     device = f"wl-{unique}"
     tp = TopicPartition(f"t{unique}.telemetry", 0)
     values = messages(device, T0, 5)
-    pool = make_pool(settings, max_size=2)
-    try:
-        with pool.connection() as conn:
-            assert apply_schema(conn) is True
-        writer = TelemetryWriter(settings, pool, cast(KafkaProducer, NoDeadLetters()))
-        writer.load_positions([tp])
+    with timescale_writer(settings, tp) as (pool, writer):
         assert writer.write(batch(tp, values[:4], 0)) == 8
         with psycopg.connect(settings.database_url, autocommit=True) as conn:
             compressed = conn.execute(
@@ -401,8 +393,6 @@ def test_a_compressed_chunk_refuses_a_duplicate_quietly(settings: Settings, uniq
             with conn.transaction(), conn.cursor() as cur:
                 assert copy_readings(cur, [row, row]) == 0
                 cur.execute("SELECT 1")
-    finally:
-        pool.close()
 
 
 def test_retention_drops_old_chunks(settings: Settings) -> None:
