@@ -37,14 +37,8 @@ class SlowProducer:
         self.producer = producer
         self.delay_s = delay_s
 
-    def send(
-        self,
-        topic: str,
-        value: bytes | None = None,
-        key: bytes | None = None,
-        partition: int | None = None,
-    ) -> Any:
-        return self.producer.send(topic, value=value, key=key, partition=partition)
+    def send(self, *args: Any, **kwargs: Any) -> Any:
+        return self.producer.send(*args, **kwargs)
 
     def flush(self, timeout: float | None = None) -> None:
         time.sleep(self.delay_s)
