@@ -131,13 +131,13 @@ class Settings(BaseSettings):
     audit_key_file: Path = Path("var/audit/signing-key.pem")
     audit_checkpoint_file: Path = Path("var/audit/checkpoints.jsonl")
 
-    # Issue 5: the replay's snapshots, computed from the log every this many events.
+    # The replay's snapshots, computed from the log every this many events.
     replay_snapshot_every: int = Field(default=20_000, ge=100)
-    # Issue 6: the operations center's base map. Unset: districts and grid cells drawn as
+    # The operations center's base map. Unset: districts and grid cells drawn as
     # vectors only (works offline). A deployment with its own tile server sets an XYZ URL,
     # e.g. http://tiles.internal/{z}/{x}/{y}.png (the page requests nothing else outside).
     map_tile_url: str | None = None
-    # Issue 5: the role that owns the schema and the tables (`cityops seed` creates them
+    # The role that owns the schema and the tables (`cityops seed` creates them
     # and the log's guards as it). Every other process connects with CITYOPS_DATABASE_URL
     # as a member of `cityops_writer`, which may not rewrite the log nor drop its guards
     # (README, "Database roles"). Empty: CITYOPS_DATABASE_URL is also the owner.

@@ -1,4 +1,4 @@
-"""Decode and validate what sensor gateways publish over MQTT (contract: DESIGN.md 3.1).
+"""Decode and validate what sensor gateways publish over MQTT (the gateways' payload contract).
 
 Pure: no clock, no I/O. The caller passes ``now`` and a ``gateway_of`` look-up (the
 gateway a device is registered under, None if it is not), and

@@ -1,4 +1,4 @@
-"""The production-shaped stack (DESIGN.md 3.4, 5): docker-compose.yml, Dockerfile, deploy/.
+"""The production-shaped stack: docker-compose.yml, Dockerfile, deploy/.
 
 No Docker engine runs on the project's machines, so the files are parsed and checked
 here; ``docker compose config`` validates them too wherever a Compose v2 client exists.
@@ -283,7 +283,7 @@ def test_timescaledb_image_has_postgis_and_the_init_script_creates_both(
 def test_the_init_script_creates_the_application_roles(
     services: dict[str, dict[str, Any]],
 ) -> None:
-    """Issue 5: the owner `cityops` for the schema, `cityops_app` in cityops_writer (the
+    """The owner `cityops` for the schema, `cityops_app` in cityops_writer (the
     group infra/audit.sql grants its rights to) for every other process."""
     init = next(v for v in services["timescaledb"]["volumes"] if "docker-entrypoint-initdb.d" in v)
     script = (ROOT / init.split(":")[0]).read_text(encoding="utf-8")
@@ -448,7 +448,7 @@ def test_missing_secret_is_refused_by_interpolation(services: dict[str, dict[str
 
 
 def test_only_the_seed_connects_as_the_owner(services: dict[str, dict[str, Any]]) -> None:
-    """Issue 5: the tables' owner may rewrite the log; no long-running process is it."""
+    """The tables' owner may rewrite the log; no long-running process is it."""
     secrets = dict.fromkeys(SECRETS, "s3cret")
     seed = environment(services["seed"])
     admin = interpolate(seed["CITYOPS_ADMIN_DATABASE_URL"], secrets)
@@ -470,7 +470,7 @@ def test_only_the_seed_connects_as_the_owner(services: dict[str, dict[str, Any]]
 
 def test_mosquitto_cannot_drop_qos1_messages_or_admit_anonymous_clients() -> None:
     conf = mosquitto_directives(MOSQUITTO / "mosquitto.conf")
-    # DESIGN.md 5: with the default queue limit a slow subscriber missed 63 % of readings.
+    # With Mosquitto's default queue limit a slow subscriber missed 63 % of readings.
     assert conf["max_queued_messages"] == ["0"]
     assert conf["max_inflight_messages"] == ["0"]
     assert conf.get("max_queued_bytes", ["0"]) == ["0"]

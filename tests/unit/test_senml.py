@@ -1,4 +1,4 @@
-"""core.sensor.senml: the MQTT payload contract (DESIGN.md 3.1), without a broker."""
+"""core.sensor.senml: the MQTT payload contract, without a broker."""
 
 from __future__ import annotations
 
