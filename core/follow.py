@@ -52,6 +52,9 @@ class LogTail:
 
     ``topics``: the event topics to read (empty: all). ``transient``: the errors ``run``
     waits out (with a backoff up to ``max_backoff`` seconds) instead of stopping on.
+    ``expected``: the transient errors that are an outage, not a bug (a database that is
+    down): logged as one line per attempt; any other is logged with its traceback on the
+    first failure of a run of them, and as one line after that.
     """
 
     name: str
@@ -61,6 +64,7 @@ class LogTail:
     batch_size: int
     topics: Sequence[str] = ()
     transient: tuple[type[BaseException], ...] = (Exception,)
+    expected: tuple[type[BaseException], ...] = ()
     max_backoff: float = 10.0
     position: int | None = field(init=False, default=None)
 
@@ -97,21 +101,32 @@ class LogTail:
     def run(self, stop: threading.Event, idle_wait: float = 0.2) -> None:
         """Follow the log until ``stop``; transient errors are waited out."""
         backoff = 0.5
+        failures = 0
         try:
             while not stop.is_set():
                 try:
                     if self.step(stop) == 0:
                         stop.wait(idle_wait)
+                    if failures:
+                        log.info("%s: going on after %d failed passes", self.name, failures)
                     backoff = 0.5
+                    failures = 0
                 except self.transient as exc:
+                    failures += 1
+                    first_line = (str(exc).strip().splitlines() or [""])[0]
                     log.warning(
-                        "%s: pass failed (%s); retrying in %.1f s",
+                        "%s: pass failed (%s: %s); attempt %d, retrying in %.1f s",
                         self.name,
-                        exc,
+                        type(exc).__name__,
+                        first_line,
+                        failures,
                         backoff,
-                        exc_info=True,
+                        exc_info=failures == 1 and not isinstance(exc, self.expected),
                     )
-                    self.forget()
+                    try:
+                        self.forget()
+                    except self.transient as reset_error:
+                        log.debug("%s: reset failed: %s", self.name, reset_error)
                     stop.wait(backoff)
                     backoff = min(backoff * 2, self.max_backoff)
         finally:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -118,6 +120,12 @@ def make_producer(settings: Settings, **overrides: Any) -> KafkaProducer:
         "linger_ms": 5,
         "retries": 10,
         "max_in_flight_requests_per_connection": 1,  # keep per-key order across retries
+        # At least once, not kafka-python's idempotent producer: a broker that keeps no
+        # producer state across its restart (Tansu 0.6 on S3) answers a batch sent
+        # again after it as a duplicate, and the producer takes that for delivered: 6
+        # and 77 readings lost in tests/integration/test_service_restarts.py. Every
+        # consumer here drops a repeat by its key instead.
+        "enable_idempotence": False,
         "batch_size": 256 * 1024,
         "client_id": "cityops",
     }
@@ -126,7 +134,15 @@ def make_producer(settings: Settings, **overrides: Any) -> KafkaProducer:
 
 
 class _Positions(ConsumerRebalanceListener):
-    """On assignment, seek each partition to the position stored with our own writes."""
+    """Places each assigned partition at the position stored with our own writes.
+
+    kafka-python runs the listener on its network thread, where a blocking call (a
+    database read, an offsets request) fails, and where an error ends ``poll`` and with
+    it the worker. So assignment only pauses the new partitions; ``place``, called by
+    ``TrackedConsumer.poll`` on the worker's thread, reads their positions, seeks and
+    resumes them. A database that is down leaves them paused (the consumer stays in its
+    group) and is tried again with a backoff, one log line per attempt.
+    """
 
     def __init__(
         self,
@@ -137,20 +153,139 @@ class _Positions(ConsumerRebalanceListener):
         self.consumer = consumer
         self.load_positions = load_positions
         self.on_revoked = on_revoked
+        self.unplaced: set[TopicPartition] = set()
+        self.lost: dict[TopicPartition, int] = {}
+        self._failures = 0
+        self._next_try = 0.0
 
     def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        self.unplaced.difference_update(revoked)
+        for tp in revoked:
+            self.lost.pop(tp, None)
         if self.on_revoked is not None:
             self.on_revoked(list(revoked))
 
     def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        positions = self.load_positions(list(assigned))
-        for tp in assigned:
+        if assigned:
+            self.consumer.pause(*assigned)
+            self.unplaced.update(assigned)
+
+    def place(self) -> None:
+        """Seek and resume the partitions assigned since the last call."""
+        if not self.unplaced or time.monotonic() < self._next_try:
+            return
+        from infra.pgstore import DATABASE_UNAVAILABLE, describe
+
+        tps = sorted(self.unplaced)
+        try:
+            positions = self.load_positions(tps)
+            lost = beyond_the_log(self.consumer, {tp: positions[tp] for tp in positions})
+        except (*DATABASE_UNAVAILABLE, KafkaError) as exc:
+            self._failures += 1
+            wait = min(0.25 * 2**self._failures, 10.0)
+            self._next_try = time.monotonic() + wait
+            log.warning(
+                "cannot place %d assigned partitions yet (%s); attempt %d, retrying in %.1f s",
+                len(tps),
+                describe(exc),
+                self._failures,
+                wait,
+            )
+            return
+        self._failures = 0
+        for tp in tps:
             offset = positions.get(tp)
             if offset is None:
                 self.consumer.seek_to_beginning(tp)
+            elif tp in lost:
+                # Reading on from the recorded position would skip every record the
+                # broker gets below it; reading from the start would record positions
+                # backwards. Neither silently: this partition waits for an operator.
+                log.error(
+                    "%s[%d]: the recorded position %d is beyond the broker's log (it ends "
+                    "at %d): the broker has lost its log (memory storage restarted, topic "
+                    "re-created?). NOT consuming this partition: reset this group's "
+                    "positions (as `cityops demo` does at start) and restart the worker",
+                    tp.topic,
+                    tp.partition,
+                    offset,
+                    lost[tp],
+                )
+                self.lost[tp] = offset
+                continue
             else:
                 self.consumer.seek(tp, offset)
-        log.info("assigned %s", sorted((tp.topic, tp.partition) for tp in assigned))
+            self.consumer.resume(tp)
+        self.unplaced.clear()
+        log.info("assigned %s", [(tp.topic, tp.partition) for tp in tps])
+
+
+class TrackedConsumer(KafkaConsumer):
+    """A group consumer whose partitions start at the positions stored in our database
+    (``make_consumer``); ``lost`` names the partitions found beyond the broker's log."""
+
+    positions: _Positions
+
+    def poll(self, timeout_ms: int = 0, max_records: int | None = None, **kw: Any) -> Any:
+        records = super().poll(timeout_ms=timeout_ms, max_records=max_records, **kw)
+        self.positions.place()
+        return records
+
+    @property
+    def lost(self) -> dict[TopicPartition, int]:
+        return dict(self.positions.lost)
+
+
+# How long a probe waits for the last record a worker recorded before it says the
+# broker no longer has it.
+_PROBE_S = 3.0
+
+
+def beyond_the_log(
+    consumer: KafkaConsumer, positions: Mapping[TopicPartition, int]
+) -> dict[TopicPartition, int]:
+    """The partitions whose recorded next offset lies beyond the broker's log, with the
+    end the broker reports.
+
+    A position past the end means the broker lost records it had acknowledged (a broker
+    with memory storage restarted, or the topic was deleted and created again). Some
+    brokers report an end inside their last record batch (Tansu 0.6 does), so a position
+    past the reported end is confirmed by fetching the last record recorded (offset
+    position - 1): the log is intact if it is still there. Detects a lost log only while
+    the new one is shorter than the recorded position.
+    """
+    wanted = {tp: p for tp, p in positions.items() if p > 0}
+    if not wanted:
+        return {}
+    ends = consumer.end_offsets(list(wanted))
+    suspects = {tp: p for tp, p in wanted.items() if p > ends.get(tp, 0)}
+    if not suspects:
+        return {}
+    probe = KafkaConsumer(
+        bootstrap_servers=consumer.config["bootstrap_servers"],
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="none",
+        client_id=f"{consumer.config['client_id']}-probe",
+    )
+    try:
+        probe.assign(list(suspects))
+        for tp, p in suspects.items():
+            probe.seek(tp, p - 1)
+        missing = set(suspects)
+        deadline = time.monotonic() + _PROBE_S
+        while missing and time.monotonic() < deadline:
+            try:
+                got = probe.poll(timeout_ms=200)
+            except KafkaError as exc:  # e.g. offset out of range: below the new end
+                log.debug("probe: %r", exc)
+                break
+            for tp, records in got.items():
+                if any(r.offset >= suspects[tp] - 1 for r in records):
+                    missing.discard(tp)
+    finally:
+        probe.close()
+    return {tp: ends.get(tp, 0) for tp in missing}
 
 
 class TrackedPositions:
@@ -188,27 +323,35 @@ def record_partitions(
     batch: Mapping[TopicPartition, Sequence[Any]],
     process_partition: Callable[[TopicPartition, Sequence[Any]], object],
     load_positions: Callable[[list[TopicPartition]], dict[TopicPartition, int]],
+    stop: threading.Event | None = None,
+    name: str = "consumer",
 ) -> None:
     """Record each partition's batch with its fenced position; retry lost races.
 
     A ``StalePositionError`` means another worker owns the partition now: re-read the
     stored position and seek there. Another ``IntegrityError`` means a concurrent write
-    to the same aggregates: run the batch again on fresh state.
+    to the same aggregates: run the batch again on fresh state. A database that is
+    down is waited out (``until_database_back``: one log line per attempt) and the batch
+    run again; only ``stop`` ends the wait, re-raising, with nothing recorded.
     """
     from eventsourcing.persistence import IntegrityError
 
-    from infra.pgstore import StalePositionError
+    from infra.pgstore import StalePositionError, until_database_back
 
     for tp, records in batch.items():
         if not records:
             continue
         for attempt in range(5):
             try:
-                process_partition(tp, records)
+                for waiting in until_database_back(stop, f"{name} {tp.topic}[{tp.partition}]"):
+                    with waiting:
+                        process_partition(tp, records)
                 break
             except StalePositionError as exc:
                 log.warning("%s; re-reading position", exc)
-                found = load_positions([tp])
+                for waiting in until_database_back(stop, f"{name}: reading positions"):
+                    with waiting:
+                        found = load_positions([tp])
                 if tp in found:
                     consumer.seek(tp, found[tp])
                 break
@@ -244,7 +387,7 @@ def make_consumer(
     load_positions: Callable[[list[TopicPartition]], dict[TopicPartition, int]],
     on_revoked: Callable[[list[TopicPartition]], None] | None = None,
     **overrides: Any,
-) -> KafkaConsumer:
+) -> TrackedConsumer:
     """A group consumer whose positions live in our database, not in Kafka.
 
     ``load_positions`` returns the next offset to read per partition (None: from the start).
@@ -265,8 +408,9 @@ def make_consumer(
         "client_id": group_id,
     }
     config.update(overrides)
-    consumer = KafkaConsumer(**config)
-    consumer.subscribe([topic], listener=_Positions(consumer, load_positions, on_revoked))
+    consumer = TrackedConsumer(**config)
+    consumer.positions = _Positions(consumer, load_positions, on_revoked)
+    consumer.subscribe([topic], listener=consumer.positions)
     return consumer
 
 
@@ -275,7 +419,7 @@ def telemetry_consumer(
     group_id: str,
     load_positions: Callable[[list[TopicPartition]], dict[TopicPartition, int]],
     on_revoked: Callable[[list[TopicPartition]], None],
-) -> KafkaConsumer:
+) -> TrackedConsumer:
     """A ``make_consumer`` of the telemetry topic, fetching as ``telemetry_fetch`` says."""
     return make_consumer(
         settings,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -12,15 +13,87 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import psycopg
+from eventsourcing import persistence as es
 from eventsourcing.persistence import IntegrityError, StoredEvent
 from eventsourcing.postgres import PostgresProcessRecorder
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Identifier
 from psycopg_pool import ConnectionPool
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_when_event_set,
+    wait_exponential,
+)
 
 from infra.settings import Settings
 
 log = logging.getLogger(__name__)
+
+# What a database that is down, restarting or out of reach raises: through our own pools
+# (psycopg; psycopg_pool's PoolTimeout is an OperationalError) and through the event
+# store, which translates psycopg's errors into the library's own types.
+DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+    es.OperationalError,
+    es.InterfaceError,
+)
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` means the database cannot be reached now (worth waiting out)."""
+    return isinstance(exc, DATABASE_UNAVAILABLE)
+
+
+def describe(exc: BaseException) -> str:
+    """An error on one line: its type and the first line of its message."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def until_database_back(
+    stop: threading.Event | None,
+    what: str,
+    logger: logging.Logger = log,
+    *,
+    max_wait_s: float = 10.0,
+) -> Retrying:
+    """A tenacity ``Retrying`` that waits out an unavailable database while ``what`` runs.
+
+    Backs off exponentially up to ``max_wait_s``, logs one line per failed attempt (no
+    traceback) and gives up, re-raising, only when ``stop`` is set. Other errors are
+    raised at once::
+
+        for attempt in until_database_back(stop, "telemetry writer: batch"):
+            with attempt:
+                write(batch)
+    """
+
+    def before_sleep(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        logger.warning(
+            "%s: database unavailable (%s); attempt %d, retrying in %.1f s",
+            what,
+            describe(exc) if exc else "?",
+            state.attempt_number,
+            state.upcoming_sleep,
+        )
+
+    pause = stop if stop is not None else threading.Event()
+
+    def sleep(seconds: float) -> None:
+        pause.wait(seconds)
+
+    return Retrying(
+        retry=retry_if_exception(database_unavailable),
+        wait=wait_exponential(multiplier=0.25, max=max_wait_s),
+        stop=stop_when_event_set(stop) if stop is not None else (lambda _s: False),
+        sleep=sleep,
+        before_sleep=before_sleep,
+        reraise=True,
+    )
 
 
 class StalePositionError(IntegrityError):
@@ -114,16 +187,30 @@ def eventstore_env(
     return env
 
 
+# How long a caller of a pool waits for a connection (psycopg_pool's default is 30 s): a
+# request to an API whose database is down gets its 503 within this time. A candidate
+# for a setting (CITYOPS_DB_POOL_WAIT_S); a constant until infra/settings.py has one.
+POOL_WAIT_S = 10.0
+
+
 def make_pool(
     settings: Settings, *, min_size: int = 1, max_size: int | None = None
 ) -> ConnectionPool:
-    """A psycopg connection pool (for the telemetry store, read models and queries)."""
+    """A psycopg connection pool (for the telemetry store, read models and queries).
+
+    Each connection is checked before it is handed out: after a database restart the
+    idle ones are dead, and the check replaces them instead of failing a request. A
+    caller waits at most ``POOL_WAIT_S`` for a connection, then gets ``PoolTimeout`` (the
+    API answers 503, workers back off and retry).
+    """
     pool = ConnectionPool(
         settings.database_url,
         min_size=min_size,
         max_size=max_size or settings.db_pool_size,
         kwargs={"autocommit": False},
         open=False,
+        check=ConnectionPool.check_connection,
+        timeout=POOL_WAIT_S,
     )
     pool.open(wait=True, timeout=30)
     return pool

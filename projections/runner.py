@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 import orjson
 import psycopg
+from eventsourcing import persistence as es
 from eventsourcing.application import Application
 from psycopg import sql
 
@@ -38,6 +39,16 @@ NOTIFY_CHANNEL = "cityops_map"
 TRACKING_NAME = "city"  # the upstream application's name, as the library records it
 
 Statement = tuple[str, dict[str, Any]]
+
+# A database that is down or restarting, through this worker's own connection (psycopg)
+# or through the event store it reads the log from (the library's own types); the same
+# set as ``infra.pgstore.DATABASE_UNAVAILABLE``, which this layer does not import.
+DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+    es.OperationalError,
+    es.InterfaceError,
+)
 
 
 @dataclass(slots=True)
@@ -162,7 +173,8 @@ class ProjectionWorker:
             app.recorder,
             self,
             batch_size=batch_size,
-            transient=(psycopg.OperationalError,),
+            transient=DATABASE_UNAVAILABLE,
+            expected=DATABASE_UNAVAILABLE,
         )
 
     # -- connection and positions (the tail's sink) -------------------------------------

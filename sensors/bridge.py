@@ -47,6 +47,7 @@ from typing import Any, Protocol
 
 from core.sensor.senml import REASON_CODES, Limits, RejectedPayload, deadletter_record, decode
 from infra.kafka import Topics, default_partition
+from infra.pgstore import DATABASE_UNAVAILABLE, describe
 from infra.settings import Settings
 from sensors.mqtt_session import Incoming, MqttSession
 
@@ -368,7 +369,9 @@ class MqttBridge:
         outgoing: list[_Outgoing] = []
         for message in window:
             try:
-                out = self._outgoing(message, now)
+                out = self._outgoing_when_known(message, now)
+            except _AbandonedError:
+                raise
             except Exception:
                 # Not acknowledged, so the broker delivers it again after a reconnect.
                 log.exception(
@@ -401,6 +404,28 @@ class MqttBridge:
             run.append(m.packet_id)
         if run:
             self._session.ack(connection, run)
+
+    def _outgoing_when_known(self, message: Incoming, now: float) -> _Outgoing:
+        """``_outgoing``, waiting out a device registry whose database is down.
+
+        Skipping the message instead would leave it unacknowledged on a connection that
+        stays up, so the broker would not deliver it again until the next reconnect.
+        """
+        failures = 0
+        while True:
+            try:
+                return self._outgoing(message, now)
+            except DATABASE_UNAVAILABLE as exc:
+                failures += 1
+                self._warnings.warning(
+                    "registry",
+                    "MQTT bridge %s: device registry unavailable (%s); attempt %d, will retry",
+                    self.client_id,
+                    describe(exc),
+                    failures,
+                )
+                if self._stopping.wait(min(_RETRY_BASE_S * 2 ** min(failures, 10), _RETRY_MAX_S)):
+                    raise _AbandonedError from exc
 
     def _outgoing(self, message: Incoming, now: float) -> _Outgoing:
         try:

@@ -30,6 +30,7 @@ from core.sensor import Sensor, sensor_id
 from core.sensor.rules import DeviceState, RuleSet, evaluate_readings, is_silent
 from core.sensor.telemetry import TelemetryMessage
 from infra import kafka as topics
+from infra.pgstore import DATABASE_UNAVAILABLE, describe
 from infra.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -222,14 +223,27 @@ class SensorMonitor:
                 batch = consumer.poll(timeout_ms=200, max_records=self.settings.writer_batch_max)
                 if batch:
                     topics.record_partitions(
-                        consumer, batch, self.process_partition, self.load_positions
+                        consumer,
+                        batch,
+                        self.process_partition,
+                        self.load_positions,
+                        stop,
+                        "sensor monitor",
                     )
                 if time.monotonic() >= next_check:
                     try:
                         self.check_silence()
                     except IntegrityError:
                         log.info("silence check raced an update; retrying next round")
+                    except DATABASE_UNAVAILABLE as exc:
+                        log.warning(
+                            "silence check: database unavailable (%s); next round", describe(exc)
+                        )
                     next_check = time.monotonic() + self.settings.monitor_silence_check_s
+        except DATABASE_UNAVAILABLE:
+            if not stop.is_set():
+                raise
+            log.info("sensor monitor stopped while the database was unavailable")
         finally:
             consumer.close(autocommit=False)
             self.producer.flush()

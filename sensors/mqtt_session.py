@@ -45,7 +45,10 @@ _PROP_RECEIVE_MAXIMUM = 0x21
 # One read: large enough to carry hundreds of messages, small enough that a paused
 # session holds little beyond its limit.
 READ_BYTES = 64 * 1024
-_MIN_BACKOFF_S, _MAX_BACKOFF_S = 1.0, 30.0
+# Back soon after a broker restart: until the bridge has subscribed again, a broker
+# that lost its sessions (restarted without a save since the bridge subscribed) drops
+# what gateways publish to it, acknowledged.
+_MIN_BACKOFF_S, _MAX_BACKOFF_S = 0.25, 10.0
 _HOLD_POLL_S = 0.002
 
 

@@ -27,6 +27,7 @@ from psycopg_pool import ConnectionPool
 
 from infra import kafka as topics
 from infra.kafka import Topics
+from infra.pgstore import DATABASE_UNAVAILABLE, until_database_back
 from infra.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -230,10 +231,21 @@ class TelemetryWriter:
                 if not batch:
                     continue
                 try:
-                    self.write(batch)
+                    # A database that is down is waited out with the batch in hand: its
+                    # records are neither skipped nor written twice (a commit that got
+                    # through before the connection broke fails the fence next time).
+                    for attempt in until_database_back(stop, "telemetry writer", log):
+                        with attempt:
+                            self.write(batch)
                 except StaleWriterError as exc:
                     log.warning("%s; re-reading positions", exc)
-                    self._reseek(consumer)
+                    for attempt in until_database_back(stop, "telemetry writer", log):
+                        with attempt:
+                            self._reseek(consumer)
+        except DATABASE_UNAVAILABLE:
+            if not stop.is_set():
+                raise
+            log.info("telemetry writer stopped while the database was unavailable")
         finally:
             log.info("telemetry writer stopping: %s", dict(self.counters))
             consumer.close(autocommit=False)

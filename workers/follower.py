@@ -24,7 +24,7 @@ from eventsourcing.utils import get_topic
 
 from core.app import CityApp
 from core.follow import LogTail, PositionMovedError
-from infra.pgstore import StalePositionError
+from infra.pgstore import DATABASE_UNAVAILABLE, StalePositionError
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,7 @@ class LogFollower:
             self,
             batch_size=self.batch_size,
             topics=[get_topic(cls) for cls in event_classes],
+            expected=DATABASE_UNAVAILABLE,
         )
 
     @property

@@ -31,6 +31,7 @@ from core.personal import Contact
 from infra import kafka as topics
 from infra.hotline_schema import HotlineCase
 from infra.kafka import Topics, TrackedPositions
+from infra.pgstore import DATABASE_UNAVAILABLE
 from infra.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -126,8 +127,12 @@ class CaseIntake:
                 batch = consumer.poll(timeout_ms=200, max_records=500)
                 if batch:
                     topics.record_partitions(
-                        consumer, batch, self.process_partition, self.tracked.load
+                        consumer, batch, self.process_partition, self.tracked.load, stop, SOURCE
                     )
+        except DATABASE_UNAVAILABLE:
+            if not stop.is_set():
+                raise
+            log.info("case intake stopped while the database was unavailable")
         finally:
             consumer.close(autocommit=False)
             self.producer.flush()

@@ -25,10 +25,12 @@ from typing import Any
 
 import orjson
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import KafkaError
 from psycopg_pool import ConnectionPool
 
 from core.follow import LogTail
 from infra.kafka import Topics, default_partition
+from infra.pgstore import DATABASE_UNAVAILABLE
 from infra.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -66,7 +68,13 @@ class DomainEventRelay:
         self.published = 0
         self._skip: dict[int, int] = {}
         self._horizon = 0
-        self.tail = LogTail(RELAY_NAME, recorder, self, batch_size=batch)
+        self.tail = LogTail(
+            RELAY_NAME,
+            recorder,
+            self,
+            batch_size=batch,
+            expected=(*DATABASE_UNAVAILABLE, KafkaError),
+        )
 
     # -- position -----------------------------------------------------------------------
 
@@ -126,16 +134,22 @@ class DomainEventRelay:
     def publish(self, notifications: Sequence[Any], skip: dict[int, int]) -> int:
         """Send a batch in order, skipping what ``skip`` says a partition already holds."""
         partitions = len(self.producer.partitions_for(self.topic))
-        sent = 0
+        futures = []
         for n in notifications:
             key, value = message(n)
             partition = default_partition(key, partitions)
             if skip.get(partition, 0) >= n.id:
                 continue  # already out before the crash
-            self.producer.send(self.topic, key=key, value=value, partition=partition)
-            sent += 1
+            futures.append(
+                self.producer.send(self.topic, key=key, value=value, partition=partition)
+            )
         self.producer.flush()
-        return sent
+        # flush returns once every send is done, failed ones included (the broker was
+        # away longer than the producer retries): a position committed past a failed
+        # send would lose that event. Raised here, the tail starts over from recovery.
+        for future in futures:
+            future.get(timeout=0)
+        return len(futures)
 
     def run_once(self, start: int, skip: dict[int, int]) -> int:
         """Publish the next batch after ``start``; return the new position."""

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 
 from core.case.desk import ServiceDesk
 from core.incident.desk import IncidentDesk
+from infra.pgstore import DATABASE_UNAVAILABLE, describe
 from projections.case_queries import CaseQueries
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,8 @@ class SlaClock:
                 counts = self.tick()
                 if counts["due_soon"] or counts["overdue"] or counts["escalated"]:
                     log.info("SLA clock: %s", counts)
+            except DATABASE_UNAVAILABLE as exc:
+                log.warning("SLA clock: database unavailable (%s); next tick", describe(exc))
             except Exception:
                 log.exception("SLA clock pass failed; retrying next tick")
             stop.wait(max(0.05, self.poll_s - (time.monotonic() - started)))
