@@ -24,6 +24,7 @@ from api import (
     live,
     map,
     metrics,
+    ogc,
     open311,
     ops,
     replay,
@@ -130,8 +131,9 @@ def create_app(container: Container | Callable[[], Container]) -> FastAPI:
         app.include_router(module.router)
     for module in (sensors, incidents, map, live, scorecards, ops):
         app.include_router(module.router, dependencies=staff)
-    # Audit routes check their own roles (and record each read).
-    for module in (audit, replay):
+    # Audit routes and the OGC API (public reference layers, staff-only live ones) check
+    # their own roles.
+    for module in (audit, replay, ogc):
         app.include_router(module.router)
 
     static = resources.files("api").joinpath("static")
