@@ -29,12 +29,15 @@ from api import (
     ops,
     replay,
     scorecards,
+    security,
     sensors,
     session,
     telemetry,
+    tiles,
 )
 from api.auth import STAFF_READ, require
 from api.deps import Container
+from infra.settings import Settings
 
 MAX_BODY_BYTES = 64 * 1024
 
@@ -83,7 +86,7 @@ def layer_geojson(gdf: Any, id_column: str) -> dict[str, Any]:
     return doc
 
 
-def create_app(container: Container | Callable[[], Container]) -> FastAPI:
+def create_app(container: Container | Callable[[], Container], settings: Settings) -> FastAPI:
     """The app over ``container``, or over what ``container()`` builds at startup.
 
     The composition root (``cityops.bootstrap.api_app``) passes a factory, so that each
@@ -124,17 +127,22 @@ def create_app(container: Container | Callable[[], Container]) -> FastAPI:
     errors.install(app)
 
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
+    security.install(app, settings)
 
     staff = [Depends(require(*STAFF_READ))]
     # Public: health probes and metrics, the Open311 reads (open311 checks its own POST), the login.
     for module in (health, metrics, open311, session, cases, telemetry):
-        app.include_router(module.router)
+        app.include_router(
+            module.router, responses=security.documented_limits(settings, module.router.prefix)
+        )
     for module in (sensors, incidents, map, live, scorecards, ops):
         app.include_router(module.router, dependencies=staff)
-    # Audit routes and the OGC API (public reference layers, staff-only live ones) check
+    # Audit routes and the OGC APIs (public reference layers, staff-only live ones) check
     # their own roles.
-    for module in (audit, replay, ogc):
-        app.include_router(module.router)
+    for module in (audit, replay, ogc, tiles):
+        app.include_router(
+            module.router, responses=security.documented_limits(settings, module.router.prefix)
+        )
 
     static = resources.files("api").joinpath("static")
     app.mount("/static", StaticFiles(directory=str(static)), name="static")

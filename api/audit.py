@@ -21,6 +21,7 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Requ
 from api.audit_reads import record_audit_read
 from api.auth import Principal, require
 from api.deps import Container, ContainerDep, correlation
+from api.responses import errors
 from core.audit import (
     CASE_STEPS,
     INCIDENT_STEPS,
@@ -39,7 +40,9 @@ from core.personal import ERASED_VIEW
 from core.sensor import Sensor, sensor_id
 from projections.history import LoggedEvent, LogHistory
 
-router = APIRouter(prefix="/api/v1/audit", tags=["audit"])
+router = APIRouter(
+    prefix="/api/v1/audit", tags=["audit"], responses=errors(401, 403, 404, 422, 503)
+)
 
 PREFIX = "/api/v1/audit"
 AUDIT_ROLES = ("auditor", "operator")

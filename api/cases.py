@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, Query
+from fastapi import APIRouter, Depends, Header, Path, Query
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 
@@ -23,8 +23,9 @@ from api.auth import Forbidden, Principal, citizen_uuid, require
 from api.deps import CasesDep, DeskDep, correlation
 from api.permissions import CASE_ACTION_ROLES, CASE_READERS, authorize_read, scoped
 from api.presenters import detail, summary, timeline
+from api.responses import errors
 from api.routing import add_command
-from api.schemas import GRID
+from api.schemas import CODE, DISTRICT, GRID, Code, CodeText, Offset
 from core.case import ACTIVE, OPEN, CaseStatus, ServiceCase, commands
 from core.case.desk import ServiceDesk, SubmitCase
 from core.commands import CommandContext
@@ -32,26 +33,26 @@ from core.personal import Contact
 from projections.case_queries import CaseFilter
 from projections.queries import BBox
 
-router = APIRouter(prefix="/api/v1", tags=["cases"])
+router = APIRouter(prefix="/api/v1", tags=["cases"], responses=errors(401, 403, 422, 503))
 
 CaseReader = Annotated[Principal, Depends(require(*CASE_READERS))]
 
 
-@router.get("/cases")
+@router.get("/cases", responses=errors(400))
 def list_cases(
     who: CaseReader,
     cases: CasesDep,
     status: Annotated[list[CaseStatus] | None, Query()] = None,
-    category: Annotated[list[str] | None, Query()] = None,
-    department_code: str | None = None,
-    district_code: str | None = None,
+    category: Annotated[list[CodeText] | None, Query()] = None,
+    department_code: Code = None,
+    district_code: Annotated[str | None, Query(pattern=DISTRICT)] = None,
     grid_code: Annotated[str | None, Query(pattern=GRID)] = None,
     overdue: bool | None = None,
     awaiting_assignment: bool | None = None,
     bbox: Annotated[str | None, Query(description="west,south,east,north (WGS84)")] = None,
     order: Literal["due", "newest"] = "due",
     limit: Annotated[int, Query(ge=1, le=1_000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> dict[str, Any]:
     """Cases you may see, by due time (or newest first), with filters."""
     flt = scoped(
@@ -75,9 +76,9 @@ def list_cases(
 def overdue_cases(
     who: CaseReader,
     cases: CasesDep,
-    department_code: str | None = None,
+    department_code: Code = None,
     limit: Annotated[int, Query(ge=1, le=1_000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> dict[str, Any]:
     """Active cases past their deadline, most overdue first."""
     flt = scoped(who, CaseFilter(overdue=True, department_code=department_code))
@@ -100,11 +101,11 @@ def departments(who: CaseReader, desk: DeskDep) -> dict[str, Any]:
 def department_queue(
     who: CaseReader,
     cases: CasesDep,
-    department_code: str,
+    department_code: Annotated[str, Path(pattern=CODE)],
     status: Annotated[list[CaseStatus] | None, Query()] = None,
     overdue: bool | None = None,
     limit: Annotated[int, Query(ge=1, le=1_000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> dict[str, Any]:
     """A department's work queue, most urgent first (open cases unless ``status`` says)."""
     if who.role == "citizen":
@@ -130,7 +131,7 @@ def _load(desk: ServiceDesk, who: Principal, case_id: uuid.UUID) -> ServiceCase:
     return case
 
 
-@router.get("/cases/{case_id}")
+@router.get("/cases/{case_id}", responses=errors(404))
 async def get_case(who: CaseReader, desk: DeskDep, case_id: uuid.UUID) -> dict[str, Any]:
     """One case with its whole timeline (who did what, when, and why)."""
 
@@ -141,7 +142,7 @@ async def get_case(who: CaseReader, desk: DeskDep, case_id: uuid.UUID) -> dict[s
     return await run_in_threadpool(load)
 
 
-@router.post("/cases", status_code=201)
+@router.post("/cases", status_code=201, responses=errors(400, 409, 413))
 async def submit_case(
     who: Annotated[Principal, Depends(require(*CASE_ACTION_ROLES["submit"]))],
     desk: DeskDep,
@@ -297,6 +298,7 @@ def _add(route: CommandRoute) -> None:
         desk=DeskDep,
         case_id=uuid.UUID,
         body=route.body,
+        responses=errors(400, 404, 409, 413),
     )
 
 

@@ -1,13 +1,15 @@
 """Error translation at the HTTP boundary: JSON with a clear message, never a trace.
 
 Open311 routes answer in the GeoReport v2 error format, ``[{"code": ..., "description":
-...}]``; the project's own API answers ``{"detail": ...}``.
+...}]``; the OGC API in OGC's, ``{"code": "NotFound", "description": ...}``; the project's
+own API answers ``{"detail": ...}``.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -22,6 +24,7 @@ from infra.pgstore import DATABASE_UNAVAILABLE, describe
 log = logging.getLogger(__name__)
 
 OPEN311_PREFIX = "/open311/"
+OGC_PREFIX = "/ogc"
 
 
 def respond(
@@ -34,6 +37,9 @@ def respond(
     """An error response in the format of the API the request went to."""
     if request.url.path.startswith(OPEN311_PREFIX):
         return JSONResponse([{"code": status, "description": detail}], status, headers=headers)
+    if request.url.path == OGC_PREFIX or request.url.path.startswith(f"{OGC_PREFIX}/"):
+        code = HTTPStatus(status).phrase.title().replace(" ", "")
+        return JSONResponse({"code": code, "description": detail}, status, headers=headers)
     return JSONResponse({"detail": detail, **extra}, status, headers=headers)
 
 

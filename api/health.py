@@ -20,7 +20,15 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get(
+    "/readyz",
+    responses={
+        503: {
+            "content": {"application/json": {"schema": {"type": "object"}}},
+            "description": "A dependency does not answer: the same checks, ready false",
+        }
+    },
+)
 def readyz(c: ContainerDep) -> JSONResponse:
     """Each dependency answers: PostgreSQL, Kafka, MQTT, and each projection's lag."""
     checks: dict[str, Any] = {}

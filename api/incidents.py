@@ -22,31 +22,35 @@ from api.auth import Principal, require
 from api.deps import CityDep, Container, ContainerDep, IncidentDeskDep, ReadDep, correlation
 from api.permissions import INCIDENT_ACTION_ROLES, authorize_incident
 from api.presenters import acknowledgement, resolution, workflow_state
+from api.responses import errors
 from api.routing import add_command
-from api.schemas import GRID, Severity
+from api.schemas import GRID, Code, Offset, Severity
 from core.commands import CommandContext
 from core.incident import commands
 from core.incident.desk import IncidentDesk, Outcome
 from projections.nearby import NearbyQueries
 from projections.queries import BBox, collection, feature
 
-router = APIRouter(prefix="/api/v1/incidents", tags=["incidents"])
+# Staff only: the app includes the router behind the staff roles (401, 403).
+router = APIRouter(
+    prefix="/api/v1/incidents", tags=["incidents"], responses=errors(401, 403, 422, 503)
+)
 
 
 def _may(action: str) -> Any:
     return Depends(require(*INCIDENT_ACTION_ROLES[action]))
 
 
-@router.get("")
+@router.get("", responses=errors(400))
 def list_incidents(
     read: ReadDep,
     status: Literal["open", "closed"] | None = None,
     severity: Severity | None = None,
     grid_code: Annotated[str | None, Query(pattern=GRID)] = None,
-    device_id: str | None = None,
+    device_id: Code = None,
     bbox: Annotated[str | None, Query(description="west,south,east,north (WGS84)")] = None,
     limit: Annotated[int, Query(ge=1, le=20_000)] = 5_000,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> dict[str, Any]:
     """Incidents as a GeoJSON FeatureCollection, newest first."""
     box = BBox.parse(bbox) if bbox else None
@@ -63,7 +67,7 @@ def list_incidents(
     )
 
 
-@router.get("/{incident_id}")
+@router.get("/{incident_id}", responses=errors(404))
 def get_incident(c: ContainerDep, incident_id: uuid.UUID) -> dict[str, Any]:
     """One incident as a GeoJSON Feature, with its linked cases and the sensors that see
     its place (its own device, and sensors of its correlation rule's types nearby)."""
@@ -102,7 +106,7 @@ def get_incident(c: ContainerDep, incident_id: uuid.UUID) -> dict[str, Any]:
     return found
 
 
-@router.post("/{incident_id}/acknowledge")
+@router.post("/{incident_id}/acknowledge", responses=errors(400, 404, 409, 413))
 async def acknowledge(
     who: Annotated[Principal, _may("acknowledge")],
     city: CityDep,
@@ -215,7 +219,16 @@ def _add(route: WorkflowRoute) -> None:
     if route.body is not None:
         params["body"] = route.body
     path = f"/{{incident_id}}/{route.action}"
-    add_command(router, path, route.name, route.description, endpoint, **params)
+    add_command(
+        router,
+        path,
+        route.name,
+        route.description,
+        endpoint,
+        # 400 and 413: a body that cannot be read.
+        responses=errors(400, 404, 409, 413) if route.body else errors(404, 409),
+        **params,
+    )
 
 
 for _route in WORKFLOW:

@@ -12,16 +12,39 @@ import logging
 from collections.abc import AsyncIterator
 
 import orjson
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from sse_starlette.sse import EventSourceResponse
 
 from api.deps import ContainerDep
+from api.responses import errors
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/api/v1", tags=["live"])
+# Staff only: the app includes the router behind the staff roles (401, 403).
+router = APIRouter(prefix="/api/v1", tags=["live"], responses=errors(401, 403, 503))
 
 
-@router.get("/live")
+@router.get(
+    "/live",
+    # The answer is an event stream, not JSON (the class only shapes the document).
+    response_class=Response,
+    responses={
+        200: {
+            "content": {
+                "text/event-stream": {
+                    "itemSchema": {
+                        "type": "object",
+                        "required": ["event", "data"],
+                        "properties": {
+                            "event": {"enum": ["hello", "change"]},
+                            "data": {"type": "string", "contentMediaType": "application/json"},
+                        },
+                    }
+                }
+            },
+            "description": "server-sent events: one hello, then change events",
+        }
+    },
+)
 async def live(request: Request, c: ContainerDep) -> EventSourceResponse:
     """Server-sent events: ``change`` messages with the layer and the current feature."""
 

@@ -1,4 +1,5 @@
-"""Map layers as GeoJSON FeatureCollections (RFC 7946, WGS84 lon/lat).
+"""Map layers as GeoJSON FeatureCollections (RFC 7946, WGS84 lon/lat; ``coord_system``
+gives them in GCJ-02 or BD-09 for a Chinese base map).
 
 A layer request may name a viewport (``bbox``) and filters; the answer carries an ETag,
 and ``If-None-Match`` with the current one gets 304. Bodies come from ``MapLayers``,
@@ -10,15 +11,19 @@ from __future__ import annotations
 import threading
 from typing import Annotated, Literal
 
+import orjson
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from api.deps import container
+from api.responses import errors, not_modified
 from api.schemas import SensorState, SensorType, Severity
+from gis.china import CoordSystem, convert_feature_collection, to_wgs84
 from projections.map_layers import MapLayers
 from projections.queries import GEOJSON, POINT_LAYERS, BBox, LayerQuery, MapTokenFeed
 
-router = APIRouter(prefix="/api/v1/map", tags=["map"])
+# Staff only: the app includes the router behind the staff roles (401, 403).
+router = APIRouter(prefix="/api/v1/map", tags=["map"], responses=errors(401, 403, 422, 503))
 
 CACHE_LAYERS = True  # False: every request reads PostgreSQL (bench/bench_map.py --no-cache)
 
@@ -82,6 +87,13 @@ async def layer(
     category: Annotated[
         str | None, Query(pattern=r"^[a-z][a-z0-9_]{0,63}$", description="incidents")
     ] = None,
+    coord_system: Annotated[
+        CoordSystem,
+        Query(
+            description="the system of bbox and of the answer: wgs84 (stored), or gcj02 /"
+            " bd09 to draw over an AMap, Tencent or Baidu base map"
+        ),
+    ] = CoordSystem.WGS84,
 ) -> Response:
     """One layer of the live map, optionally cut to a viewport and filtered."""
     given = {
@@ -100,19 +112,26 @@ async def layer(
         box = None if bbox is None else BBox.parse(bbox)
     except ValueError as exc:
         raise HTTPException(422, f"bbox: {exc}") from None
+    if box is not None and coord_system is not CoordSystem.WGS84:
+        # The shifts are a few hundred metres and smooth: the corners' images bound it.
+        west, south = to_wgs84(box.west, box.south, coord_system)
+        east, north = to_wgs84(box.east, box.north, coord_system)
+        box = BBox(west, south, east, north)
     query = LayerQuery(
         box, tuple((name, value) for name, value in given.items() if value is not None)
     )
     rendered = await layers.render_async(layer, query, tokens(request))
-    headers = {"ETag": rendered.etag, "Cache-Control": "no-cache"}
-    if _matches(request.headers.get("if-none-match"), rendered.etag):
+    shifted = coord_system is not CoordSystem.WGS84
+    etag = f'{rendered.etag[:-1]}-{coord_system.value}"' if shifted else rendered.etag
+    headers = {"ETag": etag, "Cache-Control": "no-cache"}
+    if not_modified(request.headers.get("if-none-match"), etag):
         return Response(status_code=304, headers=headers)
-    return Response(rendered.body, media_type=GEOJSON, headers=headers)
+    if not shifted:
+        return Response(rendered.body, media_type=GEOJSON, headers=headers)
+    doc = await run_in_threadpool(_shifted, rendered.body, coord_system)
+    return Response(doc, media_type=GEOJSON, headers=headers)
 
 
-def _matches(if_none_match: str | None, etag: str) -> bool:
-    """RFC 9110 If-None-Match: weak comparison against any listed tag, or ``*``."""
-    if not if_none_match:
-        return False
-    tags = [tag.strip() for tag in if_none_match.split(",")]
-    return "*" in tags or any(tag.removeprefix("W/") == etag for tag in tags)
+def _shifted(body: bytes, system: CoordSystem) -> bytes:
+    doc = convert_feature_collection(orjson.loads(body), CoordSystem.WGS84, system)
+    return orjson.dumps(doc)

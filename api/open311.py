@@ -22,13 +22,15 @@ from fastapi.responses import JSONResponse
 
 from api.auth import Forbidden, OptionalPrincipalDep, Unauthorized, citizen_uuid
 from api.deps import CasesDep, ContainerDep, DeskDep
+from api.responses import open311_errors
 from core.case import OPEN, STATUSES, ServiceCase
 from core.case.categories import Category
 from core.case.desk import ServiceDesk, SubmitCase
 from core.personal import Contact
+from gis.china import CoordSystem, UnknownCoordSystemError, to_wgs84
 from projections.case_queries import CaseFilter
 
-router = APIRouter(prefix="/open311/v2", tags=["open311"])
+router = APIRouter(prefix="/open311/v2", tags=["open311"], responses=open311_errors(503))
 
 SUBMITTERS = ("citizen", "operator", "dispatcher")
 PUBLIC_OPEN = OPEN  # everything still being worked on; resolved counts as closed
@@ -64,7 +66,7 @@ def services(desk: DeskDep) -> list[dict[str, Any]]:
     return [service(c) for c in desk.categories]
 
 
-@router.get("/services/{service_code}.json")
+@router.get("/services/{service_code}.json", responses=open311_errors(404))
 def service_definition(desk: DeskDep, service_code: str) -> dict[str, Any]:
     """A service's definition: the attributes a request must or may carry."""
     category = desk.categories.by_code.get(service_code)
@@ -158,7 +160,7 @@ def _csv(raw: str | None) -> list[str] | None:
     return items or None
 
 
-@router.get("/requests.json")
+@router.get("/requests.json", responses=open311_errors(400))
 def list_requests(
     desk: DeskDep,
     cases: CasesDep,
@@ -205,7 +207,7 @@ def list_requests(
     return [public_request(desk, r) for r in rows]
 
 
-@router.get("/requests/{request_id}.json")
+@router.get("/requests/{request_id}.json", responses=open311_errors(404))
 async def get_request(desk: DeskDep, request_id: str) -> list[dict[str, Any]]:
     """One service request (as a one-element list, as the spec has it)."""
     try:
@@ -283,6 +285,44 @@ def _coordinate(fields: dict[str, Any], name: str, low: float, high: float) -> f
     return value
 
 
+def _string(limit: int) -> dict[str, Any]:
+    return {"type": "string", "maxLength": limit}
+
+
+# ``_fields`` reads the body itself (form or JSON), so FastAPI cannot see it: described
+# here. Other fields are allowed: ``attribute[code]`` for the service's attributes.
+REQUEST_FIELDS = {
+    "type": "object",
+    "required": ["service_code"],
+    "properties": {
+        "service_code": _string(64),
+        "lat": {"type": "number", "minimum": -90, "maximum": 90},
+        "long": {"type": "number", "minimum": -180, "maximum": 180},
+        "coord_system": {
+            "type": "string",
+            "enum": [cs.value for cs in CoordSystem],
+            "default": "wgs84",
+            "description": "an extension: the system of lat/long, wgs84 (GPS), gcj02 (AMap,"
+            " Tencent) or bd09 (Baidu); stored as WGS-84",
+        },
+        "address_string": _string(300),
+        "description": _string(4_000),
+        "first_name": _string(50),
+        "last_name": _string(50),
+        "phone": _string(32),
+        "email": _string(254),
+        "api_key": {"type": "string", "description": "or X-API-Key, or a bearer token"},
+    },
+}
+REQUEST_BODY = {
+    "required": True,
+    "content": {
+        "application/x-www-form-urlencoded": {"schema": REQUEST_FIELDS},
+        "application/json": {"schema": REQUEST_FIELDS},
+    },
+}
+
+
 def _dedup_key(fields: dict[str, Any], pepper: bytes) -> str:
     """Same request from the same caller on the same day: one case (a double submit).
 
@@ -295,7 +335,12 @@ def _dedup_key(fields: dict[str, Any], pepper: bytes) -> str:
     return f"{datetime.now(UTC).date().isoformat()}:{digest[:32]}"
 
 
-@router.post("/requests.json", status_code=201)
+@router.post(
+    "/requests.json",
+    status_code=201,
+    openapi_extra={"requestBody": REQUEST_BODY},
+    responses=open311_errors(400, 401, 403, 409, 413, 415),
+)
 async def create_request(
     request: Request,
     c: ContainerDep,
@@ -320,6 +365,13 @@ async def create_request(
         raise bad("give both lat and long")
     if lat is None and address is None:
         raise bad("a location is required: lat and long, or address_string")
+    system = _text(fields, "coord_system", 16) or CoordSystem.WGS84
+    try:
+        system = CoordSystem.parse(system)
+    except UnknownCoordSystemError as exc:
+        raise bad(str(exc)) from None
+    if lat is not None and lon is not None:
+        lon, lat = to_wgs84(lon, lat, system)
     first = _text(fields, "first_name", 50)
     last = _text(fields, "last_name", 50)
     name = " ".join(p for p in (first, last) if p) or None

@@ -16,13 +16,18 @@ from api.auth import Forbidden, StaffReader
 from api.deps import CityDep, Container, ContainerDep
 from api.permissions import CASE_ACTION_ROLES, INCIDENT_ACTION_ROLES, scoped
 from api.presenters import summary
+from api.responses import errors
+from api.schemas import CODE
 from core.brain.correlation import CorrelationPolicy, load_policy
 from core.case.sla import DUE_SOON_FRACTION
 from core.incident import SEVERITIES, WORKING, Incident
 from projections.case_queries import CaseFilter
 from projections.ops_queries import OpsQueries
 
-router = APIRouter(prefix="/api/v1/ops", tags=["operations center"])
+# Staff only: the app includes the router behind the staff roles (401, 403).
+router = APIRouter(
+    prefix="/api/v1/ops", tags=["operations center"], responses=errors(401, 403, 422, 503)
+)
 
 LANGUAGES = ("zh", "en")
 INCIDENTS_PATH = "/api/v1/incidents"
@@ -139,7 +144,7 @@ def config(who: StaffReader, c: ContainerDep) -> dict[str, Any]:
     }
 
 
-@router.get("/actions/incidents/{incident_id}")
+@router.get("/actions/incidents/{incident_id}", responses=errors(404))
 async def incident_actions_now(
     who: StaffReader, city: CityDep, incident_id: uuid.UUID
 ) -> dict[str, Any]:
@@ -234,7 +239,7 @@ def sla_board(
     who: StaffReader,
     c: ContainerDep,
     limit: Limit = 20,
-    department_code: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+    department_code: Annotated[str | None, Query(max_length=64, pattern=CODE)] = None,
 ) -> dict[str, Any]:
     """Overdue and due-soon cases (the deadline marks the case clock records) and the
     incidents being worked that are overdue, due soon or escalated: most urgent first,

@@ -17,9 +17,10 @@ from fastapi.responses import Response, StreamingResponse
 from api.audit_reads import record_audit_read
 from api.auth import Principal, require
 from api.deps import ContainerDep, correlation
+from api.responses import errors
 from projections import replay
 
-router = APIRouter(prefix="/api/v1/audit", tags=["audit"])
+router = APIRouter(prefix="/api/v1/audit", tags=["audit"], responses=errors(401, 403, 422, 503))
 
 Reader = Annotated[Principal, Depends(require("auditor", "operator"))]
 DEFAULT_PAGE = 10_000
@@ -59,7 +60,17 @@ def city_as_of(
     return Response(doc, media_type="application/json")
 
 
-@router.get("/city/changes", summary="The events of a window, streamed as NDJSON")
+@router.get(
+    "/city/changes",
+    summary="The events of a window, streamed as NDJSON",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
+            "description": "a window line, one event line per event, an end line",
+        }
+    },
+)
 def city_changes(
     c: ContainerDep,
     who: Reader,

@@ -21,9 +21,11 @@ def add_command(
     name: str,
     description: str,
     endpoint: Callable[..., Awaitable[dict[str, Any]]],
+    responses: dict[int | str, dict[str, Any]] | None = None,
     **params: Any,
 ) -> None:
-    """POST ``path`` runs ``endpoint``; ``name`` is its OpenAPI summary and operation id.
+    """POST ``path`` runs ``endpoint``; ``name`` is its OpenAPI summary and operation id,
+    ``responses`` its answers besides success.
 
     ``params`` maps each parameter the route has to its type (a model, ``uuid.UUID``, an
     ``Annotated`` dependency); each is required. A parameter of ``endpoint`` not in
@@ -38,4 +40,11 @@ def add_command(
         if p.name in params
     ]
     endpoint.__signature__ = signature.replace(parameters=declared)  # type: ignore[attr-defined]
-    router.add_api_route(path, endpoint, methods=["POST"], name=name, description=description)
+    router.add_api_route(
+        path,
+        endpoint,
+        methods=["POST"],
+        name=name,
+        description=description,
+        responses=responses,
+    )

@@ -7,17 +7,33 @@ the fields of its command (``core.case.commands``, ``core.incident.commands``), 
 from __future__ import annotations
 
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from fastapi import Query
+from pydantic import BaseModel, Field, StringConstraints
 
 from core.case import REJECTION_REASONS
 
 Severity = Literal["warning", "minor", "major", "critical"]
 SensorState = Literal["normal", "alarm", "silent", "maintenance"]
 SensorType = Literal["water_level", "pm25", "manhole_tilt", "streetlight_power"]
-# A grid cell code (query parameter pattern).
+# A grid cell code and a district code (query parameter patterns).
 GRID = r"^\d{15}$"
+DISTRICT = r"^\d{6}$"
+# Rows a list may skip: PostgreSQL's OFFSET takes a bigint, and a larger number is a
+# failing query (a 500), not an empty page; no list here comes near this.
+MAX_OFFSET = 1_000_000_000
+Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="items to skip")]
+# A code: of a department, a service category, a device. Codes use these characters
+# only, so a parameter with others (NUL among them, which PostgreSQL text cannot hold)
+# is refused as malformed (422) instead of failing its query.
+CODE = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$"
+CodeText = Annotated[str, StringConstraints(pattern=CODE)]
+Code = Annotated[str | None, Query(pattern=CODE)]
+# A command's free text. JSON strings may hold NUL (U+0000) and PostgreSQL text may not:
+# recorded, such a reason would stop the read models' projector for good (a submission's
+# own texts are checked by ``core.case.desk.nul_field``).
+NO_NUL = r"^[^\x00]*$"
 
 # -- service cases ------------------------------------------------------------------------
 
@@ -46,11 +62,11 @@ class NewCase(BaseModel):
 
 
 class Reason(BaseModel):
-    reason: str = Field(default="", max_length=2_000)
+    reason: str = Field(default="", pattern=NO_NUL, max_length=2_000)
 
 
 class Accept(BaseModel):
-    reason: str = Field(default="", max_length=2_000)
+    reason: str = Field(default="", pattern=NO_NUL, max_length=2_000)
     department_code: str | None = Field(
         default=None, max_length=64, description="dispatch here instead of by policy"
     )
@@ -61,47 +77,51 @@ class Reject(BaseModel):
         description=f"one of {', '.join(REJECTION_REASONS)}"
     )
     duplicate_of: uuid.UUID | None = None
-    reason: str = Field(default="", max_length=2_000)
+    reason: str = Field(default="", pattern=NO_NUL, max_length=2_000)
 
 
 class Assign(BaseModel):
     department_code: str = Field(min_length=1, max_length=64)
-    reason: str = Field(default="", max_length=2_000)
+    reason: str = Field(default="", pattern=NO_NUL, max_length=2_000)
 
 
 class Resolve(BaseModel):
-    reply: str = Field(min_length=1, max_length=4_000, description="the answer to the citizen")
-    reason: str = Field(default="", max_length=2_000)
+    reply: str = Field(
+        min_length=1, pattern=NO_NUL, max_length=4_000, description="the answer to the citizen"
+    )
+    reason: str = Field(default="", pattern=NO_NUL, max_length=2_000)
 
 
 class ExtensionRequest(BaseModel):
     hours: float = Field(gt=0, le=24 * 90)
-    reason: str = Field(min_length=1, max_length=2_000)
+    reason: str = Field(min_length=1, pattern=NO_NUL, max_length=2_000)
 
 
 class Rate(BaseModel):
     rating: int = Field(ge=1, le=5)
-    comment: str = Field(default="", max_length=2_000)
+    comment: str = Field(default="", pattern=NO_NUL, max_length=2_000)
 
 
 # -- incidents ----------------------------------------------------------------------------
 
 
 class Acknowledge(BaseModel):
-    reason: str = Field(default="", max_length=1_000)
+    reason: str = Field(default="", pattern=NO_NUL, max_length=1_000)
 
 
 class Dispatch(BaseModel):
     department_code: str | None = Field(
         default=None, max_length=64, description="default: the department of the place"
     )
-    reason: str = Field(default="", max_length=2_000)
+    reason: str = Field(default="", pattern=NO_NUL, max_length=2_000)
 
 
 class Feedback(BaseModel):
-    feedback: str = Field(min_length=1, max_length=4_000, description="处置反馈 from the field")
+    feedback: str = Field(
+        min_length=1, pattern=NO_NUL, max_length=4_000, description="处置反馈 from the field"
+    )
 
 
 class Verification(BaseModel):
     passed: bool
-    note: str = Field(default="", max_length=2_000)
+    note: str = Field(default="", pattern=NO_NUL, max_length=2_000)

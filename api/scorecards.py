@@ -9,10 +9,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Query
 
 from api.deps import ContainerDep
+from api.responses import errors
+from api.schemas import CODE
 from projections.queries import BBox, collection
 from projections.scorecards import Level, Scorecards, Windows
 
-router = APIRouter(prefix="/api/v1", tags=["scorecards"])
+# Staff only: the app includes the router behind the staff roles (401, 403).
+router = APIRouter(prefix="/api/v1", tags=["scorecards"], responses=errors(401, 403, 422, 503))
 
 DEFAULT_PERIOD = timedelta(days=30)
 MAX_PERIOD = timedelta(days=366)
@@ -40,7 +43,10 @@ def _period(start: datetime | None, end: datetime | None) -> tuple[datetime, dat
     if end is None:
         end = datetime.now(UTC)
     if start is None:
-        start = end - DEFAULT_PERIOD
+        try:
+            start = end - DEFAULT_PERIOD
+        except OverflowError:  # an end in the first 30 days of year 1
+            raise HTTPException(422, "end is too early: give a start too") from None
     if end <= start:
         raise HTTPException(422, "end must be after start")
     if end - start > MAX_PERIOD:
@@ -55,7 +61,7 @@ def scorecards(
     start: Annotated[datetime | None, Query(description="ISO 8601 with offset")] = None,
     end: Annotated[datetime | None, Query(description="ISO 8601 with offset, exclusive")] = None,
     district_code: District = None,
-    department_code: Annotated[str | None, Query(max_length=64)] = None,
+    department_code: Annotated[str | None, Query(max_length=64, pattern=CODE)] = None,
     bbox: BBoxParam = None,
 ) -> dict[str, Any]:
     """Closure, on-time, rework, extension, time-to-close and satisfaction per unit, best first."""

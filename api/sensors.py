@@ -5,18 +5,21 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Path, Query
 
 from api.deps import ReadDep
-from api.schemas import SensorState, SensorType
+from api.responses import errors
+from api.schemas import CODE, Offset, SensorState, SensorType
 from projections.queries import BBox, collection
 
-router = APIRouter(prefix="/api/v1/sensors", tags=["sensors"])
+# Staff only: the app includes the router behind the staff roles (401, 403).
+router = APIRouter(prefix="/api/v1/sensors", tags=["sensors"], responses=errors(401, 403, 422, 503))
 
 MAX_WINDOW = timedelta(days=31)
+DeviceId = Annotated[str, Path(pattern=CODE)]
 
 
-@router.get("")
+@router.get("", responses=errors(400))
 def list_sensors(
     read: ReadDep,
     type: Annotated[SensorType | None, Query(description="sensor type")] = None,
@@ -24,7 +27,7 @@ def list_sensors(
     grid_code: Annotated[str | None, Query(pattern=r"^\d{15}$")] = None,
     bbox: Annotated[str | None, Query(description="west,south,east,north (WGS84)")] = None,
     limit: Annotated[int, Query(ge=1, le=20_000)] = 10_000,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> dict[str, Any]:
     """Sensors as a GeoJSON FeatureCollection."""
     box = BBox.parse(bbox) if bbox else None
@@ -34,8 +37,8 @@ def list_sensors(
     return collection(features)
 
 
-@router.get("/{device_id}")
-def get_sensor(read: ReadDep, device_id: str) -> dict[str, Any]:
+@router.get("/{device_id}", responses=errors(404))
+def get_sensor(read: ReadDep, device_id: DeviceId) -> dict[str, Any]:
     """One sensor as a GeoJSON Feature."""
     found = read.sensor(device_id)
     if found is None:
@@ -43,10 +46,10 @@ def get_sensor(read: ReadDep, device_id: str) -> dict[str, Any]:
     return found
 
 
-@router.get("/{device_id}/readings")
+@router.get("/{device_id}/readings", responses=errors(400, 404))
 def get_readings(
     read: ReadDep,
-    device_id: str,
+    device_id: DeviceId,
     from_: Annotated[datetime | None, Query(alias="from")] = None,
     to: datetime | None = None,
     agg: Literal["avg", "min", "max", "count"] | None = None,

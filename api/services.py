@@ -27,6 +27,7 @@ from api.presenters import summary
 from core.sensor.senml import Limits, RejectedPayload, deadletter_record, decode
 from infra.apikeys import REVOKED_CHANNEL
 from infra.kafka import Topics
+from infra.pgstore import DATABASE_UNAVAILABLE, describe
 from projections.case_queries import CaseQueries
 from projections.map import NOTIFY_CHANNEL
 from projections.queries import ReadModels, feature
@@ -79,8 +80,12 @@ class ChangeHub:
                             log.warning("ignoring malformed change notice %r", note.payload)
             except asyncio.CancelledError:
                 raise
+            except DATABASE_UNAVAILABLE as exc:
+                # The database is down or restarting: one line per attempt, no trace.
+                log.warning("live listener lost its connection (%s); reconnecting", describe(exc))
+                await asyncio.sleep(1.0)
             except Exception:
-                log.exception("live listener lost its connection; reconnecting")
+                log.exception("live listener failed; reconnecting")
                 await asyncio.sleep(1.0)
 
     async def _dispatch(self, change: dict[str, Any]) -> None:

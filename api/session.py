@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any, Literal, Self
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, Field, model_validator
 
 from api.auth import PrincipalDep, issue_token
 from api.deps import ContainerDep
+from api.responses import errors
 from infra.settings import Environment
 
 router = APIRouter(prefix="/api/v1/auth", tags=["auth"])
@@ -27,7 +29,7 @@ class DevLogin(BaseModel):
         return self
 
 
-@router.get("/me")
+@router.get("/me", responses=errors(401, 503))
 def me(who: PrincipalDep) -> dict[str, Any]:
     """The caller as the API sees them."""
     return {
@@ -39,11 +41,24 @@ def me(who: PrincipalDep) -> dict[str, Any]:
     }
 
 
-@router.post("/dev-token")
-def dev_token(c: ContainerDep, body: DevLogin | None = None) -> dict[str, Any]:
-    """Development only: a staff token without a login, for the demo's page."""
+def from_loopback(request: Request) -> bool:
+    """Whether the caller is on this machine (the peer's address; behind a proxy, the
+    address uvicorn's ``--forwarded-allow-ips`` lets it read from the proxy's headers)."""
+    host = request.client.host if request.client else ""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@router.post("/dev-token", responses=errors(400, 404, 413, 422))
+def dev_token(c: ContainerDep, request: Request, body: DevLogin | None = None) -> dict[str, Any]:
+    """Development only, from this machine only: a staff token without a login, for the
+    demo's page. Anywhere else the route does not exist (404)."""
     settings = c.settings
     if settings.environment is not Environment.DEVELOPMENT or not settings.dev_login:
+        raise HTTPException(404, "not found")
+    if not from_loopback(request):
         raise HTTPException(404, "not found")
     login = body or DevLogin()
     code = login.department_code

@@ -12,16 +12,65 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
+from pydantic import Field
 
 from api.auth import Principal, require
 from api.deps import ContainerDep
+from api.responses import ErrorBody, errors
 
 router = APIRouter(prefix="/api/v1/telemetry", tags=["telemetry"])
+
+_SENML_RECORD = {
+    "type": "object",
+    "properties": {
+        **{key: {"type": "string"} for key in ("bn", "bu", "n", "u")},
+        **{key: {"type": "number"} for key in ("bt", "bv", "t", "v")},
+        "bver": {"type": "integer"},
+    },
+}
+_PLAIN = {
+    "type": "object",
+    "required": ["metrics"],
+    "properties": {
+        "ts": {"type": ["string", "number"], "description": "ISO 8601 or epoch seconds"},
+        "metrics": {"type": "object", "additionalProperties": {"type": "number"}},
+        "units": {"type": "object", "additionalProperties": {"type": "string"}},
+    },
+}
+# The route reads the raw bytes (the MQTT payload contract), so FastAPI cannot see its body.
+TELEMETRY_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": {
+                "description": "a SenML pack (RFC 8428) or the plain object",
+                "anyOf": [{"type": "array", "items": _SENML_RECORD}, _PLAIN],
+            }
+        }
+    },
+}
 
 Gateway = Annotated[Principal, Depends(require("gateway"))]
 
 
-@router.post("/{device_id}", status_code=202)
+class Rejected(ErrorBody):
+    reason: str | None = Field(
+        default=None, description="a rejected payload's reason code (core.sensor.senml)"
+    )
+
+
+@router.post(
+    "/{device_id}",
+    status_code=202,
+    openapi_extra={"requestBody": TELEMETRY_BODY},
+    responses={
+        **errors(401, 403, 413, 503),
+        422: {
+            "model": Rejected,
+            "description": "The request does not fit the route, or the payload is rejected",
+        },
+    },
+)
 async def post_telemetry(
     who: Gateway, c: ContainerDep, device_id: str, request: Request
 ) -> JSONResponse:

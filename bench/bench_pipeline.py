@@ -55,6 +55,7 @@ from bench.mqtt_load import LoadPlan, Publisher, device_names, drop_session, pub
 from bench.pipeline_report import print_curve, print_legs_summary, print_run
 from bench.pyspy import Profile, finish_profiles, profiler_pids, start_profiles
 from cityops.bootstrap import city_app
+from cityops.services import full_access_mqtt_params
 from core.sensor import SensorSpec
 from infra import kafka as topics
 from infra.pgstore import apply_schema, make_pool
@@ -258,6 +259,7 @@ def end_bridge_sessions(settings: Settings, workers: list[Worker]) -> None:
 
 def publish_now(settings: Settings, devices: list[str]) -> dict[str, Any]:
     """One message per device, unpaced, from this process; the publisher's result."""
+    login = full_access_mqtt_params(settings)
     plan = LoadPlan(
         host=settings.mqtt_host or "127.0.0.1",
         port=settings.mqtt_port,
@@ -267,8 +269,8 @@ def publish_now(settings: Settings, devices: list[str]) -> dict[str, Any]:
         start_at=time.time(),
         version=5 if settings.mqtt_protocol == 5 else 4,
         ack_timeout_s=30,
-        username=settings.mqtt_username,
-        password=settings.mqtt_password,
+        username=login.username,
+        password=login.password,
     )
     return Publisher(plan).run()
 

@@ -25,6 +25,7 @@ import multiprocessing as mp
 import os
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
 import uuid
@@ -34,14 +35,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-
 from bench.mqtt_load import publisher_command, senml_payload
+from cityops.services import full_access_mqtt_params, mosquitto_clients_env
 from infra import kafka as topics
 from infra.pgstore import make_pool
 from infra.settings import Settings
 from sensors.writer import copy_readings
+from simulations.gateways import new_client
 
 REPO = Path(__file__).resolve().parents[1]
 LEG_TIMEOUT_S = 180.0
@@ -91,21 +91,32 @@ def mosquitto_clients() -> tuple[str, str] | None:
     return (pub, sub) if pub and sub else None
 
 
-def leg_mosquitto_c(host: str, port: int, n: int) -> Leg:
+def leg_mosquitto_c(settings: Settings, n: int) -> Leg:
     """mosquitto_pub -l into mosquitto_sub -C n, both QoS 1, MQTT 5."""
     name = "MQTT, C clients (mosquitto_pub -l -> mosquitto_sub)"
     clients = mosquitto_clients()
     if clients is None:
         return _skipped(name, False, "mosquitto_pub/mosquitto_sub not installed")
     pub_bin, sub_bin = clients
+    login = full_access_mqtt_params(settings)
+    with tempfile.TemporaryDirectory(prefix="bench-mosquitto-clients-") as config_dir:
+        env = mosquitto_clients_env(login.username, login.password, Path(config_dir))
+        return _mosquitto_c(name, pub_bin, sub_bin, login.host, login.port, n, env)
+
+
+def _mosquitto_c(
+    name: str, pub_bin: str, sub_bin: str, host: str, port: int, n: int, env: dict[str, str]
+) -> Leg:
     topic = f"bench/leg-c/{uuid.uuid4().hex[:8]}"
     common = ["-h", host, "-p", str(port), "-V", "mqttv5", "-q", "1", "-t", topic]
-    sub = subprocess.Popen([sub_bin, *common, "-C", str(n)], stdout=subprocess.DEVNULL)
+    sub = subprocess.Popen([sub_bin, *common, "-C", str(n)], stdout=subprocess.DEVNULL, env=env)
     try:
         time.sleep(_SUBSCRIBE_SETTLE_S)
         line = senml_payload("wl-leg-00000")[0] + b"\n"
         t0 = time.perf_counter()
-        pub = subprocess.Popen([pub_bin, *common, "-M", "1000", "-l"], stdin=subprocess.PIPE)
+        pub = subprocess.Popen(
+            [pub_bin, *common, "-M", "1000", "-l"], stdin=subprocess.PIPE, env=env
+        )
         assert pub.stdin is not None
         pub.stdin.write(line * n)
         pub.stdin.close()
@@ -160,14 +171,13 @@ def _publish_and_wait(settings: Settings, prefix: str, n: int, counter: _Counter
 def leg_raw_paho(settings: Settings, n: int) -> Leg:
     """The raw-socket publisher (unpaced, 1000 in flight) into one paho subscriber."""
     name = "MQTT, raw publisher -> one paho subscriber"
-    host, port = settings.mqtt_host or "127.0.0.1", settings.mqtt_port
-    v5 = settings.mqtt_protocol == 5
+    login = full_access_mqtt_params(settings)
     counter = _Counter(n)
-    sub = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311)
+    sub = new_client(login)
     sub.on_message = counter.on_message
     sub.on_subscribe = counter.on_subscribe
     prefix = f"bench/leg-paho/{uuid.uuid4().hex[:8]}"
-    sub.connect(host, port)
+    sub.connect(login.host, login.port)
     sub.subscribe(f"{prefix}/#", qos=1)
     sub.loop_start()
     try:
@@ -188,7 +198,7 @@ def leg_raw_session(settings: Settings, n: int) -> Leg:
     from sensors.mqtt_session import Incoming, MqttSession
 
     name = "MQTT, raw publisher -> the bridge's MQTT session"
-    host, port = settings.mqtt_host or "127.0.0.1", settings.mqtt_port
+    login = full_access_mqtt_params(settings)
     prefix = f"bench/leg-session/{uuid.uuid4().hex[:8]}"
     counter = _Counter(n)
     holder: list[MqttSession] = []
@@ -199,12 +209,14 @@ def leg_raw_session(settings: Settings, n: int) -> Leg:
             counter.on_message()
 
     session = MqttSession(
-        host,
-        port,
+        login.host,
+        login.port,
         f"bench-leg-{uuid.uuid4().hex[:8]}",
         [f"{prefix}/#"],
         on_messages,
         protocol=5 if settings.mqtt_protocol == 5 else 4,
+        username=login.username or None,
+        password=login.password or None,
     )
     holder.append(session)
     session.start()
@@ -409,9 +421,8 @@ def _copy_batch(start: float, done: int, batch: int) -> list[tuple[datetime, str
 
 def run_legs(settings: Settings, messages: int) -> list[Leg]:
     """Every leg, one after the other, printing each as it is measured."""
-    host = settings.mqtt_host or "127.0.0.1"
     steps: list[tuple[str, Callable[[], Leg]]] = [
-        ("MQTT, C clients", lambda: leg_mosquitto_c(host, settings.mqtt_port, messages)),
+        ("MQTT, C clients", lambda: leg_mosquitto_c(settings, messages)),
         ("MQTT, raw publisher -> session", lambda: leg_raw_session(settings, messages)),
         ("MQTT, raw publisher -> paho", lambda: leg_raw_paho(settings, messages)),
         (

@@ -458,6 +458,15 @@ def publisher_command(host: str, port: int, protocol: int, *args: str) -> list[s
     ]
 
 
+def env_login() -> tuple[str, str]:
+    """The test environment's full-access MQTT account when there is one (as
+    ``cityops.services.throwaway_services`` exports it), else this process's own."""
+    for prefix in ("CITYOPS_TEST_MQTT_", "CITYOPS_MQTT_"):
+        if os.environ.get(prefix + "USERNAME"):
+            return os.environ[prefix + "USERNAME"], os.environ.get(prefix + "PASSWORD", "")
+    return "", ""
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--host", default="127.0.0.1")
@@ -476,7 +485,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--ack-timeout", type=float, default=120.0)
     ap.add_argument("--topic-format", default=TOPIC_FORMAT)
     ap.add_argument("--gateway", default=GATEWAY)
-    ap.add_argument("--username", default=os.environ.get("CITYOPS_MQTT_USERNAME", ""))
+    ap.add_argument("--username", default=env_login()[0], help="password: from the environment")
     ap.add_argument("--pin", type=int, default=None, help="run on this CPU only")
     return ap.parse_args(argv)
 
@@ -484,6 +493,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def plan_of(args: argparse.Namespace) -> LoadPlan:
     """The plan the command line describes."""
     count = args.count or round(args.rate * args.duration)
+    username, password = env_login()
+    if args.username != username:
+        password = os.environ.get("CITYOPS_MQTT_PASSWORD", "")
     return LoadPlan(
         host=args.host,
         port=args.port,
@@ -498,7 +510,7 @@ def plan_of(args: argparse.Namespace) -> LoadPlan:
         topic_format=args.topic_format,
         gateway=args.gateway,
         username=args.username,
-        password=os.environ.get("CITYOPS_MQTT_PASSWORD", ""),
+        password=password,
     )
 
 

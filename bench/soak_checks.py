@@ -17,7 +17,7 @@ At the end, from PostgreSQL and Kafka (nothing here writes, except the rebuild):
   a clear, no sensor incident without its alarm; the brain's links recorded on both
   sides, none twice; the backtest (``infra.backtest``) of the stored readings and the
   log against what the rules would have done;
-- the relay: every event of the log on ``cityops.domain-events`` once;
+- the relay: every published event of the log on ``cityops.domain-events`` once;
 - the views: checksums (``projections.checksum``) of the live views, then of the views
   rebuilt from the log by a fresh projector.
 """
@@ -41,13 +41,14 @@ from core.case import ServiceCase
 from core.incident import Incident
 from core.sensor import Sensor
 from core.sensor.telemetry import SENSOR_TYPES
+from infra import domain_events
 from infra.backtest import BacktestRequest, run_backtest
 from infra.kafka import Topics
 from infra.settings import Settings
 from projections.checksum import checksums
 from projections.positions import PROJECTIONS, head, position
 from workers.brain import CORRELATION_EVENTS
-from workers.relay import RELAY_NAME
+from workers.relay import RELAY_NAME, position_of
 
 WRITER_GROUP = "telemetry-writer"
 MONITOR_GROUP = "sensor-monitor"
@@ -403,9 +404,15 @@ def brain(conn: psycopg.Connection[Any]) -> dict[str, int]:
 
 
 def relay(conn: psycopg.Connection[Any], topic: str, records: list[Any]) -> dict[str, Any]:
-    """Every event of the log on the domain-events topic, once."""
-    ids = Counter(int(orjson.loads(r.value)["notification_id"]) for r in records)
-    logged = {int(n) for (n,) in conn.execute("SELECT notification_id FROM city_events")}
+    """Every event of the log the contract publishes on the domain-events topic, once."""
+    ids = Counter(position_of(r.value) for r in records)
+    withheld = [get_topic(cls) for cls in domain_events.NOT_PUBLISHED]
+    logged = {
+        int(n)
+        for (n,) in conn.execute(
+            "SELECT notification_id FROM city_events WHERE NOT topic = ANY(%s)", (withheld,)
+        )
+    }
     return {
         "topic": topic,
         "records": len(records),

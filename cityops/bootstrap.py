@@ -22,7 +22,14 @@ from core.personal import PersonalData
 from core.sensor import SensorSpec
 from core.sensor.rules import DEPARTMENT_TYPE, RuleSet, load_rules
 from infra import kafka as topics
-from infra.pgstore import apply_audit_schema, apply_schema, eventstore_env, make_pool
+from infra.pgstore import (
+    DATABASE_UNAVAILABLE,
+    apply_audit_schema,
+    apply_schema,
+    describe,
+    eventstore_env,
+    make_pool,
+)
 from infra.settings import Settings
 
 if TYPE_CHECKING:
@@ -308,6 +315,13 @@ def run_snapshotter(settings: Settings, stop: threading.Event, interval_s: float
                     projections(),
                     every=settings.replay_snapshot_every,
                 )
+            except DATABASE_UNAVAILABLE as exc:
+                log.warning(
+                    "replay snapshots: database unavailable (%s); retrying in %.0f s",
+                    describe(exc),
+                    interval_s,
+                )
+                continue
             except psycopg.Error:
                 log.exception("replay snapshots failed; retrying in %.0f s", interval_s)
                 continue
@@ -525,7 +539,7 @@ def api_app(settings: Settings) -> FastAPI:
     """The HTTP API wired from ``settings``; each server process builds its container."""
     from api.app import create_app
 
-    return create_app(lambda: api_container(settings))
+    return create_app(lambda: api_container(settings), settings)
 
 
 def app_from_env() -> FastAPI:

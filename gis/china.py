@@ -33,7 +33,7 @@ import numpy as np
 import shapely
 from countryinfo import CountryInfo
 from numpy.typing import ArrayLike, NDArray
-from shapely.geometry import shape
+from shapely.geometry import mapping, shape
 from shapely.geometry.base import BaseGeometry
 
 from gis.crs import CoordinateError, valid_lonlat_mask, validate_lonlat
@@ -324,3 +324,30 @@ def convert_geometry(geom: G, source: str | CoordSystem, target: str | CoordSyst
 
     out: G = shapely.transform(geom, each, include_z=None)
     return out
+
+
+def convert_feature_collection(
+    doc: dict[str, Any], source: str | CoordSystem, target: str | CoordSystem
+) -> dict[str, Any]:
+    """A GeoJSON FeatureCollection (as a dict) with every geometry converted, in place.
+
+    Features without a geometry are left as they are.
+
+    Examples
+    --------
+    >>> doc = {"type": "FeatureCollection", "features": [
+    ...     {"type": "Feature", "geometry": {"type": "Point", "coordinates": [121.4737, 31.2304]},
+    ...      "properties": {}}]}
+    >>> x, y = convert_feature_collection(doc, "wgs84", "gcj02")["features"][0]["geometry"][
+    ...     "coordinates"]
+    >>> round(x, 4), round(y, 4)
+    (121.4782, 31.2285)
+    """
+    src, dst = CoordSystem.parse(source), CoordSystem.parse(target)
+    located = [f for f in doc.get("features", ()) if f.get("geometry")]
+    if src is dst or not located:
+        return doc
+    geoms = np.array([shape(f["geometry"]) for f in located], dtype=object)
+    for feature, geom in zip(located, convert_geometry(geoms, src, dst), strict=True):
+        feature["geometry"] = mapping(geom)
+    return doc

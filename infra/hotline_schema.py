@@ -12,12 +12,23 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from gis.china import CoordSystem, to_wgs84
+
 
 class Location(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    lon: float = Field(ge=-180, le=180, description="WGS84 longitude")
-    lat: float = Field(ge=-90, le=90, description="WGS84 latitude")
+    lon: float = Field(ge=-180, le=180, description="longitude, in coord_system")
+    lat: float = Field(ge=-90, le=90, description="latitude, in coord_system")
+    coord_system: CoordSystem = Field(
+        default=CoordSystem.WGS84,
+        description="the system of lon/lat: wgs84 (GPS), gcj02 (AMap, Tencent) or bd09"
+        " (Baidu); stored as WGS-84 (outside China all three are the same)",
+    )
+
+    def wgs84(self) -> tuple[float, float]:
+        """The position as the platform stores it."""
+        return to_wgs84(self.lon, self.lat, self.coord_system)
 
 
 class Citizen(BaseModel):

@@ -17,7 +17,7 @@ import orjson
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.errors import KafkaError, RetriableError, TopicAlreadyExistsError
 from kafka.partitioner.default import murmur2
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
 
@@ -30,6 +30,11 @@ TELEMETRY = "cityops.telemetry"
 CASES_INBOUND = "cityops.cases.inbound"
 DOMAIN_EVENTS = "cityops.domain-events"
 DEADLETTER = "cityops.deadletter"
+
+# kafka-python backs off reconnecting to a broker it lost exponentially, up to 30 s by
+# default: after an outage of 30 s a client could wait that long again once the broker
+# is back. Every client here tries at least every 2 s.
+RECONNECT_BACKOFF_MAX_MS = 2_000
 
 
 def deadletter_for(source: str, record: Any, reason: str, now: float) -> bytes:
@@ -128,6 +133,7 @@ def make_producer(settings: Settings, **overrides: Any) -> KafkaProducer:
         "enable_idempotence": False,
         "batch_size": 256 * 1024,
         "client_id": "cityops",
+        "reconnect_backoff_max_ms": RECONNECT_BACKOFF_MAX_MS,
     }
     config.update(overrides)
     return KafkaProducer(**config)
@@ -174,7 +180,7 @@ class _Positions(ConsumerRebalanceListener):
         """Seek and resume the partitions assigned since the last call."""
         if not self.unplaced or time.monotonic() < self._next_try:
             return
-        from infra.pgstore import DATABASE_UNAVAILABLE, describe
+        from infra.pgstore import DATABASE_UNAVAILABLE, RETRY_MAX_S, describe
 
         tps = sorted(self.unplaced)
         try:
@@ -182,7 +188,7 @@ class _Positions(ConsumerRebalanceListener):
             lost = beyond_the_log(self.consumer, {tp: positions[tp] for tp in positions})
         except (*DATABASE_UNAVAILABLE, KafkaError) as exc:
             self._failures += 1
-            wait = min(0.25 * 2**self._failures, 10.0)
+            wait = min(0.25 * 2**self._failures, RETRY_MAX_S)
             self._next_try = time.monotonic() + wait
             log.warning(
                 "cannot place %d assigned partitions yet (%s); attempt %d, retrying in %.1f s",
@@ -222,14 +228,42 @@ class _Positions(ConsumerRebalanceListener):
 
 class TrackedConsumer(KafkaConsumer):
     """A group consumer whose partitions start at the positions stored in our database
-    (``make_consumer``); ``lost`` names the partitions found beyond the broker's log."""
+    (``make_consumer``); ``lost`` names the partitions found beyond the broker's log.
+
+    A broker out of reach is waited out: kafka-python's ``poll`` raises a retriable
+    error when it cannot reach the broker to find the group's coordinator (connection
+    refused or reset); this ``poll`` logs it, pauses (backing off, one line per
+    attempt) and returns no records, and the worker polls again.
+    """
 
     positions: _Positions
+    _broker_failures: int = 0
 
     def poll(self, timeout_ms: int = 0, max_records: int | None = None, **kw: Any) -> Any:
-        records = super().poll(timeout_ms=timeout_ms, max_records=max_records, **kw)
+        try:
+            records = super().poll(timeout_ms=timeout_ms, max_records=max_records, **kw)
+        except RetriableError as exc:
+            self._broker_unreachable(exc)
+            return {}
+        if self._broker_failures:
+            log.info("%s: broker reachable again", self.config["client_id"])
+            self._broker_failures = 0
         self.positions.place()
         return records
+
+    def _broker_unreachable(self, exc: KafkaError) -> None:
+        from infra.pgstore import RETRY_MAX_S, describe
+
+        self._broker_failures += 1
+        wait = min(0.25 * 2 ** (self._broker_failures - 1), RETRY_MAX_S)
+        log.warning(
+            "%s: broker unreachable (%s); attempt %d, polling again in %.1f s",
+            self.config["client_id"],
+            describe(exc),
+            self._broker_failures,
+            wait,
+        )
+        time.sleep(wait)
 
     @property
     def lost(self) -> dict[TopicPartition, int]:
@@ -406,6 +440,7 @@ def make_consumer(
         "fetch_max_bytes": 16 * 1024 * 1024,
         "max_partition_fetch_bytes": 4 * 1024 * 1024,
         "client_id": group_id,
+        "reconnect_backoff_max_ms": RECONNECT_BACKOFF_MAX_MS,
     }
     config.update(overrides)
     consumer = TrackedConsumer(**config)

@@ -15,7 +15,7 @@ from urllib.parse import unquote, urlsplit
 import psycopg
 from eventsourcing import persistence as es
 from eventsourcing.persistence import IntegrityError, StoredEvent
-from eventsourcing.postgres import PostgresProcessRecorder
+from eventsourcing.postgres import PostgresFactory, PostgresProcessRecorder
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Identifier
 from psycopg_pool import ConnectionPool
@@ -53,12 +53,17 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
+# The longest pause of a worker between two tries of the database it waits for: once the
+# database is back, the worker notices within this (plus the wait for a connection).
+RETRY_MAX_S = 5.0
+
+
 def until_database_back(
     stop: threading.Event | None,
     what: str,
     logger: logging.Logger = log,
     *,
-    max_wait_s: float = 10.0,
+    max_wait_s: float = RETRY_MAX_S,
 ) -> Retrying:
     """A tenacity ``Retrying`` that waits out an unavailable database while ``what`` runs.
 
@@ -166,6 +171,52 @@ def parse_database_url(url: str) -> dict[str, str]:
     }
 
 
+# A pool whose connections were lost reconnects in the background, psycopg_pool's way:
+# attempts 1, 2, 4, 8, 16, 32 ... s apart, for ``reconnect_timeout`` (5 min by default).
+# After an outage of 30 s its next attempt can then come 30 s after the database is back,
+# and every worker waiting on that pool waits with it. Here a reconnection gives up
+# after ``RECONNECT_S`` and ``keep_reconnecting`` starts the next one at once: while the
+# database is out of reach a pool tries every second or two, and is back as soon as
+# the database is.
+RECONNECT_S = 4.0
+# libpq waits for a TCP connection as long as the kernel does (minutes, when nothing
+# answers); a pool's background reconnection would hang with it.
+CONNECT_TIMEOUT_S = 5
+
+
+def keep_reconnecting(pool: Any) -> None:
+    """``reconnect_failed`` of our pools: try again now instead of giving the slot up.
+
+    ``check()`` grows a pool that has lost connections (one attempt at a time) and
+    tests its idle ones; it is a no-op when a reconnection is already under way.
+    """
+    try:
+        pool.check()
+    except Exception as exc:  # a pool closing meanwhile: nothing to reconnect
+        log.debug("%s: no new reconnection (%s)", pool.name, describe(exc))
+
+
+def _reconnect_promptly(pool: Any) -> None:
+    """The event store's pool (built by the eventsourcing library, not yet open) made to
+    reconnect as ``make_pool`` pools do."""
+    pool.reconnect_timeout = RECONNECT_S
+    # psycopg_pool keeps its ``reconnect_failed`` argument here; the library's
+    # PostgresDatastore does not pass one through.
+    pool._reconnect_failed = keep_reconnecting
+    pool.kwargs["connect_timeout"] = CONNECT_TIMEOUT_S
+
+
+class CityPostgresFactory(PostgresFactory):
+    """The eventsourcing library's PostgreSQL factory, with the fenced process recorder
+    and an event-store pool that reconnects promptly after an outage."""
+
+    process_recorder_class = FencedProcessRecorder
+
+    def __init__(self, env: Any) -> None:
+        super().__init__(env)
+        _reconnect_promptly(self.datastore.pool)
+
+
 def eventstore_env(
     settings: Settings, pool_size: int | None = None, *, create_tables: bool = False
 ) -> dict[str, str]:
@@ -175,8 +226,7 @@ def eventstore_env(
     collides in PostgreSQL's catalogue ("tuple concurrently updated").
     """
     env = {
-        "PERSISTENCE_MODULE": "eventsourcing.postgres",
-        "PROCESS_RECORDER_TOPIC": "infra.pgstore:FencedProcessRecorder",
+        "PERSISTENCE_MODULE": "infra.pgstore:CityPostgresFactory",
         "POSTGRES_POOL_SIZE": str(pool_size or settings.db_pool_size),
         "POSTGRES_MAX_OVERFLOW": "4",
         "POSTGRES_CONNECT_TIMEOUT": "10",
@@ -201,16 +251,19 @@ def make_pool(
     Each connection is checked before it is handed out: after a database restart the
     idle ones are dead, and the check replaces them instead of failing a request. A
     caller waits at most ``POOL_WAIT_S`` for a connection, then gets ``PoolTimeout`` (the
-    API answers 503, workers back off and retry).
+    API answers 503, workers back off and retry). Lost connections are replaced by
+    attempts a second or two apart (``keep_reconnecting``).
     """
     pool = ConnectionPool(
         settings.database_url,
         min_size=min_size,
         max_size=max_size or settings.db_pool_size,
-        kwargs={"autocommit": False},
+        kwargs={"autocommit": False, "connect_timeout": CONNECT_TIMEOUT_S},
         open=False,
         check=ConnectionPool.check_connection,
         timeout=POOL_WAIT_S,
+        reconnect_timeout=RECONNECT_S,
+        reconnect_failed=keep_reconnecting,
     )
     pool.open(wait=True, timeout=30)
     return pool

@@ -6,7 +6,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Literal, Self
 
-from pydantic import Field, SecretStr, model_validator
+from limits import parse_many
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -45,8 +46,19 @@ class Settings(BaseSettings):
     # MQTT broker. Empty host means "start the embedded broker".
     mqtt_host: str = ""
     mqtt_port: int = Field(default=1883, ge=1, le=65535)
+    # This process's MQTT account: compose gives each service its own (deploy/mosquitto/acl);
+    # the embedded broker's bridge account is exported under these names.
     mqtt_username: str = ""
-    mqtt_password: str = ""
+    mqtt_password: str = Field(default="", repr=False)
+    # The gateway simulator's account where every process reads one environment (the demo,
+    # the test environment), whose CITYOPS_MQTT_USERNAME is the bridge's. Empty: the
+    # simulator logs in as CITYOPS_MQTT_USERNAME, as under compose.
+    sim_mqtt_username: str = ""
+    sim_mqtt_password: str = Field(default="", repr=False)
+    # Set: every simulated gateway logs in as itself (username = gateway id) with a password
+    # derived from this secret (simulations.gateways.gateway_password), which is how the
+    # embedded Mosquitto registers them (cityops.services). Demo and tests only.
+    sim_gateway_secret: SecretStr | None = None
     # 5 uses a shared subscription so several bridges share the load; 3 (3.1.1) for amqtt.
     mqtt_protocol: int = Field(default=5)
     mqtt_share_group: str = "cityops-bridge"
@@ -58,6 +70,14 @@ class Settings(BaseSettings):
     # HTTP API.
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=1, le=65535)
+    # Origins a browser may call the API from (comma-separated, e.g.
+    # "https://gis.example.org"); empty: CORS closed, only the app's own page.
+    cors_origins: str = ""
+    # Requests per client address, in the `limits` notation ("120/minute",
+    # "10/second; 500/hour"); "0": no limit. Public: Open311, the OGC API and the sign-in
+    # routes; login: the sign-in routes, on top of the public limit.
+    rate_limit_public: str = "1200/minute"
+    rate_limit_login: str = "20/minute"
 
     # Access control: JWT bearer tokens (HS256) issued by `cityops token`; API keys for
     # machines from `cityops apikey`. The development defaults are public: production
@@ -95,6 +115,9 @@ class Settings(BaseSettings):
     # Reference data: generated demo city lives here (GeoJSON / GeoPackage / YAML).
     data_dir: Path = Path("var/city")
     city_seed: int = 42
+    # Which city to generate there: real Shanghai (16 districts), or "generated", a small
+    # synthetic one (6 rectangular districts; what the tests use).
+    city: Literal["shanghai", "generated"] = "shanghai"
     rules_file: Path | None = None  # default: the packaged core/sensor/rules.yaml
 
     # Ingestion limits.
@@ -142,6 +165,16 @@ class Settings(BaseSettings):
     # as a member of `cityops_writer`, which may not rewrite the log nor drop its guards
     # (README, "Database roles"). Empty: CITYOPS_DATABASE_URL is also the owner.
     admin_database_url: str = ""
+
+    @field_validator("rate_limit_public", "rate_limit_login")
+    @classmethod
+    def _rate_limit_notation(cls, value: str) -> str:
+        if value.strip() not in ("", "0"):
+            parse_many(value)  # ValueError names the part it cannot read
+        return value
+
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip().rstrip("/") for o in self.cors_origins.split(",") if o.strip()]
 
     @model_validator(mode="after")
     def _retention_outlasts_late_readings(self) -> Self:

@@ -242,6 +242,8 @@ def live_feature(
             key: Any = uuid.UUID(feature_id)
         except ValueError:
             return None
+    elif "\x00" in feature_id:  # no key has one, and PostgreSQL text cannot hold it
+        return None
     else:
         key = feature_id
     query = sql.SQL(

@@ -40,6 +40,10 @@ TRACKING_NAME = "city"  # the upstream application's name, as the library record
 
 Statement = tuple[str, dict[str, Any]]
 
+# libpq waits for a TCP connection as long as the kernel does (minutes, when nothing
+# answers); the same bound as ``infra.pgstore.CONNECT_TIMEOUT_S``.
+CONNECT_TIMEOUT_S = 5
+
 # A database that is down or restarting, through this worker's own connection (psycopg)
 # or through the event store it reads the log from (the library's own types); the same
 # set as ``infra.pgstore.DATABASE_UNAVAILABLE``, which this layer does not import.
@@ -181,7 +185,9 @@ class ProjectionWorker:
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self.conn is None or self.conn.closed:
-            self.conn = psycopg.connect(self.database_url, autocommit=False)
+            self.conn = psycopg.connect(
+                self.database_url, autocommit=False, connect_timeout=CONNECT_TIMEOUT_S
+            )
         return self.conn
 
     def close(self) -> None:

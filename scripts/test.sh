@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 # chromium: the operations center's browser tests; a CJK font so its Chinese labels render.
 . scripts/debs.sh
-install_debs "the tests" postgresql postgresql-15-postgis-3 mosquitto chromium fonts-wqy-microhei gdal-bin
+install_debs "the tests" postgresql postgresql-15-postgis-3 mosquitto mosquitto-clients chromium fonts-wqy-microhei gdal-bin
 # Debian starts a system mosquitto / postgresql on install; ours run on their own ports.
 # TimescaleDB, built once from its source tarball when one is found (else its tests skip).
 bash scripts/timescaledb.sh

@@ -40,6 +40,11 @@ CONNECT, CONNACK, PUBLISH, PUBACK = 0x10, 0x20, 0x30, 0x40
 SUBSCRIBE, SUBACK, UNSUBSCRIBE, UNSUBACK = 0x82, 0x90, 0xA2, 0xB0
 PINGREQ, PINGRESP, DISCONNECT = 0xC0, 0xD0, 0xE0
 
+# CONNACK refusals a login causes (the rest are reported by number). The password is
+# never part of a message here: the broker's answer is all that is said.
+_REFUSALS_V5 = {0x86: "bad user name or password", 0x87: "not authorized"}
+_REFUSALS_V311 = {4: "bad user name or password", 5: "not authorized"}
+
 _PROP_SESSION_EXPIRY = 0x11
 _PROP_RECEIVE_MAXIMUM = 0x21
 # One read: large enough to carry hundreds of messages, small enough that a paused
@@ -242,7 +247,11 @@ class MqttSession:
             raise MqttProtocolError(f"expected CONNACK, got packet type {first >> 4}")
         session_present, code = bool(body[0] & 1), body[1]
         if code != 0:
-            raise MqttProtocolError(f"broker refused the connection (reason code {code})")
+            why = (_REFUSALS_V5 if self.v5 else _REFUSALS_V311).get(code, "refused")
+            login = f"as {self._username!r}" if self._username else "without a login"
+            raise MqttProtocolError(
+                f"broker refused the connection {login}: {why} (reason code {code})"
+            )
         with self._send_lock:
             self._connection += 1
             self._sock = sock

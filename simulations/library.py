@@ -3,8 +3,11 @@
 Each entry names a scenario of ``simulations.scenarios.SCENARIOS`` and says, in English
 and Chinese, what happens in the simulated city and what the operations center should
 show: which sensors alarm, which incidents open and roughly how many, which citizen
-reports come in and how the urban brain links them. The counts are those of the default
-demo city (2,000 sensors, seed 42); a city of another size scales them.
+reports come in and how the urban brain links them. The places and counts are those of
+the default demo city, Shanghai (2,000 sensors, seed 42); a city of another size scales
+them. In the small generated city the tests use, the rainstorm floods its two riverside
+districts (Huangpu and Hongkou) and the counts are two to three times higher, its
+sensors being all in six central districts.
 
 Examples
 --------
@@ -102,35 +105,37 @@ _ENTRIES: tuple[ScenarioEntry, ...] = (
         title_en="Rainstorm flooding",
         title_zh="暴雨内涝",
         description_en=(
-            "A rainstorm floods streets in the two riverside districts, Huangpu and "
-            "Hongkou. From 10 s the water at every water-level sensor there rises for "
-            "40 s to 55-90 cm, stays for four minutes and recedes over two; the rest of "
-            "the city stays dry. Residents near the flooded places call the hotline or "
-            "use Open311 about flooding (with the depth they see) and blocked drains, "
-            "more where the water is deeper."
+            "A rainstorm floods the streets along the Huangpu river. From 10 s the water "
+            "at every water-level sensor within 1.5 km of the river (in Pudong, Yangpu, "
+            "Xuhui, Huangpu, Minhang and Hongkou) rises for 40 s to 55-90 cm, stays for "
+            "four minutes and recedes over two; the rest of the city stays dry. "
+            "Residents near the flooded places call the hotline or use Open311 about "
+            "flooding (with the depth they see) and blocked drains, more where the water "
+            "is deeper."
         ),
         description_zh=(
-            "暴雨使沿江的黄浦区和虹口区道路积水。从第 10 秒起，这两个区所有积水监测点的水位"
-            "在 40 秒内升至 55-90 厘米，持续四分钟后在两分钟内退去；其他区域不受影响。积水点"
-            "附近的市民通过热线或 Open311 反映道路积水（附所见水深）和雨水井堵塞，水越深来电"
-            "越多。"
+            "暴雨使黄浦江沿岸道路积水。从第 10 秒起，距黄浦江 1.5 公里以内（浦东、杨浦、徐汇、"
+            "黄浦、闵行、虹口）所有积水监测点的水位在 40 秒内升至 55-90 厘米，持续四分钟后在"
+            "两分钟内退去；其他区域不受影响。积水点附近的市民通过热线或 Open311 反映道路积水"
+            "（附所见水深）和雨水井堵塞，水越深来电越多。"
         ),
         outcome_en=(
-            "About 150 water-level alarms in Huangpu and Hongkou (major above 50 cm, "
-            "critical above 80 cm), each opening a flooding incident for the water "
-            "department; none elsewhere. About 200 flooding and blocked-drain reports come "
-            "in 50-250 m from the flooded sensors: the urban brain marks them confirmed by "
+            "About 70 water-level alarms along the Huangpu, most in Pudong, Yangpu, Xuhui "
+            "and Huangpu (major above 50 cm, critical above 80 cm), each opening a "
+            "flooding incident for the district's water department; none elsewhere. About "
+            "100 flooding and blocked-drain reports come in 50-250 m from the flooded "
+            "sensors: the urban brain marks them confirmed by "
             "sensors and links them to the nearest flooding incident (300 m); reports made "
             "before an alarm are adopted by it and any incident they had opened together "
             "is merged into the alarm's. Incidents with three linked reports are raised "
             "one severity step. As the water recedes the alarms clear."
         ),
         outcome_zh=(
-            "黄浦区和虹口区约 150 个积水告警（超过 50 厘米为重大，超过 80 厘米为特别重大），"
-            "每个告警为水务部门生成一个积水事件；其他区没有。距积水点 50-250 米处约有 200 件"
-            "积水和雨水井堵塞诉求：城市大脑将其标记为传感器已证实，并关联到 300 米内最近的"
-            "积水事件；告警之前提交的诉求由该告警事件收编，诉求聚合生成的事件被合并。关联满"
-            "三件诉求的事件升高一级。积水退去后告警解除。"
+            "黄浦江沿岸约 70 个积水告警，多数在浦东、杨浦、徐汇和黄浦（超过 50 厘米为重大，"
+            "超过 80 厘米为特别重大），每个告警为所在区水务部门生成一个积水事件；其他地方没有。"
+            "距积水点 50-250 米处约有 100 件积水和雨水井堵塞诉求：城市大脑将其标记为传感器"
+            "已证实，并关联到 300 米内最近的积水事件；告警之前提交的诉求由该告警事件收编，"
+            "诉求聚合生成的事件被合并。关联满三件诉求的事件升高一级。积水退去后告警解除。"
         ),
     ),
     ScenarioEntry(
@@ -141,29 +146,29 @@ _ENTRIES: tuple[ScenarioEntry, ...] = (
             "A haze plume drifts across the north of the city on a north-westerly wind: "
             "it reaches Putuo at 20 s, Jing'an at 65 s and Hongkou at 110 s. In each, "
             "PM2.5 at every sensor rises over a minute to 130-260 ug/m3, holds for five "
-            "minutes and clears over two; the southern districts keep their ordinary "
+            "minutes and clears over two; the rest of the city keeps its ordinary "
             "35 ug/m3. Residents under the plume call about haze, smoke and stinging "
             "air, more where the air is worse."
         ),
         description_zh=(
             "一团雾霾随西北风飘过城市北部：第 20 秒到达普陀区，第 65 秒到达静安区，第 110 秒"
             "到达虹口区。各区所有 PM2.5 监测点在一分钟内升至 130-260 微克/立方米，持续五分钟"
-            "后在两分钟内消散；南部各区保持平常的 35 微克/立方米左右。受影响区域的市民反映"
+            "后在两分钟内消散；其他各区保持平常的 35 微克/立方米左右。受影响区域的市民反映"
             "雾霾、烟味和空气刺眼，空气越差来电越多。"
         ),
         outcome_en=(
-            "About 250 PM2.5 alarms in Putuo, Jing'an and Hongkou, district after "
+            "About 70 PM2.5 alarms in Putuo, Jing'an and Hongkou, district after "
             "district (minor above 115, mostly major above 150, a few critical above "
             "250), each an air-pollution incident for the environment department; none "
-            "in Changning, Xuhui or Huangpu. About 170 air-pollution reports come in "
+            "in the other districts. About 50 air-pollution reports come in "
             "100-800 m from alarming sensors: confirmed by sensors and linked to the "
             "nearest air-pollution incident (1 km); incidents with three linked reports "
             "are raised one severity step. The alarms clear as the plume leaves."
         ),
         outcome_zh=(
-            "普陀、静安、虹口三区依次出现约 250 个 PM2.5 告警（超过 115 为较大，多数超过 150 "
+            "普陀、静安、虹口三区依次出现约 70 个 PM2.5 告警（超过 115 为较大，多数超过 150 "
             "为重大，少数超过 250 为特别重大），每个告警为生态环境部门生成一个大气污染事件；"
-            "长宁、徐汇、黄浦没有告警。距告警监测点 100-800 米处约有 170 件大气污染诉求：经"
+            "其他各区没有告警。距告警监测点 100-800 米处约有 50 件大气污染诉求：经"
             "传感器证实，并关联到 1 公里内最近的大气污染事件；关联满三件诉求的事件升高一级。"
             "雾霾离开后告警解除。"
         ),
@@ -185,16 +190,16 @@ _ENTRIES: tuple[ScenarioEntry, ...] = (
             "上的市民反映路灯不亮，很多人说整条街都黑了；其他区的路灯正常。"
         ),
         outcome_en=(
-            "About 70 street-light alarms, all in Putuo (minor, power below 10 W), each a "
+            "About 35 street-light alarms, all in Putuo (minor, power below 10 W), each a "
             "street-light-out incident for the district's lighting office; none elsewhere. "
-            "About 90 street-light-out reports come in 20-90 m from dark lights: confirmed "
+            "About 40 street-light-out reports come in 20-90 m from dark lights: confirmed "
             "by sensors and linked to the nearest street-light incident (100 m); incidents "
             "with three linked reports are raised from minor to major. When power returns "
             "(above 50 W) the alarms clear."
         ),
         outcome_zh=(
-            "约 70 个路灯告警，全部在普陀区（功率低于 10 瓦，较大），每个告警为区路灯管理所"
-            "生成一个路灯不亮事件；其他区没有。距熄灭路灯 20-90 米处约有 90 件路灯不亮诉求："
+            "约 35 个路灯告警，全部在普陀区（功率低于 10 瓦，较大），每个告警为区路灯管理所"
+            "生成一个路灯不亮事件；其他区没有。距熄灭路灯 20-90 米处约有 40 件路灯不亮诉求："
             "经传感器证实，并关联到 100 米内最近的路灯事件；关联满三件诉求的事件由较大升为"
             "重大。恢复供电（功率超过 50 瓦）后告警解除。"
         ),
@@ -235,14 +240,14 @@ _ENTRIES: tuple[ScenarioEntry, ...] = (
         title_en="Festival crowd complaints",
         title_zh="节庆活动人群投诉",
         description_en=(
-            "A street festival at the centre of Xuhui draws a crowd from 30 s: it builds "
+            "A festival at Shanghai Stadium in Xuhui draws a crowd from 30 s: it builds "
             "for two minutes, stays six and leaves over two. No sensor sees it (the city "
             "has no noise or crowd sensors), so every sensor reads an ordinary day. "
             "Residents within 400 m of the venue call about loud music, overflowing bins, "
             "street stalls, cars on the pavement, heaps of shared bikes and litter."
         ),
         description_zh=(
-            "徐汇区中心举办街头节庆活动，从第 30 秒起人群聚集：两分钟内聚满，持续六分钟，"
+            "徐汇区上海体育场举办节庆活动，从第 30 秒起人群聚集：两分钟内聚满，持续六分钟，"
             "两分钟内散去。没有传感器能看到（城市没有噪声或人流传感器），所有传感器读数与平"
             "日相同。活动场地 400 米内的居民反映音乐噪声、垃圾桶满溢、占道摆摊、车辆占用人"
             "行道、共享单车堆放和路面垃圾。"

@@ -22,10 +22,12 @@ from typing import ClassVar, NamedTuple, Protocol
 
 import numpy as np
 import pandas as pd
+import shapely
 from numpy.typing import NDArray
 
 from core.sensor.rules import RuleSet, load_rules
 from core.sensor.telemetry import SENSOR_TYPES
+from gis.shanghai import LANDMARKS
 from simulations.city import RIVERSIDE_DISTRICTS
 
 Values = dict[str, NDArray[np.float64]]
@@ -48,12 +50,18 @@ class Fleet:
     sensor_type: NDArray[np.object_]
     gateway_id: NDArray[np.object_]
     district_code: NDArray[np.object_]
+    # Each device's distance to the city's river in metres, where the city's sensors
+    # layer gives it (``river_m``: the Shanghai city); None where it does not.
+    river_m: NDArray[np.float64] | None = None
     # A stable 64-bit key per device: the seed of its deterministic behaviour.
     keys: NDArray[np.uint64] = field(init=False)
 
     def __post_init__(self) -> None:
-        lengths = {len(a) for a in (self.device_id, self.sensor_type, self.gateway_id)}
-        if len(lengths | {len(self.district_code)}) != 1:
+        arrays = (self.device_id, self.sensor_type, self.gateway_id, self.district_code)
+        lengths = {len(a) for a in arrays}
+        if self.river_m is not None:
+            lengths.add(len(self.river_m))
+        if len(lengths) != 1:
             raise ValueError("fleet arrays must all have the same length")
         unknown = set(self.sensor_type.tolist()) - set(SENSOR_TYPES)
         if unknown:
@@ -70,12 +78,14 @@ class Fleet:
 
     @classmethod
     def from_sensors(cls, sensors: pd.DataFrame) -> Fleet:
-        """Build from a sensors layer (``device_id``, ``sensor_type``, ``gateway_id``...)."""
+        """Build from a sensors layer (``device_id``, ``sensor_type``, ``gateway_id``...,
+        and ``river_m`` if it has one)."""
         return cls(
             device_id=sensors.device_id.to_numpy(dtype=object),
             sensor_type=sensors.sensor_type.to_numpy(dtype=object),
             gateway_id=sensors.gateway_id.to_numpy(dtype=object),
             district_code=sensors.district_code.to_numpy(dtype=object),
+            river_m=(sensors.river_m.to_numpy(dtype=np.float64) if "river_m" in sensors else None),
         )
 
     def __len__(self) -> int:
@@ -192,10 +202,12 @@ class NearAlarms:
 
 @dataclass(frozen=True, slots=True)
 class AtVenue:
-    """Citizens call about a crowd at a place no sensor watches (a district's centre).
+    """Citizens call about a crowd at a place no sensor watches.
 
     The rate follows ``envelope``, ``peak_rate`` reports per second at its plateau,
-    placed within ``radius_m`` (inner, outer) of the venue.
+    placed within ``radius_m`` (inner, outer) of the venue: ``venue`` (lon, lat) in
+    ``district``, or, in a city where ``district`` does not hold it (the generated
+    one), a point inside ``district`` (see :meth:`place`).
     """
 
     district: str
@@ -204,9 +216,28 @@ class AtVenue:
     radius_m: tuple[float, float]
     envelope: Envelope
     theme: str = ""
+    venue: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         _check_source(self.categories, self.peak_rate, self.radius_m)
+
+    def place(self, districts: pd.DataFrame) -> tuple[float, float]:
+        """Where the crowd gathers in a city of these districts (``district_code``,
+        ``geometry``): the venue if ``district`` holds it, else a point inside it.
+
+        Raises
+        ------
+        ValueError
+            If the city has no district ``district``.
+        """
+        rows = districts[districts.district_code == self.district]
+        if rows.empty:
+            raise ValueError(f"the city has no district {self.district!r} for the venue")
+        area = rows.geometry.iloc[0]
+        if self.venue is not None and shapely.covers(area, shapely.Point(self.venue)):
+            return self.venue
+        inside = shapely.point_on_surface(area)
+        return float(inside.x), float(inside.y)
 
 
 ReportSource = NearAlarms | AtVenue
@@ -322,16 +353,20 @@ class Baseline:
 
 @dataclass(frozen=True)
 class Rainstorm(_Enveloped, _OverBaseline):
-    """A rainstorm floods streets in some districts, then the water recedes.
+    """A rainstorm floods streets along the river, then the water recedes.
 
-    Water levels in ``affected_districts`` rise linearly from ``start_s`` over
-    ``ramp_s``, hold for ``hold_s`` and fall back over ``recede_s``. At the peak every
-    water-level sensor there reads between 0.7 and 1.08 times ``peak_cm`` (above the
-    50 cm alarm at the default 80 cm; the worst places pass 80 cm, critical); the rest
-    of the city stays at its baseline.
+    Where the city gives each site's distance to its river (``Fleet.river_m``: the
+    Shanghai city, the Huangpu), the water-level sensors within ``river_m`` of it flood,
+    in ``affected_districts`` if given; elsewhere (the generated city, which has no
+    river) those in ``affected_districts``, by default its riverside districts.
+    Water levels there rise linearly from ``start_s`` over ``ramp_s``, hold for
+    ``hold_s`` and fall back over ``recede_s``. At the peak every flooded sensor reads
+    between 0.7 and 1.08 times ``peak_cm`` (above the 50 cm alarm at the default 80 cm;
+    the worst places pass 80 cm, critical); the rest of the city stays at its baseline.
     """
 
-    affected_districts: Collection[str] = RIVERSIDE_DISTRICTS
+    affected_districts: Collection[str] | None = None
+    river_m: float = 1_500.0
     start_s: float = 10.0
     ramp_s: float = 40.0
     peak_cm: float = 80.0
@@ -339,7 +374,8 @@ class Rainstorm(_Enveloped, _OverBaseline):
     recede_s: float = 120.0
     seed: int = 0
     # Citizens' flooding and blocked-drain calls per second per flooded sensor: with the
-    # default 2,000-sensor city about 170 sensors flood, about 0.7 calls a second.
+    # default 2,000-sensor city about 70 (Shanghai) or 170 (generated) sensors flood,
+    # about 0.3 or 0.7 calls a second.
     report_rate_per_sensor: float = 0.004
     # Flooding and blocked-drain calls 50 to 250 m from the flooded sensors.
     CALLS: ClassVar[_Calls] = _Calls(
@@ -349,6 +385,21 @@ class Rainstorm(_Enveloped, _OverBaseline):
     def __post_init__(self) -> None:
         if min(self.ramp_s, self.recede_s) <= 0 or self.hold_s < 0 or self.peak_cm <= 0:
             raise ValueError("ramp_s, recede_s and peak_cm must be positive, hold_s >= 0")
+        if self.river_m <= 0:
+            raise ValueError("river_m must be positive")
+
+    def flooded(self, fleet: Fleet) -> NDArray[np.bool_]:
+        """Mask of the water-level sensors the storm floods."""
+        mask: NDArray[np.bool_] = fleet.of_type("water_level")
+        districts = self.affected_districts
+        if fleet.river_m is not None:
+            with np.errstate(invalid="ignore"):  # NaN: a site at no known distance
+                mask = mask & (fleet.river_m <= self.river_m)
+        elif districts is None:
+            districts = RIVERSIDE_DISTRICTS
+        if districts is not None:
+            mask = mask & np.isin(fleet.district_code, list(districts))
+        return mask
 
     @property
     def end_s(self) -> float:
@@ -363,9 +414,7 @@ class Rainstorm(_Enveloped, _OverBaseline):
         surge = self.surge(t)
         if surge == 0.0:
             return
-        flooded = fleet.of_type("water_level") & np.isin(
-            fleet.district_code, list(self.affected_districts)
-        )
+        flooded = self.flooded(fleet)
         own, now = _draws(fleet.keys[flooded], self.seed, t)
         flood_level = self.peak_cm * (0.7 + 0.38 * own.uniform(20)) + 1.5 * now.normal(21)
         level = out["water_level"]
@@ -523,17 +572,23 @@ class ManholeTheft(_OverBaseline):
             out["tilt"][gone] = np.round(np.clip(tilt, low, high), decimals)
 
 
+_STADIUM = LANDMARKS["shanghai_stadium"]
+
+
 @dataclass(frozen=True)
 class Festival(_Enveloped):
-    """A street festival: a crowd gathers at a venue no sensor watches, then disperses.
+    """A festival: a crowd gathers at a venue no sensor watches, then disperses.
 
     The sensors read an ordinary day (the city has no noise or crowd sensors). Citizens
-    around the venue, the centre of ``venue_district``, call about noise, litter,
-    vendors and parking as the crowd builds over ``ramp_s`` from ``start_s``, holds for
-    ``hold_s`` and leaves over ``recede_s``.
+    around the venue call about noise, litter, vendors and parking as the crowd builds
+    over ``ramp_s`` from ``start_s``, holds for ``hold_s`` and leaves over ``recede_s``.
+    The venue is ``venue`` (lon, lat; by default Shanghai Stadium in Xuhui) where
+    ``venue_district`` holds it, else a point inside ``venue_district`` (the generated
+    city's Xuhui does not reach the stadium).
     """
 
     venue_district: str = "310104"
+    venue: tuple[float, float] | None = (_STADIUM.lon, _STADIUM.lat)
     start_s: float = 30.0
     ramp_s: float = 120.0
     hold_s: float = 360.0
@@ -558,6 +613,7 @@ class Festival(_Enveloped):
                 (0.0, self.radius_m),
                 self.envelope,
                 theme="festival",
+                venue=self.venue,
             ),
         )
 

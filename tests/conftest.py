@@ -14,6 +14,16 @@ from tests.helpers.db import fresh_database, isolated_settings
 
 SERVICES = ("CITYOPS_DATABASE_URL", "CITYOPS_KAFKA_BOOTSTRAP", "CITYOPS_MQTT_HOST")
 
+# Every test calls the API from one address, far more often than any client should: the
+# per-address rate limits are off unless a test turns them on (tests/integration/
+# test_wire_security.py does), here and in the processes the tests start.
+os.environ.setdefault("CITYOPS_RATE_LIMIT_PUBLIC", "0")
+os.environ.setdefault("CITYOPS_RATE_LIMIT_LOGIN", "0")
+# The tests' city is the small generated one (6 districts), here and in the processes
+# they start, whatever the shell says; a test that wants Shanghai asks for it
+# (Settings(city="shanghai"), tests/unit/test_shanghai.py).
+os.environ["CITYOPS_CITY"] = "generated"
+
 
 def _services_present() -> bool:
     return all(os.environ.get(k) for k in SERVICES)

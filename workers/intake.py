@@ -40,13 +40,14 @@ SOURCE = "case-intake"
 
 def to_command(msg: HotlineCase) -> SubmitCase:
     citizen = msg.citizen
+    position = None if msg.location is None else msg.location.wgs84()
     return SubmitCase(
         channel="hotline",
         external_id=f"{msg.source}:{msg.external_id}",
         category=msg.service_code,
         description=msg.description,
-        lon=None if msg.location is None else msg.location.lon,
-        lat=None if msg.location is None else msg.location.lat,
+        lon=None if position is None else position[0],
+        lat=None if position is None else position[1],
         address=msg.address,
         attributes=msg.attributes,
         contact=Contact()

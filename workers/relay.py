@@ -1,8 +1,9 @@
 """Domain-events relay: the city log -> Kafka ``cityops.domain-events``, each event once.
 
-The relay reads the notification log in order and publishes every event, keyed by its
-aggregate id, with its notification id in the value. Kafka and PostgreSQL share no
-transaction, so exactly-once comes from two facts instead:
+The relay reads the notification log in order and publishes every event as a CloudEvent
+(the contract: ``infra.domain_events``), keyed by its aggregate id, with its notification
+id as the ``logposition`` attribute. Kafka and PostgreSQL share no transaction, so
+exactly-once comes from two facts instead:
 
 - the relay commits its position (``relay_positions``) only after Kafka acknowledged
   everything up to it; everything at or below the position is published;
@@ -13,7 +14,8 @@ transaction, so exactly-once comes from two facts instead:
 After a crash the relay reads each partition's last record and skips the events in
 (position, max of those] whose partition already holds them. Nothing is skipped that
 is missing, nothing published twice. The reading loop is ``core.follow.LogTail``: after
-an error it starts over from this recovery.
+an error it starts over from this recovery. Events the contract withholds (the audit
+trail's reads) are passed over like published ones: the position moves past them.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from kafka.errors import KafkaError
 from psycopg_pool import ConnectionPool
 
 from core.follow import LogTail
+from infra import domain_events
 from infra.kafka import Topics, default_partition
 from infra.pgstore import DATABASE_UNAVAILABLE
 from infra.settings import Settings
@@ -38,16 +41,20 @@ log = logging.getLogger(__name__)
 RELAY_NAME = "domain-events"
 
 
-def message(notification: Any) -> tuple[bytes, bytes]:
-    """Kafka key and value of one recorded event."""
-    value = {
-        "notification_id": notification.id,
-        "aggregate_id": str(notification.originator_id),
-        "aggregate_version": notification.originator_version,
-        "type": notification.topic,
-        "event": orjson.Fragment(bytes(notification.state)),
-    }
-    return str(notification.originator_id).encode(), orjson.dumps(value)
+def message(notification: Any) -> tuple[bytes, bytes, list[tuple[str, bytes]]] | None:
+    """Kafka key, value and headers of one recorded event (None: not published)."""
+    found = domain_events.kafka_message(domain_events.decode(notification), notification.id)
+    if found is None:
+        return None
+    assert isinstance(found.key, bytes)  # the aggregate id, as before the contract
+    return found.key, found.value, list(found.headers.items())
+
+
+def position_of(value: bytes) -> int:
+    """The notification id a published record carries (also in records from before the
+    CloudEvents contract, which named it ``notification_id``)."""
+    body = orjson.loads(value)
+    return int(body.get(domain_events.POSITION, body.get("notification_id")))
 
 
 class DomainEventRelay:
@@ -120,7 +127,7 @@ class DomainEventRelay:
                     elif last is not None:
                         break
                 if last is not None:
-                    tails[tp.partition] = int(orjson.loads(last.value)["notification_id"])
+                    tails[tp.partition] = position_of(last.value)
             return tails
         finally:
             consumer.close()
@@ -136,12 +143,17 @@ class DomainEventRelay:
         partitions = len(self.producer.partitions_for(self.topic))
         futures = []
         for n in notifications:
-            key, value = message(n)
+            out = message(n)
+            if out is None:
+                continue
+            key, value, headers = out
             partition = default_partition(key, partitions)
             if skip.get(partition, 0) >= n.id:
                 continue  # already out before the crash
             futures.append(
-                self.producer.send(self.topic, key=key, value=value, partition=partition)
+                self.producer.send(
+                    self.topic, key=key, value=value, headers=headers, partition=partition
+                )
             )
         self.producer.flush()
         # flush returns once every send is done, failed ones included (the broker was

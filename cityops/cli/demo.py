@@ -76,6 +76,7 @@ def run_demo(
     scenario: str | None = None,
 ) -> int:
     from cityops.bootstrap import seed
+    from simulations.city import ensure_city
     from simulations.library import get_entry
 
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -90,7 +91,11 @@ def run_demo(
         if fresh_broker:
             services.append(start_kafka(logs, kafka_port or free_port()))
         if not settings.mqtt_host:
-            services.append(start_mqtt(logs, mqtt_port or free_port()))
+            # Every simulated gateway logs in as itself, so the broker needs the city's
+            # gateway ids: the city first (seed below loads it as it is).
+            os.environ.setdefault("CITYOPS_DATA_DIR", str(state_dir / "city"))
+            gateways = ensure_city(Settings()).sensors["gateway_id"].unique()
+            services.append(start_mqtt(logs, mqtt_port or free_port(), gateways=gateways))
         for svc in services:
             overrides.update(svc.env)
         overrides.setdefault("CITYOPS_DATA_DIR", str(state_dir / "city"))

@@ -25,6 +25,7 @@ import base64
 import json
 import math
 import re
+import reprlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -78,6 +79,9 @@ _MAX_SENML_VERSION = 10
 _SENML_VALUE_FIELDS = ("v", "vs", "vb", "vd")
 _DEADLETTER_PAYLOAD_MAX = 4096
 _DETAIL_MAX = 80
+_CONTAINER_REPR = reprlib.Repr()
+_CONTAINER_REPR.maxlevel = 3
+_CONTAINER_REPR.maxstring = _DETAIL_MAX
 
 
 class RejectedPayload(Exception):  # noqa: N818 - the contract's name: a payload, rejected
@@ -429,5 +433,8 @@ def _is_int(value: Any) -> bool:
 
 
 def _clip(value: Any) -> str:
-    text = repr(value)
+    # A parsed container nests as deep as orjson allows (1024 levels), past the
+    # interpreter's recursion limit, where repr raises RecursionError: only its top
+    # levels are shown (and only its first items: the text is clipped anyway).
+    text = _CONTAINER_REPR.repr(value) if isinstance(value, list | dict) else repr(value)
     return text if len(text) <= _DETAIL_MAX else text[: _DETAIL_MAX - 3] + "..."

@@ -13,7 +13,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,7 +22,7 @@ from pathlib import Path
 from cityops.services import free_port
 from infra.settings import Settings
 from tests.helpers.db import fresh_database
-from tests.helpers.workers import cityops, log_of, stop_session, wait_http_ready
+from tests.helpers.workers import api_server, cityops, log_of, stop_session, wait_http_ready
 
 SERVICES = ("CITYOPS_DATABASE_URL", "CITYOPS_KAFKA_BOOTSTRAP", "CITYOPS_MQTT_HOST")
 CHROMIUM = os.environ.get("CITYOPS_CHROMIUM", "/usr/bin/chromium")
@@ -96,13 +95,19 @@ def _env(run: str, url: str, state_dir: Path, **extra: str) -> dict[str, str]:
 
 @contextmanager
 def demo_stack(
-    state_dir: Path, *, simulator: bool = False, rate: float = 20.0, sensors: int = 400
+    state_dir: Path,
+    *,
+    simulator: bool = False,
+    rate: float = 20.0,
+    sensors: int = 400,
+    **extra_env: str,
 ) -> Iterator[Stack]:
-    """``cityops demo`` on the running services and a fresh database, until exit."""
+    """``cityops demo`` on the running services and a fresh database, until exit;
+    ``extra_env``: more CITYOPS_* settings for it."""
     run = uuid.uuid4().hex[:8]
     with fresh_database(f"web_{run}") as url:
         state_dir.mkdir(parents=True, exist_ok=True)
-        env = _env(run, url, state_dir, CITYOPS_SIM_SENSORS=str(sensors))
+        env = _env(run, url, state_dir, CITYOPS_SIM_SENSORS=str(sensors), **extra_env)
         port = free_port()
         log = state_dir / "demo.log"
         with log.open("wb") as out:
@@ -137,38 +142,15 @@ def map_stack(state_dir: Path, *, sensors: int, incidents: int) -> Iterator[Stac
     with fresh_database(f"webmap_{run}") as url:
         state_dir.mkdir(parents=True, exist_ok=True)
         env = _env(run, url, state_dir)
-        port = free_port()
-        log = state_dir / "api.log"
-        proc: subprocess.Popen[bytes] | None = None
         try:
             settings = Settings(
                 database_url=url, data_dir=state_dir / "city", kafka_topic_prefix=f"web{run}."
             )
             fill(settings, sensors, incidents)
-            with log.open("wb") as out:
-                proc = subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "uvicorn",
-                        "--factory",
-                        "cityops.bootstrap:app_from_env",
-                        "--port",
-                        str(port),
-                        "--log-level",
-                        "warning",
-                        "--no-access-log",
-                    ],
-                    env=env,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            base = f"http://127.0.0.1:{port}"
             # Only the API runs (no brokers' workers): alive is enough.
-            wait_http_ready(base, proc, 90, probe="/healthz", output=log_of(log))
-            yield Stack(base, env, state_dir)
+            with api_server(
+                env, state_dir / "api.log", "--log-level", "warning", "--no-access-log"
+            ) as base:
+                yield Stack(base, env, state_dir)
         finally:
-            if proc is not None:
-                stop_session(proc, 30)
             shutil.rmtree(state_dir, ignore_errors=True)

@@ -55,6 +55,11 @@ class Watched:
 
 def watch(context: Any) -> Watched:
     page = context.new_page()
+    # Anything the page's Content-Security-Policy blocks is an error of the page.
+    page.add_init_script(
+        "document.addEventListener('securitypolicyviolation', (e) =>"
+        " console.error(`CSP violation: ${e.violatedDirective} ${e.blockedURI}`));"
+    )
     watched = Watched(page)
     page.on("request", lambda r: watched.urls.append(r.url))
     page.on(
@@ -138,11 +143,18 @@ def caused() -> dict[str, Any]:
     return CAUSED
 
 
-def test_page_loads_without_errors_and_only_from_loopback(browser: Any, stack: Stack) -> None:
+def test_page_loads_without_errors_under_its_csp_and_only_from_loopback(
+    browser: Any, stack: Stack
+) -> None:
     context = browser.new_context(viewport={"width": 1600, "height": 900})
     try:
         watched = watch(context)
-        watched.page.goto(stack.base + "/")
+        answer = watched.page.goto(stack.base + "/")
+        assert answer is not None
+        policy = answer.headers["content-security-policy"]
+        assert "script-src 'self'" in policy
+        assert "style-src 'self'" in policy
+        assert "unsafe-inline" not in policy
         load_ms = first_load_ms(watched.page)
         watched.page.wait_for_selector('[data-testid="live-indicator"][data-state="live"]')
         watched.page.wait_for_timeout(1_500)  # the panels and the live stream settle

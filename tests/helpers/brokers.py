@@ -2,26 +2,39 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from kafka import KafkaConsumer, TopicPartition
-from paho.mqtt.enums import CallbackAPIVersion
 
 from cityops.bootstrap import DeviceRegistry
+from cityops.services import MqttAccounts, full_access_mqtt_params
 from core.app import CityApp
 from infra import kafka as topics
 from infra.settings import Settings
 from sensors.bridge import MqttBridge
+from simulations.gateways import new_client
+
+
+def mqtt_client(settings: Settings, client_id: str = "") -> mqtt.Client:
+    """A paho client of ``settings``' broker and protocol, logged in as the test account
+    (may publish and subscribe anywhere), not yet connected. ``settings``' own account
+    is the bridge's, which may only read telemetry."""
+    return new_client(full_access_mqtt_params(settings), client_id)
+
+
+def shared_logins() -> MqttAccounts:
+    """The test environment's MQTT logins, for a Mosquitto a test starts itself
+    (``start_mosquitto(..., accounts=shared_logins())``): the helpers' clients and the
+    settings' bridge account then log in to it as to the shared broker."""
+    return MqttAccounts.from_env(os.environ)
 
 
 def publisher(settings: Settings) -> mqtt.Client:
     """An MQTT client of ``settings``' broker and protocol, connected, its loop running."""
-    v5 = settings.mqtt_protocol == 5
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311)
-    if settings.mqtt_username:
-        client.username_pw_set(settings.mqtt_username, settings.mqtt_password or None)
+    client = mqtt_client(settings)
     client.max_inflight_messages_set(500)
     client.connect(settings.mqtt_host, settings.mqtt_port)
     client.loop_start()

@@ -40,7 +40,10 @@ def served(
 ) -> Iterator[TestClient]:
     """The API app on ``settings`` behind a ``TestClient`` (server errors answered as 500
     unless ``raise_errors``); with ``as_role``, every request carries a token of it."""
-    with TestClient(api_app(settings), raise_server_exceptions=raise_errors) as client:
+    # From loopback, as a caller on this machine (the development sign-in answers only there).
+    with TestClient(
+        api_app(settings), raise_server_exceptions=raise_errors, client=("127.0.0.1", 50000)
+    ) as client:
         if as_role is not None:
             client.headers.update(bearer(settings, as_role))
         yield client

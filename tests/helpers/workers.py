@@ -135,6 +135,33 @@ def log_of(path: Path) -> Callable[[], str]:
     return lambda: path.read_text(errors="replace")
 
 
+UVICORN = (sys.executable, "-m", "uvicorn", "--factory", "cityops.bootstrap:app_from_env")
+
+
+@contextmanager
+def api_server(env: dict[str, str], log: Path, *args: str) -> Iterator[str]:
+    """The API as production runs it (``uvicorn --factory``) on ``env``, its output in
+    ``log``, until exit: its base URL once ``/healthz`` answers. ``args``: more of
+    uvicorn's options (``--host``, ``--log-level`` ...)."""
+    from cityops.services import free_port
+
+    port = free_port()
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [*UVICORN, "--port", str(port), *args],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_http_ready(base, proc, 90, probe="/healthz", output=log_of(log))
+        yield base
+    finally:
+        stop_session(proc, 30)
+
+
 def backtest(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Callable[[list[str]], Result]:
     """`cityops audit backtest` on ``settings``' database: ``invoke(args)``, its result."""
     monkeypatch.setenv("CITYOPS_DATABASE_URL", settings.database_url)

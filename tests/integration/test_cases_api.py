@@ -27,6 +27,8 @@ from cityops.bootstrap import city_app, rebuild_projections
 from core.case import ACTIVE, ServiceCase
 from core.case.categories import load_categories
 from core.personal import ERASED_VIEW
+from gis.china import from_wgs84
+from gis.crs import distance_m
 from infra.apikeys import PgApiKeys
 from tests.helpers.city import REQUESTS, World, served_city
 
@@ -195,6 +197,25 @@ def test_filing_by_citizen_token_and_by_api_key(world: World) -> None:
     rows = world.listed(service_request_id=f"{request_id},{key_request}")
     assert ids(rows) == {request_id, key_request}
     assert_no_personal_data(json.dumps(rows, ensure_ascii=False), PHONE, "张", "三", EMAIL)
+
+
+def test_a_position_from_a_chinese_map_app_is_stored_as_wgs84(world: World) -> None:
+    """Open311's lat/long with the ``coord_system`` extension: GCJ-02 (AMap) and BD-09
+    (Baidu) are turned into WGS-84 before anything is recorded; WGS-84 is the default."""
+    here = world.point("310101")
+    for system in ("gcj02", "bd09"):
+        lon, lat = from_wgs84(*here, system)
+        assert distance_m(lon, lat, *here) > 300
+        fields = {**flooding((lon, lat)), "coord_system": system}
+        response = world.post311(fields, world.citizen(uuid.uuid4()))
+        assert response.status_code == 201, response.text
+        [created] = response.json()
+        one = world.client.get(f"/open311/v2/requests/{created['service_request_id']}.json")
+        [public] = one.json()
+        assert distance_m(public["long"], public["lat"], *here) < 0.01
+        assert public["agency_responsible"] == world.departments["310101-water"]
+    refused = world.post311({**flooding(here), "coord_system": "mars"}, world.citizen(uuid.uuid4()))
+    assert "coordinate system" in assert_spec_error(refused, 400)
 
 
 def test_open311_list_filters_each_filter(world: World) -> None:

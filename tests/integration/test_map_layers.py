@@ -13,6 +13,8 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
+from gis.china import from_wgs84
+from gis.crs import distance_m
 from infra.pgstore import apply_schema
 from infra.settings import Settings
 from projections.map_layers import MapLayers
@@ -234,6 +236,40 @@ def test_bbox_selects_exactly_the_features_in_the_viewport(
     exact = features(http.get(f"{URL}/sensors", params={"bbox": f"{lon},{lat},{lon},{lat}"}))
     assert list(exact) == [one["id"]]
     assert features(http.get(f"{URL}/sensors", params={"bbox": "0,0,1,1"})) == {}
+
+
+def test_layers_for_a_chinese_base_map(http: TestClient, city: dict[str, list[str]]) -> None:
+    """``coord_system=gcj02|bd09``: every position shifted as AMap / Baidu draw it, the
+    bbox read in the same system, an ETag of its own; an unknown system is a 422."""
+    whole = features(http.get(f"{URL}/sensors"))
+    plain = http.get(f"{URL}/sensors")
+    for system in ("gcj02", "bd09"):
+        answer = http.get(f"{URL}/sensors", params={"coord_system": system})
+        assert answer.status_code == 200
+        assert answer.headers["etag"] != plain.headers["etag"]
+        shifted = features(answer)
+        assert set(shifted) == set(whole)
+        for fid, feature in shifted.items():
+            lon, lat = feature["geometry"]["coordinates"]
+            expected = from_wgs84(*whole[fid]["geometry"]["coordinates"], system)
+            assert distance_m(lon, lat, *expected) < 0.01
+            assert distance_m(lon, lat, *whole[fid]["geometry"]["coordinates"]) > 300
+            assert feature["properties"] == whole[fid]["properties"]
+        # A viewport drawn on that base map selects the same sensors as its WGS-84 image.
+        one = next(iter(shifted.values()))
+        lon, lat = one["geometry"]["coordinates"]
+        box = f"{lon - 0.01},{lat - 0.01},{lon + 0.01},{lat + 0.01}"
+        cut = features(http.get(f"{URL}/sensors", params={"coord_system": system, "bbox": box}))
+        assert one["id"] in cut
+        again = http.get(
+            f"{URL}/sensors",
+            params={"coord_system": system},
+            headers={"If-None-Match": answer.headers["etag"]},
+        )
+        assert again.status_code == 304
+    grid = http.get(f"{URL}/grid", params={"coord_system": "gcj02"})
+    assert grid.status_code == 200
+    assert http.get(f"{URL}/sensors", params={"coord_system": "mars"}).status_code == 422
 
 
 def test_grid_and_districts_take_a_viewport(http: TestClient) -> None:

@@ -355,7 +355,17 @@ def test_landing_page_and_conformance(world: World) -> None:
         "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/core",
         "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/geojson",
         "http://www.opengis.net/spec/ogcapi-features-2/1.0/conf/crs",
+        # api.tiles (tests/integration/test_tiles.py)
+        "http://www.opengis.net/spec/ogcapi-tiles-1/1.0/conf/core",
+        "http://www.opengis.net/spec/ogcapi-tiles-1/1.0/conf/tileset",
+        "http://www.opengis.net/spec/ogcapi-tiles-1/1.0/conf/tilesets-list",
+        "http://www.opengis.net/spec/ogcapi-tiles-1/1.0/conf/geodata-tilesets",
+        "http://www.opengis.net/spec/ogcapi-tiles-1/1.0/conf/mvt",
+        "http://www.opengis.net/spec/tms/2.0/conf/tilematrixset",
+        "http://www.opengis.net/spec/tms/2.0/conf/json-tilematrixset",
     }
+    tiling = links["http://www.opengis.net/def/rel/ogc/1.0/tiling-schemes"]["href"]
+    assert httpx.get(tiling, timeout=30).status_code == 200
 
 
 def test_collections_describe_extent_and_crs(world: World) -> None:

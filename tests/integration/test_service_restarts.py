@@ -24,7 +24,7 @@ from infra import kafka as topics
 from infra.pgstore import make_pool
 from infra.settings import Settings
 from sensors.bridge import MqttBridge
-from tests.helpers.brokers import bridge
+from tests.helpers.brokers import bridge, shared_logins
 from tests.helpers.builders import readings_message, send, sensor
 from tests.helpers.city import World, city_with
 from tests.helpers.db import isolated_settings
@@ -239,7 +239,7 @@ def mosquitto_again(workdir: Path, port: int, autosave_s: int) -> Service:
     """SIGKILL the Mosquitto of ``workdir`` and start it again on the same port and data."""
     sigkill_service("mosquitto", str(workdir))
     wait_port_free(port)
-    return start_mosquitto(workdir, port, autosave_interval_s=autosave_s)
+    return start_mosquitto(workdir, port, autosave_interval_s=autosave_s, accounts=shared_logins())
 
 
 @pytest.mark.parametrize("protocol", [4, 5], ids=["plain-subscription", "shared-subscription"])
@@ -256,7 +256,7 @@ def test_mosquitto_sigkill_while_the_bridge_keeps_up(
     app = city_with(settings, [sensor(d) for d in devices])
     autosave_s = 3
     with service_dir("cityops-mqtt-") as workdir:
-        mqtt = start_mosquitto(workdir, autosave_interval_s=autosave_s)
+        mqtt = start_mosquitto(workdir, autosave_interval_s=autosave_s, accounts=shared_logins())
         port = int(mqtt.env["CITYOPS_MQTT_PORT"])
         on_mqtt = settings_on(settings, mqtt)
         saved = workdir / "mosquitto-data" / "mosquitto.db"
@@ -352,7 +352,7 @@ def test_mosquitto_sigkill_between_autosaves_loses_what_came_after_the_last_save
     app = city_with(settings, [sensor(d) for d in devices])
     autosave_s = 2
     with service_dir("cityops-mqtt-") as workdir:
-        mqtt = start_mosquitto(workdir, autosave_interval_s=autosave_s)
+        mqtt = start_mosquitto(workdir, autosave_interval_s=autosave_s, accounts=shared_logins())
         port = int(mqtt.env["CITYOPS_MQTT_PORT"])
         on_mqtt = settings_on(settings, mqtt)
         saved = workdir / "mosquitto-data" / "mosquitto.db"

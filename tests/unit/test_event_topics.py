@@ -1,8 +1,8 @@
 """The topics under which events are stored stay the same: a moved class would orphan the log.
 
-The event store keeps each event's class as a topic (``module:Class.Event``); the audit
-chain hashes it, and the relay publishes it as the event's ``type`` on
-``cityops.domain-events``. So a topic once written must keep resolving to its class, and
+The event store keeps each event's class as a topic (``module:Class.Event``) and the audit
+chain hashes it (the relay publishes stable CloudEvents type names instead, from
+``infra.domain_events``). So a topic once written must keep resolving to its class, and
 that class must still write the same topic. This list holds every topic so far; new
 events add to it.
 """

@@ -11,6 +11,8 @@ import pytest
 from pydantic import ValidationError
 
 from core.case.desk import nul_field
+from gis.china import from_wgs84
+from gis.crs import distance_m
 from infra.hotline_schema import HotlineCase, encode, json_schema
 from workers.intake import schema_reason, to_command
 
@@ -85,6 +87,26 @@ def test_to_command_keys_the_case_by_source_and_external_id() -> None:
     assert cmd.attributes == {"size": "medium"}
     assert cmd.contact.phone == "13800138000"
     assert cmd.contact.email == "zhang@example.cn"
+
+
+def test_a_location_in_a_chinese_map_system_is_stored_as_wgs84() -> None:
+    """People's Square as AMap (GCJ-02) and Baidu (BD-09) show it: WGS-84 in the command."""
+    wgs = (121.4737, 31.2304)
+    shown = {"gcj02": from_wgs84(*wgs, "gcj02"), "bd09": from_wgs84(*wgs, "bd09")}
+    for system, (lon, lat) in shown.items():
+        assert distance_m(lon, lat, *wgs) > 300  # the shifts are hundreds of metres
+        msg = realistic()
+        msg["location"] = {"lon": lon, "lat": lat, "coord_system": system}
+        cmd = to_command(HotlineCase.model_validate(msg))
+        assert cmd.lon is not None
+        assert cmd.lat is not None
+        assert distance_m(cmd.lon, cmd.lat, *wgs) < 0.01
+    # The default is WGS-84; an unknown system is a schema error.
+    assert to_command(HotlineCase.model_validate(realistic())).lon == 121.47
+    bad = realistic()
+    bad["location"] = {"lon": 121.47, "lat": 31.2, "coord_system": "mars"}
+    with pytest.raises(ValidationError, match="coord_system"):
+        HotlineCase.model_validate(bad)
 
 
 def _without(key: str) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from simulations.gateways import (
     GatewaySimulator,
     MqttParams,
     TokenBucket,
+    gateway_password,
     senml_payload,
     status_topic,
     telemetry_topic,
@@ -502,6 +503,57 @@ def test_mqtt_params() -> None:
     assert (params.host, params.port, params.protocol) == ("broker", 1884, 3)
     with pytest.raises(ValueError, match="5, 4 or 3"):
         MqttParams(protocol=6)
+
+
+def test_mqtt_params_take_the_simulators_account_and_hide_passwords() -> None:
+    # One environment for every process (the demo): the bridge's account is the process's
+    # own, the simulator has its own beside it.
+    shared = Settings(
+        mqtt_username="cityops-bridge",
+        mqtt_password="pw-of-the-bridge",
+        sim_mqtt_username="cityops-simulator",
+        sim_mqtt_password="pw-of-the-simulator",
+        sim_gateway_secret=None,
+    )
+    params = MqttParams.from_settings(shared)
+    assert (params.username, params.password) == ("cityops-simulator", "pw-of-the-simulator")
+    assert not params.gateway_secret
+    # Compose: the simulator's process has its own CITYOPS_MQTT_USERNAME.
+    alone = shared.model_copy(update={"sim_mqtt_username": "", "sim_mqtt_password": ""})
+    assert MqttParams.from_settings(alone).username == "cityops-bridge"
+    for shown in (repr(params), str(params), repr(shared), str(shared)):
+        assert "pw-of-the" not in shown
+    with pytest.raises(ValueError, match="gateway secret"):
+        params.for_gateway("gw-1")
+
+
+def test_simulator_logs_in_as_each_gateway_given_a_gateway_secret(fleet: Fleet) -> None:
+    settings = Settings(sim_mqtt_username="cityops-simulator", sim_gateway_secret="k-42")
+    params = MqttParams.from_settings(settings)
+    assert "k-42" not in repr(params)
+    log: list[Published] = []
+    clients: dict[str, FakeClient] = {}
+
+    def factory(client_id: str) -> Any:
+        clients[client_id] = FakeClient(client_id, log)
+        return clients[client_id]
+
+    sim = GatewaySimulator(
+        fleet, Rainstorm(seed=1), params, rate=1e6, max_connections=2, client_factory=factory
+    )
+    gateways = sorted(set(fleet.gateway_id.tolist()))
+    # A connection carries one login: one per gateway, whatever max_connections says.
+    assert sim.n_connections == len(gateways) > 2
+    logins = [(p.username, p.password) for p in sim.connection_params]
+    assert logins == [(g, gateway_password("k-42", g)) for g in gateways]
+    assert len({password for _, password in logins}) == len(gateways)
+    sim.run(max_messages=len(fleet))
+    # Each connection publishes under one gateway's topics only: the one it logs in as.
+    ids = sorted(clients)
+    gateway_of_connection = {ids[k]: gateways[k] for k in range(len(gateways))}
+    assert {(m.client_id, m.topic.split("/")[1]) for m in log} == set(
+        gateway_of_connection.items()
+    )
 
 
 def test_fleet_rejects_unknown_sensor_types(city: CityLayers) -> None:
