@@ -163,43 +163,24 @@ def in_china(lon: ArrayLike, lat: ArrayLike) -> bool | NDArray[np.bool_]:
 Step = Callable[[float, float], tuple[float, float]]  # (lon, lat) -> (lon, lat), in China
 
 
-def _wgs_gcj(lon: float, lat: float) -> tuple[float, float]:
-    p = gc.wgs84_to_gcj02(gc.Wgs84(lat=lat, lon=lon))
-    return p.lon, p.lat
+def _step(shift: Callable[[Any], Any], point: Callable[..., Any]) -> Step:
+    """The step that applies ``shift`` to a ``point(lat=..., lon=...)`` of its source system."""
+
+    def step(lon: float, lat: float) -> tuple[float, float]:
+        p = shift(point(lat=lat, lon=lon))
+        return p.lon, p.lat
+
+    return step
 
 
-def _gcj_wgs(lon: float, lat: float) -> tuple[float, float]:
-    p = gc.gcj02_to_wgs84_refined(gc.Gcj02(lat=lat, lon=lon))
-    return p.lon, p.lat
-
-
-def _gcj_bd(lon: float, lat: float) -> tuple[float, float]:
-    p = gc.gcj02_to_bd09(gc.Gcj02(lat=lat, lon=lon))
-    return p.lon, p.lat
-
-
-def _bd_gcj(lon: float, lat: float) -> tuple[float, float]:
-    p = gc.bd09_to_gcj02_refined(gc.Bd09(lat=lat, lon=lon))
-    return p.lon, p.lat
-
-
-def _wgs_bd(lon: float, lat: float) -> tuple[float, float]:
-    p = gc.wgs84_to_bd09(gc.Wgs84(lat=lat, lon=lon))
-    return p.lon, p.lat
-
-
-def _bd_wgs(lon: float, lat: float) -> tuple[float, float]:
-    p = gc.bd09_to_wgs84_refined(gc.Bd09(lat=lat, lon=lon))
-    return p.lon, p.lat
-
-
+# The inverses are the library's refined (fixed-point) ones; see the module's docstring.
 _STEPS: dict[tuple[CoordSystem, CoordSystem], Step] = {
-    (CoordSystem.WGS84, CoordSystem.GCJ02): _wgs_gcj,
-    (CoordSystem.GCJ02, CoordSystem.WGS84): _gcj_wgs,
-    (CoordSystem.GCJ02, CoordSystem.BD09): _gcj_bd,
-    (CoordSystem.BD09, CoordSystem.GCJ02): _bd_gcj,
-    (CoordSystem.WGS84, CoordSystem.BD09): _wgs_bd,
-    (CoordSystem.BD09, CoordSystem.WGS84): _bd_wgs,
+    (CoordSystem.WGS84, CoordSystem.GCJ02): _step(gc.wgs84_to_gcj02, gc.Wgs84),
+    (CoordSystem.GCJ02, CoordSystem.WGS84): _step(gc.gcj02_to_wgs84_refined, gc.Gcj02),
+    (CoordSystem.GCJ02, CoordSystem.BD09): _step(gc.gcj02_to_bd09, gc.Gcj02),
+    (CoordSystem.BD09, CoordSystem.GCJ02): _step(gc.bd09_to_gcj02_refined, gc.Bd09),
+    (CoordSystem.WGS84, CoordSystem.BD09): _step(gc.wgs84_to_bd09, gc.Wgs84),
+    (CoordSystem.BD09, CoordSystem.WGS84): _step(gc.bd09_to_wgs84_refined, gc.Bd09),
 }
 
 

@@ -208,8 +208,8 @@ def test_latency_and_connections_cut_after_commit(
     feed = Feed(settings, devices, unique)
     try:
         with workers(through(settings, db_proxy), *WORKERS) as running:
-            feed.readings(4)
-            feed.hotline.send(4)
+            feed.readings(2)
+            feed.hotline.send(2)
             wait_until(lambda: count(settings, "SELECT count(*) FROM readings") > 0, 60, "flow")
             started = time.monotonic()
             for n in range(1, 6):
@@ -220,10 +220,10 @@ def test_latency_and_connections_cut_after_commit(
                 feed.hotline.send(1)
                 wait_until(partial(cut_times, db_proxy, n), 120, f"cut {n} after a COMMIT")
             cuts_s = time.monotonic() - started
-            feed.readings(2)
-            feed.hotline.send(2)
+            feed.readings(1)
+            feed.hotline.send(1)
             catch_up = CatchUp(settings)
-            catch_up.wait(180)
+            catch_up.wait(150)
             assert running.dead() == [], running.dead()
         fenced = sum("re-reading position" in r.getMessage() for r in caplog.records)
         log.warning(

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 import sys
 import threading
 import time
@@ -38,6 +37,7 @@ from projections.runner import ProjectionWorker
 from tests.helpers.builders import flood_alarm, offset, report
 from tests.helpers.city import City, open_city
 from tests.helpers.db import fresh_settings
+from tests.helpers.gdal import ogr2ogr_geojson, run_gdal
 from tests.helpers.web import bearer
 
 pytestmark = pytest.mark.integration  # GDAL's ogrinfo/ogr2ogr: scripts/test.sh installs gdal-bin
@@ -45,7 +45,6 @@ pytestmark = pytest.mark.integration  # GDAL's ogrinfo/ogr2ogr: scripts/test.sh 
 CRS84 = "http://www.opengis.net/def/crs/OGC/1.3/CRS84"
 EPSG_4326 = "http://www.opengis.net/def/crs/EPSG/0/4326"
 EPSG_4490 = "http://www.opengis.net/def/crs/EPSG/0/4490"
-GDAL_TIMEOUT = 120
 
 
 @contextmanager
@@ -92,6 +91,11 @@ class World:
 
     def count(self, query: str, *params: Any) -> int:
         return int(self.rows(query, *params)[0][0])
+
+    def sensor_positions(self) -> dict[str, tuple[float, float]]:
+        """Each sensor's (lon, lat), as the map's read model has it."""
+        rows = self.rows("SELECT device_id, lon, lat FROM map_sensors")
+        return {device: (lon, lat) for device, lon, lat in rows}
 
     def gdal_env(self) -> dict[str, str]:
         return {**os.environ, "GDAL_HTTP_HEADERS": f"Authorization: Bearer {self.token}"}
@@ -152,29 +156,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 
 
 def ogrinfo(world: World, *args: str) -> str:
-    done = subprocess.run(
-        ["ogrinfo", "-ro", *args],
-        env=world.gdal_env(),
-        capture_output=True,
-        text=True,
-        timeout=GDAL_TIMEOUT,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
+    return run_gdal("ogrinfo", "-ro", *args, env=world.gdal_env())
 
 
 def ogr2ogr(world: World, out: Path, source: str, *args: str) -> dict[str, Any]:
-    done = subprocess.run(
-        ["ogr2ogr", "-f", "GeoJSON", str(out), source, *args],
-        env=world.gdal_env(),
-        capture_output=True,
-        text=True,
-        timeout=GDAL_TIMEOUT,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return dict(json.loads(out.read_text()))
+    return ogr2ogr_geojson(out, source, *args, env=world.gdal_env())
 
 
 def feature_count(summary: str) -> int:
@@ -190,13 +176,7 @@ def test_gdal_lists_the_collections(world: World) -> None:
     names = set(re.findall(r"^\d+: (\S+)", listing, re.MULTILINE))
     assert names == {"districts", "grid", "sensors", "incidents", "cases"}, listing
     # Without credentials only the reference layers are offered.
-    anonymous = subprocess.run(
-        ["ogrinfo", "-ro", "-q", f"OAPIF:{world.ogc}/"],
-        capture_output=True,
-        text=True,
-        timeout=GDAL_TIMEOUT,
-        check=True,
-    ).stdout
+    anonymous = run_gdal("ogrinfo", "-ro", "-q", f"OAPIF:{world.ogc}/")
     assert "districts" in anonymous
     assert "grid" in anonymous
     assert "sensors" not in anonymous
@@ -228,7 +208,7 @@ def test_gdal_pages_through_a_layer_larger_than_a_page(world: World, tmp_path: P
         "PAGE_SIZE=7",
     )
     ids = [f["properties"]["device_id"] for f in got["features"]]
-    stored = {r[0]: (r[1], r[2]) for r in world.rows("SELECT device_id, lon, lat FROM map_sensors")}
+    stored = world.sensor_positions()
     assert len(ids) == len(set(ids)) == len(stored) == 40
     assert set(ids) == set(stored)
     for f in got["features"]:
@@ -282,7 +262,7 @@ def test_gdal_3_6_reads_epsg_4490_in_its_axis_order(world: World, tmp_path: Path
     # takes the coordinates as they come, latitude first, as EPSG:4490 orders them.
     url = f"OAPIF:{world.ogc}/collections/sensors?crs={EPSG_4490}"
     got = ogr2ogr(world, tmp_path / "c.geojson", url, "-oo", "PAGE_SIZE=15")
-    stored = {r[0]: (r[1], r[2]) for r in world.rows("SELECT device_id, lon, lat FROM map_sensors")}
+    stored = world.sensor_positions()
     assert len(got["features"]) == 40
     for f in got["features"]:
         lon, lat = stored[f["properties"]["device_id"]]
@@ -306,16 +286,8 @@ print(json.dumps({
 
 def gdal_3_12(world: World, url: str, **options: Any) -> dict[str, Any]:
     env = {**os.environ, "GDAL_HTTP_AUTH": "BEARER", "GDAL_HTTP_BEARER": world.token}
-    done = subprocess.run(
-        [sys.executable, "-c", _PYOGRIO_READ, url, json.dumps(options)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=GDAL_TIMEOUT,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return dict(json.loads(done.stdout))
+    read = run_gdal(sys.executable, "-c", _PYOGRIO_READ, url, json.dumps(options), env=env)
+    return dict(json.loads(read))
 
 
 def test_gdal_3_12_reads_epsg_4490_with_the_crs_option(world: World) -> None:
@@ -325,7 +297,7 @@ def test_gdal_3_12_reads_epsg_4490_with_the_crs_option(world: World) -> None:
     whole = gdal_3_12(world, url, CRS="EPSG:4490", PAGE_SIZE=9)
     near = gdal_3_12(world, url, CRS="EPSG:4490", bbox=[121.0, 31.0, 121.47, 31.5])
     assert whole["epsg"] == near["epsg"] == 4490
-    stored = {r[0]: (r[1], r[2]) for r in world.rows("SELECT device_id, lon, lat FROM map_sensors")}
+    stored = world.sensor_positions()
     assert sorted(d for d, _, _ in whole["features"]) == sorted(stored)
     for device, x, y in whole["features"]:
         assert (x, y) == pytest.approx(stored[device], abs=1e-12)

@@ -10,8 +10,6 @@ set's numbers (pyproj for the geographic corners), not with the code under test.
 
 from __future__ import annotations
 
-import json
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +31,7 @@ from projections.runner import ProjectionWorker
 from tests.helpers.builders import flood_alarm
 from tests.helpers.city import City, open_city
 from tests.helpers.db import fresh_settings
+from tests.helpers.gdal import ogr2ogr_geojson
 from tests.helpers.web import bearer
 
 pytestmark = pytest.mark.integration  # GDAL's ogr2ogr: scripts/test.sh installs gdal-bin
@@ -43,7 +42,6 @@ EXTENT = 4096
 BUFFER = 64
 TO_LONLAT = Transformer.from_crs("EPSG:3857", "EPSG:4326", always_xy=True)
 TO_MERCATOR = Transformer.from_crs("EPSG:4326", "EPSG:3857", always_xy=True)
-GDAL_TIMEOUT = 120
 
 
 @dataclass
@@ -269,22 +267,11 @@ def ogr2ogr(world: World, tmp: Path, body: bytes, z: int, row: int, col: int) ->
     source, out = tmp / "tile.mvt", tmp / "tile.geojson"
     source.write_bytes(body)
     out.unlink(missing_ok=True)
-    done = subprocess.run(
-        [
-            "ogr2ogr",
-            "-f",
-            "GeoJSON",
-            str(out),
-            str(source),
-            *("-oo", f"X={col}", "-oo", f"Y={row}", "-oo", f"Z={z}", "-oo", "CLIP=NO"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=GDAL_TIMEOUT,
-        check=False,
+    return ogr2ogr_geojson(
+        out,
+        str(source),
+        *("-oo", f"X={col}", "-oo", f"Y={row}", "-oo", f"Z={z}", "-oo", "CLIP=NO"),
     )
-    assert done.returncode == 0, done.stderr
-    return dict(json.loads(out.read_text()))
 
 
 def test_gdal_reads_a_grid_tile_as_the_cells_there(world: World, tmp_path: Path) -> None:
