@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
@@ -277,6 +278,30 @@ def apply_audit_schema(conn: psycopg.Connection[Any]) -> None:
         conn.execute(statements)
 
 
+# The versions of the project's own schema (infra/schema.sql, with the TimescaleDB objects
+# apply_schema adds), each with the sha256 of the schema.sql it was: a change to the file
+# adds a version here (tests/unit/test_schema_version.py fails until it does). Every
+# version's schema.sql upgrades any older database in place (it is idempotent).
+SCHEMA_HISTORY: dict[int, str] = {
+    1: "943518036e8c2c0e4a44762884bb36b7563092b5d7254e9172ec673fd296fb15",
+}
+SCHEMA_VERSION = max(SCHEMA_HISTORY)
+SCHEMA_LOCK = 7202611  # the advisory lock schema.sql takes
+
+
+class SchemaTooNewError(RuntimeError):
+    """The database was upgraded by a newer version of the code than this one."""
+
+
+def schema_version(conn: psycopg.Connection[Any]) -> int | None:
+    """The newest schema version applied to the database (None: none recorded)."""
+    row = conn.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()
+    if row is None or not row[0]:
+        return None
+    found = conn.execute("SELECT max(version) FROM schema_version").fetchone()
+    return None if found is None or found[0] is None else int(found[0])
+
+
 def apply_schema(conn: psycopg.Connection[Any], settings: Settings | None = None) -> bool:
     """Create the project's own tables (idempotent). Returns True when TimescaleDB is used.
 
@@ -289,9 +314,33 @@ def apply_schema(conn: psycopg.Connection[Any], settings: Settings | None = None
     """
     timescale = False
     with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+        before = schema_version(conn)
+        if before is not None and before > SCHEMA_VERSION:
+            raise SchemaTooNewError(
+                f"the database's schema is at version {before}, newer than this code's"
+                f" {SCHEMA_VERSION}: run the newer code (an older schema must not touch it)"
+            )
+        row = conn.execute("SELECT to_regclass('readings') IS NOT NULL").fetchone()
+        existed = bool(row and row[0])
         timescale = _use_timescale(conn)
         sql = resources.files("infra").joinpath("schema.sql").read_text(encoding="utf-8")
         conn.execute(sql)
+        conn.execute(
+            "INSERT INTO schema_version (version, digest, timescale) VALUES (%s, %s, %s)"
+            " ON CONFLICT (version) DO NOTHING",
+            (SCHEMA_VERSION, hashlib.sha256(sql.encode()).hexdigest(), timescale),
+        )
+        if before != SCHEMA_VERSION:
+            log.info(
+                "schema at version %s (%s)",
+                SCHEMA_VERSION,
+                f"upgraded from version {before}"
+                if before is not None
+                else "upgraded from a schema without a version"
+                if existed
+                else "new database",
+            )
         if timescale:
             # migrate_data: a database first seeded without TimescaleDB keeps its rows.
             conn.execute(

@@ -262,3 +262,12 @@ CREATE TABLE IF NOT EXISTS replay_snapshot_service_cases (
 CREATE UNIQUE INDEX IF NOT EXISTS replay_snapshot_service_cases_current
     ON replay_snapshot_service_cases (case_id) WHERE to_pos IS NULL;
 -- <<< Time travel <<<
+
+-- Which version of this schema the database has: one row per version applied
+-- (infra.pgstore.SCHEMA_VERSION; apply_schema refuses a database newer than its code).
+CREATE TABLE IF NOT EXISTS schema_version (
+    version    integer     PRIMARY KEY,
+    digest     text        NOT NULL,   -- sha256 of this file as applied
+    timescale  boolean     NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
