@@ -50,7 +50,14 @@ _SETTLE_S = 0.1
 
 
 class _Link:
-    """One proxied connection: client <-> upstream, each way through a delaying queue."""
+    """One proxied connection: client <-> upstream, each way through a delaying queue.
+
+    Four pump threads (a reader and a writer each way) use the two sockets; only the
+    last of them to end closes them. Closing a socket that another thread is inside
+    ``recv`` or ``sendall`` on frees its descriptor for the next connection the process
+    opens, and that thread then reads or writes that other connection. ``close()``
+    therefore only shuts the sockets down, which ends every pump.
+    """
 
     def __init__(self, proxy: TcpProxy, client: socket.socket) -> None:
         self.proxy = proxy
@@ -59,6 +66,8 @@ class _Link:
         self.closed = threading.Event()
         self.wrote = False  # the server answered a write since the last transaction end
         self.muted = False  # nothing more goes back to the client
+        self._lock = threading.Lock()
+        self._pumps = 0
 
     def run(self) -> None:
         # A blackholed proxy accepts and holds a new connection until it heals.
@@ -69,13 +78,15 @@ class _Link:
         except OSError:
             self.close()
             return
-        self.upstream = upstream
-        if self.closed.is_set():  # cut while connecting: close() did not see this socket
-            _reset(upstream)
-            return
+        with self._lock:
+            if self.closed.is_set():  # cut while connecting: the client is closed already
+                _reset(upstream)
+                return
+            self.upstream = upstream
+            self._pumps = 4
         for src, dst, up in (
-            (self.client, self.upstream, True),
-            (self.upstream, self.client, False),
+            (self.client, upstream, True),
+            (upstream, self.client, False),
         ):
             pipe: queue.Queue[tuple[float, bytes] | None] = queue.Queue()
             threading.Thread(target=self._read, args=(src, pipe, up), daemon=True).start()
@@ -94,34 +105,43 @@ class _Link:
                 pipe.put((time.monotonic() + self.proxy.latency_s, data))
         except OSError:
             pass
-        pipe.put(None)
+        finally:
+            pipe.put(None)
+            self._pump_done()
 
     def _write(
         self, dst: socket.socket, pipe: queue.Queue[tuple[float, bytes] | None], up: bool
     ) -> None:
         try:
-            while True:
-                item = pipe.get()
-                if item is None:
-                    break
-                due, data = item
-                while (wait := due - time.monotonic()) > 0 or self.proxy.blackholed.is_set():
-                    if self.closed.is_set():
-                        return
-                    time.sleep(min(max(wait, 0.0), 0.05) or 0.05)
-                if self.closed.is_set():
-                    return
-                if self.muted and not up:
-                    continue
-                cutting = up and self._ends_a_write(data) and self.proxy.take_marker_cut()
-                if cutting:
-                    self.muted = True  # before the server can answer
-                dst.sendall(data)
-                if cutting:
-                    threading.Timer(_SETTLE_S, self.proxy.cut).start()
+            self._forward(dst, pipe, up)
         except OSError:
             pass
-        self.close()
+        finally:
+            self.close()
+            self._pump_done()
+
+    def _forward(
+        self, dst: socket.socket, pipe: queue.Queue[tuple[float, bytes] | None], up: bool
+    ) -> None:
+        while True:
+            item = pipe.get()
+            if item is None:
+                return
+            due, data = item
+            while (wait := due - time.monotonic()) > 0 or self.proxy.blackholed.is_set():
+                if self.closed.is_set():
+                    return
+                time.sleep(min(max(wait, 0.0), 0.05) or 0.05)
+            if self.closed.is_set():
+                return
+            if self.muted and not up:
+                continue
+            cutting = up and self._ends_a_write(data) and self.proxy.take_marker_cut()
+            if cutting:
+                self.muted = True  # before the server can answer
+            dst.sendall(data)
+            if cutting:
+                threading.Timer(_SETTLE_S, self.proxy.cut).start()
 
     def _ends_a_write(self, data: bytes) -> bool:
         """Whether ``data`` (client to server) holds the proxy's marker and ends a
@@ -133,19 +153,40 @@ class _Link:
         return hit
 
     def close(self) -> None:
-        if self.closed.is_set():
-            return
-        self.closed.set()
-        for sock in (self.client, self.upstream):
-            if sock is not None:
+        """Drop the connection both ways (an RST once the pumps have ended)."""
+        with self._lock:
+            if self.closed.is_set():
+                return
+            self.closed.set()
+            pumping = self._pumps > 0
+        socks = [s for s in (self.client, self.upstream) if s is not None]
+        for sock in socks:
+            if pumping:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_0)
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+            else:
                 _reset(sock)
         self.proxy.forget(self)
+
+    def _pump_done(self) -> None:
+        with self._lock:
+            self._pumps -= 1
+            last = self._pumps == 0
+        if last:
+            for sock in (self.client, self.upstream):
+                if sock is not None:
+                    _reset(sock)
+
+
+_LINGER_0 = b"\x01\x00\x00\x00\x00\x00\x00\x00"  # on, 0 s: close() sends an RST
 
 
 def _reset(sock: socket.socket) -> None:
     """Close ``sock`` with an RST, as a network that loses the connection leaves it."""
     with contextlib.suppress(OSError):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_0)
     with contextlib.suppress(OSError):
         sock.close()
 
@@ -250,6 +291,10 @@ class TcpProxy:
 
     def close(self) -> None:
         self._closing.set()
+        # The accept loop ends within its 0.2 s timeout; closing the socket under it
+        # would hand its descriptor to whatever the process opens next (see _Link).
+        if self._thread.is_alive():
+            self._thread.join(5)
         with contextlib.suppress(OSError):
             self._server.close()
         self.cut()
