@@ -17,13 +17,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api import errors
 from api.auth import STAFF_READ, Forbidden, Principal, Unauthorized
 from api.deps import Container
 from api.responses import ogc_errors
 from projections import ogc_features as of
 from projections.queries import BBox
 
-PREFIX = "/ogc"
+PREFIX = errors.OGC_PREFIX  # api.errors answers in OGC's format under it too
 JSON = "application/json"
 GEOJSON = "application/geo+json"
 OPENAPI = "application/vnd.oai.openapi+json;version=3.1"

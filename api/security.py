@@ -44,7 +44,7 @@ from infra.settings import Settings
 
 DOCS_PATHS = ("/docs", "/redoc")
 DOCS_CDN = "https://cdn.jsdelivr.net"
-PUBLIC_PREFIXES = ("/open311/", "/ogc", "/api/v1/auth/")
+PUBLIC_PREFIXES = (errors.OPEN311_PREFIX, errors.OGC_PREFIX, "/api/v1/auth/")
 LOGIN_PREFIXES = ("/api/v1/auth/dev-token",)
 
 

@@ -180,7 +180,7 @@ class _Positions(ConsumerRebalanceListener):
         """Seek and resume the partitions assigned since the last call."""
         if not self.unplaced or time.monotonic() < self._next_try:
             return
-        from infra.pgstore import DATABASE_UNAVAILABLE, RETRY_MAX_S, describe
+        from infra.pgstore import DATABASE_UNAVAILABLE, describe
 
         tps = sorted(self.unplaced)
         try:
@@ -188,7 +188,7 @@ class _Positions(ConsumerRebalanceListener):
             lost = beyond_the_log(self.consumer, {tp: positions[tp] for tp in positions})
         except (*DATABASE_UNAVAILABLE, KafkaError) as exc:
             self._failures += 1
-            wait = min(0.25 * 2**self._failures, RETRY_MAX_S)
+            wait = _backoff_s(self._failures)
             self._next_try = time.monotonic() + wait
             log.warning(
                 "cannot place %d assigned partitions yet (%s); attempt %d, retrying in %.1f s",
@@ -252,10 +252,10 @@ class TrackedConsumer(KafkaConsumer):
         return records
 
     def _broker_unreachable(self, exc: KafkaError) -> None:
-        from infra.pgstore import RETRY_MAX_S, describe
+        from infra.pgstore import describe
 
         self._broker_failures += 1
-        wait = min(0.25 * 2 ** (self._broker_failures - 1), RETRY_MAX_S)
+        wait = _backoff_s(self._broker_failures - 1)
         log.warning(
             "%s: broker unreachable (%s); attempt %d, polling again in %.1f s",
             self.config["client_id"],
@@ -464,3 +464,11 @@ def telemetry_consumer(
         on_revoked=on_revoked,
         **telemetry_fetch(settings),
     )
+
+
+def _backoff_s(attempt: int) -> float:
+    """Seconds to wait before try ``attempt + 1``: doubling from 0.25 s, at most the
+    workers' longest pause (``infra.pgstore.RETRY_MAX_S``)."""
+    from infra.pgstore import RETRY_MAX_S
+
+    return float(min(0.25 * 2**attempt, RETRY_MAX_S))
