@@ -25,7 +25,7 @@ from api.permissions import CASE_ACTION_ROLES, CASE_READERS, authorize_read, sco
 from api.presenters import detail, summary, timeline
 from api.responses import errors
 from api.routing import add_command
-from api.schemas import CODE, DISTRICT, GRID, Code, CodeText, Offset
+from api.schemas import CODE, DISTRICT, BBoxParam, Code, CodeText, GridCode, Offset
 from core.case import ACTIVE, OPEN, CaseStatus, ServiceCase, commands
 from core.case.desk import ServiceDesk, SubmitCase
 from core.commands import CommandContext
@@ -46,10 +46,10 @@ def list_cases(
     category: Annotated[list[CodeText] | None, Query()] = None,
     department_code: Code = None,
     district_code: Annotated[str | None, Query(pattern=DISTRICT)] = None,
-    grid_code: Annotated[str | None, Query(pattern=GRID)] = None,
+    grid_code: GridCode = None,
     overdue: bool | None = None,
     awaiting_assignment: bool | None = None,
-    bbox: Annotated[str | None, Query(description="west,south,east,north (WGS84)")] = None,
+    bbox: BBoxParam = None,
     order: Literal["due", "newest"] = "due",
     limit: Annotated[int, Query(ge=1, le=1_000)] = 100,
     offset: Offset = 0,
@@ -154,13 +154,9 @@ async def submit_case(
     cmd = SubmitCase(
         channel="app" if who.role == "citizen" else "operator",
         external_id=f"{who.actor}:{body.external_id or idempotency_key or uuid.uuid4()}",
-        category=body.category,
-        description=body.description,
-        lon=body.lon,
-        lat=body.lat,
-        address=body.address,
-        attributes=body.attributes,
-        contact=Contact.parse(contact.name, contact.phone, contact.email, contact.address),
+        # The body's other fields are the command's, by name (as the contact's are).
+        **body.model_dump(exclude={"external_id", "contact"}),
+        contact=Contact.parse(**contact.model_dump()),
         citizen_id=citizen_uuid(who),
     )
     case = await run_in_threadpool(desk.submit, cmd, who.actor, correlation())

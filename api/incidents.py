@@ -24,7 +24,7 @@ from api.permissions import INCIDENT_ACTION_ROLES, authorize_incident
 from api.presenters import acknowledgement, resolution, workflow_state
 from api.responses import errors
 from api.routing import add_command
-from api.schemas import GRID, Code, Offset, Severity
+from api.schemas import BBoxParam, Code, GridCode, Offset, Severity
 from core.commands import CommandContext
 from core.incident import commands
 from core.incident.desk import IncidentDesk, Outcome
@@ -46,9 +46,9 @@ def list_incidents(
     read: ReadDep,
     status: Literal["open", "closed"] | None = None,
     severity: Severity | None = None,
-    grid_code: Annotated[str | None, Query(pattern=GRID)] = None,
+    grid_code: GridCode = None,
     device_id: Code = None,
-    bbox: Annotated[str | None, Query(description="west,south,east,north (WGS84)")] = None,
+    bbox: BBoxParam = None,
     limit: Annotated[int, Query(ge=1, le=20_000)] = 5_000,
     offset: Offset = 0,
 ) -> dict[str, Any]:

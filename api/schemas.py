@@ -30,6 +30,9 @@ Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="items to skip")]
 CODE = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$"
 CodeText = Annotated[str, StringConstraints(pattern=CODE)]
 Code = Annotated[str | None, Query(pattern=CODE)]
+GridCode = Annotated[str | None, Query(pattern=GRID)]
+# A viewport, read by ``projections.queries.BBox.parse``.
+BBoxParam = Annotated[str | None, Query(description="west,south,east,north (WGS84)")]
 # A command's free text. JSON strings may hold NUL (U+0000) and PostgreSQL text may not:
 # recorded, such a reason would stop the read models' projector for good (a submission's
 # own texts are checked by ``core.case.desk.nul_field``).

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query
 
 from api.deps import ContainerDep
 from api.responses import errors
-from api.schemas import CODE
+from api.schemas import CODE, BBoxParam
 from projections.queries import BBox, collection
 from projections.scorecards import Level, Scorecards, Windows
 
@@ -21,7 +21,6 @@ DEFAULT_PERIOD = timedelta(days=30)
 MAX_PERIOD = timedelta(days=366)
 
 District = Annotated[str | None, Query(pattern=r"^\d{6}$", description="district code")]
-BBoxParam = Annotated[str | None, Query(description="west,south,east,north (WGS84)")]
 
 
 def _bbox(raw: str | None) -> BBox | None:

@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException, Path, Query
 
 from api.deps import ReadDep
 from api.responses import errors
-from api.schemas import CODE, Offset, SensorState, SensorType
+from api.schemas import CODE, BBoxParam, GridCode, Offset, SensorState, SensorType
 from projections.queries import BBox, collection
 
 # Staff only: the app includes the router behind the staff roles (401, 403).
@@ -24,8 +24,8 @@ def list_sensors(
     read: ReadDep,
     type: Annotated[SensorType | None, Query(description="sensor type")] = None,
     state: SensorState | None = None,
-    grid_code: Annotated[str | None, Query(pattern=r"^\d{15}$")] = None,
-    bbox: Annotated[str | None, Query(description="west,south,east,north (WGS84)")] = None,
+    grid_code: GridCode = None,
+    bbox: BBoxParam = None,
     limit: Annotated[int, Query(ge=1, le=20_000)] = 10_000,
     offset: Offset = 0,
 ) -> dict[str, Any]:

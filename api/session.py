@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import asdict
 from typing import Any, Literal, Self
 
 from fastapi import APIRouter, HTTPException, Request
@@ -32,13 +33,7 @@ class DevLogin(BaseModel):
 @router.get("/me", responses=errors(401, 503))
 def me(who: PrincipalDep) -> dict[str, Any]:
     """The caller as the API sees them."""
-    return {
-        "subject": who.subject,
-        "role": who.role,
-        "department": who.department,
-        "via": who.via,
-        "actor": who.actor,
-    }
+    return {**asdict(who), "actor": who.actor}
 
 
 def from_loopback(request: Request) -> bool:

@@ -77,34 +77,6 @@ _WRITER_STOPPED = re.compile(r"telemetry writer stopping: (\{.*\})")
 _BRIDGE_STOPPED = re.compile(r"MQTT bridge \S+ stopped: (\{.*\})")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--minutes", type=float, default=30.0, help="minutes of load")
-    ap.add_argument("--rate-factor", type=float, default=4.0, help="times the demo's rates")
-    ap.add_argument(
-        "--kill-every-s", type=float, default=60.0, help="mean s between kills; 0: none"
-    )
-    ap.add_argument("--seed", type=int, default=1, help="seeds the kill times and victims")
-    ap.add_argument("--scenario", default="rainstorm")
-    ap.add_argument("--warmup-s", type=float, default=30.0, help="s of load before kills, RSS")
-    ap.add_argument("--sample-s", type=float, default=3.0, help="s between samples")
-    ap.add_argument("--drain-timeout", type=float, default=300.0, help="s to wait for the drain")
-    ap.add_argument("--quiet-s", type=float, default=10.0, help="s without new events: drained")
-    ap.add_argument("--rss-floor", type=float, default=1.0, help="MiB/min below which no growth")
-    ap.add_argument(
-        "--backtest",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="replay the rules over the stored readings and compare with the log",
-    )
-    ap.add_argument("--log-dir", type=Path, default=None, help="process logs (default: temp)")
-    ap.add_argument("--json", action="store_true", help="print every figure as JSON, last")
-    args = ap.parse_args(argv)
-    if args.minutes <= 0 or args.rate_factor <= 0 or args.sample_s <= 0:
-        ap.error("--minutes, --rate-factor and --sample-s must be positive")
-    return args
-
-
 def _stats(pattern: re.Pattern[str], text: str) -> dict[str, Any]:
     """The fields of the last stats line ``pattern`` finds (``name=number, ...``)."""
     found = pattern.findall(text)
@@ -125,6 +97,42 @@ def _logged_dicts(pattern: re.Pattern[str], text: str) -> list[dict[str, Any]]:
         except (ValueError, SyntaxError):
             continue
     return out
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    load = ap.add_argument_group("load")
+    load.add_argument("--minutes", type=float, default=30.0, help="minutes of load")
+    load.add_argument("--rate-factor", type=float, default=4.0, help="times the demo's rates")
+    load.add_argument("--scenario", default="rainstorm")
+    kills = ap.add_argument_group("kills")
+    kills.add_argument(
+        "--kill-every-s", type=float, default=60.0, help="mean s between kills; 0: none"
+    )
+    kills.add_argument("--seed", type=int, default=1, help="seeds the kill times and victims")
+    kills.add_argument("--warmup-s", type=float, default=30.0, help="s of load before kills, RSS")
+    checks = ap.add_argument_group("checks")
+    checks.add_argument("--sample-s", type=float, default=3.0, help="s between samples")
+    checks.add_argument(
+        "--drain-timeout", type=float, default=300.0, help="s to wait for the drain"
+    )
+    checks.add_argument("--quiet-s", type=float, default=10.0, help="s without new events: drained")
+    checks.add_argument(
+        "--rss-floor", type=float, default=1.0, help="MiB/min below which no growth"
+    )
+    checks.add_argument(
+        "--backtest",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="replay the rules over the stored readings and compare with the log",
+    )
+    out = ap.add_argument_group("output")
+    out.add_argument("--log-dir", type=Path, default=None, help="process logs (default: temp)")
+    out.add_argument("--json", action="store_true", help="print every figure as JSON, last")
+    args = ap.parse_args(argv)
+    if args.minutes <= 0 or args.rate_factor <= 0 or args.sample_s <= 0:
+        ap.error("--minutes, --rate-factor and --sample-s must be positive")
+    return args
 
 
 class Soak:

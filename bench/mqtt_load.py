@@ -151,7 +151,7 @@ class LoadPlan:
 
 @dataclass
 class LoadStats:
-    """What happened; ``Publisher.result`` adds the schedule and CPU time."""
+    """What happened; ``Publisher.result`` adds the back pressure, schedule and CPU time."""
 
     sent: int = 0
     acked: int = 0
@@ -159,10 +159,6 @@ class LoadStats:
     ack_reasons: Counter[int] = field(default_factory=Counter)
     window: int = 0
     receive_maximum: int = 0
-    blocked_episodes: int = 0
-    blocked_s: float = 0.0
-    tcp_blocked_episodes: int = 0
-    tcp_blocked_s: float = 0.0
     sends: int = 0
     bytes: int = 0
     batch_lags_us: list[int] = field(default_factory=list)
@@ -390,34 +386,37 @@ class Publisher:
         self.blocked.update(False, now)
         self.tcp_blocked.update(False, now)
         stats = self.stats
-        stats.blocked_episodes, stats.blocked_s = self.blocked.count, self.blocked.total
-        stats.tcp_blocked_episodes = self.tcp_blocked.count
-        stats.tcp_blocked_s = self.tcp_blocked.total
         lags = sorted(stats.batch_lags_us)
         body = asdict(stats)
         del body["batch_lags_us"]
         wall = max(done_at - started_at, 1e-9)
         body.update(
-            pid=os.getpid(),
-            cpus=sorted(os.sched_getaffinity(0)),
-            count=self.plan.count,
-            devices=len(self.plan.devices),
-            unacked=self.inflight,
-            ack_reasons={f"0x{k:02x}": v for k, v in stats.ack_reasons.items()},
-            lag_p99_ms=lags[int(0.99 * (len(lags) - 1))] / 1000 if lags else 0.0,
-            lag_max_ms=lags[-1] / 1000 if lags else 0.0,
-            t0_us=self.schedule.t0_us,
-            period_num=self.schedule.num,
-            period_den=self.schedule.den,
-            paced=self.schedule.paced,
-            started_at=started_at,
-            sent_at=sent_at,
-            done_at=done_at,
-            wall_s=wall,
-            cpu_user_s=user_s,
-            cpu_sys_s=sys_s,
-            cpu_s=user_s + sys_s,
-            cpu_share_of_machine=(user_s + sys_s) / (wall * (os.cpu_count() or 1)),
+            {
+                "blocked_episodes": self.blocked.count,
+                "blocked_s": self.blocked.total,
+                "tcp_blocked_episodes": self.tcp_blocked.count,
+                "tcp_blocked_s": self.tcp_blocked.total,
+                "pid": os.getpid(),
+                "cpus": sorted(os.sched_getaffinity(0)),
+                "count": self.plan.count,
+                "devices": len(self.plan.devices),
+                "unacked": self.inflight,
+                "ack_reasons": {f"0x{k:02x}": v for k, v in stats.ack_reasons.items()},
+                "lag_p99_ms": lags[int(0.99 * (len(lags) - 1))] / 1000 if lags else 0.0,
+                "lag_max_ms": lags[-1] / 1000 if lags else 0.0,
+                "t0_us": self.schedule.t0_us,
+                "period_num": self.schedule.num,
+                "period_den": self.schedule.den,
+                "paced": self.schedule.paced,
+                "started_at": started_at,
+                "sent_at": sent_at,
+                "done_at": done_at,
+                "wall_s": wall,
+                "cpu_user_s": user_s,
+                "cpu_sys_s": sys_s,
+                "cpu_s": user_s + sys_s,
+                "cpu_share_of_machine": (user_s + sys_s) / (wall * (os.cpu_count() or 1)),
+            }
         )
         return body
 

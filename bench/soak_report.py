@@ -130,13 +130,12 @@ def _mib(kib: int | None) -> str:
 
 def print_report(report: dict[str, Any]) -> None:
     """The soak's figures as text tables (the same dict that ``--json`` prints)."""
-    cfg = report["config"]
+    cfg, drain = report["config"], report["drain"]
     print(
         f"\n== soak: {report['load_s'] / 60:.1f} min of {cfg['scenario']} at"
         f" {cfg['rate_factor']:g}x ({report['sim_rate']:,.0f} msg/s,"
         f" {report['cases_rate']:g} everyday cases/s), a kill every ~{cfg['kill_every_s']:g} s"
-        f" (seed {cfg['seed']}); drain {report['drain']['outcome']} in"
-        f" {report['drain']['seconds']:.0f} s"
+        f" (seed {cfg['seed']}); drain {drain['outcome']} in {drain['seconds']:.0f} s"
     )
     _print_readings(report["readings"])
     _print_events(report["events"])
@@ -150,11 +149,12 @@ def print_report(report: dict[str, Any]) -> None:
 
 
 def _print_readings(r: dict[str, Any]) -> None:
-    sim = r["simulator"]
+    published, acked, refused = (
+        _n(r["simulator"].get(k)) for k in ("published", "acked", "rejected")
+    )
     print(
-        f"  readings: simulator published {_n(sim.get('published'))} messages, broker PUBACKed"
-        f" {_n(sim.get('acked'))} (refused {_n(sim.get('rejected'))});"
-        f" stored {r['stored_messages']:,} messages = {r['rows']:,} rows"
+        f"  readings: simulator published {published} messages, broker PUBACKed {acked}"
+        f" (refused {refused}); stored {r['stored_messages']:,} messages = {r['rows']:,} rows"
     )
     print(
         f"    lost {_n(r['lost'])}{'' if r['exact'] else ' (at least)'},"

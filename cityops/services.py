@@ -7,6 +7,7 @@ a temp dir). Every service is a child process that is stopped with its owner.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import pwd
@@ -91,17 +92,17 @@ class Service:
     stop: Callable[[], None]
 
 
-def _terminate(proc: subprocess.Popen[bytes]) -> Callable[[], None]:
-    def stop() -> None:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-
-    return stop
+def terminate(proc: subprocess.Popen[bytes], grace_s: float = 10.0) -> None:
+    """Stop a child: SIGTERM (its chance to keep what it acknowledged), SIGKILL after
+    ``grace_s``; nothing when it has already exited."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
 
 
 def _spawn(cmd: list[str], log_path: Path, **kwargs: object) -> subprocess.Popen[bytes]:
@@ -149,7 +150,9 @@ def start_kafka(
     )
     wait_for_port(port, 30, proc)
     address = f"127.0.0.1:{advertised_port or port}"
-    return Service("kafka", address, {"CITYOPS_KAFKA_BOOTSTRAP": address}, _terminate(proc))
+    return Service(
+        "kafka", address, {"CITYOPS_KAFKA_BOOTSTRAP": address}, functools.partial(terminate, proc)
+    )
 
 
 def _mqtt(
@@ -161,7 +164,7 @@ def _mqtt(
         "CITYOPS_MQTT_PROTOCOL": str(protocol),
         **(logins or {}),
     }
-    return Service("mqtt", f"127.0.0.1:{port}", env, _terminate(proc))
+    return Service("mqtt", f"127.0.0.1:{port}", env, functools.partial(terminate, proc))
 
 
 # -- MQTT ----------------------------------------------------------------------------------

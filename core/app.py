@@ -8,6 +8,7 @@ events, the input position and the worker's own state commit in one transaction.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import asdict
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -54,20 +55,8 @@ class CityApp(Application[UUID]):
         for spec in specs:
             if self.exists(sensor_id(spec.device_id)):
                 continue
-            new.append(
-                Sensor(
-                    device_id=spec.device_id,
-                    sensor_type=spec.sensor_type,
-                    gateway_id=spec.gateway_id,
-                    lon=spec.lon,
-                    lat=spec.lat,
-                    grid_code=spec.grid_code,
-                    district_code=spec.district_code,
-                    department_code=spec.department_code,
-                    actor=actor,
-                    correlation_id=correlation_id,
-                )
-            )
+            # A spec's fields are the Registered event's, by name.
+            new.append(Sensor(**asdict(spec), actor=actor, correlation_id=correlation_id))
             if len(new) >= 500:
                 self.save(*new)
                 new.clear()

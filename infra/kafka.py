@@ -9,7 +9,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -393,6 +393,27 @@ def record_partitions(
                 log.info("concurrent update on %s, retry %d", tp, attempt + 1)
         else:
             raise RuntimeError(f"could not record batch of {tp} after 5 attempts")
+
+
+@contextlib.contextmanager
+def consuming(
+    consumer: KafkaConsumer, producer: KafkaProducer, stop: threading.Event, name: str
+) -> Iterator[None]:
+    """The span of a worker's poll loop: at its end the consumer closes (no offset
+    commit: the positions live in the database) and the producer flushes. The database
+    going away while ``stop`` is set (all stopping together) ends it quietly; at any
+    other time it is raised."""
+    from infra.pgstore import DATABASE_UNAVAILABLE
+
+    try:
+        yield
+    except DATABASE_UNAVAILABLE:
+        if not stop.is_set():
+            raise
+        log.info("%s stopped while the database was unavailable", name)
+    finally:
+        consumer.close(autocommit=False)
+        producer.flush()
 
 
 def default_partition(key: bytes, partitions: int) -> int:

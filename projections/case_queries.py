@@ -9,13 +9,12 @@ from typing import Any
 from uuid import UUID
 
 from psycopg import sql
-from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 from core.case import ACTIVE, OPEN
 from projections import positions
 from projections.cases import CaseProjection
-from projections.queries import BBox, Filters
+from projections.queries import BBox, Filters, dict_rows
 
 CASE_COLUMNS = (
     "case_id, channel, external_id, category, description, status, status_notes, lon, lat,"
@@ -59,14 +58,10 @@ class CaseQueries:
     def __init__(self, pool: ConnectionPool) -> None:
         self.pool = pool
 
-    def _rows(self, query: sql.Composed | sql.SQL, params: list[Any]) -> list[dict[str, Any]]:
-        with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            cur.execute(query, params)
-            return cur.fetchall()
-
-    def _ids(self, query: sql.SQL, params: list[Any], column: str) -> list[Any]:
-        """The ``column`` of each row of ``query``."""
-        return [r[column] for r in self._rows(query, params)]
+    def _ids(self, query: str, params: list[Any]) -> list[Any]:
+        """The first column of each row of ``query``."""
+        with self.pool.connection() as conn:
+            return [row[0] for row in conn.execute(query, params)]
 
     def _where(self, flt: CaseFilter) -> Filters:
         f = (
@@ -121,17 +116,20 @@ class CaseQueries:
         query = sql.SQL("SELECT {} FROM service_cases{} ORDER BY {} LIMIT %s OFFSET %s").format(
             sql.SQL(CASE_COLUMNS), f.clause(), sql.SQL(order_by)
         )
-        return self._rows(query, [*f.params, limit, offset])
+        return dict_rows(self.pool, query, [*f.params, limit, offset])
 
     def count(self, flt: CaseFilter) -> int:
         f = self._where(flt)
-        rows = self._rows(
-            sql.SQL("SELECT count(*) AS n FROM service_cases{}").format(f.clause()), f.params
+        rows = dict_rows(
+            self.pool,
+            sql.SQL("SELECT count(*) AS n FROM service_cases{}").format(f.clause()),
+            f.params,
         )
         return int(rows[0]["n"])
 
     def case(self, case_id: UUID) -> dict[str, Any] | None:
-        rows = self._rows(
+        rows = dict_rows(
+            self.pool,
             sql.SQL("SELECT {} FROM service_cases WHERE case_id = %s").format(
                 sql.SQL(CASE_COLUMNS)
             ),
@@ -143,7 +141,8 @@ class CaseQueries:
         self, category: str, lon: float, lat: float, radius_m: float, limit: int
     ) -> list[str]:
         """Open cases of ``category`` within ``radius_m`` (equirectangular distance)."""
-        rows = self._rows(
+        rows = dict_rows(
+            self.pool,
             sql.SQL(
                 "SELECT case_id FROM service_cases WHERE category = %s AND status = ANY(%s)"
                 " AND lon BETWEEN %s AND %s AND lat BETWEEN %s AND %s"
@@ -169,19 +168,17 @@ class CaseQueries:
     def deadline_candidates(self, now: datetime, limit: int = 1_000) -> list[UUID]:
         """Active cases whose due-soon or overdue mark for the current deadline is due."""
         return self._ids(
-            sql.SQL(
-                "SELECT case_id FROM service_cases WHERE status = ANY(%s) AND ("
-                " (due_soon_at <= %s AND due_soon_marked < deadline_no)"
-                " OR (due_at <= %s AND overdue_marked < deadline_no))"
-                " ORDER BY due_soon_at LIMIT %s"
-            ),
+            "SELECT case_id FROM service_cases WHERE status = ANY(%s) AND ("
+            " (due_soon_at <= %s AND due_soon_marked < deadline_no)"
+            " OR (due_at <= %s AND overdue_marked < deadline_no))"
+            " ORDER BY due_soon_at LIMIT %s",
             [list(ACTIVE), now, now, limit],
-            "case_id",
         )
 
     def cases_of_incident(self, incident_id: UUID) -> list[dict[str, Any]]:
         """The cases linked to an incident (no personal data), oldest first."""
-        return self._rows(
+        return dict_rows(
+            self.pool,
             sql.SQL(
                 "SELECT case_id, external_id, channel, category, status, sensor_check, proactive,"
                 " lon, lat, submitted_at, resolved_at FROM service_cases WHERE incident_id = %s"
@@ -193,13 +190,10 @@ class CaseQueries:
     def escalation_candidates(self, now: datetime, limit: int = 500) -> list[UUID]:
         """Incidents being worked whose deadline (or next escalation) has passed."""
         return self._ids(
-            sql.SQL(
-                "SELECT incident_id FROM map_incidents WHERE escalate_at <= %s"
-                " AND status = 'open' AND stage IN ('dispatched', 'accepted')"
-                " ORDER BY escalate_at LIMIT %s"
-            ),
+            "SELECT incident_id FROM map_incidents WHERE escalate_at <= %s"
+            " AND status = 'open' AND stage IN ('dispatched', 'accepted')"
+            " ORDER BY escalate_at LIMIT %s",
             [now, limit],
-            "incident_id",
         )
 
     def wait_until_current(self, timeout: float = 10.0) -> bool:
@@ -211,8 +205,4 @@ class CaseQueries:
     def case_ids_of_citizen(self, citizen_id: UUID) -> list[UUID]:
         """Every case of a citizen, as of the log now (waits for the read model)."""
         self.wait_until_current()
-        return self._ids(
-            sql.SQL("SELECT case_id FROM service_cases WHERE citizen_id = %s"),
-            [citizen_id],
-            "case_id",
-        )
+        return self._ids("SELECT case_id FROM service_cases WHERE citizen_id = %s", [citizen_id])

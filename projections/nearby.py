@@ -11,7 +11,6 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 from core.brain.correlation import NearCase, NearIncident, NearSensor
@@ -19,6 +18,7 @@ from core.case import OPEN
 from gis.crs import distance_m
 from projections import positions
 from projections.case_queries import box_around
+from projections.queries import dict_rows
 
 
 class NearbyQueries:
@@ -29,9 +29,7 @@ class NearbyQueries:
         self, query: str, params: list[Any], lon: float, lat: float, radius_m: float
     ) -> list[tuple[float, dict[str, Any]]]:
         """(distance, row) of the rows of ``query`` within ``radius_m``, nearest first."""
-        with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            cur.execute(query, params)
-            rows = cur.fetchall()
+        rows = dict_rows(self.pool, query, params)
         found = [(float(distance_m(lon, lat, r["lon"], r["lat"])), r) for r in rows]
         return sorted((d, r) for d, r in found if d <= radius_m)
 

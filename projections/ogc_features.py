@@ -167,22 +167,30 @@ def _where(
     return sql.SQL(" AND ").join(parts), params
 
 
-def _page_in(
+def live_page(
     conn: psycopg.Connection[Any],
-    view: sql.Composable,
     source: PointSource,
     boxes: Sequence[BBox],
     window: Window | None,
     limit: int,
     offset: int,
+    view: sql.Composable | None = None,
 ) -> Page:
+    """A page of the collection as it is now (``window``: the rows whose span meets it),
+    or as ``view`` holds it: a table of ``source.table``'s columns (one replayed to an
+    instant, in ``replayed_page``)."""
     where, params = _where(source, boxes, window)
     # The count and the page in one statement: one snapshot, even outside a transaction.
     query = sql.SQL(
         "SELECT c.n AS number_matched, p.* FROM (SELECT count(*) AS n FROM {view} t WHERE {w}) c"
         " LEFT JOIN LATERAL (SELECT {cols} FROM {view} t WHERE {w} ORDER BY t.{key}"
         " LIMIT %s OFFSET %s) p ON true"
-    ).format(view=view, w=where, cols=source.columns(), key=sql.Identifier(source.key))
+    ).format(
+        view=sql.Identifier(source.table) if view is None else view,
+        w=where,
+        cols=source.columns(),
+        key=sql.Identifier(source.key),
+    )
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(query, [*params, *params, limit, offset])
         rows = cur.fetchall()
@@ -194,19 +202,6 @@ def _page_in(
         row.pop("number_matched")
         features.append(point_feature(row, source.key))
     return Page(features, matched)
-
-
-def live_page(
-    conn: psycopg.Connection[Any],
-    source: PointSource,
-    boxes: Sequence[BBox],
-    window: Window | None,
-    limit: int,
-    offset: int,
-) -> Page:
-    """A page of the collection as it is now (``window``: the rows whose span meets it)."""
-    view = sql.Identifier(source.table)
-    return _page_in(conn, view, source, boxes, window, limit, offset)
 
 
 def replayed_page(
@@ -229,7 +224,8 @@ def replayed_page(
         return Page([], 0), None
     with conn.transaction():
         replayed = replay.materialize(conn, mapper, projections, position, touched_only=True)
-        page = _page_in(conn, replayed.views[source.table], source, boxes, None, limit, offset)
+        view = replayed.views[source.table]
+        page = live_page(conn, source, boxes, None, limit, offset, view=view)
     return page, replayed
 
 

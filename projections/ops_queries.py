@@ -18,6 +18,7 @@ from psycopg_pool import ConnectionPool
 from core.case import ACTIVE, OPEN
 from core.incident import SEVERITIES, WORKING
 from projections.case_queries import CASE_COLUMNS
+from projections.queries import dict_rows
 from projections.scorecards import SCORECARDS
 
 # Counts for the tiles, each from an index: map_incidents_status (status, severity),
@@ -164,7 +165,7 @@ class OpsQueries:
         """Cases marked due soon and not overdue, the earliest due first; and their count."""
         query = sql.SQL(DUE_SOON_CASES).format(department=_department(department_code))
         params = {"active": list(ACTIVE), "department_code": department_code, "limit": limit}
-        rows = self._rows(query, params)
+        rows = dict_rows(self.pool, query, params)
         return rows, int(rows[0]["total"]) if rows else 0
 
     def sla_incidents(
@@ -186,7 +187,7 @@ class OpsQueries:
             "department_code": department_code,
             "limit": limit,
         }
-        rows = self._rows(query, params)
+        rows = dict_rows(self.pool, query, params)
         first = rows[0] if rows else {}
         counts = {
             "total": int(first.get("total", 0)),
@@ -195,8 +196,3 @@ class OpsQueries:
             "escalated": int(first.get("total_escalated", 0)),
         }
         return rows, counts
-
-    def _rows(self, query: sql.Composed, params: dict[str, Any]) -> list[dict[str, Any]]:
-        with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            cur.execute(query, params)
-            return cur.fetchall()

@@ -19,6 +19,7 @@ from uuid import UUID
 
 import psycopg
 from psycopg import sql
+from psycopg.abc import Params
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
@@ -59,6 +60,15 @@ class BBox:
         if w > e or s > n:
             raise ValueError("bbox must have west <= east and south <= north")
         return cls(w, s, e, n)
+
+
+def dict_rows(
+    pool: ConnectionPool, query: str | sql.SQL | sql.Composed, params: Params
+) -> list[dict[str, Any]]:
+    """The rows of ``query`` as dicts, on a connection of ``pool``."""
+    with pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(query, params)
+        return cur.fetchall()
 
 
 def pg_isoformat(value: datetime) -> str:
@@ -120,15 +130,39 @@ class Filters:
         return sql.SQL(" WHERE ") + sql.SQL(" AND ").join(self.parts)
 
 
+@dataclass(frozen=True, slots=True)
+class _Table:
+    """A read model's table: the columns a feature shows and the one that is its id."""
+
+    name: str
+    columns: str
+    key: str
+
+
+_SENSORS = _Table("map_sensors", SENSOR_COLUMNS, "device_id")
+_INCIDENTS = _Table("map_incidents", INCIDENT_COLUMNS, "incident_id")
+
+
 class ReadModels:
     def __init__(self, pool: ConnectionPool) -> None:
         self.pool = pool
         self._readings_aggregates: frozenset[str] | None = None
 
-    def _rows(self, query: sql.Composed, params: list[Any]) -> list[dict[str, Any]]:
-        with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            cur.execute(query, params)
-            return cur.fetchall()
+    def _features(
+        self, table: _Table, f: Filters, order: str, limit: int, offset: int
+    ) -> list[dict[str, Any]]:
+        query = sql.SQL("SELECT {} FROM {}{} ORDER BY {} LIMIT %s OFFSET %s").format(
+            sql.SQL(table.columns), sql.Identifier(table.name), f.clause(), sql.SQL(order)
+        )
+        rows = dict_rows(self.pool, query, [*f.params, limit, offset])
+        return [feature(r, table.key) for r in rows]
+
+    def _feature(self, table: _Table, column: str, value: Any) -> dict[str, Any] | None:
+        query = sql.SQL("SELECT {} FROM {} WHERE {} = %s").format(
+            sql.SQL(table.columns), sql.Identifier(table.name), sql.Identifier(column)
+        )
+        rows = dict_rows(self.pool, query, [value])
+        return feature(rows[0], table.key) if rows else None
 
     def sensors(
         self,
@@ -141,29 +175,13 @@ class ReadModels:
         offset: int = 0,
     ) -> list[dict[str, Any]]:
         f = Filters().eq("sensor_type", sensor_type).eq("state", state).eq("grid_code", grid_code)
-        f.bbox(bbox)
-        query = sql.SQL(
-            "SELECT {} FROM map_sensors{} ORDER BY device_id LIMIT %s OFFSET %s"
-        ).format(sql.SQL(SENSOR_COLUMNS), f.clause())
-        return [feature(r, "device_id") for r in self._rows(query, [*f.params, limit, offset])]
+        return self._features(_SENSORS, f.bbox(bbox), "device_id", limit, offset)
 
     def sensor(self, device_id: str) -> dict[str, Any] | None:
-        rows = self._rows(
-            sql.SQL("SELECT {} FROM map_sensors WHERE device_id = %s").format(
-                sql.SQL(SENSOR_COLUMNS)
-            ),
-            [device_id],
-        )
-        return feature(rows[0], "device_id") if rows else None
+        return self._feature(_SENSORS, "device_id", device_id)
 
     def sensor_by_id(self, sensor_id: UUID) -> dict[str, Any] | None:
-        rows = self._rows(
-            sql.SQL("SELECT {} FROM map_sensors WHERE sensor_id = %s").format(
-                sql.SQL(SENSOR_COLUMNS)
-            ),
-            [sensor_id],
-        )
-        return feature(rows[0], "device_id") if rows else None
+        return self._feature(_SENSORS, "sensor_id", sensor_id)
 
     def incidents(
         self,
@@ -178,19 +196,10 @@ class ReadModels:
     ) -> list[dict[str, Any]]:
         f = Filters().eq("status", status).eq("severity", severity).eq("grid_code", grid_code)
         f.eq("device_id", device_id).bbox(bbox)
-        query = sql.SQL(
-            "SELECT {} FROM map_incidents{} ORDER BY opened_at DESC, incident_id LIMIT %s OFFSET %s"
-        ).format(sql.SQL(INCIDENT_COLUMNS), f.clause())
-        return [feature(r, "incident_id") for r in self._rows(query, [*f.params, limit, offset])]
+        return self._features(_INCIDENTS, f, "opened_at DESC, incident_id", limit, offset)
 
     def incident(self, incident_id: UUID) -> dict[str, Any] | None:
-        rows = self._rows(
-            sql.SQL("SELECT {} FROM map_incidents WHERE incident_id = %s").format(
-                sql.SQL(INCIDENT_COLUMNS)
-            ),
-            [incident_id],
-        )
-        return feature(rows[0], "incident_id") if rows else None
+        return self._feature(_INCIDENTS, "incident_id", incident_id)
 
     def grid_load(self) -> dict[str, dict[str, int]]:
         """Per grid cell: sensor count and open incident count."""

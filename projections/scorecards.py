@@ -35,11 +35,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from psycopg import sql
-from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 from core.refdata import load_yaml
-from projections.queries import BBox
+from projections.queries import BBox, dict_rows
 
 Level = Literal["grid", "district", "department"]
 LEVEL_COLUMNS: dict[str, str] = {
@@ -309,11 +308,6 @@ class Scorecards:
         self.pool = pool
         self.weights = weights or default_weights()
 
-    def _rows(self, query: sql.Composed, params: dict[str, Any]) -> list[dict[str, Any]]:
-        with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            cur.execute(query, params)
-            return cur.fetchall()
-
     def scorecards(
         self,
         level: Level,
@@ -340,7 +334,7 @@ class Scorecards:
             "end": end,
             **_filter_params(district_code, department_code, bbox),
         }
-        return self._rows(query, params)
+        return dict_rows(self.pool, query, params)
 
     def hotspots(
         self,
@@ -372,4 +366,4 @@ class Scorecards:
             "z": z,
             **_filter_params(district_code, None, bbox),
         }
-        return self._rows(query, params)
+        return dict_rows(self.pool, query, params)

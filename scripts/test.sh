@@ -14,6 +14,9 @@ bash scripts/timescaledb.sh
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
+# The page's vector tile decoder (npm packages, bundled into api/static/vendor/).
+command -v npm >/dev/null || install_debs "the page's vector tile decoder" nodejs npm
+echo "== web"; bash scripts/web.sh
 
 echo "== ruff"; .venv/bin/ruff check .
 echo "== mypy"; .venv/bin/mypy core infra workers sensors projections api gis simulations cityops bench

@@ -23,7 +23,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
@@ -648,6 +648,9 @@ class CitizenStats:
         return self.open311_sent + self.hotline_sent
 
 
+# What a run counts as it goes: every field of CitizenStats but the time.
+_COUNTED = tuple(f.name for f in fields(CitizenStats) if f.name != "elapsed_s")
+
 # Answers worth retrying: the API is starting, overloaded or behind a restarting proxy.
 # The Idempotency-Key makes a retry safe.
 _RETRY_STATUSES = frozenset({429, 502, 503, 504})
@@ -800,20 +803,9 @@ class CitizenSimulator:
             self.producer.flush(timeout=10.0)
         except KafkaError as exc:
             log.warning("flushing hotline messages failed: %s", exc)
-        left = sum(len(box.queue) for box in self._outboxes.values())
-        self._dropped += left
+        self._count("dropped", sum(len(box.queue) for box in self._outboxes.values()))
         with self._lock:
-            stats = CitizenStats(
-                generated=self._generated,
-                open311_sent=self._open311_sent,
-                open311_accepted=self._open311_accepted,
-                open311_rejected=self._open311_rejected,
-                hotline_sent=self._hotline_sent,
-                hotline_acked=self._hotline_acked,
-                hotline_failed=self._hotline_failed,
-                dropped=self._dropped,
-                elapsed_s=self._clock() - started,
-            )
+            stats = CitizenStats(**self._counts, elapsed_s=self._clock() - started)
         if stats.dropped:
             log.warning("citizens: %d reports dropped, never sent", stats.dropped)
         log.info("citizens: %s", stats)
@@ -821,18 +813,20 @@ class CitizenSimulator:
 
     def _reset(self) -> None:
         self._outboxes: dict[Channel, _Outbox] = {"open311": _Outbox(), "hotline": _Outbox()}
-        self._generated = self._dropped = 0
-        self._open311_sent = self._open311_accepted = self._open311_rejected = 0
         with self._lock:
-            self._hotline_sent = self._hotline_acked = self._hotline_failed = 0
+            self._counts = dict.fromkeys(_COUNTED, 0)
+
+    def _count(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self._counts[name] += n
 
     def _enqueue(self, report: CaseReport) -> None:
-        self._generated += 1
+        self._count("generated")
         queue = self._outboxes[report.channel].queue
         queue.append(report)
         if len(queue) > self.max_pending:
             lost = queue.popleft()
-            self._dropped += 1
+            self._count("dropped")
             log.debug("%s queue full: dropped %s", report.channel, lost.external_id)
 
     def _deliver(self, http: httpx.Client, now: float, scenario_start: float) -> None:
@@ -867,11 +861,11 @@ class CitizenSimulator:
         if response.status_code in _RETRY_STATUSES:
             log.debug("Open311 %s: HTTP %d, retrying", report.external_id, response.status_code)
             return False
-        self._open311_sent += 1
+        self._count("open311_sent")
         if response.is_success:
-            self._open311_accepted += 1
+            self._count("open311_accepted")
         else:
-            self._open311_rejected += 1
+            self._count("open311_rejected")
             log.debug(
                 "Open311 rejected %s (%s): HTTP %d %s",
                 report.external_id,
@@ -890,21 +884,18 @@ class CitizenSimulator:
         except KafkaError as exc:
             log.debug("hotline %s: %r", report.external_id, exc)
             return False
-        with self._lock:
-            self._hotline_sent += 1
+        self._count("hotline_sent")
         if future is not None:
             future.add_callback(self._on_ack)
             future.add_errback(self._on_failure, report.external_id)
         return True
 
     def _on_ack(self, _metadata: object) -> None:
-        with self._lock:
-            self._hotline_acked += 1
+        self._count("hotline_acked")
 
     def _on_failure(self, exc: BaseException, external_id: str) -> None:
         log.debug("hotline %s not delivered: %r", external_id, exc)
-        with self._lock:
-            self._hotline_failed += 1
+        self._count("hotline_failed")
 
 
 def _pick(rng: np.random.Generator, cumulative: NDArray[np.float64]) -> int:

@@ -172,14 +172,8 @@ def generate_shanghai(
 
     Parameters
     ----------
-    seed : int
-        Seed of the random generator (sensor positions).
-    n_sensors : int
-        Number of sensors, split evenly over the four sensor types.
-    out_dir : Path
-        Where the layers and ``city.yaml`` are written.
-    fmt : {"geojson", "gpkg"}
-        Layer file format.
+    seed, n_sensors, out_dir, fmt
+        As for :func:`generate_city` (here the seed places the sensors only).
     cell_m, outer_cell_m : float
         Side of a grid cell in metres in the central districts
         (``gis.shanghai.CENTRAL_DISTRICTS``) and in the others, 50 to 5,000.

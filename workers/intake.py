@@ -10,7 +10,6 @@ its reason; nothing else in its batch is lost.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections import Counter
@@ -31,10 +30,8 @@ from core.personal import Contact
 from infra import kafka as topics
 from infra.hotline_schema import HotlineCase
 from infra.kafka import Topics, TrackedPositions
-from infra.pgstore import DATABASE_UNAVAILABLE
 from infra.settings import Settings
 
-log = logging.getLogger(__name__)
 SOURCE = "case-intake"
 
 
@@ -123,17 +120,10 @@ class CaseIntake:
             load_positions=self.tracked.load,
             on_revoked=self.tracked.forget,
         )
-        try:
+        with topics.consuming(consumer, self.producer, stop, "case intake"):
             while not stop.is_set():
                 batch = consumer.poll(timeout_ms=200, max_records=500)
                 if batch:
                     topics.record_partitions(
                         consumer, batch, self.process_partition, self.tracked.load, stop, SOURCE
                     )
-        except DATABASE_UNAVAILABLE:
-            if not stop.is_set():
-                raise
-            log.info("case intake stopped while the database was unavailable")
-        finally:
-            consumer.close(autocommit=False)
-            self.producer.flush()

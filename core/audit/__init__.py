@@ -10,12 +10,13 @@ no citizen's contact or identity in clear.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 from eventsourcing.application import Application
-from eventsourcing.domain import Aggregate, event
+from eventsourcing.domain import Aggregate
 
 MASKED = "[masked]"
 # Fields of every stored event that the views show under their own names.
@@ -28,19 +29,20 @@ _ACTOR_FIELDS = frozenset({"actor", "submitted_by", "by", "acknowledged_by"})
 ContactView = Callable[[str | None, str], dict[str, Any]]
 
 
-class AuditRead(Aggregate):
-    """One read of the audit trail: who read what, when (the event's timestamp), and why."""
+@dataclass
+class AuditRead(Aggregate, created_event_name="Recorded"):
+    """One read of the audit trail: who read what, when (the event's timestamp), and why.
 
-    @event("Recorded")
-    def __init__(
-        self, reader: str, role: str, path: str, query: str, actor: str, correlation_id: str
-    ) -> None:
-        self.reader = reader
-        self.role = role
-        self.path = path
-        self.query = query
-        self.actor = actor
-        self.correlation_id = correlation_id
+    Declared as a dataclass: the fields are the read's attributes and, in this order, the
+    ``Recorded`` event's (the library makes the class a dataclass once, when defined).
+    """
+
+    reader: str
+    role: str
+    path: str
+    query: str
+    actor: str
+    correlation_id: str
 
 
 MAX_QUERY_CHARS = 2_048

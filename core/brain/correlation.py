@@ -25,7 +25,7 @@ from eventsourcing.application import ProcessingEvent
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from core.case import OPEN, ServiceCase
-from core.incident import SEVERITIES, Incident, raised_severity
+from core.incident import SEVERITIES, Incident, placement, raised_severity
 from core.refdata import load_yaml
 
 SYSTEM_BRAIN = "system:urban-brain"
@@ -123,6 +123,8 @@ def load_policy(path: Path | None = None) -> CorrelationPolicy:
 
 @dataclass(frozen=True, slots=True)
 class NearIncident:
+    """An incident the read side finds near a point, and how far it is."""
+
     id: UUID
     distance_m: float
     kind: str
@@ -130,6 +132,8 @@ class NearIncident:
 
 @dataclass(frozen=True, slots=True)
 class NearCase:
+    """A service case the read side finds near a point, and how far it is."""
+
     id: UUID
     distance_m: float
 
@@ -291,9 +295,7 @@ class Correlator:
             rule_version=self.policy.version,
             lon=lon,
             lat=lat,
-            grid_code=case.grid_code,
-            district_code=case.district_code,
-            department_code=case.department_code,
+            **placement(case),
             metric=None,
             value=None,
             reading_ts=None,

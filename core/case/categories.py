@@ -116,6 +116,9 @@ class Category:
 
 @dataclass(frozen=True, slots=True)
 class Revisit:
+    """The revisit (回访): a rating of ``max_rating`` or less reopens the case, due again
+    in ``time_limit_h`` on ``clock``."""
+
     max_rating: int
     time_limit_h: float
     clock: Clock
@@ -123,6 +126,9 @@ class Revisit:
 
 @dataclass(frozen=True, slots=True)
 class Categories:
+    """One version of the categories file: the categories by code, the work calendar and
+    the revisit rule."""
+
     version: int
     calendar: WorkCalendar
     revisit: Revisit

@@ -14,6 +14,7 @@ import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from inspect import Parameter, Signature
 from typing import Any, Protocol
 from uuid import UUID
 
@@ -150,6 +151,44 @@ def check_lonlat(lon: float | None, lat: float | None) -> None:
         raise InvalidLocationError("lat/long must be finite numbers")
     if not (-180.0 <= lon <= 180.0 and -90.0 <= lat <= 90.0):
         raise InvalidLocationError(f"lat/long out of range: lat={lat}, long={lon}")
+
+
+def _extension_decision(approve: bool, reason: str) -> CaseCommand:
+    """Grant or refuse the pending extension request."""
+    return ApproveExtension(reason) if approve else RefuseExtension(reason)
+
+
+def _by_name(build: Callable[..., CaseCommand], params: str) -> Callable[..., ServiceCase]:
+    """A desk method that runs the command ``build`` makes through ``ServiceDesk.execute``.
+
+    It takes the case id, then ``params`` in this order, by position or by name (``check``
+    and those after it default to None): ``actor`` and ``correlation_id`` make the
+    context, ``check`` is the caller's authorization, the others build the command.
+    """
+    names = ("case_uuid", *params.split())
+    optional = names.index("check")
+    signature = Signature(
+        [
+            Parameter(
+                name,
+                Parameter.POSITIONAL_OR_KEYWORD,
+                default=None if i >= optional else Parameter.empty,
+            )
+            for i, name in enumerate(names)
+        ]
+    )
+
+    def method(desk: ServiceDesk, *args: Any, **kwargs: Any) -> ServiceCase:
+        given = signature.bind(*args, **kwargs)
+        given.apply_defaults()
+        fields = dict(given.arguments)
+        case_uuid = fields.pop("case_uuid")
+        ctx = CommandContext(fields.pop("actor"), fields.pop("correlation_id"))
+        check = fields.pop("check")
+        return desk.execute(case_uuid, build(**fields), ctx, check)
+
+    method.__doc__ = build.__doc__
+    return method
 
 
 class ServiceDesk:
@@ -543,125 +582,16 @@ class ServiceDesk:
 
     # -- the commands by name, for callers that pass actor and correlation id apart ------
 
-    def accept(
-        self,
-        case_uuid: UUID,
-        actor: str,
-        reason: str,
-        correlation_id: str,
-        check: Check | None = None,
-        department_code: str | None = None,
-    ) -> ServiceCase:
-        """Register a held case (立案); dispatch it by policy, or to ``department_code``."""
-        command = Accept(reason, department_code)
-        return self.execute(case_uuid, command, CommandContext(actor, correlation_id), check)
-
-    def reject(
-        self,
-        case_uuid: UUID,
-        rejection: str,
-        duplicate_of: UUID | None,
-        actor: str,
-        reason: str,
-        correlation_id: str,
-        check: Check | None = None,
-    ) -> ServiceCase:
-        command = Reject(rejection, duplicate_of, reason)
-        return self.execute(case_uuid, command, CommandContext(actor, correlation_id), check)
-
-    def assign(
-        self,
-        case_uuid: UUID,
-        department_code: str,
-        actor: str,
-        reason: str,
-        correlation_id: str,
-        check: Check | None = None,
-    ) -> ServiceCase:
-        """Manual dispatch (or re-dispatch of a returned case) to a named department."""
-        command = Assign(department_code, reason)
-        return self.execute(case_uuid, command, CommandContext(actor, correlation_id), check)
-
-    def decide_extension(
-        self,
-        case_uuid: UUID,
-        approve: bool,
-        actor: str,
-        reason: str,
-        correlation_id: str,
-        check: Check | None = None,
-    ) -> ServiceCase:
-        command = ApproveExtension(reason) if approve else RefuseExtension(reason)
-        return self.execute(case_uuid, command, CommandContext(actor, correlation_id), check)
-
-    def start(
-        self,
-        case_uuid: UUID,
-        actor: str,
-        reason: str,
-        correlation_id: str,
-        check: Check | None = None,
-    ) -> ServiceCase:
-        return self.execute(case_uuid, Start(reason), CommandContext(actor, correlation_id), check)
-
-    def resolve(
-        self,
-        case_uuid: UUID,
-        reply: str,
-        actor: str,
-        reason: str,
-        correlation_id: str,
-        check: Check | None = None,
-    ) -> ServiceCase:
-        command = Resolve(reply, reason)
-        return self.execute(case_uuid, command, CommandContext(actor, correlation_id), check)
-
-    def return_case(
-        self,
-        case_uuid: UUID,
-        actor: str,
-        reason: str,
-        correlation_id: str,
-        check: Check | None = None,
-    ) -> ServiceCase:
-        command = ReturnCase(reason)
-        return self.execute(case_uuid, command, CommandContext(actor, correlation_id), check)
-
-    def request_extension(
-        self,
-        case_uuid: UUID,
-        hours: float,
-        actor: str,
-        reason: str,
-        correlation_id: str,
-        check: Check | None = None,
-    ) -> ServiceCase:
-        command = RequestExtension(hours, reason)
-        return self.execute(case_uuid, command, CommandContext(actor, correlation_id), check)
-
-    def rate(
-        self,
-        case_uuid: UUID,
-        rating: int,
-        comment: str,
-        actor: str,
-        correlation_id: str,
-        check: Check | None = None,
-    ) -> ServiceCase:
-        """Rate a resolved case; a bad rating reopens it for a revisit with a new deadline."""
-        command = Rate(rating, comment)
-        return self.execute(case_uuid, command, CommandContext(actor, correlation_id), check)
-
-    def cancel(
-        self,
-        case_uuid: UUID,
-        actor: str,
-        reason: str,
-        correlation_id: str,
-        check: Check | None = None,
-    ) -> ServiceCase:
-        command = Cancel(reason)
-        return self.execute(case_uuid, command, CommandContext(actor, correlation_id), check)
+    accept = _by_name(Accept, "actor reason correlation_id check department_code")
+    reject = _by_name(Reject, "rejection duplicate_of actor reason correlation_id check")
+    assign = _by_name(Assign, "department_code actor reason correlation_id check")
+    decide_extension = _by_name(_extension_decision, "approve actor reason correlation_id check")
+    start = _by_name(Start, "actor reason correlation_id check")
+    resolve = _by_name(Resolve, "reply actor reason correlation_id check")
+    return_case = _by_name(ReturnCase, "actor reason correlation_id check")
+    request_extension = _by_name(RequestExtension, "hours actor reason correlation_id check")
+    rate = _by_name(Rate, "rating comment actor correlation_id check")
+    cancel = _by_name(Cancel, "actor reason correlation_id check")
 
     # -- SLA clock ------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ Deadlines and times are computed outside and passed in.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Protocol, TypedDict
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
@@ -39,6 +40,31 @@ def raised_severity(severity: str) -> str:
     """One step up the severity scale (critical stays critical)."""
     i = SEVERITIES.index(severity) if severity in SEVERITIES else 0
     return SEVERITIES[min(i + 1, len(SEVERITIES) - 1)]
+
+
+class Placed(Protocol):
+    """Something on the city's grid (a sensor, a service case)."""
+
+    grid_code: str | None
+    district_code: str | None
+    department_code: str | None
+
+
+class Placement(TypedDict):
+    """The fields of ``Opened`` that say where an incident is handled."""
+
+    grid_code: str | None
+    district_code: str | None
+    department_code: str | None
+
+
+def placement(source: Placed) -> Placement:
+    """Where an incident about ``source`` is placed: its grid cell, district, department."""
+    return {
+        "grid_code": source.grid_code,
+        "district_code": source.district_code,
+        "department_code": source.department_code,
+    }
 
 
 class Incident(Aggregate):

@@ -9,7 +9,7 @@ from uuid import UUID
 from eventsourcing.application import ProcessingEvent
 
 from core.app import CityApp
-from core.incident import Incident
+from core.incident import Incident, placement
 from core.sensor import SILENCE_RULE, Sensor
 from core.sensor.rules import RuleSet, Transition
 
@@ -85,9 +85,7 @@ class IncidentPolicy:
             rule_version=self.ruleset.version,
             lon=sensor.lon,
             lat=sensor.lat,
-            grid_code=sensor.grid_code,
-            district_code=sensor.district_code,
-            department_code=sensor.department_code,
+            **placement(sensor),
             metric=metric,
             value=value,
             reading_ts=ts,

@@ -27,7 +27,8 @@ def incident_id(device_id: str, rule_id: str, seq: int) -> UUID:
 
 @dataclass(frozen=True, slots=True)
 class SensorSpec:
-    """What registering a device needs; placement comes from gis/."""
+    """What registering a device needs (the ``Registered`` event's fields, by name);
+    placement comes from gis/."""
 
     device_id: str
     sensor_type: str

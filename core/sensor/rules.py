@@ -29,6 +29,9 @@ class RulesError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Level:
+    """One severity of a rule: raised when a reading crosses ``raise_at``, cleared when it
+    crosses back past ``clear_at`` (the gap keeps a reading near the line from flapping)."""
+
     severity: str
     raise_at: float
     clear_at: float

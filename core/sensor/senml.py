@@ -22,6 +22,7 @@ Status payloads: ``online`` / ``offline``, as text, a JSON string or ``{"status"
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import math
 import re
@@ -48,6 +49,7 @@ class LimitSettings(Protocol):
     max_payload_bytes: int
     max_future_skew_s: float
     max_past_age_s: float
+
 
 REASON_CODES: tuple[str, ...] = (
     "topic_shape",
@@ -268,71 +270,152 @@ def _utf8_prefix(head: bytes, truncated: bool) -> str | None:
 # --- SenML (RFC 8428) ---------------------------------------------------------------------
 
 
+class _Base:
+    """The base fields of a SenML pack so far (RFC 8428 section 4.1)."""
+
+    __slots__ = ("name", "time", "unit", "value", "version")
+
+    def __init__(self) -> None:
+        self.name = ""
+        self.time = 0.0
+        self.unit: str | None = None
+        self.value = 0.0
+        self.version: int | None = None
+
+
+# The fields of the records gateways usually send. A record made of these alone, each of
+# its JSON type, is read by _common_reading in a few look-ups; anything else about it,
+# and every record it cannot vouch for, goes through _checked_reading's every check.
+_COMMON_FIELDS = frozenset(("bn", "bt", "n", "u", "v", "t"))
+_NUMBER_TYPES = (float, int)  # type(x) in these: bool is not one of them
+
+
 def _senml_readings(pack: list[Any], device_id: str, now: float, limits: Limits) -> list[Reading]:
-    base_name = ""
-    base_time = 0.0
-    base_unit: str | None = None
-    base_value = 0.0
-    version: int | None = None
+    base = _Base()
     readings: list[Reading] = []
     for index, record in enumerate(pack):
-        where = f"record {index}"
-        if not isinstance(record, dict):
-            raise RejectedPayload("bad_senml", f"{where} is not an object")
-        for key in record:
-            if key.endswith("_"):
-                # RFC 8428 section 4.4: a "must understand" extension we do not know.
-                raise RejectedPayload("bad_senml", f"{where}: unsupported field {_clip(key)}")
-        if "bver" in record:
-            bver = record["bver"]
-            if not _is_int(bver) or not 1 <= bver <= _MAX_SENML_VERSION:
-                raise RejectedPayload("bad_senml", f"{where}: unsupported bver {_clip(bver)}")
-            if version is not None and bver != version:
-                raise RejectedPayload("bad_senml", f"{where}: bver changes within the pack")
-            version = bver
-        if "bn" in record:
-            base_name = _text_field(record, "bn", where)
-        if "bt" in record:
-            base_time = _number_field(record, "bt", where)
-        if "bu" in record:
-            base_unit = _text_field(record, "bu", where)
-        if "bv" in record:
-            base_value = _number_field(record, "bv", where)
-
-        value_fields = [f for f in _SENML_VALUE_FIELDS if f in record]
-        if len(value_fields) > 1:
-            raise RejectedPayload("bad_senml", f"{where} has several value fields")
-        if not value_fields and "s" not in record:
-            if any(f in record for f in ("n", "u", "t")):
-                raise RejectedPayload("bad_senml", f"{where} has no value")
-            continue  # a record that only sets base fields for the ones after it
-
-        name = base_name + (_text_field(record, "n", where) if "n" in record else "")
-        if not _SENML_NAME.fullmatch(name):
-            raise RejectedPayload("bad_senml", f"{where}: invalid name {_clip(name)}")
-        device_part, colon, metric = name.partition(":")
-        if not colon:
-            metric = name  # a bare metric name: the device is the topic's
-        elif device_part != device_id:
-            raise RejectedPayload(
-                "device_mismatch",
-                f"{where}: name {_clip(name)} is not for topic device {device_id!r}",
-            )
-        if metric not in CANONICAL_UNITS:
-            raise RejectedPayload("unknown_metric", f"{where}: unknown metric {_clip(metric)}")
-        if value_fields != ["v"]:
-            kind = value_fields[0] if value_fields else "s"
-            raise RejectedPayload("wrong_type", f"{where}: {metric} needs a numeric v, got {kind}")
-        unit = _text_field(record, "u", where) if "u" in record else base_unit
-        raw = _numeric_value(record["v"], f"{where}: {metric}")
-        time = base_time + (_number_field(record, "t", where) if "t" in record else 0.0)
-        if not math.isfinite(time):
-            raise RejectedPayload("non_finite", f"{where}: time is not finite")
-        if time < _RELATIVE_TIME_LIMIT:
-            time += now
-        _check_time(time, now, limits, where)
-        readings.append(_reading(metric, raw + base_value, unit, time, where))
+        reading = _common_reading(record, base, device_id, now, limits)
+        if reading is None:
+            reading = _checked_reading(record, index, base, device_id, now, limits)
+        if reading is not None:
+            readings.append(reading)
     return readings
+
+
+def _common_reading(
+    record: Any, base: _Base, device_id: str, now: float, limits: Limits
+) -> Reading | None:
+    """The reading of a plain, well-formed record, updating ``base``; None if the record
+    is anything else (it is then checked in full, which also names what is wrong)."""
+    if type(record) is not dict or "v" not in record or not record.keys() <= _COMMON_FIELDS:
+        return None
+    name = record.get("bn", base.name)
+    base_time = record.get("bt", base.time)
+    unit = record.get("u", base.unit)
+    raw = record["v"]
+    offset_time = record.get("t", 0.0)
+    if not (
+        type(name) is str
+        and type(base_time) in _NUMBER_TYPES
+        and (unit is None or type(unit) is str)
+        and type(raw) in _NUMBER_TYPES
+        and type(offset_time) in _NUMBER_TYPES
+    ):
+        return None
+    metric = (
+        _metric_of(name + record.get("n", ""), device_id)
+        if type(record.get("n", "")) is str
+        else None
+    )
+    if metric is None:
+        return None
+    time = float(base_time) + float(offset_time)
+    if time < _RELATIVE_TIME_LIMIT:
+        time += now
+    if not (now - limits.max_past_age_s <= time <= now + limits.max_future_skew_s):
+        return None
+    conversion = UNIT_CONVERSIONS[metric].get(CANONICAL_UNITS[metric] if unit is None else unit)
+    if conversion is None:
+        return None
+    value = (float(raw) + base.value) * conversion[0] + conversion[1]
+    if not math.isfinite(value):
+        return None
+    base.name, base.time = name, float(base_time)
+    return Reading(ts=time, metric=metric, value=value, unit=CANONICAL_UNITS[metric])
+
+
+@functools.lru_cache(maxsize=65_536)
+def _metric_of(name: str, device_id: str) -> str | None:
+    """The metric a resolved SenML name gives for ``device_id``; None if it gives none."""
+    if not _SENML_NAME.fullmatch(name):
+        return None
+    device_part, colon, metric = name.partition(":")
+    if colon and device_part != device_id:
+        return None
+    metric = metric if colon else name
+    return metric if metric in CANONICAL_UNITS else None
+
+
+def _checked_reading(
+    record: Any, index: int, base: _Base, device_id: str, now: float, limits: Limits
+) -> Reading | None:
+    """One record with every check, updating ``base``; None for a base-only record."""
+    where = f"record {index}"
+    if not isinstance(record, dict):
+        raise RejectedPayload("bad_senml", f"{where} is not an object")
+    for key in record:
+        if key.endswith("_"):
+            # RFC 8428 section 4.4: a "must understand" extension we do not know.
+            raise RejectedPayload("bad_senml", f"{where}: unsupported field {_clip(key)}")
+    if "bver" in record:
+        bver = record["bver"]
+        if not _is_int(bver) or not 1 <= bver <= _MAX_SENML_VERSION:
+            raise RejectedPayload("bad_senml", f"{where}: unsupported bver {_clip(bver)}")
+        if base.version is not None and bver != base.version:
+            raise RejectedPayload("bad_senml", f"{where}: bver changes within the pack")
+        base.version = bver
+    if "bn" in record:
+        base.name = _text_field(record, "bn", where)
+    if "bt" in record:
+        base.time = _number_field(record, "bt", where)
+    if "bu" in record:
+        base.unit = _text_field(record, "bu", where)
+    if "bv" in record:
+        base.value = _number_field(record, "bv", where)
+
+    value_fields = [f for f in _SENML_VALUE_FIELDS if f in record]
+    if len(value_fields) > 1:
+        raise RejectedPayload("bad_senml", f"{where} has several value fields")
+    if not value_fields and "s" not in record:
+        if any(f in record for f in ("n", "u", "t")):
+            raise RejectedPayload("bad_senml", f"{where} has no value")
+        return None  # a record that only sets base fields for the ones after it
+
+    name = base.name + (_text_field(record, "n", where) if "n" in record else "")
+    if not _SENML_NAME.fullmatch(name):
+        raise RejectedPayload("bad_senml", f"{where}: invalid name {_clip(name)}")
+    device_part, colon, metric = name.partition(":")
+    if not colon:
+        metric = name  # a bare metric name: the device is the topic's
+    elif device_part != device_id:
+        raise RejectedPayload(
+            "device_mismatch",
+            f"{where}: name {_clip(name)} is not for topic device {device_id!r}",
+        )
+    if metric not in CANONICAL_UNITS:
+        raise RejectedPayload("unknown_metric", f"{where}: unknown metric {_clip(metric)}")
+    if value_fields != ["v"]:
+        kind = value_fields[0] if value_fields else "s"
+        raise RejectedPayload("wrong_type", f"{where}: {metric} needs a numeric v, got {kind}")
+    unit = _text_field(record, "u", where) if "u" in record else base.unit
+    raw = _numeric_value(record["v"], f"{where}: {metric}")
+    time = base.time + (_number_field(record, "t", where) if "t" in record else 0.0)
+    if not math.isfinite(time):
+        raise RejectedPayload("non_finite", f"{where}: time is not finite")
+    if time < _RELATIVE_TIME_LIMIT:
+        time += now
+    _check_time(time, now, limits, where)
+    return _reading(metric, raw + base.value, unit, time, where)
 
 
 def _text_field(record: dict[str, Any], key: str, where: str) -> str:

@@ -15,7 +15,7 @@ Timestamps are epoch seconds (UTC); values are floats in the canonical unit of t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import orjson
 
@@ -51,8 +51,9 @@ SENSOR_TYPES: dict[str, tuple[str, ...]] = {
 DeviceStatus = Literal["online", "offline"]
 
 
-@dataclass(frozen=True, slots=True)
-class Reading:
+class Reading(NamedTuple):
+    # A named tuple, not a dataclass: the bridge and the monitor make three of these per
+    # message, and a tuple is built in half the time of a frozen dataclass.
     ts: float
     metric: str
     value: float
@@ -96,8 +97,10 @@ class TelemetryMessage:
                 gateway_id=body["gateway_id"],
                 received_at=float(body["received_at"]),
                 readings=tuple(
-                    Reading(float(r["ts"]), r["metric"], float(r["value"]), r["unit"])
-                    for r in body["readings"]
+                    [
+                        Reading(float(r["ts"]), r["metric"], float(r["value"]), r["unit"])
+                        for r in body["readings"]
+                    ]
                 ),
             )
         if kind == "status":

@@ -31,10 +31,12 @@ from typing import Any
 import psycopg
 
 from cityops.services import DEBIAN_PG_BIN, Service, free_port, wait_for_port
+from infra import kafka as topics
 from infra.settings import Settings
 from tests.helpers.brokers import mqtt_client
 from tests.helpers.builders import senml
 from tests.helpers.db import count, rows
+from tests.helpers.waiting import wait_until
 
 # -- the proxy ------------------------------------------------------------------------------
 
@@ -497,6 +499,27 @@ class Gateways:
             self.client.disconnect()
 
 
+class Publishing:
+    """``gateways`` publishing ``batch`` messages at a time (``pause_s`` apart) from a
+    thread of their own, until :meth:`stop`."""
+
+    def __init__(self, gateways: Gateways, batch: int, pause_s: float) -> None:
+        self.gateways = gateways
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(batch, pause_s), daemon=True)
+        self._thread.start()
+
+    def _run(self, batch: int, pause_s: float) -> None:
+        while not self._stop.is_set():
+            self.gateways.publish(batch, pause_s=pause_s)
+
+    def stop(self) -> None:
+        """Publish no more; wait until the broker has acknowledged every message."""
+        self._stop.set()
+        self._thread.join(30)
+        wait_until(lambda: self.gateways.unacknowledged == 0, 60, "every reading acknowledged")
+
+
 # -- what is stored -----------------------------------------------------------------------------
 
 
@@ -727,3 +750,36 @@ def kafka_ends(settings: Settings, topic: str, timeout: float = 30) -> dict[int,
         raise AssertionError(f"{topic}: not read to its end in {timeout} s ({ends}, {reported})")
     finally:
         consumer.close()
+
+
+def wait_more_stored(settings: Settings, more: int, timeout: float, what: str) -> None:
+    """Until over ``more`` water levels more than now are stored."""
+    before = len(stored_water_levels(settings))
+    wait_until(lambda: len(stored_water_levels(settings)) > before + more, timeout, what)
+
+
+def wait_all_stored(
+    settings: Settings, gateways: Gateways, hotline: Hotline, timeout: float = 90
+) -> None:
+    """Until every reading the broker acknowledged and every case the hotline's broker
+    acknowledged is stored."""
+
+    def all_in() -> bool:
+        return (
+            tally(gateways.accepted, stored_water_levels(settings)).lost == 0
+            and set(event_counts(settings, SUBMITTED)) >= hotline.case_ids()
+        )
+
+    wait_until(all_in, timeout, "every accepted reading and case stored")
+
+
+def assert_positions_at_the_ends(settings: Settings) -> None:
+    """The writer, the monitor and the intake have recorded every record of their topics
+    as read, and none beyond."""
+    names = topics.Topics.of(settings)
+    telemetry = kafka_ends(settings, names.telemetry)
+    assert writer_positions(settings) == telemetry
+    assert tracked_positions(settings, "sensor-monitor", names.telemetry) == telemetry
+    assert tracked_positions(settings, "case-intake", names.cases_inbound) == kafka_ends(
+        settings, names.cases_inbound
+    )

@@ -10,9 +10,10 @@ storage, and Tansu brought back empty (memory storage).
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
@@ -20,6 +21,7 @@ import pytest
 
 from cityops.bootstrap import seed
 from cityops.services import Service, start_kafka, start_mosquitto, start_postgres_cluster
+from core.sensor.telemetry import TelemetryMessage
 from infra import kafka as topics
 from infra.pgstore import make_pool
 from infra.settings import Settings
@@ -32,10 +34,11 @@ from tests.helpers.faults import (
     SUBMITTED,
     Gateways,
     Hotline,
+    Publishing,
     S3Server,
+    assert_positions_at_the_ends,
     database_up,
     event_counts,
-    kafka_ends,
     postgres_crash,
     postgres_start_again,
     readings_count,
@@ -44,8 +47,9 @@ from tests.helpers.faults import (
     sigkill_service,
     stored_water_levels,
     tally,
-    tracked_positions,
     views_equal_a_rebuild,
+    wait_all_stored,
+    wait_more_stored,
     wait_port_free,
     workers,
     writer_positions,
@@ -139,14 +143,7 @@ def test_postgres_crash_and_restart(
                         refused += 1
 
             # Readings flow the whole time, from a thread of their own.
-            publishing = threading.Event()
-
-            def publish() -> None:
-                while not publishing.is_set():
-                    gateways.publish(40, pause_s=0.005)
-
-            publisher = threading.Thread(target=publish, daemon=True)
-            publisher.start()
+            publishing = Publishing(gateways, 40, pause_s=0.005)
             hotline.send(30)
             file_some(5)
             wait_until(lambda: len(stored_water_levels(settings)) > 200, 60, "readings flowing")
@@ -172,24 +169,12 @@ def test_postgres_crash_and_restart(
                 "the API answering again",
             )
             api_back_s = time.monotonic() - up_at
-            before = len(stored_water_levels(settings))
-            wait_until(
-                lambda: len(stored_water_levels(settings)) > before, 60, "readings stored again"
-            )
+            wait_more_stored(settings, 0, 60, "readings stored again")
             readings_back_s = time.monotonic() - up_at
             hotline.send(30)
             file_some(5)
-            publishing.set()
-            publisher.join(30)
-            wait_until(lambda: gateways.unacknowledged == 0, 60, "every reading acknowledged")
-
-            def all_in() -> bool:
-                return (
-                    tally(gateways.accepted, stored_water_levels(settings)).lost == 0
-                    and set(event_counts(settings, SUBMITTED)) >= hotline.case_ids()
-                )
-
-            wait_until(all_in, 90, "every accepted reading and case stored")
+            publishing.stop()
+            wait_all_stored(settings, gateways, hotline)
             assert running.dead() == [], f"workers that died: {running.dead()}"
             caught_up_s = time.monotonic() - up_at
         readings = tally(gateways.accepted, stored_water_levels(settings))
@@ -215,15 +200,7 @@ def test_postgres_crash_and_restart(
         assert hotline.case_ids() <= set(submitted)
         assert {str(c) for c in submitted} >= filed
         assert len(submitted) == len(hotline.accepted) + len(filed)
-        # Positions: every record of the topics recorded, none beyond.
-        names_ = topics.Topics.of(settings)
-        assert writer_positions(settings) == kafka_ends(settings, names_.telemetry)
-        assert tracked_positions(settings, "sensor-monitor", names_.telemetry) == kafka_ends(
-            settings, names_.telemetry
-        )
-        assert tracked_positions(settings, "case-intake", names_.cases_inbound) == kafka_ends(
-            settings, names_.cases_inbound
-        )
+        assert_positions_at_the_ends(settings)
         views_equal_a_rebuild(settings)
     finally:
         mqtt_bridge.stop()
@@ -235,11 +212,39 @@ def test_postgres_crash_and_restart(
 # -- Mosquitto ---------------------------------------------------------------------------------
 
 
-def mosquitto_again(workdir: Path, port: int, autosave_s: int) -> Service:
-    """SIGKILL the Mosquitto of ``workdir`` and start it again on the same port and data."""
-    sigkill_service("mosquitto", str(workdir))
-    wait_port_free(port)
-    return start_mosquitto(workdir, port, autosave_interval_s=autosave_s, accounts=shared_logins())
+@dataclass
+class OwnMosquitto:
+    """A Mosquitto of the test's own in ``workdir``, on the test environment's logins,
+    writing its persistence file every ``autosave_s``."""
+
+    workdir: Path
+    autosave_s: int
+    service: Service
+
+    @property
+    def saved(self) -> Path:
+        return self.workdir / "mosquitto-data" / "mosquitto.db"
+
+    def sigkill_and_start_again(self) -> None:
+        """SIGKILL it and start it again on the same port and data."""
+        port = int(self.service.env["CITYOPS_MQTT_PORT"])
+        sigkill_service("mosquitto", str(self.workdir))
+        wait_port_free(port)
+        self.service = start_mosquitto(
+            self.workdir, port, autosave_interval_s=self.autosave_s, accounts=shared_logins()
+        )
+
+
+@contextmanager
+def own_mosquitto(autosave_s: int) -> Iterator[OwnMosquitto]:
+    """An :class:`OwnMosquitto`, stopped (whichever run of it is up) on the way out."""
+    with service_dir("cityops-mqtt-") as workdir:
+        started = start_mosquitto(workdir, autosave_interval_s=autosave_s, accounts=shared_logins())
+        mqtt = OwnMosquitto(workdir, autosave_s, started)
+        try:
+            yield mqtt
+        finally:
+            mqtt.service.stop()
 
 
 @pytest.mark.parametrize("protocol", [4, 5], ids=["plain-subscription", "shared-subscription"])
@@ -255,11 +260,8 @@ def test_mosquitto_sigkill_while_the_bridge_keeps_up(
     devices = devices_of(unique)
     app = city_with(settings, [sensor(d) for d in devices])
     autosave_s = 3
-    with service_dir("cityops-mqtt-") as workdir:
-        mqtt = start_mosquitto(workdir, autosave_interval_s=autosave_s, accounts=shared_logins())
-        port = int(mqtt.env["CITYOPS_MQTT_PORT"])
-        on_mqtt = settings_on(settings, mqtt)
-        saved = workdir / "mosquitto-data" / "mosquitto.db"
+    with own_mosquitto(autosave_s) as mqtt:
+        on_mqtt = settings_on(settings, mqtt.service)
         on_mqtt = on_mqtt.model_copy(update={"mqtt_protocol": protocol})
         running = bridge(on_mqtt, app, f"b-{unique}")
         gateways: Gateways | None = None
@@ -268,25 +270,17 @@ def test_mosquitto_sigkill_while_the_bridge_keeps_up(
             subscribed_at = time.time()
             gateways = Gateways(on_mqtt, devices, f"gw-{unique}")
             with in_threads(on_mqtt, "writer", "monitor"):
-                publishing = threading.Event()
-
-                def publish() -> None:
-                    assert gateways is not None
-                    while not publishing.is_set():
-                        gateways.publish(20, pause_s=0.002)
-
-                publisher = threading.Thread(target=publish, daemon=True)
-                publisher.start()
+                publishing = Publishing(gateways, 20, pause_s=0.002)
                 # The bridge's session and subscription are in the file: a restart
                 # brings them back (before the first save it would not, see the README).
                 wait_until(
-                    lambda: saved.exists() and saved.stat().st_mtime > subscribed_at,
+                    lambda: mqtt.saved.exists() and mqtt.saved.stat().st_mtime > subscribed_at,
                     5 * autosave_s,
                     "an autosave after the bridge subscribed",
                 )
                 wait_until(lambda: len(stored_water_levels(settings)) > 500, 60, "readings")
                 accepted_at_kill = len(gateways.accepted)
-                mqtt = mosquitto_again(workdir, port, autosave_s)
+                mqtt.sigkill_and_start_again()
                 killed_at = time.monotonic()
                 in_flight = gateways.in_flight()
                 first_at_risk = min(in_flight) if in_flight else max(gateways.sent) + 1
@@ -294,16 +288,9 @@ def test_mosquitto_sigkill_while_the_bridge_keeps_up(
                 wait_until(lambda: running.connected, 30, "the bridge subscribed again", 0.001)
                 last_at_risk = max(gateways.sent)
                 resubscribed_s = time.monotonic() - killed_at
-                before = len(stored_water_levels(settings))
-                wait_until(
-                    lambda: len(stored_water_levels(settings)) > before + 200,
-                    60,
-                    "readings flowing again",
-                )
+                wait_more_stored(settings, 200, 60, "readings flowing again")
                 back_s = time.monotonic() - killed_at
-                publishing.set()
-                publisher.join(30)
-                wait_until(lambda: gateways.unacknowledged == 0, 60, "every reading acknowledged")
+                publishing.stop()
                 poll(
                     lambda: tally(gateways.accepted, stored_water_levels(settings)),
                     lambda t: t.lost == 0,
@@ -338,7 +325,6 @@ def test_mosquitto_sigkill_while_the_bridge_keeps_up(
             running.stop()
             if gateways is not None:
                 gateways.close()
-            mqtt.stop()
             app.close()
 
 
@@ -351,11 +337,9 @@ def test_mosquitto_sigkill_between_autosaves_loses_what_came_after_the_last_save
     devices = devices_of(unique, 4)
     app = city_with(settings, [sensor(d) for d in devices])
     autosave_s = 2
-    with service_dir("cityops-mqtt-") as workdir:
-        mqtt = start_mosquitto(workdir, autosave_interval_s=autosave_s, accounts=shared_logins())
-        port = int(mqtt.env["CITYOPS_MQTT_PORT"])
-        on_mqtt = settings_on(settings, mqtt)
-        saved = workdir / "mosquitto-data" / "mosquitto.db"
+    with own_mosquitto(autosave_s) as mqtt:
+        saved = mqtt.saved
+        on_mqtt = settings_on(settings, mqtt.service)
         gateways = Gateways(on_mqtt, devices, f"gw-{unique}")
         try:
             first = bridge(on_mqtt, app, f"b-{unique}")
@@ -374,7 +358,7 @@ def test_mosquitto_sigkill_between_autosaves_loses_what_came_after_the_last_save
             gateways.publish(200)
             wait_until(lambda: gateways.unacknowledged == 0, 30, "batch 2 acknowledged")
             after_save = set(gateways.accepted) - before_save
-            mqtt = mosquitto_again(workdir, port, autosave_s)
+            mqtt.sigkill_and_start_again()
             # The kill came before the next save: batch 2 was in memory only.
             assert saved.stat().st_mtime_ns == save_mtime, "an autosave got in before the kill"
             with in_threads(on_mqtt, "writer"):
@@ -405,7 +389,6 @@ def test_mosquitto_sigkill_between_autosaves_loses_what_came_after_the_last_save
             assert gone.lost == len(after_save), gone  # the bound is reached, not passed
         finally:
             gateways.close()
-            mqtt.stop()
             app.close()
 
 
@@ -444,37 +427,16 @@ def test_kafka_broker_sigkill_and_restart_on_durable_storage(
         hotline = Hotline(on_kafka, unique)
         try:
             with workers(on_kafka, "writer", "monitor", "intake", "projector") as running:
-                publishing = threading.Event()
-
-                def publish() -> None:
-                    while not publishing.is_set():
-                        gateways.publish(20, pause_s=0.003)
-
-                publisher = threading.Thread(target=publish, daemon=True)
-                publisher.start()
+                publishing = Publishing(gateways, 20, pause_s=0.003)
                 hotline.send(40)
                 wait_until(lambda: len(stored_water_levels(on_kafka)) > 300, 90, "readings")
                 kafka = tansu_again(workdir, port, s3)
                 killed_at = time.monotonic()
                 hotline.send(40)
-                before = len(stored_water_levels(on_kafka))
-                wait_until(
-                    lambda: len(stored_water_levels(on_kafka)) > before + 200,
-                    90,
-                    "readings flowing again",
-                )
+                wait_more_stored(on_kafka, 200, 90, "readings flowing again")
                 back_s = time.monotonic() - killed_at
-                publishing.set()
-                publisher.join(30)
-                wait_until(lambda: gateways.unacknowledged == 0, 60, "every reading acknowledged")
-
-                def all_in() -> bool:
-                    return (
-                        tally(gateways.accepted, stored_water_levels(on_kafka)).lost == 0
-                        and set(event_counts(on_kafka, SUBMITTED)) >= hotline.case_ids()
-                    )
-
-                wait_until(all_in, 90, "every accepted reading and case stored")
+                publishing.stop()
+                wait_all_stored(on_kafka, gateways, hotline)
                 caught_up_s = time.monotonic() - killed_at
                 assert running.dead() == [], running.dead()
             readings = tally(gateways.accepted, stored_water_levels(on_kafka))
@@ -493,13 +455,7 @@ def test_kafka_broker_sigkill_and_restart_on_durable_storage(
             assert set(submitted.values()) == {1}
             hotline_cases = {c for c in submitted if c in hotline.case_ids()}
             assert hotline_cases == hotline.case_ids()
-            names = topics.Topics.of(on_kafka)
-            ends = kafka_ends(on_kafka, names.telemetry)
-            assert writer_positions(on_kafka) == ends
-            assert tracked_positions(on_kafka, "sensor-monitor", names.telemetry) == ends
-            assert tracked_positions(on_kafka, "case-intake", names.cases_inbound) == kafka_ends(
-                on_kafka, names.cases_inbound
-            )
+            assert_positions_at_the_ends(on_kafka)
             views_equal_a_rebuild(on_kafka)
         finally:
             mqtt_bridge.stop()
@@ -507,6 +463,13 @@ def test_kafka_broker_sigkill_and_restart_on_durable_storage(
             hotline.close()
             app.close()
             kafka.stop()
+
+
+def water_levels(devices: list[str], level: float, t0: float, n: int) -> list[TelemetryMessage]:
+    """``n`` readings of ``level`` from each device, a second apart from ``t0``."""
+    return [
+        readings_message(d, {"water_level": level}, ts=t0 + i) for i in range(n) for d in devices
+    ]
 
 
 def reset_kafka_positions(settings: Settings) -> None:
@@ -539,15 +502,7 @@ def test_kafka_broker_back_empty_is_detected_not_skipped(
         hotline = Hotline(on_kafka, unique)
         try:
             with workers(on_kafka, "writer", "intake"):
-                send(
-                    on_kafka,
-                    producer,
-                    [
-                        readings_message(d, {"water_level": 20.0}, ts=1e9 + i)
-                        for i in range(60)
-                        for d in devices
-                    ],
-                )
+                send(on_kafka, producer, water_levels(devices, 20.0, 1e9, 60))
                 hotline.send(40)
                 wait_until(lambda: readings_count(on_kafka) == 240, 60, "first readings")
                 wait_until(lambda: len(event_counts(on_kafka, SUBMITTED)) >= 40, 60, "first cases")
@@ -559,15 +514,7 @@ def test_kafka_broker_back_empty_is_detected_not_skipped(
                 producer = topics.make_producer(on_kafka)
                 # Fewer new records than before: every partition's new end is below its
                 # recorded position.
-                send(
-                    on_kafka,
-                    producer,
-                    [
-                        readings_message(d, {"water_level": 30.0}, ts=2e9 + i)
-                        for i in range(5)
-                        for d in devices
-                    ],
-                )
+                send(on_kafka, producer, water_levels(devices, 30.0, 2e9, 5))
                 hotline.close()
                 hotline = Hotline(on_kafka, unique + "b")
                 hotline.send(8)

@@ -18,7 +18,7 @@ import pytest
 from eventsourcing.application import ProcessingEvent
 
 from core.app import CityApp
-from core.case import ACTIVE, ServiceCase, case_id
+from core.case import ACTIVE, STATUSES, ServiceCase, case_id
 from core.case.categories import InvalidAttributeError, UnknownCategoryError
 from core.case.desk import (
     SYSTEM_INTAKE,
@@ -59,17 +59,6 @@ D1 = utc(2026, 3, 4, 10)
 D1_SOON = utc(2026, 3, 4, 5)
 D2 = utc(2026, 3, 6, 10)
 D2_SOON = utc(2026, 3, 6, 5)
-STATUSES = (
-    "submitted",
-    "accepted",
-    "rejected",
-    "assigned",
-    "in_progress",
-    "resolved",
-    "reopened",
-    "closed",
-    "cancelled",
-)
 
 
 def fresh(external_id: str = "x-1") -> ServiceCase:
@@ -91,6 +80,11 @@ def fresh(external_id: str = "x-1") -> ServiceCase:
     )
 
 
+def place(grid: str, district: str, **decision: str) -> dict[str, Any]:
+    """Where a case is and what decided its department, as ``assign`` takes them."""
+    return {"grid_code": grid, "district_code": district, "decision": decision}
+
+
 def at(status: str) -> ServiceCase:
     """A case brought to ``status`` by legal commands."""
     c = fresh()
@@ -108,9 +102,7 @@ def at(status: str) -> ServiceCase:
         return c
     c.assign(
         department_code="roads-west",
-        grid_code="g",
-        district_code="d",
-        decision={"by": "manual"},
+        **place("g", "d", by="manual"),
         due_at=D1,
         due_soon_at=D1_SOON,
         reason="yours",
@@ -135,6 +127,7 @@ def at(status: str) -> ServiceCase:
 ACTOR = "user:alice"
 CORR = "corr-42"
 REASON = "because"
+BY: dict[str, Any] = {"actor": ACTOR, "reason": REASON, "correlation_id": CORR}
 
 Command = Callable[[ServiceCase], None]
 
@@ -163,15 +156,13 @@ def rate(
 # command -> (call, verb in the refusal message, statuses where legal, status after)
 COMMANDS: dict[str, tuple[Command, str, set[str], str | None]] = {
     "accept": (
-        lambda c: c.accept(actor=ACTOR, reason=REASON, correlation_id=CORR),
+        lambda c: c.accept(**BY),
         "accept",
         {"submitted"},
         "accepted",
     ),
     "suggest_duplicates": (
-        lambda c: c.suggest_duplicates(
-            possible_duplicates=["other"], actor=ACTOR, reason=REASON, correlation_id=CORR
-        ),
+        lambda c: c.suggest_duplicates(possible_duplicates=["other"], **BY),
         "suggest duplicates for",
         {"submitted"},
         "submitted",
@@ -191,66 +182,53 @@ COMMANDS: dict[str, tuple[Command, str, set[str], str | None]] = {
     "assign": (
         lambda c: c.assign(
             department_code="roads-east",
-            grid_code="g2",
-            district_code="d2",
-            decision={"by": "manual"},
+            **place("g2", "d2", by="manual"),
             due_at=D2,
             due_soon_at=D2_SOON,
-            actor=ACTOR,
-            reason=REASON,
-            correlation_id=CORR,
+            **BY,
         ),
         "assign",
         {"accepted"},
         "assigned",
     ),
     "await_manual_assignment": (
-        lambda c: c.await_manual_assignment(
-            grid_code="g2",
-            district_code="d2",
-            decision={"rule": "no_jurisdiction"},
-            actor=ACTOR,
-            reason=REASON,
-            correlation_id=CORR,
-        ),
+        lambda c: c.await_manual_assignment(**place("g2", "d2", rule="no_jurisdiction"), **BY),
         "hold for manual assignment",
         {"accepted"},
         "accepted",
     ),
     "return_to_dispatch": (
-        lambda c: c.return_to_dispatch(actor=ACTOR, reason=REASON, correlation_id=CORR),
+        lambda c: c.return_to_dispatch(**BY),
         "return",
         {"assigned", "in_progress"},
         "accepted",
     ),
     "start": (
-        lambda c: c.start(actor=ACTOR, reason=REASON, correlation_id=CORR),
+        lambda c: c.start(**BY),
         "start",
         {"assigned", "reopened"},
         "in_progress",
     ),
     "resolve": (
-        lambda c: c.resolve(reply="repaved", actor=ACTOR, reason=REASON, correlation_id=CORR),
+        lambda c: c.resolve(reply="repaved", **BY),
         "resolve",
         set(ACTIVE),
         "resolved",
     ),
     "request_extension": (
-        lambda c: c.request_extension(hours=4, actor=ACTOR, reason=REASON, correlation_id=CORR),
+        lambda c: c.request_extension(hours=4, **BY),
         "request an extension for",
         set(ACTIVE),
         None,
     ),
     "approve_extension": (
-        lambda c: c.approve_extension(
-            due_at=D2, due_soon_at=D2_SOON, actor=ACTOR, reason=REASON, correlation_id=CORR
-        ),
+        lambda c: c.approve_extension(due_at=D2, due_soon_at=D2_SOON, **BY),
         "approve an extension for",
         set(),  # nothing is pending
         None,
     ),
     "refuse_extension": (
-        lambda c: c.refuse_extension(actor=ACTOR, reason=REASON, correlation_id=CORR),
+        lambda c: c.refuse_extension(**BY),
         "refuse an extension for",
         set(),  # nothing is pending
         None,
@@ -262,13 +240,13 @@ COMMANDS: dict[str, tuple[Command, str, set[str], str | None]] = {
         "closed",
     ),
     "close": (
-        lambda c: c.close(actor=ACTOR, reason=REASON, correlation_id=CORR),
+        lambda c: c.close(**BY),
         "close",
         {"resolved"},
         "closed",
     ),
     "cancel": (
-        lambda c: c.cancel(actor=ACTOR, reason=REASON, correlation_id=CORR),
+        lambda c: c.cancel(**BY),
         "cancel",
         {"submitted", "accepted", *ACTIVE},
         "cancelled",
@@ -963,54 +941,29 @@ def marks(app: CityApp, cid: UUID) -> list[tuple[str, int]]:
     ]
 
 
+def checked(due_soon: int = 0, overdue: int = 0) -> dict[str, int]:
+    """What ``check_deadlines`` returns having marked this many cases, none raced or missing."""
+    return {"due_soon": due_soon, "overdue": overdue, "raced": 0, "missing": 0}
+
+
 def test_check_deadlines_marks_each_once(app: CityApp, desk: ServiceDesk, clock: FakeClock) -> None:
     cid = submit(desk, category="manhole_cover_missing").id  # soon 03:06Z, due 03:30Z
     clock.now = utc(2026, 3, 2, 3, 5, 59)
-    assert desk.check_deadlines([cid], "s1") == {
-        "due_soon": 0,
-        "overdue": 0,
-        "raced": 0,
-        "missing": 0,
-    }
+    assert desk.check_deadlines([cid], "s1") == checked()
     clock.now = utc(2026, 3, 2, 3, 6)
-    assert desk.check_deadlines([cid, cid], "s2") == {
-        "due_soon": 1,
-        "overdue": 0,
-        "raced": 0,
-        "missing": 0,
-    }
-    assert desk.check_deadlines([cid], "s3") == {
-        "due_soon": 0,
-        "overdue": 0,
-        "raced": 0,
-        "missing": 0,
-    }
+    assert desk.check_deadlines([cid, cid], "s2") == checked(due_soon=1)
+    assert desk.check_deadlines([cid], "s3") == checked()
     clock.now = utc(2026, 3, 2, 3, 29, 59)
     assert desk.check_deadlines([cid], "s4")["overdue"] == 0
     assert not desk.get(cid).overdue
     clock.now = utc(2026, 3, 2, 3, 30)
-    assert desk.check_deadlines([cid], "s5") == {
-        "due_soon": 0,
-        "overdue": 1,
-        "raced": 0,
-        "missing": 0,
-    }
+    assert desk.check_deadlines([cid], "s5") == checked(overdue=1)
     for _ in range(3):
         clock.advance(hours=5)
-        assert desk.check_deadlines([cid, cid], "s6") == {
-            "due_soon": 0,
-            "overdue": 0,
-            "raced": 0,
-            "missing": 0,
-        }
+        assert desk.check_deadlines([cid, cid], "s6") == checked()
     # Another desk (another worker, after a restart) reads the marks from the store.
     other = make_desk(app, FakeClock(utc(2026, 4, 1)))
-    assert other.check_deadlines([cid], "s7") == {
-        "due_soon": 0,
-        "overdue": 0,
-        "raced": 0,
-        "missing": 0,
-    }
+    assert other.check_deadlines([cid], "s7") == checked()
     assert marks(app, cid) == [("CaseDueSoon", 1), ("CaseBecameOverdue", 1)]
     events = [e for e in stored(app, cid) if type(e).__name__.startswith("Case")][-2:]
     assert [(e.actor, e.correlation_id, e.due_at) for e in events] == [
@@ -1026,12 +979,7 @@ def test_both_marks_at_once_when_the_check_comes_late(
     a = submit(desk, category="manhole_cover_missing").id
     b = submit(desk, external_id="e-2").id  # working clock: due Thursday
     clock.now = utc(2026, 3, 3)
-    assert desk.check_deadlines([a, b], "s") == {
-        "due_soon": 1,
-        "overdue": 1,
-        "raced": 0,
-        "missing": 0,
-    }
+    assert desk.check_deadlines([a, b], "s") == checked(due_soon=1, overdue=1)
     assert marks(app, a) == [("CaseDueSoon", 1), ("CaseBecameOverdue", 1)]
     assert marks(app, b) == []
 
@@ -1047,19 +995,9 @@ def test_a_new_deadline_gets_its_own_marks(
     assert not case.overdue
     assert (case.due_soon_at, case.due_at) == (utc(2026, 3, 2, 5, 54), utc(2026, 3, 2, 6, 30))
     clock.now = utc(2026, 3, 2, 5, 53)
-    assert desk.check_deadlines([cid], "s2") == {
-        "due_soon": 0,
-        "overdue": 0,
-        "raced": 0,
-        "missing": 0,
-    }
+    assert desk.check_deadlines([cid], "s2") == checked()
     clock.now = utc(2026, 3, 2, 7)
-    assert desk.check_deadlines([cid], "s3") == {
-        "due_soon": 1,
-        "overdue": 1,
-        "raced": 0,
-        "missing": 0,
-    }
+    assert desk.check_deadlines([cid], "s3") == checked(due_soon=1, overdue=1)
     desk.resolve(cid, "covered", actor="dept", reason="", correlation_id="c")
     clock.now = utc(2026, 3, 2, 8)  # Monday 16:00 local
     case = desk.rate(cid, 1, "it rattles", actor="citizen:1", correlation_id="c")
@@ -1067,18 +1005,8 @@ def test_a_new_deadline_gets_its_own_marks(
     # Revisit: 16 working hours from Monday 16:00 -> Wednesday 16:00 local.
     assert case.due_at == utc(2026, 3, 4, 8)
     clock.now = utc(2026, 3, 4, 8)
-    assert desk.check_deadlines([cid], "s4") == {
-        "due_soon": 1,
-        "overdue": 1,
-        "raced": 0,
-        "missing": 0,
-    }
-    assert desk.check_deadlines([cid], "s5") == {
-        "due_soon": 0,
-        "overdue": 0,
-        "raced": 0,
-        "missing": 0,
-    }
+    assert desk.check_deadlines([cid], "s4") == checked(due_soon=1, overdue=1)
+    assert desk.check_deadlines([cid], "s5") == checked()
     assert marks(app, cid) == [
         ("CaseDueSoon", 1),
         ("CaseBecameOverdue", 1),
@@ -1097,12 +1025,7 @@ def test_a_resolved_case_gets_no_overdue_mark(
     assert desk.check_deadlines([cid], "s1")["due_soon"] == 1
     desk.resolve(cid, "covered", actor="dept", reason="", correlation_id="c")
     clock.now = utc(2026, 3, 9)
-    assert desk.check_deadlines([cid], "s2") == {
-        "due_soon": 0,
-        "overdue": 0,
-        "raced": 0,
-        "missing": 0,
-    }
+    assert desk.check_deadlines([cid], "s2") == checked()
     assert marks(app, cid) == [("CaseDueSoon", 1)]
     case = desk.get(cid)
     assert not case.overdue
@@ -1123,12 +1046,7 @@ def test_cancelled_or_returned_cases_get_no_marks(
     else:
         desk.return_case(cid, actor="dept", reason="not ours", correlation_id="c")
     clock.now = utc(2026, 3, 9)
-    assert desk.check_deadlines([cid], "s") == {
-        "due_soon": 0,
-        "overdue": 0,
-        "raced": 0,
-        "missing": 0,
-    }
+    assert desk.check_deadlines([cid], "s") == checked()
     assert marks(app, cid) == []
 
 

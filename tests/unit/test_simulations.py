@@ -551,9 +551,7 @@ def test_simulator_logs_in_as_each_gateway_given_a_gateway_secret(fleet: Fleet) 
     # Each connection publishes under one gateway's topics only: the one it logs in as.
     ids = sorted(clients)
     gateway_of_connection = {ids[k]: gateways[k] for k in range(len(gateways))}
-    assert {(m.client_id, m.topic.split("/")[1]) for m in log} == set(
-        gateway_of_connection.items()
-    )
+    assert {(m.client_id, m.topic.split("/")[1]) for m in log} == set(gateway_of_connection.items())
 
 
 def test_fleet_rejects_unknown_sensor_types(city: CityLayers) -> None:

@@ -4,13 +4,15 @@
  * an incident (its workflow actions and a readings chart) or a service case (read-only), and
  * live updates over server-sent events.
  *
- * Plain ES modules, no dependencies, no build step: this one wires the page's listeners,
- * starts the first load and exposes window.CityOps. The map is one <canvas> in Web Mercator;
+ * Plain ES modules with no build step, but for one vendored bundle, the vector tile decoder
+ * (/static/vendor/mvt.js, from scripts/web.sh; without it a large grid is loaded whole):
+ * this one wires the page's listeners, starts the first load and exposes window.CityOps. The map is one <canvas> in Web Mercator;
  * every redraw goes through requestAnimationFrame and draws each layer in a few batched
  * paths (one per colour), so 10,000 sensors and 10,000 grid cells stay smooth.
  *
  * Test hooks: elements carry data-testid attributes (see index.html) and window.CityOps
- * exposes the state, a `ready` promise and incidentScreenPoint(id) for clicking markers.
+ * exposes the state, a `ready` promise, incidentScreenPoint(id) for clicking markers and
+ * tiles(layer) for what the grid's or the sensors' vector tiles did.
  */
 import { setLang, getLang, applyLabels } from './i18n.js';
 import { state, view } from './store.js';
@@ -23,6 +25,7 @@ import { connectLive } from './live.js';
 import { wireMap } from './map/interaction.js';
 import { loadLayers } from './map/layers.js';
 import { measureFrames } from './map/measure.js';
+import { tileStats, grid, sensorTiles } from './map/vtiles.js';
 import { toScreenX, toScreenY, unprojX, unprojY } from './map/projection.js';
 import { drawMap } from './map/render.js';
 import { resize, centerOn } from './map/view.js';
@@ -135,6 +138,8 @@ function init() {
     showPast,
     goLive,
     measureFrames,
+    /** What the grid's (or with 'sensors' the sensors') vector tiles did: a copy. */
+    tiles: (layer = 'grid') => tileStats(layer === 'sensors' ? sensorTiles : grid),
     /** Page (client) coordinates of an incident's marker, for tests that click it. */
     incidentScreenPoint(id) {
       const rec = state.incidents.get(String(id));

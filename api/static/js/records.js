@@ -6,6 +6,7 @@ import { SEV_RANK } from './constants.js';
 import { state } from './store.js';
 import { invalidate } from './frame.js';
 import { pointOf, finite } from './map/projection.js';
+import { sensorChanged, tiledSensors } from './map/sensortiles.js';
 
 export function sensorRecord(feature) {
   const props = feature && feature.properties;
@@ -91,7 +92,8 @@ function applySensor(feature) {
     rec.x = prev.x;
     rec.y = prev.y;
   }
-  state.sensors.set(rec.id, rec);
+  if (tiledSensors()) sensorChanged(rec);
+  else state.sensors.set(rec.id, rec);
   if (state.selected && String(state.selected.props.device_id) === rec.id) invalidate('detail');
   invalidate('map', 'status');
 }

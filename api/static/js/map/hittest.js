@@ -5,6 +5,8 @@ import { state, view } from '../store.js';
 import { hasPos } from '../records.js';
 import { toScreenX, toScreenY, pointInRings } from './projection.js';
 import { incidentRadius, sensorRadius, GRID_OUTLINE_PX, colouredCells } from './symbols.js';
+import { cellAtTiles, tiledGrid } from './gridtiles.js';
+import { drawnTileSensors } from './sensortiles.js';
 
 export function clusterAt(sx, sy) {
   if (!state.visible.incidents) return null;
@@ -41,7 +43,7 @@ export function sensorAt(sx, sy) {
   const r = sensorRadius() + 3;
   let best = null;
   let bestD = r * r;
-  for (const rec of state.sensors.values()) {
+  for (const rec of [...state.sensors.values(), ...drawnTileSensors()]) {
     if (!hasPos(rec)) continue;
     const dx = toScreenX(rec.x) - sx;
     const dy = toScreenY(rec.y) - sy;
@@ -55,9 +57,11 @@ export function sensorAt(sx, sy) {
 }
 
 export function cellAt(sx, sy) {
-  if (!state.visible.grid || !state.grid.length) return null;
+  if (!state.visible.grid) return null;
   const x = (sx - view.tx) / view.scale;
   const y = (view.ty - sy) / view.scale;
+  if (tiledGrid()) return cellAtTiles(x, y);
+  if (!state.grid.length) return null;
   const showAll = view.cellSize * view.scale >= GRID_OUTLINE_PX;
   const cells = showAll ? state.grid : colouredCells();
   for (const c of cells) {

@@ -1,6 +1,8 @@
 /*
  * The map's layers from GET /map/layers/{name}: read into the store's records, with the
- * live changes that arrive meanwhile replayed afterwards.
+ * live changes that arrive meanwhile replayed afterwards. A grid too large to load whole
+ * is drawn from its vector tiles instead, and of too many sensors only those not normal
+ * are loaded, the rest drawn from their tiles (vtiles.js decides, once per layer).
  */
 import { LAYERS, API, LAYER_TIMEOUT_MS } from '../constants.js';
 import { state, view, live } from '../store.js';
@@ -10,6 +12,20 @@ import { invalidate } from '../frame.js';
 import { sensorRecord, incidentRecord, isOpen, placeIncident, applyChange } from '../records.js';
 import { ringsOf, boundsOf, labelPoint } from './projection.js';
 import { dataBounds, fitView } from './view.js';
+import { chooseGridSource, tiledGrid } from './gridtiles.js';
+import { chooseSensorSource } from './sensortiles.js';
+
+// With the sensors' tiles on: the sensors loaded as records (the normal ones are in the tiles).
+const NOT_NORMAL = ['alarm', 'silent', 'maintenance'];
+
+/** One layer's GeoJSON as request() answers it; the sensors not normal, when `fewSensors`. */
+async function fetchLayer(name, fewSensors) {
+  if (name !== 'sensors' || !fewSensors) return request(`${API}/map/layers/${name}`, {}, LAYER_TIMEOUT_MS);
+  const parts = await Promise.all(NOT_NORMAL.map((st) => request(`${API}/map/layers/sensors?state=${st}`, {}, LAYER_TIMEOUT_MS)));
+  const failed = parts.find((r) => !r.ok || !featuresOf(r.data));
+  if (failed) return failed;
+  return { ok: true, status: 200, data: { type: 'FeatureCollection', features: parts.flatMap((r) => featuresOf(r.data)) }, error: '' };
+}
 
 export function featuresOf(doc) {
   if (!doc || typeof doc !== 'object' || !Array.isArray(doc.features)) return null;
@@ -75,10 +91,12 @@ export function loadLayers(names = LAYERS) {
   }
   if (state.loading) return state.loading;
   state.pending = state.pending || [];
-  const order = LAYERS.filter((n) => names.includes(n)); // sensors before incidents
   const hadBounds = dataBounds() !== null;
   state.loading = (async () => {
-    const results = await Promise.all(order.map((n) => request(`${API}/map/layers/${n}`, {}, LAYER_TIMEOUT_MS)));
+    const [gridFrom, sensorsFrom] = await Promise.all([chooseGridSource(), chooseSensorSource()]);
+    // sensors before incidents; a tiled grid comes tile by tile as it is drawn
+    const order = LAYERS.filter((n) => names.includes(n) && !(gridFrom === 'tiles' && n === 'grid'));
+    const results = await Promise.all(order.map((n) => fetchLayer(n, sensorsFrom === 'tiles')));
     order.forEach((name, i) => {
       const res = results[i];
       const features = res.ok ? featuresOf(res.data) : null;
@@ -114,7 +132,7 @@ function reportLayers() {
   if (errors.length) {
     const lines = errors.map(([name, err]) => `• ${name}: ${err}`);
     showMessage(`Could not load some map layers 图层加载失败:\n${lines.join('\n')}`, 'error', 'layers');
-  } else if (!state.districts.length && !state.grid.length && !state.sensors.size && !state.incidents.size) {
+  } else if (!state.districts.length && !state.grid.length && !tiledGrid() && !state.sensors.size && !state.incidents.size) {
     showMessage('The map layers are empty: no districts, grid cells, sensors or incidents yet. 暂无地图数据', 'info', 'layers');
   } else {
     hideMessage('layers');

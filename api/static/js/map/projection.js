@@ -91,6 +91,15 @@ export function pointOf(geom) {
   return { x: projX(lon), y: projY(lat) };
 }
 
+/** Add projected rings to a Path2D at scale `s`, offset (tx, ty): screen y grows down. */
+export function addRings(path, rings, s, tx, ty) {
+  for (const r of rings) {
+    path.moveTo(r[0] * s + tx, ty - r[1] * s);
+    for (let i = 2; i < r.length; i += 2) path.lineTo(r[i] * s + tx, ty - r[i + 1] * s);
+    path.closePath();
+  }
+}
+
 export function pointInRings(rings, x, y) {
   let inside = false; // even-odd over all rings handles holes
   for (const r of rings) {

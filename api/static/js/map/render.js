@@ -1,6 +1,6 @@
 /*
- * Drawing the map: tiles, districts, grid cells, sensors and district labels, then the
- * incident markers (markers.js). Each layer is drawn in a few batched paths, one per colour.
+ * Drawing the map: tiles, districts, grid cells (from the GeoJSON layer, or from vector tiles:
+ * gridtiles.js), sensors (records, and from vector tiles: sensortiles.js) and district labels, then the incident markers (markers.js). Each layer is drawn in a few batched paths, one per colour.
  */
 import { t } from '../i18n.js';
 import { COLORS, STATE_ORDER } from '../constants.js';
@@ -9,14 +9,9 @@ import { ctx } from '../dom.js';
 import { drawIncidents } from './markers.js';
 import { colouredCells, GRID_OUTLINE_PX, hotspotBucket, sensorRadius } from './symbols.js';
 import { drawTiles } from './tiles.js';
-
-function addRings(path, rings, s, tx, ty) {
-  for (const r of rings) {
-    path.moveTo(r[0] * s + tx, ty - r[1] * s);
-    for (let i = 2; i < r.length; i += 2) path.lineTo(r[i] * s + tx, ty - r[i + 1] * s);
-    path.closePath();
-  }
-}
+import { addRings } from './projection.js';
+import { drawGridTiles, tiledGrid } from './gridtiles.js';
+import { tileSensors, tiledSensors } from './sensortiles.js';
 
 export function drawMap() {
   const { w, h, dpr } = view;
@@ -48,7 +43,9 @@ export function drawMap() {
     ctx.fill(fill, 'evenodd');
   }
 
-  if (state.visible.grid && state.grid.length) {
+  if (state.visible.grid && tiledGrid()) {
+    drawGridTiles(s, tx, ty, vx0, vx1, vy0, vy1);
+  } else if (state.visible.grid && state.grid.length) {
     if (state.gridMode !== 'hotspot') {
       const buckets = COLORS.hot.map(() => new Path2D());
       for (const c of colouredCells()) {
@@ -95,20 +92,25 @@ export function drawMap() {
     ctx.stroke(outline);
   }
 
-  if (state.visible.sensors && state.sensors.size) drawSensors(s, tx, ty, vx0, vx1, vy0, vy1);
+  if (state.visible.sensors && tiledSensors()) {
+    const fromTiles = tileSensors(s, vx0, vx1, vy0, vy1); // the normal ones, under the records
+    drawSensors(fromTiles.concat([...state.sensors.values()]), s, tx, ty, vx0, vx1, vy0, vy1);
+  } else if (state.visible.sensors && state.sensors.size) {
+    drawSensors(state.sensors.values(), s, tx, ty, vx0, vx1, vy0, vy1);
+  }
   if (showDistricts) drawDistrictLabels(s, tx, ty, inView);
   if (state.visible.incidents && state.incidents.size) drawIncidents(s, tx, ty, vx0, vx1, vy0, vy1);
 
-  const nothing = !state.districts.length && !state.grid.length && !state.sensors.size && !state.incidents.size;
+  const nothing = !state.districts.length && !state.grid.length && !tiledGrid() && !state.sensors.size && !state.incidents.size;
   if (nothing) drawCenterText(state.loading ? t('map.loading') : t('map.empty'));
 }
 
-function drawSensors(s, tx, ty, vx0, vx1, vy0, vy1) {
+function drawSensors(records, s, tx, ty, vx0, vx1, vy0, vy1) {
   const r = sensorRadius();
   const round = r >= 2.5;
   const paths = {};
   for (const k of STATE_ORDER) paths[k] = new Path2D();
-  for (const rec of state.sensors.values()) {
+  for (const rec of records) {
     const x = rec.x;
     const y = rec.y;
     if (!(x >= vx0 && x <= vx1 && y >= vy0 && y <= vy1)) continue; // also skips NaN

@@ -67,7 +67,7 @@ export function updateHover(sx, sy) {
         state.hover = { kind: 'cell', rec: cell };
         const lines = [
           `district ${cell.props.district_code ?? '—'}`,
-          `${cell.props.sensors ?? 0} sensors · ${cell.count} open incidents`,
+          `${cell.props.sensors ?? '—'} sensors · ${cell.count} open incidents`,
         ];
         const hot = state.gridMode === 'hotspot' ? state.hotspots.get(cell.code) : null;
         if (hot) lines.push(t('tip.hotspot', { n: hot.count, h: HOTSPOT_HOURS, m: formatValue(hot.mean), z: formatValue(hot.score) }));

@@ -7,6 +7,7 @@ import { el } from '../dom.js';
 import { invalidate } from '../frame.js';
 import { hasPos } from '../records.js';
 import { projX, projY, clamp } from './projection.js';
+import { tilesetBounds } from './vtiles.js';
 import { drawChart } from '../panels/chart.js';
 
 export function dataBounds() {
@@ -19,6 +20,7 @@ export function dataBounds() {
   };
   if (state.districts.length) state.districts.forEach((d) => addBox(d.bbox));
   else if (state.grid.length) state.grid.forEach((g) => addBox(g.bbox));
+  else if (tilesetBounds()) addBox(tilesetBounds());
   else {
     for (const coll of [state.sensors, state.incidents]) {
       for (const r of coll.values()) if (hasPos(r)) addBox([r.x, r.y, r.x, r.y]);

@@ -5,6 +5,7 @@ import { t } from '../i18n.js';
 import { SEVERITIES } from '../constants.js';
 import { state } from '../store.js';
 import { el } from '../dom.js';
+import { sensorTotal, tiledSensors } from '../map/sensortiles.js';
 
 function setCount(node, n, label) {
   node.textContent = label ? `${n} ${label}` : String(n);
@@ -29,8 +30,10 @@ export function renderStatus() {
   el.counts.alarm.textContent = t('status.alarm', { n: alarm });
   setCount(el.counts.silent, silent);
   el.counts.silent.textContent = t('status.silent', { n: silent });
-  setCount(el.counts.sensors, state.sensors.size);
-  el.counts.sensors.textContent = t('status.total', { n: state.sensors.size });
+  // With the sensors' tiles, the records are the sensors not normal: the total is counted.
+  const total = tiledSensors() && Number.isFinite(sensorTotal()) ? sensorTotal() : state.sensors.size;
+  setCount(el.counts.sensors, total);
+  el.counts.sensors.textContent = t('status.total', { n: total });
   el.canvas.dataset.sensors = String(state.sensors.size);
   el.canvas.dataset.incidents = String(state.incidents.size);
 }
