@@ -168,13 +168,7 @@ COMMANDS: dict[str, tuple[Command, str, set[str], str | None]] = {
         "submitted",
     ),
     "reject": (
-        lambda c: c.reject(
-            rejection="out_of_scope",
-            duplicate_of=None,
-            actor=ACTOR,
-            reason=REASON,
-            correlation_id=CORR,
-        ),
+        lambda c: c.reject(rejection="out_of_scope", duplicate_of=None, **BY),
         "reject",
         {"submitted", "accepted"},
         "rejected",
