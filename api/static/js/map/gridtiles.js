@@ -16,7 +16,7 @@ import { state, view } from '../store.js';
 import { hasPos } from '../records.js';
 import { ctx } from '../dom.js';
 import { addRings, boundsOf, pointInRings } from './projection.js';
-import { GRID_OUTLINE_PX, hotspotBucket } from './symbols.js';
+import { GRID_OUTLINE_PX, paintHotspots } from './symbols.js';
 import { tiledSensors } from './sensortiles.js';
 import { grid, chooseSource, zoomFor, tilesIn, tileBox, tileAt, viewTiles, nextFrame, evict, recordDraw, loadByCode } from './vtiles.js';
 
@@ -105,15 +105,7 @@ function drawTile(tile, clip, s, tx, ty, load, outlines) {
     ctx.stroke(lines);
   }
   if (state.gridMode === 'hotspot') {
-    const buckets = COLORS.hotspot.fill.map(() => new Path2D());
-    for (const c of cells) addRings(buckets[hotspotBucket(state.hotspots.get(c.code).score)], c.rings, s, tx, ty);
-    buckets.forEach((p, i) => {
-      ctx.fillStyle = COLORS.hotspot.fill[i];
-      ctx.fill(p, 'evenodd');
-      ctx.strokeStyle = COLORS.hotspot.line[i];
-      ctx.lineWidth = 1.2 + i * 0.6;
-      ctx.stroke(p);
-    });
+    paintHotspots(cells, s, tx, ty);
   }
   ctx.restore();
   return cells.length;

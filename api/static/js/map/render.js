@@ -7,7 +7,7 @@ import { COLORS, STATE_ORDER } from '../constants.js';
 import { view, state } from '../store.js';
 import { ctx } from '../dom.js';
 import { drawIncidents } from './markers.js';
-import { colouredCells, GRID_OUTLINE_PX, hotspotBucket, sensorRadius } from './symbols.js';
+import { colouredCells, GRID_OUTLINE_PX, paintHotspots, sensorRadius } from './symbols.js';
 import { drawTiles } from './tiles.js';
 import { addRings } from './projection.js';
 import { drawGridTiles, tiledGrid } from './gridtiles.js';
@@ -69,17 +69,7 @@ export function drawMap() {
     }
     // Hotspots are few: filled and outlined at every scale, so they show city-wide.
     if (state.gridMode === 'hotspot') {
-      const buckets = COLORS.hotspot.fill.map(() => new Path2D());
-      for (const c of colouredCells()) {
-        if (inView(c.bbox)) addRings(buckets[hotspotBucket(state.hotspots.get(c.code).score)], c.rings, s, tx, ty);
-      }
-      buckets.forEach((p, i) => {
-        ctx.fillStyle = COLORS.hotspot.fill[i];
-        ctx.fill(p, 'evenodd');
-        ctx.strokeStyle = COLORS.hotspot.line[i];
-        ctx.lineWidth = 1.2 + i * 0.6;
-        ctx.stroke(p);
-      });
+      paintHotspots(colouredCells().filter((c) => inView(c.bbox)), s, tx, ty);
     }
   }
 

@@ -2,9 +2,10 @@
  * Marker sizes and the grid cells the current colouring fills: shared by drawing and
  * hit-testing, so that what is clicked is what is drawn.
  */
-import { HOTSPOT_Z } from '../constants.js';
+import { COLORS, HOTSPOT_Z } from '../constants.js';
 import { view, state } from '../store.js';
-import { clamp } from './projection.js';
+import { ctx } from '../dom.js';
+import { addRings, clamp } from './projection.js';
 
 // Grid cell outlines only once a cell is this wide on screen: stroking thousands of
 // tiny cells is what costs most per frame on a software-rendered canvas.
@@ -21,6 +22,20 @@ export function incidentRadius(rec) {
 }
 
 export const hotspotBucket = (score) => (score >= HOTSPOT_Z[1] ? 2 : score >= HOTSPOT_Z[0] ? 1 : 0);
+
+// Hotspot cells filled and outlined by their score's bucket: the GeoJSON grid and the
+// tiled grid draw them alike.
+export function paintHotspots(cells, s, tx, ty) {
+  const buckets = COLORS.hotspot.fill.map(() => new Path2D());
+  for (const c of cells) addRings(buckets[hotspotBucket(state.hotspots.get(c.code).score)], c.rings, s, tx, ty);
+  buckets.forEach((p, i) => {
+    ctx.fillStyle = COLORS.hotspot.fill[i];
+    ctx.fill(p, 'evenodd');
+    ctx.strokeStyle = COLORS.hotspot.line[i];
+    ctx.lineWidth = 1.2 + i * 0.6;
+    ctx.stroke(p);
+  });
+}
 
 /** The grid cells the current colouring fills: loaded cells, or hotspots. */
 export function colouredCells() {
