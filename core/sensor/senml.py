@@ -314,19 +314,17 @@ def _common_reading(
     unit = record.get("u", base.unit)
     raw = record["v"]
     offset_time = record.get("t", 0.0)
+    suffix = record.get("n", "")
     if not (
         type(name) is str
+        and type(suffix) is str
         and type(base_time) in _NUMBER_TYPES
         and (unit is None or type(unit) is str)
         and type(raw) in _NUMBER_TYPES
         and type(offset_time) in _NUMBER_TYPES
     ):
         return None
-    metric = (
-        _metric_of(name + record.get("n", ""), device_id)
-        if type(record.get("n", "")) is str
-        else None
-    )
+    metric = _metric_of(name + suffix, device_id)
     if metric is None:
         return None
     time = float(base_time) + float(offset_time)
