@@ -773,13 +773,38 @@ def wait_all_stored(
     wait_until(all_in, timeout, "every accepted reading and case stored")
 
 
+def positions_off_the_ends(settings: Settings) -> list[str]:
+    """Where the writer, the monitor or the intake has not recorded exactly every record
+    of its topic as read (one line each: recorded and the topic's ends); empty when all
+    are at the ends."""
+    names = topics.Topics.of(settings)
+    telemetry = kafka_ends(settings, names.telemetry)
+    inbound = kafka_ends(settings, names.cases_inbound)
+    recorded = {
+        "writer": (writer_positions(settings), telemetry),
+        "sensor-monitor": (
+            tracked_positions(settings, "sensor-monitor", names.telemetry),
+            telemetry,
+        ),
+        "case-intake": (tracked_positions(settings, "case-intake", names.cases_inbound), inbound),
+    }
+    return [
+        f"{who}: recorded {got}, ends {ends}"
+        for who, (got, ends) in recorded.items()
+        if got != ends
+    ]
+
+
+def wait_positions_at_the_ends(settings: Settings, timeout: float = 60) -> None:
+    """Until every consumer has caught up with its topic (the writer storing a reading
+    does not mean the monitor has judged it)."""
+    wait_until(
+        lambda: not positions_off_the_ends(settings), timeout, "every consumer at its topic's ends"
+    )
+
+
 def assert_positions_at_the_ends(settings: Settings) -> None:
     """The writer, the monitor and the intake have recorded every record of their topics
     as read, and none beyond."""
-    names = topics.Topics.of(settings)
-    telemetry = kafka_ends(settings, names.telemetry)
-    assert writer_positions(settings) == telemetry
-    assert tracked_positions(settings, "sensor-monitor", names.telemetry) == telemetry
-    assert tracked_positions(settings, "case-intake", names.cases_inbound) == kafka_ends(
-        settings, names.cases_inbound
-    )
+    off = positions_off_the_ends(settings)
+    assert not off, "; ".join(off)

@@ -51,6 +51,7 @@ from tests.helpers.faults import (
     wait_all_stored,
     wait_more_stored,
     wait_port_free,
+    wait_positions_at_the_ends,
     workers,
     writer_positions,
 )
@@ -175,6 +176,7 @@ def test_postgres_crash_and_restart(
             file_some(5)
             publishing.stop()
             wait_all_stored(settings, gateways, hotline)
+            wait_positions_at_the_ends(settings)
             assert running.dead() == [], f"workers that died: {running.dead()}"
             caught_up_s = time.monotonic() - up_at
         readings = tally(gateways.accepted, stored_water_levels(settings))
@@ -437,6 +439,7 @@ def test_kafka_broker_sigkill_and_restart_on_durable_storage(
                 back_s = time.monotonic() - killed_at
                 publishing.stop()
                 wait_all_stored(on_kafka, gateways, hotline)
+                wait_positions_at_the_ends(on_kafka)
                 caught_up_s = time.monotonic() - killed_at
                 assert running.dead() == [], running.dead()
             readings = tally(gateways.accepted, stored_water_levels(on_kafka))
