@@ -40,7 +40,7 @@ import psycopg
 from eventsourcing.persistence import Notification
 from psycopg import sql
 
-from core.audit import mask_actor
+from core.audit import citizen_data, mask_actor
 from projections.checksum import VIEWS
 from projections.queries import PointLayer, _feature_sql
 from projections.runner import SqlProjection, effects, execute
@@ -68,22 +68,7 @@ AGGREGATE: dict[str, str] = {
 }
 BOOKKEEPING = ("change_seq",)  # not content: not compared between checkpoints
 
-# Event attributes a window never shows: contacts (sealed or not), the citizen's
-# pseudonymous id, and what a citizen typed about the place (it may name people). Actors
-# that are citizens read ``citizen:[masked]`` (as in the audit views, ``core.audit``).
-PRIVATE = frozenset(
-    {
-        "contact",
-        "contact_token",
-        "citizen_id",
-        "name",
-        "phone",
-        "email",
-        "address",
-        "description",
-        "attributes",
-    }
-)
+# Actors that are citizens read ``citizen:[masked]`` (as in the audit views).
 ACTORS = frozenset({"actor", "submitted_by", "by", "acknowledged_by"})
 # Columns of service_cases the map never shows (free text and the citizen's id).
 CASE_PRIVATE = (
@@ -729,6 +714,8 @@ def event_line(
 ) -> bytes:
     """One NDJSON line of a window: the event's attributes, personal data dropped."""
     body = orjson.loads(state)
+    event_type = topic.rpartition(":")[2]
+    private = citizen_data(event_type)
     return orjson.dumps(
         {
             "kind": "event",
@@ -736,8 +723,8 @@ def event_line(
             "recorded_at": recorded_at,
             "aggregate_id": aggregate_id,
             "version": version,
-            "type": topic.rpartition(":")[2],
-            "event": {k: _plain(k, v) for k, v in body.items() if k not in PRIVATE},
+            "type": event_type,
+            "event": {k: _plain(k, v) for k, v in body.items() if k not in private},
         },
         option=orjson.OPT_APPEND_NEWLINE,
     )

@@ -25,6 +25,36 @@ _EVENT_META = frozenset({"originator_id", "originator_version", "timestamp", "or
 # which links their cases together, so it is masked too.
 _ACTOR_FIELDS = frozenset({"actor", "submitted_by", "by", "acknowledged_by"})
 
+# What identifies a citizen or what a citizen may have written: the pseudonymous id,
+# contacts (sealed or not), what they typed about the place, a rating's comment. Never in
+# a published event (``infra.domain_events``) nor in a replay window (``projections.replay``).
+CITIZEN_DATA = frozenset(
+    {
+        "citizen_id",
+        "contact_token",
+        "contact",
+        "name",
+        "phone",
+        "email",
+        "address",
+        "description",
+        "attributes",
+        "comment",
+    }
+)
+# Fields of one event class (by qualified name) that a citizen may have written too.
+CITIZEN_DATA_OF: Mapping[str, frozenset[str]] = {
+    "ServiceCase.CaseCancelled": frozenset({"reason"}),
+    "ServiceCase.PersonalDataErased": frozenset({"reason"}),
+}
+
+
+def citizen_data(event_name: str) -> frozenset[str]:
+    """The fields of the event class named ``event_name`` (``Aggregate.Event``) that are
+    never shown outside the audit views."""
+    return CITIZEN_DATA | CITIZEN_DATA_OF.get(event_name, frozenset())
+
+
 # (citizen id, sealed contact) -> the contact as an auditor may see it.
 ContactView = Callable[[str | None, str], dict[str, Any]]
 

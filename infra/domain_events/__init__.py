@@ -54,7 +54,7 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from core.app import CityApp
-from core.audit import AuditRead
+from core.audit import AuditRead, citizen_data
 from core.case import ServiceCase
 from core.incident import Incident
 from core.sensor import Sensor
@@ -155,27 +155,6 @@ NOT_PUBLISHED: dict[type[DomainEvent], str] = {
     _event_class(AuditRead, "Recorded"): "who read the audit trail: the audit API's own record",
 }
 
-# Never in ``data``, whatever the event: the citizen's pseudonymous id, contacts (sealed
-# or not) and what a citizen typed about the place.
-WITHHELD = frozenset(
-    {
-        "citizen_id",
-        "contact_token",
-        "contact",
-        "name",
-        "phone",
-        "email",
-        "address",
-        "description",
-        "attributes",
-        "comment",
-    }
-)
-# Fields of one event a citizen may have written.
-_WITHHELD_ALSO: dict[type[DomainEvent], frozenset[str]] = {
-    _event_class(ServiceCase, "CaseCancelled"): frozenset({"reason"}),
-    _event_class(ServiceCase, "PersonalDataErased"): frozenset({"reason"}),
-}
 # Kept by the domain as epoch seconds (readings' times), published as RFC 3339.
 EPOCH_TIMES = frozenset({"reading_ts", "last_seen", "seen_at"})
 # Ids of other aggregates, published as UUID text (the sensor records an incident's as hex).
@@ -188,7 +167,7 @@ class UnmappedEventError(LookupError):
 
 def fields(cls: type[DomainEvent]) -> tuple[str, ...]:
     """The fields of ``cls`` published in ``data``, in the order the event declares them."""
-    withheld = WITHHELD | _WITHHELD_ALSO.get(cls, frozenset())
+    withheld = citizen_data(cls.__qualname__)
     return tuple(name for name in inspect.get_annotations(cls) if name not in withheld)
 
 

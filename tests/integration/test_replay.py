@@ -112,8 +112,8 @@ def scenario(settings: Settings) -> list[Moment]:
             if desk.get(case_id).status == "accepted":  # not placed by the intake policy
                 desk.assign(case_id, departments[i % len(departments)], "dispatcher:d", "", "c2")
         desk.resolve(cases[0], "fixed", "department:x", "", "c2")
-        desk.rate(cases[0], 5, "", "citizen:r0", "c2")
-        desk.cancel(cases[1], "citizen:r1", "solved myself", "c2")
+        desk.rate(cases[0], 5, "private text: thanks", "citizen:r0", "c2")
+        desk.cancel(cases[1], "citizen:r1", "private text: solved it", "c2")
         project(settings)
         moments.append(Moment(settings))
         # 3: another alarm, more reports.
