@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,7 +21,7 @@ from pathlib import Path
 from cityops.services import free_port
 from infra.settings import Settings
 from tests.helpers.db import fresh_database
-from tests.helpers.workers import api_server, cityops, log_of, stop_session, wait_http_ready
+from tests.helpers.workers import CITYOPS, api_server, http_process
 
 SERVICES = ("CITYOPS_DATABASE_URL", "CITYOPS_KAFKA_BOOTSTRAP", "CITYOPS_MQTT_HOST")
 CHROMIUM = os.environ.get("CITYOPS_CHROMIUM", "/usr/bin/chromium")
@@ -109,28 +108,21 @@ def demo_stack(
         state_dir.mkdir(parents=True, exist_ok=True)
         env = _env(run, url, state_dir, CITYOPS_SIM_SENSORS=str(sensors), **extra_env)
         port = free_port()
+        argv = [
+            *CITYOPS,
+            "demo",
+            "--port",
+            str(port),
+            "--simulator" if simulator else "--no-simulator",
+            "--rate",
+            str(rate),
+            "--state-dir",
+            str(state_dir),
+        ]
         log = state_dir / "demo.log"
-        with log.open("wb") as out:
-            proc = cityops(
-                "demo",
-                "--port",
-                str(port),
-                "--simulator" if simulator else "--no-simulator",
-                "--rate",
-                str(rate),
-                "--state-dir",
-                str(state_dir),
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        base = f"http://127.0.0.1:{port}"
-        try:
-            wait_http_ready(base, proc, 120, output=log_of(log))
+        demo = http_process(argv, port, env, log, timeout=120, stop=signal.SIGINT, stop_timeout=40)
+        with demo as base:
             yield Stack(base, env, state_dir)
-        finally:
-            stop_session(proc, 40, signal.SIGINT)
 
 
 @contextmanager

@@ -59,6 +59,16 @@ def rows(settings: Settings, query: str, *params: Any) -> list[tuple[Any, ...]]:
         return conn.execute(query, params).fetchall()
 
 
+def event_counts(settings: Settings, topic_like: str) -> dict[Any, int]:
+    """Per aggregate, how many events of that kind the city log holds."""
+    found = rows(
+        settings,
+        "SELECT originator_id, count(*) FROM city_events WHERE topic LIKE %s GROUP BY 1",
+        topic_like,
+    )
+    return {r[0]: int(r[1]) for r in found}
+
+
 def count(settings: Settings, query: str, *params: object) -> int:
     """The first column of the first row as an int (0 when there is no row)."""
     found = rows(settings, query, *params)

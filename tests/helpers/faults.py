@@ -35,7 +35,7 @@ from infra import kafka as topics
 from infra.settings import Settings
 from tests.helpers.brokers import mqtt_client
 from tests.helpers.builders import senml
-from tests.helpers.db import count, rows
+from tests.helpers.db import count, event_counts, rows
 from tests.helpers.waiting import wait_until
 
 # -- the proxy ------------------------------------------------------------------------------
@@ -554,16 +554,6 @@ def tally(accepted: set[tuple[str, float]], stored: list[tuple[str, float]]) -> 
         duplicates=len(stored) - len(unique),
         extra=len(unique - accepted),
     )
-
-
-def event_counts(settings: Settings, topic_like: str) -> dict[Any, int]:
-    """Per aggregate, how many events of that kind the city log holds."""
-    found = rows(
-        settings,
-        "SELECT originator_id, count(*) FROM city_events WHERE topic LIKE %s GROUP BY 1",
-        topic_like,
-    )
-    return {r[0]: int(r[1]) for r in found}
 
 
 def writer_positions(settings: Settings, group: str = "telemetry-writer") -> dict[int, int]:

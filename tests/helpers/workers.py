@@ -64,9 +64,12 @@ def worker_env(settings: Settings) -> dict[str, str]:
     }
 
 
+CITYOPS = (sys.executable, "-m", "cityops")
+
+
 def cityops(*args: str, env: dict[str, str], **popen: Any) -> subprocess.Popen[bytes]:
     """``python -m cityops <args>`` in a subprocess."""
-    return subprocess.Popen([sys.executable, "-m", "cityops", *args], env=env, **popen)
+    return subprocess.Popen([*CITYOPS, *args], env=env, **popen)
 
 
 def start_worker(settings: Settings, name: str, *args: str, **env: str) -> subprocess.Popen[bytes]:
@@ -139,6 +142,32 @@ UVICORN = (sys.executable, "-m", "uvicorn", "--factory", "cityops.bootstrap:app_
 
 
 @contextmanager
+def http_process(
+    argv: list[str],
+    port: int,
+    env: dict[str, str],
+    log: Path,
+    *,
+    timeout: float,
+    probe: str = "/readyz",
+    stop: signal.Signals = signal.SIGTERM,
+    stop_timeout: float = 30,
+) -> Iterator[str]:
+    """``argv`` (a server on ``port``) in a session of its own, its output in ``log``,
+    until exit: its base URL once ``probe`` answers; ``stop`` ends it."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_http_ready(base, proc, timeout, probe=probe, output=log_of(log))
+        yield base
+    finally:
+        stop_session(proc, stop_timeout, stop)
+
+
+@contextmanager
 def api_server(env: dict[str, str], log: Path, *args: str) -> Iterator[str]:
     """The API as production runs it (``uvicorn --factory``) on ``env``, its output in
     ``log``, until exit: its base URL once ``/healthz`` answers. ``args``: more of
@@ -146,20 +175,9 @@ def api_server(env: dict[str, str], log: Path, *args: str) -> Iterator[str]:
     from cityops.services import free_port
 
     port = free_port()
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [*UVICORN, "--port", str(port), *args],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_http_ready(base, proc, 90, probe="/healthz", output=log_of(log))
+    argv = [*UVICORN, "--port", str(port), *args]
+    with http_process(argv, port, env, log, timeout=90, probe="/healthz") as base:
         yield base
-    finally:
-        stop_session(proc, 30)
 
 
 def backtest(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Callable[[list[str]], Result]:

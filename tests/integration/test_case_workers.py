@@ -38,7 +38,7 @@ from infra.settings import Settings
 from projections.case_queries import CaseFilter, CaseQueries
 from tests.helpers.brokers import read_topic, topic_size
 from tests.helpers.city import open_city
-from tests.helpers.db import rows
+from tests.helpers.db import event_counts
 from tests.helpers.waiting import wait_until
 from tests.helpers.workers import in_threads, sigkill, start_worker, stop_all, threads
 from workers.intake import CaseIntake
@@ -86,16 +86,6 @@ def produce(
 
 def hotline_case_id(external_id: str, source: str = "12345") -> UUID:
     return case_id("hotline", f"{source}:{external_id}")
-
-
-def per_case(settings: Settings, topic_like: str) -> dict[UUID, int]:
-    """How many events of that kind each case has in the city log."""
-    found = rows(
-        settings,
-        "SELECT originator_id, count(*) FROM city_events WHERE topic LIKE %s GROUP BY 1",
-        topic_like,
-    )
-    return {r[0]: int(r[1]) for r in found}
 
 
 POSITIONS = (
@@ -187,7 +177,7 @@ def test_hotline_case_sent_twice_and_again_after_a_restart_is_one_case(
             assert second.worker.counters == Counter(duplicates=1)
 
         cid = hotline_case_id(ext)
-        submitted = per_case(settings, SUBMITTED)
+        submitted = event_counts(settings, SUBMITTED)
         assert submitted == {cid: 1, hotline_case_id(ext, "wechat-gw"): 1}
         assert topic_size(settings, topics.Topics.of(settings).deadletter) == 0
 
@@ -297,7 +287,7 @@ def test_bad_messages_go_to_the_dead_letter_and_nothing_else_is_lost(
             for fragment in fragments:
                 assert fragment in letter["reason"], (name, letter["reason"])
         # The good ones became cases, and nothing else did.
-        assert per_case(settings, SUBMITTED) == {
+        assert event_counts(settings, SUBMITTED) == {
             hotline_case_id(f"ok1-{unique}"): 1,
             hotline_case_id(f"ok2-{unique}"): 1,
         }
@@ -333,14 +323,14 @@ def test_a_dead_letter_is_sent_before_the_position_past_it_is_committed(
             worker.process_partition(tp, records)
         # Nothing committed, but the dead letter is already in Kafka.
         assert tracked(settings) == 0
-        assert per_case(settings, SUBMITTED) == {}
+        assert event_counts(settings, SUBMITTED) == {}
         (letter,) = read_topic(settings, names.deadletter, 1)
         assert orjson.loads(letter.value)["offset"] == records[0].offset
         # Restarted, the worker does the batch again: the letter twice, the case once.
         monkeypatch.undo()
         worker.process_partition(tp, records)
         assert tracked(settings) == 2
-        assert per_case(settings, SUBMITTED) == {hotline_case_id(f"ok-{unique}"): 1}
+        assert event_counts(settings, SUBMITTED) == {hotline_case_id(f"ok-{unique}"): 1}
         letters = [orjson.loads(r.value) for r in read_topic(settings, names.deadletter, 2)]
         assert len(letters) == 2
         assert {(x["topic"], x["partition"], x["offset"]) for x in letters} == {
@@ -387,11 +377,11 @@ def test_sigkilled_intake_neither_loses_nor_doubles_cases(seeded: Settings, uniq
         wait_until(
             lambda: positions(conn, settings) == total, timeout=60, what=f"{total} positions"
         )
-        submitted = per_case(settings, SUBMITTED)
+        submitted = event_counts(settings, SUBMITTED)
         assert len(submitted) == total
         assert set(submitted.values()) == {1}
         assert set(submitted) == {hotline_case_id(ext) for ext in ids}
-        assigned = per_case(settings, "%ServiceCase.CaseAssigned")
+        assigned = event_counts(settings, "%ServiceCase.CaseAssigned")
         assert len(assigned) == total
         assert set(assigned.values()) == {1}
         assert topic_size(settings, topics.Topics.of(settings).deadletter) == 0
@@ -470,7 +460,9 @@ def test_sla_marks_once_per_deadline_across_kills_and_two_clocks(
             # Two clocks at once while the due-soon marks fall due.
             procs += [start_worker(settings, "sla", **env), start_worker(settings, "sla", **env)]
             wait_until(
-                lambda: len(per_case(settings, DUE_SOON)) == 4, timeout=30, what="4 due-soon marks"
+                lambda: len(event_counts(settings, DUE_SOON)) == 4,
+                timeout=30,
+                what="4 due-soon marks",
             )
             # Shortly before the deadline: kill both, resolve one case, restart two clocks.
             for p in procs:
@@ -493,8 +485,8 @@ def test_sla_marks_once_per_deadline_across_kills_and_two_clocks(
             for p in procs[2:]:
                 assert p.poll() is None, "an SLA clock died"
 
-            assert per_case(settings, DUE_SOON) == dict.fromkeys((*late, on_time), 1)
-            assert per_case(settings, OVERDUE) == dict.fromkeys(late, 1)
+            assert event_counts(settings, DUE_SOON) == dict.fromkeys((*late, on_time), 1)
+            assert event_counts(settings, OVERDUE) == dict.fromkeys(late, 1)
             assert overdue_listed() == set(late)
             for cid in late:
                 case = desk.get(cid)

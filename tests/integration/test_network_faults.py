@@ -23,13 +23,12 @@ from infra.settings import Settings
 from tests.helpers.brokers import bridge
 from tests.helpers.builders import readings_message, send, sensor
 from tests.helpers.city import city_with
-from tests.helpers.db import caught_up, count
+from tests.helpers.db import caught_up, count, event_counts
 from tests.helpers.faults import (
     SUBMITTED,
     Gateways,
     Hotline,
     TcpProxy,
-    event_counts,
     kafka_ends,
     readings_count,
     service_dir,

@@ -29,7 +29,7 @@ from sensors.bridge import MqttBridge
 from tests.helpers.brokers import bridge, shared_logins
 from tests.helpers.builders import readings_message, send, sensor
 from tests.helpers.city import World, city_with
-from tests.helpers.db import isolated_settings
+from tests.helpers.db import event_counts, isolated_settings
 from tests.helpers.faults import (
     SUBMITTED,
     Gateways,
@@ -38,7 +38,6 @@ from tests.helpers.faults import (
     S3Server,
     assert_positions_at_the_ends,
     database_up,
-    event_counts,
     postgres_crash,
     postgres_start_again,
     readings_count,
