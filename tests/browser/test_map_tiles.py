@@ -24,15 +24,9 @@ import pytest
 import shapely
 from shapely.geometry import shape
 
+from tests.browser.pages import VIEWPORT, Watched, first_load_ms, opened, watch
 from tests.browser.stack import Stack
-from tests.browser.test_ops_center import (
-    Watched,
-    alarm,
-    first_load_ms,
-    normal_water_sensors,
-    wait_for_incident_of,
-    watch,
-)
+from tests.browser.test_ops_center import alarm, normal_water_sensors, wait_for_incident_of
 from tests.helpers.web import auth_header, dev_token
 
 pytestmark = pytest.mark.browser
@@ -60,12 +54,8 @@ VIEW = """(pad) => {
 
 @pytest.fixture
 def tiled(browser: Any, stack: Stack) -> Iterator[Watched]:
-    context = browser.new_context(viewport={"width": 1600, "height": 900})
-    watched = watch(context)
-    watched.page.goto(stack.base + "/?map=tiles")
-    first_load_ms(watched.page)
-    yield watched
-    context.close()
+    with opened(browser, stack.base + "/?map=tiles") as watched:
+        yield watched
 
 
 def settled(page: Any) -> dict[str, Any]:
@@ -305,7 +295,7 @@ def test_sensors_not_normal_are_records_and_the_rest_come_from_tiles(
 
 
 def test_without_the_decoder_the_page_loads_the_whole_grid(browser: Any, stack: Stack) -> None:
-    context = browser.new_context(viewport={"width": 1600, "height": 900})
+    context = browser.new_context(viewport=VIEWPORT)
     try:
         context.route("**/static/vendor/mvt.js", lambda route: route.fulfill(status=404))
         watched = watch(context)
@@ -334,16 +324,10 @@ def test_without_the_decoder_the_page_loads_the_whole_grid(browser: Any, stack: 
 def test_a_grid_small_enough_is_loaded_whole(browser: Any, stack: Stack) -> None:
     cells = httpx.get(f"{stack.base}/ogc/collections/grid/items?limit=1", timeout=10).json()
     assert cells["numberMatched"] <= GRID_GEOJSON_MAX_CELLS
-    context = browser.new_context(viewport={"width": 1600, "height": 900})
-    try:
-        watched = watch(context)
-        watched.page.goto(stack.base + "/")
-        first_load_ms(watched.page)
+    with opened(browser, stack.base + "/") as watched:
         page = watched.page
         assert page.evaluate("window.CityOps.tiles().source") == "geojson"
         assert page.evaluate("window.CityOps.state.grid.length") == cells["numberMatched"]
         assert any("/api/v1/map/layers/grid" in u for u in watched.urls)
         assert requested(watched) == set()
         assert watched.errors == []
-    finally:
-        context.close()

@@ -12,16 +12,15 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
 from tests.browser.conftest import record
+from tests.browser.pages import VIEWPORT, Watched, first_load_ms, opened, watch
 from tests.browser.stack import Stack, map_stack
 from tests.helpers.brokers import publish
 from tests.helpers.builders import senml
@@ -30,60 +29,16 @@ from tests.helpers.web import auth_header, dev_token
 
 pytestmark = pytest.mark.browser
 
-LOOPBACK = {"127.0.0.1", "localhost", "[::1]", "::1"}
 # The first load's time is recorded and printed in the summary (a figure, not a verdict:
 # on a busy 2-core machine it took 2.9 s once, 0.7–1.5 s otherwise). The bound only
 # catches a page that never draws.
 FIRST_LOAD_BUDGET_MS = 15_000
 
 
-@dataclass
-class Watched:
-    """A page and everything it said and asked for."""
-
-    page: Any
-    errors: list[str] = field(default_factory=list)
-    urls: list[str] = field(default_factory=list)
-
-    def off_loopback(self) -> list[str]:
-        return [
-            u
-            for u in self.urls
-            if not u.startswith(("data:", "blob:")) and urlsplit(u).hostname not in LOOPBACK
-        ]
-
-
-def watch(context: Any) -> Watched:
-    page = context.new_page()
-    # Anything the page's Content-Security-Policy blocks is an error of the page.
-    page.add_init_script(
-        "document.addEventListener('securitypolicyviolation', (e) =>"
-        " console.error(`CSP violation: ${e.violatedDirective} ${e.blockedURI}`));"
-    )
-    watched = Watched(page)
-    page.on("request", lambda r: watched.urls.append(r.url))
-    page.on(
-        "console",
-        lambda m: watched.errors.append(f"console: {m.text}") if m.type == "error" else None,
-    )
-    page.on("pageerror", lambda e: watched.errors.append(f"pageerror: {e}"))
-    return watched
-
-
-def first_load_ms(page: Any) -> float:
-    """Navigation start to the map drawn (the page sets data-ready after that frame)."""
-    page.wait_for_selector('body[data-ready="true"]', timeout=20_000)
-    return float(page.evaluate("window.CityOps.readyAt"))
-
-
 @pytest.fixture(scope="module")
 def ops(browser: Any, stack: Stack) -> Iterator[Watched]:
-    context = browser.new_context(viewport={"width": 1600, "height": 900})
-    watched = watch(context)
-    watched.page.goto(stack.base + "/")
-    first_load_ms(watched.page)
-    yield watched
-    context.close()
+    with opened(browser, stack.base + "/") as watched:
+        yield watched
 
 
 def token(stack: Stack, role: str, department: str | None = None) -> str:
@@ -146,7 +101,7 @@ def caused() -> dict[str, Any]:
 def test_page_loads_without_errors_under_its_csp_and_only_from_loopback(
     browser: Any, stack: Stack
 ) -> None:
-    context = browser.new_context(viewport={"width": 1600, "height": 900})
+    context = browser.new_context(viewport=VIEWPORT)
     try:
         watched = watch(context)
         answer = watched.page.goto(stack.base + "/")
@@ -484,18 +439,13 @@ def test_chinese_and_english_labels(ops: Watched) -> None:
 
 
 def test_map_frame_time_with_10000_sensors_and_5000_incidents(browser: Any, tmp_path: Path) -> None:
-    with map_stack(tmp_path / "map", sensors=10_000, incidents=5_000) as big:
-        context = browser.new_context(viewport={"width": 1600, "height": 900})
-        try:
-            watched = watch(context)
-            watched.page.goto(big.base + "/")
-            load_ms = first_load_ms(watched.page)
-            counts = watched.page.evaluate(
-                "[window.CityOps.state.sensors.size, window.CityOps.state.incidents.size]"
-            )
-            frames = watched.page.evaluate("window.CityOps.measureFrames(240)")
-        finally:
-            context.close()
+    big_map = map_stack(tmp_path / "map", sensors=10_000, incidents=5_000)
+    with big_map as big, opened(browser, big.base + "/") as watched:
+        load_ms = first_load_ms(watched.page)
+        counts = watched.page.evaluate(
+            "[window.CityOps.state.sensors.size, window.CityOps.state.incidents.size]"
+        )
+        frames = watched.page.evaluate("window.CityOps.measureFrames(240)")
     record(
         "map, 10,000 sensors + 5,000 incidents",
         {"first_load_ms": round(load_ms), **frames},
