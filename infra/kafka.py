@@ -17,7 +17,7 @@ import orjson
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.errors import KafkaError, RetriableError, TopicAlreadyExistsError
+from kafka.errors import KafkaError, KafkaTimeoutError, RetriableError, TopicAlreadyExistsError
 from kafka.partitioner.default import murmur2
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
 
@@ -52,16 +52,69 @@ def deadletter_for(source: str, record: Any, reason: str, now: float) -> bytes:
     )
 
 
-def send_deadletters(producer: Any, topic: str, key: bytes, values: Sequence[bytes]) -> None:
+DEADLETTER_WAIT_S = 30.0
+
+
+class DeadLettersUnsentError(KafkaError):
+    """Dead letters the broker had not acknowledged when the worker was told to stop."""
+
+    retriable = True
+
+
+def send_deadletters(
+    producer: Any,
+    topic: str,
+    key: bytes,
+    values: Sequence[bytes],
+    stop: threading.Event | None = None,
+    wait_s: float = DEADLETTER_WAIT_S,
+) -> None:
     """Send dead letters and wait until Kafka holds every one.
 
     Workers call this before they commit the position past the records these came from:
     a crash in between sends them again (the same source topic, partition and offset, so
     a reader can tell), but never loses one.
+
+    A broker that does not answer is waited out, one log line per ``wait_s`` without
+    every acknowledgement: a letter still queued in the producer is waited for, not sent
+    twice; one the producer gave up on (its delivery timeout passed, or no metadata in
+    ``max_block_ms``) is sent again. An error that no retry can cure is raised at once;
+    ``stop`` ends the wait with ``DeadLettersUnsentError``.
     """
-    futures = [producer.send(topic, key=key, value=value) for value in values]
-    for future in futures:
-        future.get(timeout=30)
+    futures: list[Any] = [None] * len(values)
+    pause = stop if stop is not None else threading.Event()
+    attempt = 0
+    while True:
+        attempt += 1
+        for i, value in enumerate(values):
+            future = futures[i]
+            if future is None or (future.is_done and future.failed()):
+                try:
+                    futures[i] = producer.send(topic, key=key, value=value)
+                except KafkaTimeoutError:  # no metadata for the topic in max_block_ms
+                    futures[i] = None
+        deadline = time.monotonic() + wait_s
+        for future in futures:
+            if future is not None and not future.is_done:
+                with contextlib.suppress(KafkaError):
+                    future.get(timeout=max(0.0, deadline - time.monotonic()))
+        errors = [f.exception for f in futures if f is not None and f.is_done and f.failed()]
+        for error in errors:
+            if not getattr(error, "retriable", False):
+                raise error
+        unsent = sum(1 for f in futures if f is None or not (f.is_done and f.succeeded()))
+        if not unsent:
+            return
+        log.warning(
+            "dead letters to %s: %d of %d not acknowledged (%s); attempt %d, waiting on",
+            topic,
+            unsent,
+            len(values),
+            errors[0] if errors else f"no answer in {wait_s:.0f} s",
+            attempt,
+        )
+        if pause.wait(min(wait_s, 1.0)):
+            raise DeadLettersUnsentError(f"{unsent} of {len(values)} dead letters to {topic}")
 
 
 def telemetry_or_reject(

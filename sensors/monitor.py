@@ -61,6 +61,8 @@ class SensorMonitor:
         self.partition_of: dict[str, int] = {}
         self.types: dict[str, str | None] = {}
         self.counters: Counter[str] = Counter()
+        # ``run``'s stop: ends a wait for the broker to take dead letters.
+        self.stop = threading.Event()
 
     # -- positions and state ------------------------------------------------------------
 
@@ -136,7 +138,7 @@ class SensorMonitor:
         pe.collect_events(expected_position=self.tracked.positions.get(tp), state_rows=state_rows)
         try:
             topics.send_deadletters(
-                self.producer, self.topics.deadletter, b"sensor-monitor", rejects
+                self.producer, self.topics.deadletter, b"sensor-monitor", rejects, self.stop
             )
             self.app.record(pe)
         except Exception:
@@ -214,6 +216,7 @@ class SensorMonitor:
     # -- loop -------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
+        self.stop = stop
         consumer = topics.telemetry_consumer(
             self.settings, self.group_id, self.load_positions, self.forget
         )

@@ -70,6 +70,8 @@ class CaseIntake:
     app: CityApp = field(init=False)
     tracked: TrackedPositions = field(init=False)
     counters: Counter[str] = field(init=False, default_factory=Counter)
+    # Set by ``run``'s caller to stop: ends a wait for the broker to take dead letters.
+    stop: threading.Event = field(init=False, default_factory=threading.Event)
 
     def __post_init__(self) -> None:
         self.topics = Topics.of(self.settings)
@@ -105,7 +107,9 @@ class CaseIntake:
                     topics.deadletter_for(SOURCE, record, f"{type(exc).__name__}: {exc}", now)
                 )
         pe.collect_events(expected_position=self.tracked.positions.get(tp))
-        topics.send_deadletters(self.producer, self.topics.deadletter, SOURCE.encode(), rejects)
+        topics.send_deadletters(
+            self.producer, self.topics.deadletter, SOURCE.encode(), rejects, self.stop
+        )
         self.app.record(pe)
         self.tracked.positions[tp] = records[-1].offset + 1
         counts["rejected"] += len(rejects)
@@ -113,6 +117,7 @@ class CaseIntake:
         return counts
 
     def run(self, stop: threading.Event) -> None:
+        self.stop = stop
         consumer = topics.make_consumer(
             self.settings,
             self.topics.cases_inbound,
