@@ -25,13 +25,12 @@ from api.permissions import CASE_ACTION_ROLES, CASE_READERS, authorize_read, sco
 from api.presenters import detail, summary, timeline
 from api.responses import errors
 from api.routing import add_command
-from api.schemas import CODE, DISTRICT, BBoxParam, Code, CodeText, GridCode, Offset
+from api.schemas import CODE, DISTRICT, Code, CodeText, GridCode, Offset, Viewport
 from core.case import ACTIVE, OPEN, CaseStatus, ServiceCase, commands
 from core.case.desk import ServiceDesk, SubmitCase
 from core.commands import CommandContext
 from core.personal import Contact
 from projections.case_queries import CaseFilter
-from projections.queries import BBox
 
 router = APIRouter(prefix="/api/v1", tags=["cases"], responses=errors(401, 403, 422, 503))
 
@@ -49,7 +48,7 @@ def list_cases(
     grid_code: GridCode = None,
     overdue: bool | None = None,
     awaiting_assignment: bool | None = None,
-    bbox: BBoxParam = None,
+    bbox: Viewport = None,
     order: Literal["due", "newest"] = "due",
     limit: Annotated[int, Query(ge=1, le=1_000)] = 100,
     offset: Offset = 0,
@@ -65,7 +64,7 @@ def list_cases(
             grid_code=grid_code,
             overdue=overdue,
             awaiting_assignment=awaiting_assignment,
-            bbox=BBox.parse(bbox) if bbox else None,
+            bbox=bbox,
         ),
     )
     rows = cases.cases(flt, order=order, limit=limit, offset=offset)

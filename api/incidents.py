@@ -24,12 +24,12 @@ from api.permissions import INCIDENT_ACTION_ROLES, authorize_incident
 from api.presenters import acknowledgement, resolution, workflow_state
 from api.responses import errors
 from api.routing import add_command
-from api.schemas import BBoxParam, Code, GridCode, Offset, Severity
+from api.schemas import Code, GridCode, Offset, Severity, Viewport
 from core.commands import CommandContext
 from core.incident import commands
 from core.incident.desk import IncidentDesk, Outcome
 from projections.nearby import NearbyQueries
-from projections.queries import BBox, collection, feature
+from projections.queries import collection, feature
 
 # Staff only: the app includes the router behind the staff roles (401, 403).
 router = APIRouter(
@@ -48,19 +48,18 @@ def list_incidents(
     severity: Severity | None = None,
     grid_code: GridCode = None,
     device_id: Code = None,
-    bbox: BBoxParam = None,
+    bbox: Viewport = None,
     limit: Annotated[int, Query(ge=1, le=20_000)] = 5_000,
     offset: Offset = 0,
 ) -> dict[str, Any]:
     """Incidents as a GeoJSON FeatureCollection, newest first."""
-    box = BBox.parse(bbox) if bbox else None
     return collection(
         read.incidents(
             status=status,
             severity=severity,
             grid_code=grid_code,
             device_id=device_id,
-            bbox=box,
+            bbox=bbox,
             limit=limit,
             offset=offset,
         )

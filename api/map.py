@@ -17,10 +17,10 @@ from fastapi.concurrency import run_in_threadpool
 
 from api.deps import container
 from api.responses import errors, not_modified
-from api.schemas import SensorState, SensorType, Severity
-from gis.china import CoordSystem, convert_feature_collection, to_wgs84
+from api.schemas import SensorState, SensorType, Severity, bbox_in_wgs84
+from gis.china import CoordSystem, convert_feature_collection
 from projections.map_layers import MapLayers
-from projections.queries import GEOJSON, POINT_LAYERS, BBox, LayerQuery, MapTokenFeed
+from projections.queries import GEOJSON, POINT_LAYERS, LayerQuery, MapTokenFeed
 
 # Staff only: the app includes the router behind the staff roles (401, 403).
 router = APIRouter(prefix="/api/v1/map", tags=["map"], responses=errors(401, 403, 422, 503))
@@ -108,15 +108,7 @@ async def layer(
     ]
     if wrong:
         raise HTTPException(422, f"the {layer} layer has no filter {', '.join(wrong)}")
-    try:
-        box = None if bbox is None else BBox.parse(bbox)
-    except ValueError as exc:
-        raise HTTPException(422, f"bbox: {exc}") from None
-    if box is not None and coord_system is not CoordSystem.WGS84:
-        # The shifts are a few hundred metres and smooth: the corners' images bound it.
-        west, south = to_wgs84(box.west, box.south, coord_system)
-        east, north = to_wgs84(box.east, box.north, coord_system)
-        box = BBox(west, south, east, north)
+    box = bbox_in_wgs84(bbox, coord_system)
     query = LayerQuery(
         box, tuple((name, value) for name, value in given.items() if value is not None)
     )

@@ -7,12 +7,15 @@ the fields of its command (``core.case.commands``, ``core.incident.commands``), 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from fastapi import Query
+from fastapi import Depends, HTTPException, Query
 from pydantic import BaseModel, Field, StringConstraints
 
 from core.case import REJECTION_REASONS
+from gis.china import CoordSystem, to_wgs84
+from projections.queries import BBox
 
 Severity = Literal["warning", "minor", "major", "critical"]
 SensorState = Literal["normal", "alarm", "silent", "maintenance"]
@@ -31,8 +34,45 @@ CODE = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$"
 CodeText = Annotated[str, StringConstraints(pattern=CODE)]
 Code = Annotated[str | None, Query(pattern=CODE)]
 GridCode = Annotated[str | None, Query(pattern=GRID)]
-# A viewport, read by ``projections.queries.BBox.parse``.
-BBoxParam = Annotated[str | None, Query(description="west,south,east,north (WGS84)")]
+
+
+def bbox_in_wgs84(raw: str | None, system: CoordSystem, status: int = 422) -> BBox | None:
+    """A ``bbox`` parameter (``projections.queries.BBox.parse``) given in
+    ``system``, as the WGS-84 box the stores are queried with; malformed: ``status``."""
+    try:
+        box = None if raw is None else BBox.parse(raw)
+    except ValueError as exc:
+        raise HTTPException(status, f"bbox: {exc}") from None
+    if box is None or system is CoordSystem.WGS84:
+        return box
+    # The offsets are a few hundred metres and smooth: the corners' images bound it.
+    west, south = to_wgs84(box.west, box.south, system)
+    east, north = to_wgs84(box.east, box.north, system)
+    return BBox(west, south, east, north)
+
+
+def _viewport(status: int) -> Callable[..., BBox | None]:
+    def viewport(
+        bbox: Annotated[
+            str | None, Query(description="west,south,east,north, in bbox_coord_system")
+        ] = None,
+        bbox_coord_system: Annotated[
+            CoordSystem,
+            Query(
+                description="the system of bbox: wgs84 (stored), or gcj02 / bd09 for a box"
+                " taken from an AMap, Tencent or Baidu map; the answer stays WGS-84"
+            ),
+        ] = CoordSystem.WGS84,
+    ) -> BBox | None:
+        return bbox_in_wgs84(bbox or None, bbox_coord_system, status)  # empty: none
+
+    return viewport
+
+
+# A list's viewport: ``bbox`` with the system it is given in; malformed: 400.
+Viewport = Annotated[BBox | None, Depends(_viewport(400))]
+# The same where every malformed parameter is a 422 (scorecards, hotspots).
+StrictViewport = Annotated[BBox | None, Depends(_viewport(422))]
 # A command's free text. JSON strings may hold NUL (U+0000) and PostgreSQL text may not:
 # recorded, such a reason would stop the read models' projector for good (a submission's
 # own texts are checked by ``core.case.desk.nul_field``).

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query
 
 from api.deps import ContainerDep
 from api.responses import errors
-from api.schemas import CODE, BBoxParam
+from api.schemas import CODE, StrictViewport
 from projections.queries import BBox, collection
 from projections.scorecards import Level, Scorecards, Windows
 
@@ -21,15 +21,6 @@ DEFAULT_PERIOD = timedelta(days=30)
 MAX_PERIOD = timedelta(days=366)
 
 District = Annotated[str | None, Query(pattern=r"^\d{6}$", description="district code")]
-
-
-def _bbox(raw: str | None) -> BBox | None:
-    if not raw:
-        return None
-    try:
-        return BBox.parse(raw)
-    except ValueError as exc:
-        raise HTTPException(422, f"bbox: {exc}") from None
 
 
 def _period(start: datetime | None, end: datetime | None) -> tuple[datetime, datetime]:
@@ -61,7 +52,7 @@ def scorecards(
     end: Annotated[datetime | None, Query(description="ISO 8601 with offset, exclusive")] = None,
     district_code: District = None,
     department_code: Annotated[str | None, Query(max_length=64, pattern=CODE)] = None,
-    bbox: BBoxParam = None,
+    bbox: StrictViewport = None,
 ) -> dict[str, Any]:
     """Closure, on-time, rework, extension, time-to-close and satisfaction per unit, best first."""
     start, end = _period(start, end)
@@ -71,7 +62,7 @@ def scorecards(
         start,
         end,
         district_code=district_code,
-        bbox=_bbox(bbox),
+        bbox=bbox,
         department_code=department_code,
     )
     return {
@@ -97,7 +88,7 @@ def hotspot_query(
     hours: Annotated[int, Query(ge=1, le=168)] = 24,
     history_days: Annotated[int, Query(ge=1, le=365)] = 28,
     district_code: District = None,
-    bbox: BBoxParam = None,
+    bbox: StrictViewport = None,
     z: Annotated[float, Query(gt=0, le=100)] = 3.0,
     min_cases: Annotated[int, Query(ge=1, le=100_000)] = 3,
 ) -> HotspotQuery:
@@ -106,7 +97,7 @@ def hotspot_query(
         windows = Windows.of(hours, datetime.now(UTC), history_days)
     except ValueError as exc:
         raise HTTPException(422, str(exc)) from None
-    return HotspotQuery(windows, history_days, district_code, _bbox(bbox), min_cases, z)
+    return HotspotQuery(windows, history_days, district_code, bbox, min_cases, z)
 
 
 HotspotQueryDep = Annotated[HotspotQuery, Depends(hotspot_query)]

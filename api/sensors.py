@@ -9,8 +9,8 @@ from fastapi import APIRouter, HTTPException, Path, Query
 
 from api.deps import ReadDep
 from api.responses import errors
-from api.schemas import CODE, BBoxParam, GridCode, Offset, SensorState, SensorType
-from projections.queries import BBox, collection
+from api.schemas import CODE, GridCode, Offset, SensorState, SensorType, Viewport
+from projections.queries import collection
 
 # Staff only: the app includes the router behind the staff roles (401, 403).
 router = APIRouter(prefix="/api/v1/sensors", tags=["sensors"], responses=errors(401, 403, 422, 503))
@@ -25,14 +25,13 @@ def list_sensors(
     type: Annotated[SensorType | None, Query(description="sensor type")] = None,
     state: SensorState | None = None,
     grid_code: GridCode = None,
-    bbox: BBoxParam = None,
+    bbox: Viewport = None,
     limit: Annotated[int, Query(ge=1, le=20_000)] = 10_000,
     offset: Offset = 0,
 ) -> dict[str, Any]:
     """Sensors as a GeoJSON FeatureCollection."""
-    box = BBox.parse(bbox) if bbox else None
     features = read.sensors(
-        sensor_type=type, state=state, grid_code=grid_code, bbox=box, limit=limit, offset=offset
+        sensor_type=type, state=state, grid_code=grid_code, bbox=bbox, limit=limit, offset=offset
     )
     return collection(features)
 

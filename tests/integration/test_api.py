@@ -9,6 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from cityops.bootstrap import seed
+from gis.china import from_wgs84
 from infra.settings import Settings
 from tests.helpers.waiting import wait_until
 from tests.helpers.web import served
@@ -66,6 +67,31 @@ def test_sensor_filters_on_the_projected_read_model(http: TestClient, settings: 
     readings = http.get(f"/api/v1/sensors/{one['id']}/readings", params={"agg": "avg"})
     assert readings.status_code == 200
     assert readings.json()["series"] == []
+
+
+@pytest.mark.parametrize("system", ["gcj02", "bd09"])
+def test_a_bbox_taken_from_a_chinese_base_map(
+    http: TestClient, settings: Settings, system: str
+) -> None:
+    """``bbox_coord_system``: a box drawn on an AMap or Baidu map finds what lies under it;
+    the same numbers read as WGS-84 are some 500 m off and find nothing there."""
+    with in_threads(settings, "projector"):
+        wait_until(
+            lambda: len(http.get("/api/v1/sensors").json()["features"]) == settings.sim_sensors,
+            what="all sensors projected",
+        )
+    one = http.get("/api/v1/sensors", params={"type": "water_level"}).json()["features"][0]
+    lon, lat = from_wgs84(*one["geometry"]["coordinates"], system)
+    box = f"{lon - 1e-5},{lat - 1e-5},{lon + 1e-5},{lat + 1e-5}"
+    shifted = {"bbox": box, "bbox_coord_system": system}
+    found = http.get("/api/v1/sensors", params=shifted).json()["features"]
+    assert [f["id"] for f in found] == [one["id"]]
+    assert found[0]["geometry"] == one["geometry"]  # the answer stays WGS-84
+    assert http.get("/api/v1/sensors", params={"bbox": box}).json()["features"] == []
+    for path in ("/api/v1/incidents", "/api/v1/cases", "/api/v1/scorecards"):
+        assert http.get(path, params=shifted).status_code == 200, path
+        wrong = http.get(path, params={**shifted, "bbox_coord_system": "mars"})
+        assert wrong.status_code == 422, path
 
 
 @pytest.mark.parametrize(
