@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -170,6 +171,19 @@ def ensure_topics(settings: Settings) -> None:
         admin.close()
 
 
+def socket_options(settings: Settings) -> list[tuple[int, int, int]]:
+    """kafka-python's socket options: its default TCP_NODELAY, and TCP keepalive as the
+    database connections have it (``infra.pgstore.keepalives``)."""
+    idle = settings.tcp_keepalive_idle_s
+    return [
+        (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),
+        (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
+        (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle),
+        (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, idle // 3)),
+        (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3),
+    ]
+
+
 def make_producer(settings: Settings, **overrides: Any) -> KafkaProducer:
     """A producer that waits for the broker's acknowledgement (no silent loss)."""
     config: dict[str, Any] = {
@@ -187,6 +201,7 @@ def make_producer(settings: Settings, **overrides: Any) -> KafkaProducer:
         "batch_size": 256 * 1024,
         "client_id": "cityops",
         "reconnect_backoff_max_ms": RECONNECT_BACKOFF_MAX_MS,
+        "socket_options": socket_options(settings),
     }
     config.update(overrides)
     return KafkaProducer(**config)
@@ -515,6 +530,7 @@ def make_consumer(
         "max_partition_fetch_bytes": 4 * 1024 * 1024,
         "client_id": group_id,
         "reconnect_backoff_max_ms": RECONNECT_BACKOFF_MAX_MS,
+        "socket_options": socket_options(settings),
     }
     config.update(overrides)
     consumer = TrackedConsumer(**config)

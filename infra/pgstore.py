@@ -242,10 +242,15 @@ def eventstore_env(
     return env
 
 
-# How long a caller of a pool waits for a connection (psycopg_pool's default is 30 s): a
-# request to an API whose database is down gets its 503 within this time. A candidate
-# for a setting (CITYOPS_DB_POOL_WAIT_S); a constant until infra/settings.py has one.
-POOL_WAIT_S = 10.0
+def keepalives(settings: Settings) -> dict[str, int]:
+    """libpq's TCP keepalive parameters for ``settings.tcp_keepalive_idle_s``."""
+    idle = settings.tcp_keepalive_idle_s
+    return {
+        "keepalives": 1,
+        "keepalives_idle": idle,
+        "keepalives_interval": max(1, idle // 3),
+        "keepalives_count": 3,
+    }
 
 
 def make_pool(
@@ -255,18 +260,24 @@ def make_pool(
 
     Each connection is checked before it is handed out: after a database restart the
     idle ones are dead, and the check replaces them instead of failing a request. A
-    caller waits at most ``POOL_WAIT_S`` for a connection, then gets ``PoolTimeout`` (the
-    API answers 503, workers back off and retry). Lost connections are replaced by
-    attempts a second or two apart (``keep_reconnecting``).
+    caller waits at most ``settings.db_pool_wait_s`` (psycopg_pool's default is 30 s) for
+    a connection, then gets ``PoolTimeout`` (the API answers 503, workers back off and
+    retry). TCP keepalives (``keepalives``) end a connection whose server went silent.
+    Lost connections are replaced by attempts a second or two apart
+    (``keep_reconnecting``).
     """
     pool = ConnectionPool(
         settings.database_url,
         min_size=min_size,
         max_size=max_size or settings.db_pool_size,
-        kwargs={"autocommit": False, "connect_timeout": CONNECT_TIMEOUT_S},
+        kwargs={
+            "autocommit": False,
+            "connect_timeout": CONNECT_TIMEOUT_S,
+            **keepalives(settings),
+        },
         open=False,
         check=ConnectionPool.check_connection,
-        timeout=POOL_WAIT_S,
+        timeout=settings.db_pool_wait_s,
         reconnect_timeout=RECONNECT_S,
         reconnect_failed=keep_reconnecting,
     )

@@ -31,6 +31,12 @@ class Settings(BaseSettings):
     # An empty URL means "start the embedded PostgreSQL" (demo only).
     database_url: str = ""
     db_pool_size: int = Field(default=4, ge=1, le=64)
+    # How long a caller waits for a pooled connection before PoolTimeout (the API's 503).
+    db_pool_wait_s: float = Field(default=10.0, gt=0, le=300)
+    # TCP keepalive on the connections to PostgreSQL (our pools) and to Kafka: a peer
+    # gone silent (a cable, a firewall dropping the flow) is found within about
+    # idle + 3 x idle / 3 = 2 x idle seconds, not the kernel's two hours.
+    tcp_keepalive_idle_s: int = Field(default=30, ge=1, le=7200)
 
     # Kafka (any Kafka-protocol broker). Empty means "start the embedded broker".
     kafka_bootstrap: str = ""
