@@ -108,13 +108,15 @@ def service_desk(
     nearby: NearbyCases | None = None,
 ) -> ServiceDesk:
     """The service network's commands over the city log, with its ports wired."""
+    from core.case.catalogue import load_catalogue
     from core.case.desk import ServiceDesk
     from gis.locator import CityLocator
     from projections.case_queries import CaseQueries
 
+    categories = load_categories(settings.categories_file)
     return ServiceDesk(
         city,
-        load_categories(settings.categories_file),
+        categories,
         CityLocator(layers if layers is not None else city_layers(settings)),
         personal_data(settings, pool),
         nearby=nearby if nearby is not None else CaseQueries(pool),
@@ -122,6 +124,7 @@ def service_desk(
         correlated=frozenset(
             c for rule in correlation_policy(settings).rules for c in rule.case_categories
         ),
+        catalogue=load_catalogue(settings.catalogue_file, (c.code for c in categories)),
     )
 
 

@@ -100,6 +100,9 @@ class Settings(BaseSettings):
     # Service cases: categories file (default: the packaged core/case/categories.yaml) and
     # whether intake registers and dispatches cases at once (else a dispatcher does).
     categories_file: Path | None = None
+    # The responsibility catalogue dispatch reads first (default: the packaged
+    # core/case/catalogue.yaml); where it names no unit, the jurisdiction polygons.
+    catalogue_file: Path | None = None
     cases_auto_accept: bool = True
     # The urban brain: correlation rules and incident time limits (default: the packaged
     # core/brain/correlation.yaml); events per projector transaction.

@@ -23,6 +23,7 @@ from eventsourcing.persistence import IntegrityError
 
 from core.app import CityApp
 from core.case import CHANNELS, ServiceCase, case_id
+from core.case.catalogue import Catalogue
 from core.case.categories import Categories, Category
 from core.case.commands import (
     Accept,
@@ -202,9 +203,11 @@ class ServiceDesk:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         auto_accept: bool = True,
         correlated: frozenset[str] = frozenset(),
+        catalogue: Catalogue | None = None,
     ) -> None:
         """``correlated``: categories the urban brain merges (one incident per problem);
-        intake registers their nearby repeats instead of holding them for a dispatcher."""
+        intake registers their nearby repeats instead of holding them for a dispatcher.
+        ``catalogue``: the responsibility catalogue dispatch reads first."""
         self.app = app
         self.categories = categories
         self.locator = locator
@@ -213,6 +216,7 @@ class ServiceDesk:
         self.clock = clock
         self.auto_accept = auto_accept
         self.correlated = correlated
+        self.catalogue = catalogue
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -427,7 +431,9 @@ class ServiceDesk:
         ctx: CommandContext,
         start: datetime | None = None,
     ) -> None:
-        """Dispatch policy: the jurisdiction polygon of the category's department type."""
+        """Dispatch policy: the responsibility catalogue's entry for the case's category,
+        place and local time; without one, the jurisdiction polygon of the category's
+        department type."""
         base = {
             "by": "policy",
             "department_type": category.department_type,
@@ -443,6 +449,25 @@ class ServiceDesk:
             )
             return
         place = self.locator.place(case.lon, case.lat) or Place(None, None)
+        catalogue, routing = self.catalogue, None
+        if catalogue is not None:
+            start = start or self.clock()
+            local = start.astimezone(self.categories.calendar.zone).time()
+            routing = catalogue.route(category.code, place.grid_code, place.district_code, local)
+        if catalogue is not None and routing is not None:
+            if routing.lead in self.locator.departments():
+                self._assign(
+                    case,
+                    category,
+                    routing.lead,
+                    place,
+                    {**base, **routing.decision(catalogue.version)},
+                    f"catalogue entry {routing.entry.id}: {routing.lead} leads",
+                    ctx,
+                    start,
+                )
+                return
+            base["catalogue_unit_unknown"] = routing.lead
         department = self.locator.department_for(case.lon, case.lat, category.department_type)
         if department is None:
             case.await_manual_assignment(

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from core.app import CityApp
+from core.case.catalogue import Catalogue
 from core.case.categories import load_categories
 from core.case.desk import Department, Place, ServiceDesk, SubmitCase
 from core.personal import InMemoryKeyStore, PersonalData
@@ -97,6 +98,7 @@ def make_desk(
     nearby: FakeNearby | None = None,
     auto_accept: bool = True,
     personal: PersonalData | None = None,
+    catalogue: Catalogue | None = None,
 ) -> ServiceDesk:
     return ServiceDesk(
         app or CityApp(),
@@ -106,6 +108,7 @@ def make_desk(
         nearby=nearby,
         clock=clock or FakeClock(),
         auto_accept=auto_accept,
+        catalogue=catalogue,
     )
 
 

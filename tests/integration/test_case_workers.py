@@ -188,7 +188,8 @@ def test_hotline_case_sent_twice_and_again_after_a_restart_is_one_case(
         assert (case.lon, case.lat) == XUHUI
         assert case.attributes == {"size": "medium"}
         assert case.submitted_by == "system:hotline:12345"
-        # Dispatched by the jurisdiction polygon of the category's department type.
+        # Dispatched by the responsibility catalogue: its road-surface entry names the
+        # district's roads office, the unit the jurisdiction polygon would give.
         locator = CityLocator(city_layers(settings))
         place = locator.place(*XUHUI)
         assert place is not None
@@ -197,7 +198,8 @@ def test_hotline_case_sent_twice_and_again_after_a_restart_is_one_case(
         assert case.department_code == locator.department_for(*XUHUI, "roads") == "310104-roads"
         assert (case.grid_code, case.district_code) == (place.grid_code, place.district_code)
         assert case.dispatch is not None
-        assert case.dispatch["rule"] == "jurisdiction_polygon"
+        assert case.dispatch["rule"] == "catalogue"
+        assert case.dispatch["catalogue_entry"] == "road-surface"
         assert case.due_at is not None
         assert case.deadline_no == 1
         # The caller's contact is sealed in the log and opens in clear for the desk.

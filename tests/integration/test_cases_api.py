@@ -288,11 +288,54 @@ def test_open311_list_filters_each_filter(world: World) -> None:
 # -- 2. dispatch by polygon -----------------------------------------------------------------
 
 
+def cell_point(world: World, prefix: str) -> tuple[float, float]:
+    """A point inside the first grid cell whose code starts with ``prefix``."""
+    cells = world.layers.grid[world.layers.grid.grid_code.str.startswith(prefix)]
+    p = cells.geometry.iloc[0].representative_point()
+    return round(p.x, 7), round(p.y, 7)
+
+
+def test_dispatch_by_the_responsibility_catalogue(world: World) -> None:
+    """core/case/catalogue.yaml first: flooding anywhere has a lead and two co-handlers;
+    dumping in the Bund's grid range goes to Huangpu's one unit, elsewhere by district."""
+    flood = world.case(world.file(flooding(world.point("310104")), world.headers("operator")))
+    assert flood["status"] == "assigned"
+    assert flood["department_code"] == "310104-water"
+    dispatch = flood["dispatch"]
+    assert {k: dispatch[k] for k in ("rule", "catalogue_entry", "lead", "co_handlers")} == {
+        "rule": "catalogue",
+        "catalogue_entry": "drainage-flooding",
+        "lead": "310104-water",
+        "co_handlers": ["310104-roads", "310104-traffic"],
+    }
+    assert dispatch["catalogue_version"] == 1
+    assert "排水" in dispatch["basis"]
+    assigned = flood["timeline"][-1]
+    assert assigned["event"] == "CaseAssigned"
+    assert assigned["decision"]["catalogue_entry"] == "drainage-flooding"
+
+    bund = world.case(
+        world.file(
+            request_at("illegal_dumping", cell_point(world, "310101001")), world.headers("operator")
+        )
+    )
+    assert bund["grid_code"].startswith("310101001")
+    assert bund["department_code"] == "310101-urban_management"
+    assert bund["dispatch"]["catalogue_entry"] == "bund-waterfront"
+    assert bund["dispatch"]["co_handlers"] == ["310101-sanitation"]
+    other = world.case(
+        world.file(request_at("illegal_dumping", world.point("310105")), world.headers("operator"))
+    )
+    assert other["department_code"] == "310105-urban_management"
+    assert other["dispatch"]["catalogue_entry"] == "illegal-dumping"
+
+
 @pytest.mark.parametrize(
     ("district", "code"),
     [
-        ("310101", "flooding"),
-        ("310104", "road_damage"),
+        # Categories the responsibility catalogue names no unit for (core/case/catalogue.yaml).
+        ("310101", "streetlight_damaged"),
+        ("310104", "traffic_signal_fault"),
         ("310105", "streetlight_out"),
         ("310106", "overflowing_bin"),
         ("310107", "illegal_parking"),
@@ -302,8 +345,7 @@ def test_open311_list_filters_each_filter(world: World) -> None:
 def test_dispatch_by_jurisdiction_polygon(world: World, district: str, code: str) -> None:
     here = world.point(district)
     assert world.districts[district].contains(shapely.Point(*here))
-    fields = flooding(here) if code == "flooding" else request_at(code, here)
-    request_id = world.file(fields, world.headers("operator"))
+    request_id = world.file(request_at(code, here), world.headers("operator"))
 
     department = f"{district}-{CATEGORIES.get(code).department_type}"
     case = world.case(request_id)
