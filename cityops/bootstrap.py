@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import psycopg
 
 from core.app import CityApp
+from core.case.catalogue import Catalogue, load_catalogue
 from core.case.categories import load_categories
 from core.personal import PersonalData
 from core.sensor import SensorSpec
@@ -108,7 +109,6 @@ def service_desk(
     nearby: NearbyCases | None = None,
 ) -> ServiceDesk:
     """The service network's commands over the city log, with its ports wired."""
-    from core.case.catalogue import load_catalogue
     from core.case.desk import ServiceDesk
     from gis.locator import CityLocator
     from projections.case_queries import CaseQueries
@@ -124,8 +124,14 @@ def service_desk(
         correlated=frozenset(
             c for rule in correlation_policy(settings).rules for c in rule.case_categories
         ),
-        catalogue=load_catalogue(settings.catalogue_file, (c.code for c in categories)),
+        catalogue=catalogue(settings),
     )
+
+
+def catalogue(settings: Settings) -> Catalogue:
+    """The responsibility catalogue, checked against the categories."""
+    categories = load_categories(settings.categories_file)
+    return load_catalogue(settings.catalogue_file, (c.code for c in categories))
 
 
 def ruleset(settings: Settings) -> RuleSet:
@@ -208,10 +214,19 @@ def seed(settings: Settings) -> dict[str, int]:
     topics.ensure_topics(settings)
     layers = city_layers(settings)
     with closing(city_app(settings, pool_size=2, create_tables=True)) as app:
+        correlation_id = f"seed:{uuid.uuid4()}"
         new = app.register_sensors(
-            sensor_specs(layers), actor="system:seed", correlation_id=f"seed:{uuid.uuid4()}"
+            sensor_specs(layers), actor="system:seed", correlation_id=correlation_id
         )
-    return {"sensors": len(layers.sensors), "registered": new, "timescale": int(timescale)}
+        published = app.publish_catalogue(
+            catalogue(settings), actor="system:seed", correlation_id=correlation_id
+        )
+    return {
+        "sensors": len(layers.sensors),
+        "registered": new,
+        "catalogue_published": int(published),
+        "timescale": int(timescale),
+    }
 
 
 def run_writer(

@@ -16,6 +16,12 @@ from eventsourcing.application import AggregateNotFoundError, Application, Proce
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, Recording
 
+from core.case.catalogue import (
+    Catalogue,
+    CatalogueVersion,
+    CatalogueVersionConflictError,
+    catalogue_version_id,
+)
 from core.errors import ConcurrentUpdateError, NotFoundError
 from core.incident import Incident
 from core.sensor import Sensor, SensorSpec, sensor_id
@@ -63,6 +69,31 @@ class CityApp(Application[UUID]):
         if new:
             self.save(*new)
         return len(new)
+
+    def publish_catalogue(self, catalogue: Catalogue, actor: str, correlation_id: str) -> bool:
+        """Record this responsibility catalogue version, once; False when it is recorded
+        already. The same version with other entries is refused (a change is published
+        as a new version): ``CatalogueVersionConflictError``."""
+        version_id = catalogue_version_id(catalogue.version)
+        if self.exists(version_id):
+            recorded = self.get_typed(version_id, CatalogueVersion, "catalogue version")
+            if recorded.digest != catalogue.digest:
+                raise CatalogueVersionConflictError(
+                    f"catalogue version {catalogue.version} is recorded with other entries "
+                    f"(digest {recorded.digest[:12]}, the file's {catalogue.digest[:12]}): "
+                    "publish the change as a new version"
+                )
+            return False
+        self.save(
+            CatalogueVersion(
+                version=catalogue.version,
+                digest=catalogue.digest,
+                entries=catalogue.to_json(),
+                actor=actor,
+                correlation_id=correlation_id,
+            )
+        )
+        return True
 
     def acknowledge_incident(
         self, incident_id: UUID, actor: str, reason: str, correlation_id: str

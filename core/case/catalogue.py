@@ -12,10 +12,15 @@ over the whole city; at the same area, one with a window over one without. Two e
 that could both win for some place and time are refused when the file is read, so a
 (category, place, time) has at most one entry. Where none matches, dispatch falls back
 to the jurisdiction polygons (``core.case.desk.ServiceDesk``).
+
+Each version is recorded once in the city log (``CatalogueVersion``, by ``cityops
+seed``): its entries and their digest, so that a decision's ``catalogue_version`` can
+be read back as it was.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 import string
 from collections.abc import Iterable
@@ -23,7 +28,12 @@ from dataclasses import dataclass
 from datetime import time
 from pathlib import Path
 from typing import Any
+from uuid import NAMESPACE_URL, UUID, uuid5
 
+import orjson
+from eventsourcing.domain import Aggregate, event
+
+from core.errors import DomainError
 from core.refdata import load_yaml
 
 CODE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
@@ -108,6 +118,23 @@ class Entry:
     def rank(self) -> tuple[int, int]:
         return (self.area.rank, 0 if self.window is None else 1)
 
+    def to_json(self) -> dict[str, Any]:
+        """The entry as the catalogue file writes it (plain JSON)."""
+        area: Any = "city"
+        if self.area.grid is not None:
+            area = {"grid": {"from": self.area.grid[0], "to": self.area.grid[1]}}
+        elif self.area.districts:
+            area = {"districts": sorted(self.area.districts)}
+        return {
+            "id": self.id,
+            "categories": sorted(self.categories),
+            "area": area,
+            "hours": None if self.window is None else str(self.window),
+            "lead": self.lead,
+            "co_handlers": list(self.co_handlers),
+            "basis": self.basis,
+        }
+
     def applies(
         self, category: str, grid_code: str | None, district_code: str | None, at: time
     ) -> bool:
@@ -182,6 +209,15 @@ class Catalogue:
             tuple(u.format_map(fill) for u in entry.co_handlers),
         )
 
+    def to_json(self) -> list[dict[str, Any]]:
+        return [e.to_json() for e in self.entries]
+
+    @property
+    def digest(self) -> str:
+        """SHA-256 of the entries as canonical JSON: the same for the same content."""
+        body = orjson.dumps(self.to_json(), option=orjson.OPT_SORT_KEYS)
+        return hashlib.sha256(body).hexdigest()
+
     def units(self, districts: Iterable[str]) -> set[str]:
         """Every unit code the catalogue can name in a city of these districts."""
         out: set[str] = set()
@@ -192,6 +228,36 @@ class Catalogue:
             for district in scope:
                 out.update(u.format(district=district) for u in (entry.lead, *entry.co_handlers))
         return out
+
+
+def catalogue_version_id(version: int) -> UUID:
+    return uuid5(NAMESPACE_URL, f"cityops:dispatch-catalogue:{version}")
+
+
+class CatalogueVersionConflictError(DomainError):
+    """This catalogue version is recorded already, with other entries."""
+
+
+class CatalogueVersion(Aggregate):
+    """One published version of the responsibility catalogue (reference data: never
+    changed once recorded; a new content is a new version)."""
+
+    @staticmethod
+    def create_id(version: int, **_: object) -> UUID:
+        return catalogue_version_id(version)
+
+    @event("Published")
+    def __init__(
+        self,
+        version: int,
+        digest: str,
+        entries: list[dict[str, Any]],
+        actor: str,
+        correlation_id: str,
+    ) -> None:
+        self.version = version
+        self.digest = digest
+        self.entries = entries
 
 
 def load_catalogue(path: Path | None = None, categories: Iterable[str] | None = None) -> Catalogue:

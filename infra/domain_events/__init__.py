@@ -56,6 +56,7 @@ from referencing.jsonschema import DRAFT202012
 from core.app import CityApp
 from core.audit import AuditRead, citizen_data
 from core.case import ServiceCase
+from core.case.catalogue import CatalogueVersion
 from core.incident import Incident
 from core.sensor import Sensor
 
@@ -118,6 +119,11 @@ _NAMES: dict[type[Aggregate], tuple[str, str, dict[str, str]]] = {
             "MergedInto": "merged",
             "Closed": "closed",
         },
+    ),
+    CatalogueVersion: (
+        "catalogue",
+        "/cityops/catalogue",
+        {"Published": "version-published"},
     ),
     Sensor: (
         "sensor",

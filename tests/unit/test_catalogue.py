@@ -10,7 +10,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core.app import CityApp
-from core.case.catalogue import CatalogueError, Window, load_catalogue, parse_catalogue
+from core.case.catalogue import (
+    CatalogueError,
+    CatalogueVersion,
+    CatalogueVersionConflictError,
+    Window,
+    catalogue_version_id,
+    load_catalogue,
+    parse_catalogue,
+)
 from gis.shanghai import DISTRICTS
 from tests.helpers.desk import CATEGORIES, DEPARTMENT_TYPES, FakeClock, make_desk, request
 
@@ -239,3 +247,25 @@ def test_without_an_entry_the_polygons_decide() -> None:
     assert case.dispatch is not None
     assert case.dispatch["rule"] == "jurisdiction_polygon"
     assert "catalogue_unit_unknown" not in case.dispatch
+
+
+# -- each version recorded once ------------------------------------------------------------
+
+
+def test_a_version_is_recorded_once_and_a_changed_one_under_its_number_is_refused() -> None:
+    app = CityApp()
+    assert app.publish_catalogue(PACKAGED, actor="system:seed", correlation_id="s1")
+    assert not app.publish_catalogue(PACKAGED, actor="system:seed", correlation_id="s2")
+    recorded = app.get_typed(catalogue_version_id(PACKAGED.version), CatalogueVersion, "v")
+    assert (recorded.version, recorded.digest) == (PACKAGED.version, PACKAGED.digest)
+    assert (
+        parse_catalogue({"version": 1, "entries": recorded.entries}, CODES) == PACKAGED
+    )  # round trip
+    changed = parse_catalogue({"version": PACKAGED.version, "entries": [entry("only")]}, CODES)
+    with pytest.raises(CatalogueVersionConflictError, match="publish the change as a new version"):
+        app.publish_catalogue(changed, actor="system:seed", correlation_id="s3")
+    assert app.publish_catalogue(
+        parse_catalogue({"version": PACKAGED.version + 1, "entries": [entry("only")]}, CODES),
+        actor="system:seed",
+        correlation_id="s4",
+    )

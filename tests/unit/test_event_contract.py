@@ -22,11 +22,13 @@ from jsonschema import Draft202012Validator, ValidationError
 
 import core.audit
 import core.case
+import core.case.catalogue
 import core.incident
 import core.sensor
 from core.app import CityApp
 from core.audit import record_read
 from core.case import ServiceCase, case_id
+from core.case.catalogue import load_catalogue
 from core.incident import Incident
 from core.personal import Contact, InMemoryKeyStore, PersonalData
 from core.sensor import Sensor, sensor_id
@@ -60,6 +62,7 @@ PUBLISHED_TYPES = (
     "cityops.case.linked-to-incident",
     "cityops.case.sensors-checked",
     "cityops.case.personal-data-erased",
+    "cityops.catalogue.version-published",
     "cityops.incident.opened",
     "cityops.incident.retriggered",
     "cityops.incident.severity-changed",
@@ -98,7 +101,7 @@ def _aggregate_event_classes() -> set[type[DomainEvent]]:
     """The event classes the aggregates record (the library's ``Event`` and ``Created``
     bases are never recorded: each aggregate names its creation event)."""
     found: set[type[DomainEvent]] = set()
-    for module in (core.case, core.incident, core.sensor, core.audit):
+    for module in (core.case, core.case.catalogue, core.incident, core.sensor, core.audit):
         for agg in vars(module).values():
             if not (inspect.isclass(agg) and issubclass(agg, Aggregate)):
                 continue
@@ -330,6 +333,7 @@ def city() -> CityApp:
     personal = PersonalData(InMemoryKeyStore(), PEPPER)
     incidents = _incidents(case_id("hotline", "k-long"))
     app.save(_sensor(), *incidents, *_cases(personal, incidents[0]))
+    app.publish_catalogue(load_catalogue(), actor="system:seed", correlation_id="t:seed")
     record_read(
         app,
         reader="auditor-1",
@@ -375,9 +379,12 @@ def test_every_recorded_event_class_is_published_or_withheld_by_name() -> None:
         "case": "/cityops/cases",
         "incident": "/cityops/incidents",
         "sensor": "/cityops/sensors",
+        "catalogue": "/cityops/catalogue",
     }
     for cls, name in contract.TYPES.items():
-        assert re.fullmatch(r"cityops\.(case|incident|sensor)\.[a-z]+(-[a-z]+)*", name), name
+        assert re.fullmatch(r"cityops\.(case|incident|sensor|catalogue)\.[a-z]+(-[a-z]+)*", name), (
+            name
+        )
         assert contract.SOURCES[cls] == kinds[name.split(".")[1]]
 
 
@@ -396,6 +403,7 @@ def _json_type(field: str, annotation: str) -> dict[str, Any]:
             "bool": {"type": "boolean"},
             "dict[str, Any]": {"type": "object"},
             "list[str]": {"type": "array", "items": {"type": "string"}},
+            "list[dict[str, Any]]": {"type": "array", "items": {"type": "object"}},
         }[base]
     if annotation.endswith(" | None"):
         expected = {**expected, "type": [expected["type"], "null"]}
@@ -417,7 +425,9 @@ def test_the_schema_of_a_type_declares_exactly_its_published_fields(cls: type) -
     annotations = inspect.get_annotations(cls)
     for field in published:
         declared = {
-            k: v for k, v in schema["properties"][field].items() if k in ("type", "format", "items")
+            k: {"type": v["type"]} if k == "items" else v  # an item's own fields: free
+            for k, v in schema["properties"][field].items()
+            if k in ("type", "format", "items")
         }
         assert declared == _json_type(field, annotations[field]), field
         assert schema["properties"][field].get("description"), field
