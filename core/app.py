@@ -86,7 +86,7 @@ class CityApp(Application[UUID]):
             return False
         self.save(
             CatalogueVersion(
-                version=catalogue.version,
+                catalogue_version=catalogue.version,
                 digest=catalogue.digest,
                 entries=catalogue.to_json(),
                 actor=actor,

@@ -31,7 +31,7 @@ from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 import orjson
-from eventsourcing.domain import Aggregate, event
+from eventsourcing.domain import Aggregate
 
 from core.errors import DomainError
 from core.refdata import load_yaml
@@ -238,26 +238,21 @@ class CatalogueVersionConflictError(DomainError):
     """This catalogue version is recorded already, with other entries."""
 
 
-class CatalogueVersion(Aggregate):
+@dataclass
+class CatalogueVersion(Aggregate, created_event_name="Published"):
     """One published version of the responsibility catalogue (reference data: never
-    changed once recorded; a new content is a new version)."""
+    changed once recorded; a new content is a new version). Its fields are its one
+    event's, ``Published``."""
+
+    catalogue_version: int
+    digest: str
+    entries: list[dict[str, Any]]
+    actor: str
+    correlation_id: str
 
     @staticmethod
-    def create_id(version: int, **_: object) -> UUID:
-        return catalogue_version_id(version)
-
-    @event("Published")
-    def __init__(
-        self,
-        version: int,
-        digest: str,
-        entries: list[dict[str, Any]],
-        actor: str,
-        correlation_id: str,
-    ) -> None:
-        self.version = version
-        self.digest = digest
-        self.entries = entries
+    def create_id(catalogue_version: int, **_: object) -> UUID:
+        return catalogue_version_id(catalogue_version)
 
 
 def load_catalogue(path: Path | None = None, categories: Iterable[str] | None = None) -> Catalogue:

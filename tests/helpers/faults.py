@@ -400,6 +400,25 @@ class S3Server:
         }
 
 
+@contextlib.contextmanager
+def kafka_behind_a_proxy(settings: Settings, prefix: str) -> Iterator[tuple[Settings, TcpProxy]]:
+    """A Kafka-protocol broker of the test's own, reached only through a ``TcpProxy`` (it
+    advertises the proxy's address), its topics made: settings on it, and the proxy."""
+    from cityops.services import start_kafka
+    from infra.kafka import ensure_topics
+
+    with service_dir(prefix) as workdir:
+        broker_port = free_port()
+        with TcpProxy(broker_port) as proxy:
+            kafka = start_kafka(workdir, broker_port, advertised_port=proxy.port)
+            try:
+                on_kafka = settings_on(settings, kafka)
+                ensure_topics(on_kafka)
+                yield on_kafka, proxy
+            finally:
+                kafka.stop()
+
+
 def settings_on(settings: Settings, *services: Service, **changes: Any) -> Settings:
     """``settings`` pointed at the given services (their CITYOPS_ variables)."""
     update: dict[str, Any] = dict(changes)

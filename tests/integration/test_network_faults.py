@@ -16,7 +16,6 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from cityops.bootstrap import seed
-from cityops.services import free_port, start_kafka
 from core.app import CityApp
 from infra import kafka as topics
 from infra.settings import Settings
@@ -29,10 +28,9 @@ from tests.helpers.faults import (
     Gateways,
     Hotline,
     TcpProxy,
+    kafka_behind_a_proxy,
     kafka_ends,
     readings_count,
-    service_dir,
-    settings_on,
     stored_water_levels,
     tally,
     tracked_positions,
@@ -350,45 +348,37 @@ def test_kafka_partition_of_30_s_between_the_workers_and_the_broker(
     they record what they hold, lose their groups, join again after the heal and go on
     from the positions they recorded; every reading and case sent is stored once."""
     _, devices = city
-    with service_dir("cityops-kafka-") as workdir:
-        broker_port = free_port()
-        with TcpProxy(broker_port) as proxy:
-            kafka = start_kafka(workdir, broker_port, advertised_port=proxy.port)
-            try:
-                on_kafka = settings_on(settings, kafka)
-                topics.ensure_topics(on_kafka)
-                feed = Feed(on_kafka, devices, unique)
-                try:
-                    with workers(on_kafka, *WORKERS) as running:
-                        feed.readings(10)
-                        feed.hotline.send(20)
-                        wait_until(lambda: all_stored(on_kafka, feed), 60, "the first stored")
-                        feed.readings(20)  # acknowledged, and not all fetched yet
-                        feed.hotline.send(10)
-                        proxy.partition()
-                        time.sleep(30)
-                        during = readings_count(on_kafka)
-                        proxy.heal()
-                        healed_at = time.monotonic()
-                        feed.readings(5)
-                        feed.hotline.send(5)
-                        sent_s = time.monotonic() - healed_at
-                        catch_up = CatchUp(on_kafka)
-                        catch_up.since = healed_at
-                        catch_up.wait(90)
-                        assert running.dead() == [], running.dead()
-                    log.warning(
-                        "Kafka partition of 30 s: %d readings stored when it healed, %d in "
-                        "all, %d cases; the feed sent again %.1f s after the heal; caught "
-                        "up after the heal: %s",
-                        during,
-                        feed.expected_readings,
-                        len(feed.hotline.accepted),
-                        sent_s,
-                        catch_up.figures(),
-                    )
-                    assert_once(on_kafka, feed, catch_up)
-                finally:
-                    feed.close()
-            finally:
-                kafka.stop()
+    with kafka_behind_a_proxy(settings, "cityops-kafka-") as (on_kafka, proxy):
+        feed = Feed(on_kafka, devices, unique)
+        try:
+            with workers(on_kafka, *WORKERS) as running:
+                feed.readings(10)
+                feed.hotline.send(20)
+                wait_until(lambda: all_stored(on_kafka, feed), 60, "the first stored")
+                feed.readings(20)  # acknowledged, and not all fetched yet
+                feed.hotline.send(10)
+                proxy.partition()
+                time.sleep(30)
+                during = readings_count(on_kafka)
+                proxy.heal()
+                healed_at = time.monotonic()
+                feed.readings(5)
+                feed.hotline.send(5)
+                sent_s = time.monotonic() - healed_at
+                catch_up = CatchUp(on_kafka)
+                catch_up.since = healed_at
+                catch_up.wait(90)
+                assert running.dead() == [], running.dead()
+            log.warning(
+                "Kafka partition of 30 s: %d readings stored when it healed, %d in "
+                "all, %d cases; the feed sent again %.1f s after the heal; caught "
+                "up after the heal: %s",
+                during,
+                feed.expected_readings,
+                len(feed.hotline.accepted),
+                sent_s,
+                catch_up.figures(),
+            )
+            assert_once(on_kafka, feed, catch_up)
+        finally:
+            feed.close()

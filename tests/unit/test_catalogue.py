@@ -231,22 +231,21 @@ def test_the_hours_are_the_city_time_the_case_was_received() -> None:
     assert morning.department_code == "roads-east"
 
 
-def test_a_unit_the_city_does_not_have_falls_back_to_the_polygons_and_says_so() -> None:
-    desk = desk_with(FakeClock(), entry("gone", categories=["road_damage"], lead="roads-north"))
-    case = desk.submit(request(), actor="citizen:1", correlation_id="c")
+@pytest.mark.parametrize(
+    ("found", "unknown"),
+    [
+        # The entry names a unit the city does not have: the decision says which.
+        (entry("gone", categories=["road_damage"], lead="roads-north"), "roads-north"),
+        # No entry for the category.
+        (entry("other", categories=["flooding"], lead="water-west"), None),
+    ],
+)
+def test_otherwise_the_polygons_decide(found: dict[str, Any], unknown: str | None) -> None:
+    case = desk_with(FakeClock(), found).submit(request(), actor="citizen:1", correlation_id="c")
     assert case.department_code == "roads-west"
     assert case.dispatch is not None
     assert case.dispatch["rule"] == "jurisdiction_polygon"
-    assert case.dispatch["catalogue_unit_unknown"] == "roads-north"
-
-
-def test_without_an_entry_the_polygons_decide() -> None:
-    desk = desk_with(FakeClock(), entry("other", categories=["flooding"], lead="water-west"))
-    case = desk.submit(request(), actor="citizen:1", correlation_id="c")
-    assert case.department_code == "roads-west"
-    assert case.dispatch is not None
-    assert case.dispatch["rule"] == "jurisdiction_polygon"
-    assert "catalogue_unit_unknown" not in case.dispatch
+    assert case.dispatch.get("catalogue_unit_unknown") == unknown
 
 
 # -- each version recorded once ------------------------------------------------------------
@@ -257,7 +256,7 @@ def test_a_version_is_recorded_once_and_a_changed_one_under_its_number_is_refuse
     assert app.publish_catalogue(PACKAGED, actor="system:seed", correlation_id="s1")
     assert not app.publish_catalogue(PACKAGED, actor="system:seed", correlation_id="s2")
     recorded = app.get_typed(catalogue_version_id(PACKAGED.version), CatalogueVersion, "v")
-    assert (recorded.version, recorded.digest) == (PACKAGED.version, PACKAGED.digest)
+    assert (recorded.catalogue_version, recorded.digest) == (PACKAGED.version, PACKAGED.digest)
     assert (
         parse_catalogue({"version": 1, "entries": recorded.entries}, CODES) == PACKAGED
     )  # round trip
