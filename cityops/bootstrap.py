@@ -18,7 +18,7 @@ import psycopg
 
 from core.app import CityApp
 from core.case.catalogue import Catalogue, load_catalogue
-from core.case.categories import load_categories
+from core.case.categories import Categories, load_categories
 from core.personal import PersonalData
 from core.sensor import SensorSpec
 from core.sensor.rules import DEPARTMENT_TYPE, RuleSet, load_rules
@@ -124,14 +124,15 @@ def service_desk(
         correlated=frozenset(
             c for rule in correlation_policy(settings).rules for c in rule.case_categories
         ),
-        catalogue=catalogue(settings),
+        catalogue=catalogue(settings, categories),
     )
 
 
-def catalogue(settings: Settings) -> Catalogue:
-    """The responsibility catalogue, checked against the categories."""
-    categories = load_categories(settings.categories_file)
-    return load_catalogue(settings.catalogue_file, (c.code for c in categories))
+def catalogue(settings: Settings, categories: Categories | None = None) -> Catalogue:
+    """The responsibility catalogue, checked against the categories (read from the
+    settings' file unless given)."""
+    known = categories if categories is not None else load_categories(settings.categories_file)
+    return load_catalogue(settings.catalogue_file, (c.code for c in known))
 
 
 def ruleset(settings: Settings) -> RuleSet:

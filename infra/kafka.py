@@ -173,14 +173,14 @@ def ensure_topics(settings: Settings) -> None:
 
 def socket_options(settings: Settings) -> list[tuple[int, int, int]]:
     """kafka-python's socket options: its default TCP_NODELAY, and TCP keepalive as the
-    database connections have it (``infra.pgstore.keepalives``)."""
-    idle = settings.tcp_keepalive_idle_s
+    database connections have it (``Settings.tcp_keepalive``)."""
+    idle, interval, count = settings.tcp_keepalive()
     return [
         (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),
         (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
         (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle),
-        (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, idle // 3)),
-        (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3),
+        (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval),
+        (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, count),
     ]
 
 

@@ -243,13 +243,13 @@ def eventstore_env(
 
 
 def keepalives(settings: Settings) -> dict[str, int]:
-    """libpq's TCP keepalive parameters for ``settings.tcp_keepalive_idle_s``."""
-    idle = settings.tcp_keepalive_idle_s
+    """libpq's TCP keepalive parameters (``Settings.tcp_keepalive``)."""
+    idle, interval, count = settings.tcp_keepalive()
     return {
         "keepalives": 1,
         "keepalives_idle": idle,
-        "keepalives_interval": max(1, idle // 3),
-        "keepalives_count": 3,
+        "keepalives_interval": interval,
+        "keepalives_count": count,
     }
 
 

@@ -182,6 +182,13 @@ class Settings(BaseSettings):
             parse_many(value)  # ValueError names the part it cannot read
         return value
 
+    def tcp_keepalive(self) -> tuple[int, int, int]:
+        """TCP keepalive as (idle, interval, count): the first probe after ``idle`` s of
+        silence, then one every ``interval`` s, the connection dropped after ``count``
+        unanswered (``infra.pgstore.keepalives``, ``infra.kafka.socket_options``)."""
+        idle = self.tcp_keepalive_idle_s
+        return idle, max(1, idle // 3), 3
+
     def cors_origin_list(self) -> list[str]:
         return [o.strip().rstrip("/") for o in self.cors_origins.split(",") if o.strip()]
 

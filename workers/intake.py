@@ -70,7 +70,7 @@ class CaseIntake:
     app: CityApp = field(init=False)
     tracked: TrackedPositions = field(init=False)
     counters: Counter[str] = field(init=False, default_factory=Counter)
-    # Set by ``run``'s caller to stop: ends a wait for the broker to take dead letters.
+    # ``run``'s stop: ends a wait for the broker to take dead letters.
     stop: threading.Event = field(init=False, default_factory=threading.Event)
 
     def __post_init__(self) -> None:

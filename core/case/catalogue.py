@@ -288,12 +288,16 @@ def _area(raw: Any, where: str) -> Area:
     if not isinstance(raw, dict) or set(raw) - {"districts", "grid"} or len(raw) != 1:
         raise CatalogueError(f"{where}: area is 'city', {{districts: [...]}} or {{grid: ...}}")
     if "districts" in raw:
+        if not isinstance(raw["districts"], list):
+            raise CatalogueError(f"{where}: districts is a list of 6-digit codes")
         districts = frozenset(str(d) for d in raw["districts"])
         bad = sorted(d for d in districts if not DISTRICT.match(d))
         if not districts or bad:
             raise CatalogueError(f"{where}: districts must be 6-digit codes, not {bad or '[]'}")
         return Area(districts=districts)
     grid = raw["grid"]
+    if not isinstance(grid, dict):
+        raise CatalogueError(f"{where}: grid is {{from: <code>, to: <code>}}")
     low, high = str(grid.get("from", "")), str(grid.get("to", ""))
     if not (GRID.match(low) and GRID.match(high)) or low > high:
         raise CatalogueError(f"{where}: grid from/to must be 15-digit codes, from <= to")
@@ -346,7 +350,10 @@ def parse_catalogue(doc: Any, categories: Iterable[str] | None = None) -> Catalo
     if not isinstance(version, int) or version < 1:
         raise CatalogueError(f"version must be a positive integer, not {version!r}")
     known = None if categories is None else set(categories)
-    entries = tuple(_entry(raw, known) for raw in doc.get("entries") or ())
+    raw_entries = doc.get("entries") or []
+    if not isinstance(raw_entries, list) or not all(isinstance(e, dict) for e in raw_entries):
+        raise CatalogueError("entries is a list of mappings (id, categories, area, ...)")
+    entries = tuple(_entry(raw, known) for raw in raw_entries)
     ids = [e.id for e in entries]
     twice = sorted(i for i in ids if ids.count(i) > 1)
     if twice:

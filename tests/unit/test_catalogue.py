@@ -154,6 +154,9 @@ def test_a_window_runs_over_midnight() -> None:
             "one district",
         ),
         ([entry(area={"street": "x"})], "area is 'city'"),
+        ([entry(area={"grid": "310101001000000"})], "grid is"),
+        ([entry(area={"districts": "310101"})], "districts is a list"),
+        (["not a mapping"], "entries is a list of mappings"),
         ([entry(entry_id="Bad Id")], "id must match"),
     ],
 )
