@@ -21,7 +21,14 @@ from pydantic import BaseModel
 from api import schemas
 from api.auth import Forbidden, Principal, citizen_uuid, require
 from api.deps import CasesDep, DeskDep, correlation
-from api.permissions import CASE_ACTION_ROLES, CASE_READERS, authorize_read, scoped
+from api.permissions import (
+    CASE_ACTION_ROLES,
+    CASE_READERS,
+    authorize_co_handler,
+    authorize_lead,
+    authorize_read,
+    scoped,
+)
 from api.presenters import detail, summary, timeline
 from api.responses import errors
 from api.routing import add_command
@@ -175,6 +182,8 @@ class CommandRoute:
     body: type[BaseModel]
     command: Callable[..., commands.CaseCommand]  # called with the body's fields
     description: str
+    # The object-level check on the loaded case (departments: the lead unit's commands).
+    authorize: Callable[[Principal, ServiceCase, commands.CaseCommand], None] = authorize_lead
 
 
 CASE_COMMANDS = (
@@ -266,6 +275,65 @@ CASE_COMMANDS = (
         commands.Cancel,
         "Withdraw an unresolved case (the citizen, or a dispatcher on their behalf).",
     ),
+    CommandRoute(
+        "add_co_handler",
+        "/co-handlers",
+        "add_co_handler",
+        schemas.AddCoHandler,
+        commands.AddCoHandler,
+        "Ask another unit to co-handle (协办) its part of the work.",
+    ),
+    CommandRoute(
+        "answer_co_handling",
+        "/co-handling/answer",
+        "answer_co_handling",
+        schemas.AnswerCoHandling,
+        commands.AnswerCoHandling,
+        "A co-handling unit's feedback on its part (协办反馈); the lead resolves once all"
+        " have answered.",
+        authorize_co_handler,
+    ),
+    CommandRoute(
+        "waive_co_handling",
+        "/co-handling/waive",
+        "waive_co_handling",
+        schemas.RequiredReason,
+        commands.WaiveCoHandling,
+        "Let the lead resolve without the co-handlers still pending (a reason is needed).",
+    ),
+    CommandRoute(
+        "dispute",
+        "/dispute",
+        "dispute",
+        schemas.Dispute,
+        commands.Dispute,
+        "The lead disputes its assignment (异议) within the time allowed; a dispatcher arbitrates.",
+    ),
+    CommandRoute(
+        "uphold_dispute",
+        "/dispute/uphold",
+        "uphold_dispute",
+        schemas.UpholdDispute,
+        commands.UpholdDispute,
+        "Uphold the dispute: reassign (改派) to the unit named, due anew; the first unit's"
+        " time is not counted against it.",
+    ),
+    CommandRoute(
+        "reject_dispute",
+        "/dispute/reject",
+        "reject_dispute",
+        schemas.RequiredReason,
+        commands.RejectDispute,
+        "Reject the dispute: the case stays with the unit, its clock still running.",
+    ),
+    CommandRoute(
+        "contact_citizen",
+        "/contact",
+        "contact_citizen",
+        schemas.ContactCitizen,
+        commands.ContactCitizen,
+        "Record a contact with the citizen (响应); the first counts for the response rate.",
+    ),
 )
 
 
@@ -278,7 +346,7 @@ def _add(route: CommandRoute) -> None:
 
         def run() -> dict[str, Any]:
             # The caller's authorization runs on the state the command runs on.
-            case = desk.execute(case_id, command, ctx, lambda c: authorize_read(who, c))
+            case = desk.execute(case_id, command, ctx, lambda c: route.authorize(who, c, command))
             return detail(desk, who, case, with_contact=False)
 
         return await run_in_threadpool(run)

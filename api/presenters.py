@@ -121,7 +121,15 @@ def detail(
         "due_soon": case.status in ACTIVE and case.due_soon_recorded == case.deadline_no > 0,
         "overdue": case.status in ACTIVE and case.overdue,
         **_attributes(case, "extension_request", "extensions", "returns", "revisits"),
-        **_attributes(case, "reply", "rating", "rating_comment"),
+        **_attributes(case, "reply", "rating", "rating_comment", "solved"),
+        "co_handlers": case.co_handlers,
+        "dispute": None
+        if case.dispute is None
+        else {**case.dispute, "arbitrate_by": iso(case.dispute["arbitrate_by"])},
+        "dispute_until": iso(case.dispute_until),
+        "wrongly_assigned": case.wrongly_assigned,
+        "respond_by": iso(case.respond_by),
+        "contacts": case.contacts,
         "created_at": iso(case.created_on),
         "updated_at": iso(case.modified_on),
         "version": case.version,

@@ -143,6 +143,48 @@ class ExtensionRequest(BaseModel):
 class Rate(BaseModel):
     rating: int = Field(ge=1, le=5)
     comment: str = Field(default="", pattern=NO_NUL, max_length=2_000)
+    solved: bool | None = Field(
+        default=None, description="whether the citizen says the problem was solved (解决)"
+    )
+
+
+class RequiredReason(BaseModel):
+    reason: str = Field(min_length=1, pattern=NO_NUL, max_length=2_000)
+
+
+class AddCoHandler(BaseModel):
+    department_code: str = Field(min_length=1, max_length=64)
+    part: str = Field(
+        min_length=1, pattern=NO_NUL, max_length=1_000, description="its part of the work"
+    )
+    reason: str = Field(default="", pattern=NO_NUL, max_length=2_000)
+
+
+class AnswerCoHandling(BaseModel):
+    department_code: str = Field(
+        min_length=1, max_length=64, description="the co-handling unit answering (yours)"
+    )
+    feedback: str = Field(min_length=1, pattern=NO_NUL, max_length=4_000)
+
+
+class Dispute(BaseModel):
+    reason: str = Field(min_length=1, pattern=NO_NUL, max_length=2_000)
+    proposed_department_code: str | None = Field(
+        default=None, max_length=64, description="the unit you believe responsible"
+    )
+
+
+class UpholdDispute(BaseModel):
+    department_code: str | None = Field(
+        default=None, max_length=64, description="default: the unit the dispute proposed"
+    )
+    reason: str = Field(default="", pattern=NO_NUL, max_length=2_000)
+
+
+class ContactCitizen(BaseModel):
+    note: str = Field(
+        min_length=1, pattern=NO_NUL, max_length=2_000, description="what was said or agreed"
+    )
 
 
 # -- incidents ----------------------------------------------------------------------------

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from psycopg.types.json import Jsonb
+
 from core.case import ServiceCase
 from projections.runner import NO_EFFECT, Effect, Statement, row_update
 
@@ -44,15 +46,98 @@ def _update(sets: str, **params: str) -> Callable[[Any], Statement]:
 
 
 def _rated(e: Any) -> Statement:
-    if e.revisit:
-        return _update(
+    sql, params = (
+        _update(
             f"status = 'reopened', rating = %(rating)s, revisits = revisits + 1, {_SET_DEADLINE},"
-            " status_notes = 'reopened for a revisit after a bad rating'",
+            " status_notes = 'reopened for a revisit after a bad rating', solved = %(solved)s",
             rating="rating",
             due_at="due_at",
             due_soon_at="due_soon_at",
         )(e)
-    return _update("status = 'closed', rating = %(rating)s, closed_at = %(ts)s", rating="rating")(e)
+        if e.revisit
+        else _update(
+            "status = 'closed', rating = %(rating)s, closed_at = %(ts)s, solved = %(solved)s",
+            rating="rating",
+        )(e)
+    )
+    return sql, {**params, "solved": getattr(e, "solved", None)}  # older events lack it
+
+
+def _co_handlers(e: Any) -> Jsonb:
+    """The co-handlers an assignment's decision names, as the aggregate takes them."""
+    parts = e.decision.get("co_handler_parts") or {}
+    return Jsonb(
+        {
+            unit: {"part": parts.get(unit, ""), "status": "pending"}
+            for unit in e.decision.get("co_handlers") or ()
+            if unit != e.department_code
+        }
+    )
+
+
+def _assigned(e: Any) -> Statement:
+    return (
+        "UPDATE service_cases SET status = 'assigned', department_code = %(department)s,"
+        " grid_code = %(grid)s, district_code = %(district)s, awaiting_assignment = false,"
+        f" {_SET_DEADLINE}, extension_pending = false, status_notes = %(notes)s,"
+        " co_handlers = %(co)s, respond_by = coalesce(respond_by, %(respond_by)s),"
+        " updated_at = %(ts)s, version = %(version)s WHERE case_id = %(id)s",
+        {
+            "department": e.department_code,
+            "grid": e.grid_code,
+            "district": e.district_code,
+            "due_at": e.due_at,
+            "due_soon_at": e.due_soon_at,
+            "notes": e.reason,
+            "co": _co_handlers(e),
+            "respond_by": e.decision.get("respond_by"),
+        },
+    )
+
+
+def _upheld(e: Any) -> Statement:
+    return (
+        "UPDATE service_cases SET status = 'assigned', department_code = %(department)s,"
+        f" {_SET_DEADLINE}, extension_pending = false, dispute_pending = false,"
+        " arbitrate_by = NULL, disputes_upheld = disputes_upheld + 1,"
+        " responsible_since = %(ts)s, co_handlers = (co_handlers - %(department)s) || %(co)s,"
+        " status_notes = %(notes)s, updated_at = %(ts)s, version = %(version)s"
+        " WHERE case_id = %(id)s",
+        {
+            "department": e.department_code,
+            "due_at": e.due_at,
+            "due_soon_at": e.due_soon_at,
+            "notes": e.reason,
+            "co": _co_handlers(e),
+        },
+    )
+
+
+def _co_handler_added(e: Any) -> Statement:
+    return _update(
+        "co_handlers = co_handlers || jsonb_build_object(%(unit)s::text,"
+        " jsonb_build_object('part', %(part)s::text, 'status', 'pending'))",
+        unit="department_code",
+        part="part",
+    )(e)
+
+
+def _co_handling_answered(e: Any) -> Statement:
+    return _update(
+        "co_handlers = jsonb_set(co_handlers, ARRAY[%(unit)s::text], (co_handlers ->"
+        " %(unit)s::text) || jsonb_build_object('status', 'answered', 'feedback',"
+        " %(feedback)s::text, 'answered_at', %(ts)s::timestamptz))",
+        unit="department_code",
+        feedback="feedback",
+    )(e)
+
+
+def _co_handling_waived(e: Any) -> Statement:
+    return _update(
+        "co_handlers = co_handlers || (SELECT jsonb_object_agg(u, (co_handlers -> u) ||"
+        ' \'{"status": "waived"}\'::jsonb) FROM unnest(%(units)s::text[]) AS u)',
+        units="departments",
+    )(e)
 
 
 def _rejected(e: Any) -> Statement:
@@ -73,17 +158,7 @@ _HANDLERS: dict[str, Callable[[Any], Statement]] = {
         {"n": len(e.possible_duplicates), "notes": e.reason},
     ),
     "CaseRejected": _rejected,
-    "CaseAssigned": _update(
-        "status = 'assigned', department_code = %(department)s, grid_code = %(grid)s,"
-        f" district_code = %(district)s, awaiting_assignment = false, {_SET_DEADLINE},"
-        " extension_pending = false, status_notes = %(notes)s",
-        department="department_code",
-        grid="grid_code",
-        district="district_code",
-        due_at="due_at",
-        due_soon_at="due_soon_at",
-        notes="reason",
-    ),
+    "CaseAssigned": _assigned,
     "AssignmentPending": _update(
         "awaiting_assignment = true, grid_code = %(grid)s, district_code = %(district)s,"
         " status_notes = %(notes)s",
@@ -94,7 +169,7 @@ _HANDLERS: dict[str, Callable[[Any], Statement]] = {
     "CaseReturned": _update(
         "status = 'accepted', department_code = NULL, due_at = NULL, due_soon_at = NULL,"
         " awaiting_assignment = true, extension_pending = false, returns = returns + 1,"
-        " status_notes = %(notes)s",
+        " co_handlers = '{}'::jsonb, status_notes = %(notes)s",
         notes="reason",
     ),
     "CaseStarted": _update("status = 'in_progress'"),
@@ -114,7 +189,7 @@ _HANDLERS: dict[str, Callable[[Any], Statement]] = {
     "CaseClosed": _update("status = 'closed', closed_at = %(ts)s"),
     "CaseCancelled": _update(
         "status = 'cancelled', closed_at = %(ts)s, extension_pending = false,"
-        " status_notes = %(notes)s",
+        " dispute_pending = false, arbitrate_by = NULL, status_notes = %(notes)s",
         notes="reason",
     ),
     "CaseDueSoon": _update("due_soon_marked = %(no)s", no="deadline_no"),
@@ -124,9 +199,23 @@ _HANDLERS: dict[str, Callable[[Any], Statement]] = {
     "SensorsChecked": _update("sensor_check = %(result)s", result="result"),
     "CaseResolvedWithIncident": _update(
         "status = 'resolved', resolved_at = %(ts)s, extension_pending = false,"
-        " proactive = true, status_notes = %(reply)s",
+        " proactive = true, dispute_pending = false, arbitrate_by = NULL,"
+        " status_notes = %(reply)s",
         reply="reply",
     ),
+    "CoHandlerAdded": _co_handler_added,
+    "CoHandlingAnswered": _co_handling_answered,
+    "CoHandlingWaived": _co_handling_waived,
+    "DisputeRaised": _update(
+        "dispute_pending = true, arbitrate_by = %(by)s, status_notes = %(notes)s",
+        by="arbitrate_by",
+        notes="reason",
+    ),
+    "DisputeUpheld": _upheld,
+    "DisputeRejected": _update(
+        "dispute_pending = false, arbitrate_by = NULL, status_notes = %(notes)s", notes="reason"
+    ),
+    "CitizenContacted": _update("first_contact_at = coalesce(first_contact_at, %(ts)s)"),
 }
 
 

@@ -77,6 +77,7 @@ CASE_PRIVATE = (
     "citizen_id",
     "submitted_by",
     "status_notes",
+    "co_handlers",  # the units' own feedback
     "change_seq",
 )
 OPEN_CASE = ("submitted", "accepted", "assigned", "in_progress", "reopened")

@@ -46,6 +46,8 @@ CITIZEN_DATA = frozenset(
 CITIZEN_DATA_OF: Mapping[str, frozenset[str]] = {
     "ServiceCase.CaseCancelled": frozenset({"reason"}),
     "ServiceCase.PersonalDataErased": frozenset({"reason"}),
+    # What was said on the phone: it may name the caller.
+    "ServiceCase.CitizenContacted": frozenset({"note"}),
 }
 
 

@@ -4,8 +4,17 @@ submitted -> accepted | rejected -> assigned -> in_progress -> resolved -> rated
 A rating of ``max_rating`` or less reopens the case for a revisit (回访) with a new
 deadline; the citizen may cancel an unresolved case; a department may return a case
 that is not its own (it waits for re-dispatch) and ask for an extension (延期), which a
-dispatcher approves or refuses. Every event records actor, reason and correlation id;
-its time is the event's timestamp. Deadlines are computed outside and passed in.
+dispatcher approves or refuses.
+
+One unit leads (主办, ``department_code``); co-handling units (协办, ``co_handlers``)
+each answer their own part, and the lead resolves only once every co-handler has
+answered or a dispatcher has waived the rest, with a reason. The lead may dispute (异议)
+its assignment once, within the time the desk allows: a dispatcher upholds it (the case
+moves to another unit with a new deadline; the first unit is kept in
+``wrongly_assigned``) or rejects it (the case stays, its clock never stopped). Each
+contact of the lead with the citizen (响应) is recorded. Every event records actor,
+reason and correlation id; its time is the event's timestamp. Deadlines are computed
+outside and passed in.
 
 Personal data never appears here in clear: ``contact_token`` is ciphertext under the
 citizen's own key (see ``core.personal``).
@@ -104,6 +113,16 @@ class ServiceCase(Aggregate):
         self.incident_id: str | None = None
         self.sensor_check: str | None = None
         self.proactive = False
+        # unit -> {"part", "status": pending | answered | waived, "feedback"}
+        self.co_handlers: dict[str, dict[str, Any]] = {}
+        self.assignment_no = 0
+        self.dispute_until: datetime | None = None
+        self.dispute: dict[str, Any] | None = None
+        self.disputed_assignment = 0  # the assignment_no whose dispute was raised
+        self.wrongly_assigned: list[str] = []
+        self.respond_by: datetime | None = None
+        self.contacts = 0
+        self.solved: bool | None = None
 
     @classmethod
     def submit(cls, case_uuid: UUID, **kwargs: Any) -> ServiceCase:
@@ -129,6 +148,36 @@ class ServiceCase(Aggregate):
         self.due_at = due_at
         self.due_soon_at = due_soon_at
         self.deadline_no += 1
+
+    def _take_assignment(self, decision: dict[str, Any]) -> None:
+        """What every assignment records from its decision: the dispute window, the
+        first-contact deadline (the case's first only) and the catalogue's co-handlers."""
+        self.dispatch = dict(decision)
+        self.assignment_no += 1
+        until = decision.get("dispute_until")
+        self.dispute_until = None if until is None else datetime.fromisoformat(until)
+        respond_by = decision.get("respond_by")
+        if self.respond_by is None and respond_by is not None:
+            self.respond_by = datetime.fromisoformat(respond_by)
+        parts = decision.get("co_handler_parts") or {}
+        for unit in decision.get("co_handlers") or ():
+            if unit != self.department_code and unit not in self.co_handlers:
+                self.co_handlers[unit] = {
+                    "part": parts.get(unit, ""),
+                    "status": "pending",
+                    "feedback": None,
+                }
+
+    @property
+    def pending_co_handlers(self) -> list[str]:
+        return sorted(u for u, p in self.co_handlers.items() if p["status"] == "pending")
+
+    def _require_no_dispute(self, command: str) -> None:
+        if self.dispute is not None:
+            raise IllegalTransitionError(
+                f"cannot {command} while the unit's dispute of the assignment waits for a"
+                " dispatcher"
+            )
 
     # -- intake -------------------------------------------------------------------------
 
@@ -188,7 +237,8 @@ class ServiceCase(Aggregate):
         self.department_code = department_code
         self.grid_code = grid_code
         self.district_code = district_code
-        self.dispatch = dict(decision)
+        self.co_handlers = {}
+        self._take_assignment(decision)
         self.extension_request = None
         self._set_deadline(due_at, due_soon_at)
         self.status_notes = reason
@@ -214,10 +264,13 @@ class ServiceCase(Aggregate):
     def return_to_dispatch(self, actor: str, reason: str, correlation_id: str) -> None:
         """The department says the case is not its own: it waits for re-dispatch."""
         self._require("return", "assigned", "in_progress")
+        self._require_no_dispute("return the case")
         if not reason:
             raise IllegalTransitionError("returning a case needs a reason")
         self.status = "accepted"
         self.department_code = None
+        self.co_handlers = {}
+        self.dispute_until = None
         self.due_at = None
         self.due_soon_at = None
         self.extension_request = None
@@ -234,6 +287,13 @@ class ServiceCase(Aggregate):
     @event("CaseResolved")
     def resolve(self, reply: str, actor: str, reason: str, correlation_id: str) -> None:
         self._require("resolve", *ACTIVE)
+        self._require_no_dispute("resolve")
+        pending = self.pending_co_handlers
+        if pending:
+            raise IllegalTransitionError(
+                f"co-handlers have not answered: {', '.join(pending)} (a dispatcher may"
+                " waive them, with a reason)"
+            )
         if not reply.strip():
             raise IllegalTransitionError("resolving needs a reply to the citizen")
         self.status = "resolved"
@@ -256,11 +316,13 @@ class ServiceCase(Aggregate):
         self.reply = reply
         self.proactive = True
         self.extension_request = None
+        self.dispute = None
         self.status_notes = reply
 
     @event("ExtensionRequested")
     def request_extension(self, hours: float, actor: str, reason: str, correlation_id: str) -> None:
         self._require("request an extension for", *ACTIVE)
+        self._require_no_dispute("request an extension")
         if self.extension_request is not None:
             raise IllegalTransitionError("an extension request is already pending")
         if not hours > 0:
@@ -292,6 +354,129 @@ class ServiceCase(Aggregate):
             raise IllegalTransitionError("no extension request is pending")
         self.extension_request = None
 
+    # -- co-handling (协办) ---------------------------------------------------------------
+
+    @event("CoHandlerAdded")
+    def add_co_handler(
+        self, department_code: str, part: str, actor: str, reason: str, correlation_id: str
+    ) -> None:
+        """A dispatcher asks another unit to co-handle ``part`` of the work."""
+        self._require("add a co-handler to", *ACTIVE)
+        if department_code == self.department_code:
+            raise IllegalTransitionError(f"{department_code} leads this case")
+        if department_code in self.co_handlers:
+            raise IllegalTransitionError(f"{department_code} co-handles this case already")
+        if not part.strip():
+            raise IllegalTransitionError("a co-handler needs its part of the work")
+        self.co_handlers[department_code] = {"part": part, "status": "pending", "feedback": None}
+
+    @event("CoHandlingAnswered")
+    def answer_co_handling(
+        self, department_code: str, feedback: str, actor: str, correlation_id: str
+    ) -> None:
+        """A co-handling unit reports on its part (its own feedback, 协办反馈)."""
+        self._require("answer for", *ACTIVE)
+        held = self.co_handlers.get(department_code)
+        if held is None:
+            raise IllegalTransitionError(f"{department_code} does not co-handle this case")
+        if held["status"] != "pending":
+            raise IllegalTransitionError(f"the part of {department_code} is {held['status']}")
+        if not feedback.strip():
+            raise IllegalTransitionError("an answer needs the co-handler's feedback")
+        held.update(status="answered", feedback=feedback)
+
+    @event("CoHandlingWaived")
+    def waive_co_handling(
+        self, departments: list[str], actor: str, reason: str, correlation_id: str
+    ) -> None:
+        """A dispatcher lets the lead resolve without the co-handlers still pending."""
+        self._require("waive co-handlers of", *ACTIVE)
+        if not reason.strip():
+            raise IllegalTransitionError("waiving co-handlers needs a reason")
+        if not departments or sorted(departments) != self.pending_co_handlers:
+            raise IllegalTransitionError(
+                f"the pending co-handlers are {self.pending_co_handlers or 'none'}"
+            )
+        for unit in departments:
+            self.co_handlers[unit]["status"] = "waived"
+
+    # -- disputes (异议) and first contact (响应) -----------------------------------------
+
+    @event("DisputeRaised")
+    def raise_dispute(
+        self,
+        reason: str,
+        proposed_department_code: str | None,
+        arbitrate_by: datetime,
+        actor: str,
+        correlation_id: str,
+    ) -> None:
+        """The lead says the case is not its own and (optionally) whose it is."""
+        self._require("dispute", "assigned", "in_progress")
+        self._require_no_dispute("dispute again")
+        if self.disputed_assignment == self.assignment_no:
+            raise IllegalTransitionError("this assignment was disputed once already")
+        if not reason.strip():
+            raise IllegalTransitionError("a dispute needs a reason")
+        if proposed_department_code == self.department_code:
+            raise IllegalTransitionError("a dispute names another unit than the one disputing")
+        self.dispute = {
+            "by": self.department_code,
+            "reason": reason,
+            "proposed_department_code": proposed_department_code,
+            "arbitrate_by": arbitrate_by,
+        }
+        self.disputed_assignment = self.assignment_no
+
+    def _require_dispute(self, command: str) -> dict[str, Any]:
+        self._require(command + " a dispute of", *ACTIVE)
+        if self.dispute is None:
+            raise IllegalTransitionError("no dispute is pending")
+        return self.dispute
+
+    @event("DisputeUpheld")
+    def uphold_dispute(
+        self,
+        department_code: str,
+        decision: dict[str, Any],
+        due_at: datetime,
+        due_soon_at: datetime,
+        actor: str,
+        reason: str,
+        correlation_id: str,
+    ) -> None:
+        """The unit was wrongly assigned: the case moves (改派), due anew from now."""
+        dispute = self._require_dispute("uphold")
+        if department_code == dispute["by"]:
+            raise IllegalTransitionError("an upheld dispute moves the case to another unit")
+        self.wrongly_assigned = [*self.wrongly_assigned, dispute["by"]]
+        self.department_code = department_code
+        self.co_handlers.pop(department_code, None)
+        self.status = "assigned"
+        self.dispute = None
+        self.extension_request = None
+        self._take_assignment(decision)
+        self._set_deadline(due_at, due_soon_at)
+        self.status_notes = reason
+
+    @event("DisputeRejected")
+    def reject_dispute(self, actor: str, reason: str, correlation_id: str) -> None:
+        """The assignment stands: back to the unit, its deadline as it was."""
+        self._require_dispute("reject")
+        if not reason.strip():
+            raise IllegalTransitionError("rejecting a dispute needs a reason")
+        self.dispute = None
+        self.status_notes = reason
+
+    @event("CitizenContacted")
+    def contact_citizen(self, note: str, actor: str, correlation_id: str) -> None:
+        """The lead contacted the citizen (响应); the first contact counts for the response
+        rate."""
+        self._require("record a contact on", *ACTIVE)
+        if not note.strip():
+            raise IllegalTransitionError("a contact needs a note of what was agreed")
+        self.contacts += 1
+
     # -- the citizen's answer (好差评) ---------------------------------------------------
 
     @event("CaseRated")
@@ -304,8 +489,10 @@ class ServiceCase(Aggregate):
         due_soon_at: datetime | None,
         actor: str,
         correlation_id: str,
+        solved: bool | None = None,
     ) -> None:
-        """Rate the answer 1-5; ``revisit`` (a bad rating) reopens it with a new deadline."""
+        """Rate the answer 1-5; ``revisit`` (a bad rating) reopens it with a new deadline.
+        ``solved``: whether the citizen says the problem was solved (None: not asked)."""
         self._require("rate", "resolved")
         if not 1 <= rating <= 5:
             raise IllegalTransitionError("a rating is 1 to 5")
@@ -316,6 +503,7 @@ class ServiceCase(Aggregate):
             new_deadline = (due_at, due_soon_at)
         self.rating = rating
         self.rating_comment = comment
+        self.solved = solved
         if new_deadline is not None:
             self.status = "reopened"
             self.revisits += 1
@@ -336,6 +524,7 @@ class ServiceCase(Aggregate):
         self._require("cancel", *OPEN)
         self.status = "cancelled"
         self.extension_request = None
+        self.dispute = None
         self.status_notes = reason or "cancelled by the citizen"
 
     # -- the SLA clock --------------------------------------------------------------------

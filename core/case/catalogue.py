@@ -113,6 +113,8 @@ class Entry:
     lead: str
     co_handlers: tuple[str, ...]
     basis: str
+    # Each co-handler's part of the work, by its unit code as written (may be absent).
+    parts: tuple[tuple[str, str], ...] = ()
 
     @property
     def rank(self) -> tuple[int, int]:
@@ -133,6 +135,7 @@ class Entry:
             "lead": self.lead,
             "co_handlers": list(self.co_handlers),
             "basis": self.basis,
+            **({"parts": dict(self.parts)} if self.parts else {}),
         }
 
     def applies(
@@ -166,6 +169,7 @@ class Routing:
     entry: Entry
     lead: str
     co_handlers: tuple[str, ...]
+    parts: tuple[str, ...] = ()  # each co-handler's part of the work ("" when not given)
 
     def decision(self, version: int) -> dict[str, Any]:
         """The dispatch decision's catalogue part (recorded with the assignment)."""
@@ -175,6 +179,9 @@ class Routing:
             "catalogue_entry": self.entry.id,
             "lead": self.lead,
             "co_handlers": list(self.co_handlers),
+            "co_handler_parts": {
+                u: p for u, p in zip(self.co_handlers, self.parts, strict=True) if p
+            },
             "basis": self.entry.basis,
         }
 
@@ -203,10 +210,12 @@ class Catalogue:
             return None
         (entry,) = winners
         fill = {"district": district_code or ""}
+        parts = dict(entry.parts)
         return Routing(
             entry,
             entry.lead.format_map(fill),
             tuple(u.format_map(fill) for u in entry.co_handlers),
+            tuple(parts.get(u, "") for u in entry.co_handlers),
         )
 
     def to_json(self) -> list[dict[str, Any]]:
@@ -331,6 +340,14 @@ def _entry(raw: dict[str, Any], known: set[str] | None) -> Entry:
     basis = str(raw.get("basis") or "").strip()
     if not basis:
         raise CatalogueError(f"{where}: gives no legal basis")
+    parts = raw.get("parts") or {}
+    if not isinstance(parts, dict) or not all(
+        isinstance(v, str) and v.strip() for v in parts.values()
+    ):
+        raise CatalogueError(f"{where}: parts maps a co-handler to the text of its part")
+    strays = sorted(set(map(str, parts)) - set(co))
+    if strays:
+        raise CatalogueError(f"{where}: parts names {strays[0]!r}, not one of its co-handlers")
     return Entry(
         entry_id,
         categories,
@@ -339,6 +356,7 @@ def _entry(raw: dict[str, Any], known: set[str] | None) -> Entry:
         lead,
         co,
         basis,
+        tuple((u, str(parts[u]).strip()) for u in co if u in parts),
     )
 
 

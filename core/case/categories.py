@@ -96,6 +96,9 @@ class Category:
     clock: Clock
     duplicate_radius_m: float
     attributes: tuple[Attribute, ...] = ()
+    # First contact with the citizen (响应) due this long after the clock starts; None:
+    # the file's ``response`` rule.
+    response_time_h: float | None = None
 
     def check_attributes(self, given: dict[str, Any]) -> dict[str, Any]:
         """Validate a request's attributes against the definition; return them normalised."""
@@ -125,14 +128,39 @@ class Revisit:
 
 
 @dataclass(frozen=True, slots=True)
+class Limit:
+    """A time limit of ``time_limit_h`` hours counted on ``clock``."""
+
+    time_limit_h: float
+    clock: Clock
+
+
+# Used when a categories file names no ``response``, ``dispute`` or ``arbitration`` rule.
+DEFAULT_RESPONSE = Limit(2.0, "calendar")
+DEFAULT_DISPUTE = Limit(4.0, "calendar")
+DEFAULT_ARBITRATION = Limit(4.0, "working")
+
+
+@dataclass(frozen=True, slots=True)
 class Categories:
-    """One version of the categories file: the categories by code, the work calendar and
-    the revisit rule."""
+    """One version of the categories file: the categories by code, the work calendar, the
+    revisit rule, and the limits of the first contact with the citizen (``response``), of
+    a unit's dispute of its assignment (``dispute``, from the assignment) and of the
+    dispatcher's arbitration (``arbitration``, from the dispute)."""
 
     version: int
     calendar: WorkCalendar
     revisit: Revisit
     by_code: dict[str, Category]
+    response: Limit = DEFAULT_RESPONSE
+    dispute: Limit = DEFAULT_DISPUTE
+    arbitration: Limit = DEFAULT_ARBITRATION
+
+    def response_limit(self, category: Category) -> Limit:
+        """The first-contact limit of ``category``: its own hours on the response clock."""
+        if category.response_time_h is None:
+            return self.response
+        return Limit(category.response_time_h, self.response.clock)
 
     def get(self, code: str) -> Category:
         try:
@@ -156,6 +184,23 @@ def _clock(raw: object, where: str) -> Clock:
     if raw not in ("calendar", "working"):
         raise CategoriesError(f"{where}: clock must be 'calendar' or 'working', not {raw!r}")
     return "calendar" if raw == "calendar" else "working"
+
+
+def _limit(raw: object, where: str, default: Limit) -> Limit:
+    if raw is None:
+        return default
+    if not isinstance(raw, dict):
+        raise CategoriesError(f"{where}: must be a mapping with time_limit and clock")
+    hours = _hours(raw.get("time_limit"), where)
+    return Limit(hours, _clock(raw.get("clock"), where))
+
+
+def _hours(raw: object, where: str) -> float:
+    if isinstance(raw, bool) or not isinstance(raw, int | float):
+        raise CategoriesError(f"{where}: time_limit must be a number of hours, not {raw!r}")
+    if not 0 < raw < math.inf:
+        raise CategoriesError(f"{where}: time_limit must be positive")
+    return float(raw)
 
 
 def _attribute(raw: dict[str, Any], where: str) -> Attribute:
@@ -200,6 +245,11 @@ def parse_categories(doc: Any) -> Categories:
                 attributes=tuple(
                     _attribute(a, f"category {code}") for a in raw.get("attributes", [])
                 ),
+                response_time_h=(
+                    None
+                    if raw.get("response_time") is None
+                    else _hours(raw["response_time"], f"category {code}: response_time")
+                ),
             )
         rv = doc["revisit"]
         return Categories(
@@ -211,6 +261,9 @@ def parse_categories(doc: Any) -> Categories:
                 clock=_clock(rv["clock"], "revisit"),
             ),
             by_code=by_code,
+            response=_limit(doc.get("response"), "response", DEFAULT_RESPONSE),
+            dispute=_limit(doc.get("dispute"), "dispute", DEFAULT_DISPUTE),
+            arbitration=_limit(doc.get("arbitration"), "arbitration", DEFAULT_ARBITRATION),
         )
     except (KeyError, TypeError, ValueError) as exc:
         if isinstance(exc, CategoriesError):

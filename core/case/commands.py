@@ -59,6 +59,38 @@ class RefuseExtension(CaseCommand):
     reason: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class AddCoHandler(CaseCommand):
+    """Ask ``department_code`` to co-handle (协办) ``part`` of the work."""
+
+    department_code: str
+    part: str
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class WaiveCoHandling(CaseCommand):
+    """Let the lead resolve without the co-handlers still pending (a reason is needed)."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class UpholdDispute(CaseCommand):
+    """The disputing unit was wrongly assigned: reassign (改派) to ``department_code``, or
+    to the unit the dispute proposed; the new unit's clock starts now."""
+
+    department_code: str | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RejectDispute(CaseCommand):
+    """The assignment stands: the case stays with the unit, its deadline unmoved."""
+
+    reason: str
+
+
 # -- department -------------------------------------------------------------------------
 
 
@@ -85,6 +117,30 @@ class ReturnCase(CaseCommand):
 
 
 @dataclass(frozen=True, slots=True)
+class Dispute(CaseCommand):
+    """The lead disputes its assignment (异议), within the time allowed after it; it may
+    name the unit it believes responsible."""
+
+    reason: str
+    proposed_department_code: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ContactCitizen(CaseCommand):
+    """Record a contact with the citizen (响应): the first one counts for the response rate."""
+
+    note: str
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerCoHandling(CaseCommand):
+    """A co-handling unit's feedback on its part (协办反馈)."""
+
+    department_code: str
+    feedback: str
+
+
+@dataclass(frozen=True, slots=True)
 class RequestExtension(CaseCommand):
     """Ask a dispatcher for ``hours`` more (延期申请)."""
 
@@ -101,6 +157,7 @@ class Rate(CaseCommand):
 
     rating: int
     comment: str = ""
+    solved: bool | None = None  # the citizen says the problem was solved (解决)
 
 
 @dataclass(frozen=True, slots=True)

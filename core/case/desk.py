@@ -24,22 +24,29 @@ from eventsourcing.persistence import IntegrityError
 from core.app import CityApp
 from core.case import CHANNELS, ServiceCase, case_id
 from core.case.catalogue import Catalogue
-from core.case.categories import Categories, Category
+from core.case.categories import Categories, Category, Limit
 from core.case.commands import (
     Accept,
+    AddCoHandler,
+    AnswerCoHandling,
     ApproveExtension,
     Assign,
     Cancel,
     CaseCommand,
+    ContactCitizen,
+    Dispute,
     Rate,
     RefuseExtension,
     Reject,
+    RejectDispute,
     RequestExtension,
     Resolve,
     ReturnCase,
     Start,
+    UpholdDispute,
+    WaiveCoHandling,
 )
-from core.case.sla import deadline
+from core.case.sla import Deadline, deadline
 from core.commands import CommandContext
 from core.errors import DomainError, IllegalTransitionError, NotFoundError
 from core.personal import Contact, InvalidContactError, PersonalData, screen_text
@@ -282,6 +289,33 @@ class ServiceDesk:
                 return lambda case: self._rate(case, command, ctx)
             case Cancel():
                 return lambda case: case.cancel(reason=command.reason, **stamp)
+            case AddCoHandler():
+                self._known_department(command.department_code)
+                return lambda case: case.add_co_handler(
+                    department_code=command.department_code,
+                    part=command.part,
+                    reason=command.reason or "co-handling asked by a dispatcher",
+                    **stamp,
+                )
+            case AnswerCoHandling():
+                return lambda case: case.answer_co_handling(
+                    department_code=command.department_code, feedback=command.feedback, **stamp
+                )
+            case WaiveCoHandling():
+                return lambda case: case.waive_co_handling(
+                    departments=case.pending_co_handlers, reason=command.reason, **stamp
+                )
+            case Dispute():
+                if command.proposed_department_code is not None:
+                    self._known_department(command.proposed_department_code)
+                return lambda case: self._dispute(case, command, ctx)
+            case UpholdDispute():
+                departments = self._known_department(command.department_code)
+                return lambda case: self._uphold(case, command, departments, ctx)
+            case RejectDispute():
+                return lambda case: case.reject_dispute(reason=command.reason, **stamp)
+            case ContactCitizen():
+                return lambda case: case.contact_citizen(note=command.note, **stamp)
         raise TypeError(f"not a case command: {command!r}")
 
     # -- intake ---------------------------------------------------------------------------
@@ -455,13 +489,20 @@ class ServiceDesk:
             local = start.astimezone(self.categories.calendar.zone).time()
             routing = catalogue.route(category.code, place.grid_code, place.district_code, local)
         if catalogue is not None and routing is not None:
-            if routing.lead in self.locator.departments():
+            known = self.locator.departments()
+            if routing.lead in known:
+                decision = {**base, **routing.decision(catalogue.version)}
+                # Co-handlers the city has no department for are noted, not asked.
+                unknown = [u for u in routing.co_handlers if u not in known]
+                if unknown:
+                    decision["co_handlers"] = [u for u in routing.co_handlers if u in known]
+                    decision["co_handlers_unknown"] = unknown
                 self._assign(
                     case,
                     category,
                     routing.lead,
                     place,
-                    {**base, **routing.decision(catalogue.version)},
+                    decision,
                     f"catalogue entry {routing.entry.id}: {routing.lead} leads",
                     ctx,
                     start,
@@ -500,23 +541,37 @@ class ServiceDesk:
         ctx: CommandContext,
         start: datetime | None = None,
     ) -> None:
-        started = start or self.clock()
-        due = deadline(self.categories.calendar, started, category.time_limit_h, category.clock)
+        decision, due = self._timed(category, decision, start)
         case.assign(
             department_code=department,
             grid_code=place.grid_code,
             district_code=place.district_code,
-            decision={
-                **decision,
-                "time_limit_h": category.time_limit_h,
-                "clock": category.clock,
-                "clock_started_at": started.isoformat(),
-            },
+            decision=decision,
             due_at=due.due_at,
             due_soon_at=due.due_soon_at,
             reason=reason,
             **ctx.stamp(),
         )
+
+    def _due(self, start: datetime, limit: Limit) -> datetime:
+        return deadline(self.categories.calendar, start, limit.time_limit_h, limit.clock).due_at
+
+    def _timed(
+        self, category: Category, decision: dict[str, Any], start: datetime | None = None
+    ) -> tuple[dict[str, Any], Deadline]:
+        """The decision with its clock (started at ``start``, default now), the first-
+        contact deadline and the time the unit may dispute it until; and the deadline."""
+        now = self.clock()
+        started = start or now
+        due = deadline(self.categories.calendar, started, category.time_limit_h, category.clock)
+        return {
+            **decision,
+            "time_limit_h": category.time_limit_h,
+            "clock": category.clock,
+            "clock_started_at": started.isoformat(),
+            "respond_by": self._due(started, self.categories.response_limit(category)).isoformat(),
+            "dispute_until": self._due(now, self.categories.dispute).isoformat(),
+        }, due
 
     # -- dispatcher -----------------------------------------------------------------------
 
@@ -586,6 +641,56 @@ class ServiceDesk:
             due_at=due.due_at, due_soon_at=due.due_soon_at, reason=reason, **ctx.stamp()
         )
 
+    def _dispute(self, case: ServiceCase, command: Dispute, ctx: CommandContext) -> None:
+        now = self.clock()
+        if case.dispute_until is not None and now > case.dispute_until:
+            raise IllegalTransitionError(
+                f"the assignment could be disputed until {case.dispute_until.isoformat()}"
+            )
+        case.raise_dispute(
+            reason=command.reason,
+            proposed_department_code=command.proposed_department_code,
+            arbitrate_by=self._due(now, self.categories.arbitration),
+            **ctx.stamp(),
+        )
+
+    def _uphold(
+        self,
+        case: ServiceCase,
+        command: UpholdDispute,
+        departments: dict[str, Department],
+        ctx: CommandContext,
+    ) -> None:
+        dispute = case.dispute
+        if dispute is None:
+            raise IllegalTransitionError("no dispute is pending")
+        target = command.department_code or dispute["proposed_department_code"]
+        if target is None:
+            raise IllegalTransitionError(
+                "name the unit the case moves to (the dispute proposed none)"
+            )
+        if target not in departments:
+            raise NotFoundError(f"unknown department {target!r}")
+        category = self.categories.get(case.category)
+        decision, due = self._timed(
+            category,
+            {
+                "by": "arbitration",
+                "rule": "dispute_upheld",
+                "disputed_by": dispute["by"],
+                "department_type": departments[target].department_type,
+                "categories_version": self.categories.version,
+            },
+        )
+        case.uphold_dispute(
+            department_code=target,
+            decision=decision,
+            due_at=due.due_at,
+            due_soon_at=due.due_soon_at,
+            reason=command.reason or f"dispute upheld: {target} is responsible",
+            **ctx.stamp(),
+        )
+
     # -- citizen --------------------------------------------------------------------------
 
     def _rate(self, case: ServiceCase, command: Rate, ctx: CommandContext) -> None:
@@ -602,6 +707,7 @@ class ServiceDesk:
             revisit=revisit,
             due_at=None if due is None else due.due_at,
             due_soon_at=None if due is None else due.due_soon_at,
+            solved=command.solved,
             **ctx.stamp(),
         )
 

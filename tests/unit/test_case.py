@@ -551,12 +551,15 @@ def test_submit_inside_a_jurisdiction_accepts_and_dispatches(
     assert case.dispatch == {
         "by": "policy",
         "department_type": "roads",
-        "categories_version": 1,
+        "categories_version": 2,
         "rule": "jurisdiction_polygon",
         "jurisdiction": "roads-west",
         "time_limit_h": 24.0,
         "clock": "working",
         "clock_started_at": "2026-03-02T01:30:00+00:00",
+        # First contact within 2 calendar hours; disputable for 4 calendar hours.
+        "respond_by": "2026-03-02T03:30:00+00:00",
+        "dispute_until": "2026-03-02T05:30:00+00:00",
     }
     # 24 working hours from Monday 09:30: Mon 7.5 h, Tue 8, Wed 8, Thu 0.5 -> Thu 09:30.
     assert case.due_at == utc(2026, 3, 5, 1, 30)
@@ -703,7 +706,7 @@ def test_no_location_awaits_manual_assignment(app: CityApp, desk: ServiceDesk) -
     assert case.dispatch == {
         "by": "policy",
         "department_type": "roads",
-        "categories_version": 1,
+        "categories_version": 2,
         "rule": "no_location",
     }
     assert (case.due_at, case.deadline_no, case.department_code) == (None, 0, None)
@@ -729,10 +732,12 @@ def test_no_jurisdiction_awaits_manual_assignment(
         "by": "manual",
         "rule": "dispatcher",
         "department_type": "roads",
-        "categories_version": 1,
+        "categories_version": 2,
         "time_limit_h": 2.0,
         "clock": "calendar",
         "clock_started_at": "2026-03-02T02:00:00+00:00",
+        "respond_by": "2026-03-02T02:30:00+00:00",  # the category's own half hour
+        "dispute_until": "2026-03-02T06:00:00+00:00",
     }
     assert (case.due_at, case.due_soon_at) == (utc(2026, 3, 2, 4), utc(2026, 3, 2, 3, 36))
     event = stored(app, case.id)[-1]

@@ -7,7 +7,7 @@ a second application, and equals the object the desk last returned for it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 from uuid import UUID
@@ -25,7 +25,18 @@ from hypothesis.stateful import (
 
 from core.app import CityApp
 from core.case import ACTIVE, OPEN, ServiceCase
+from core.case.commands import (
+    AddCoHandler,
+    AnswerCoHandling,
+    CaseCommand,
+    ContactCitizen,
+    Dispute,
+    RejectDispute,
+    UpholdDispute,
+    WaiveCoHandling,
+)
 from core.case.desk import ServiceDesk, SubmitCase
+from core.commands import CommandContext
 from core.errors import IllegalTransitionError
 from core.personal import Contact
 from tests.helpers.desk import FakeClock, FakeLocator, make_desk
@@ -72,6 +83,20 @@ class Model:
     pending_extension: bool = False
     deadline_no: int = 0
     erased: bool = False
+    lead: str | None = None
+    co_handlers: dict[str, str] = field(default_factory=dict)  # unit -> its part's status
+    dispute: str | None = None  # the unit whose dispute waits for arbitration
+    disputed: bool = False  # the current assignment was disputed once
+    contacts: int = 0
+
+    def assigned(self, lead: str) -> None:
+        self.status, self.lead = "assigned", lead
+        self.deadline_no += 1
+        self.pending_extension = self.disputed = False
+
+    @property
+    def co_pending(self) -> bool:
+        return "pending" in self.co_handlers.values()
 
 
 def replay(second: CityApp, app: CityApp, cid: UUID) -> tuple[ServiceCase, list[str]]:
@@ -171,6 +196,7 @@ class CaseMachine(RuleBasedStateMachine):
             place=place,
             citizen=case.citizen_id,
             deadline_no=1 if status == "assigned" else 0,
+            lead=case.department_code,
         )
         self.returned[case.id] = case
         self.dirty.add(case.id)
@@ -182,6 +208,7 @@ class CaseMachine(RuleBasedStateMachine):
         if self.attempt(cid, m.status == "submitted", self.desk.accept, "disp", "", "acc"):
             m.status = "assigned" if m.place in ("jurisdiction", "duplicate_zone") else "accepted"
             m.deadline_no += m.status == "assigned"
+            m.lead = self.returned[cid].department_code
 
     @rule(
         cid=cases,
@@ -204,8 +231,8 @@ class CaseMachine(RuleBasedStateMachine):
         m = self.model[cid]
         dep = self.departments[department]
         if self.attempt(cid, m.status == "accepted", self.desk.assign, dep, "disp", "", "asg"):
-            m.status = "assigned"
-            m.deadline_no += 1
+            m.assigned(dep)
+            m.co_handlers = {}
 
     @rule(cid=cases)
     def start(self, cid: UUID) -> None:
@@ -217,7 +244,7 @@ class CaseMachine(RuleBasedStateMachine):
     @rule(cid=cases, reply=st.sampled_from(["fixed", "  "]))
     def resolve(self, cid: UUID, reply: str) -> None:
         m = self.model[cid]
-        legal = m.status in ACTIVE and bool(reply.strip())
+        legal = m.status in ACTIVE and bool(reply.strip()) and not (m.co_pending or m.dispute)
         if self.attempt(cid, legal, self.desk.resolve, reply, "dept", "done", "res"):
             m.status = "resolved"
             m.pending_extension = False
@@ -225,9 +252,9 @@ class CaseMachine(RuleBasedStateMachine):
     @rule(cid=cases, reason=st.sampled_from(["not ours", ""]))
     def return_case(self, cid: UUID, reason: str) -> None:
         m = self.model[cid]
-        legal = m.status in ("assigned", "in_progress") and bool(reason)
+        legal = m.status in ("assigned", "in_progress") and bool(reason) and not m.dispute
         if self.attempt(cid, legal, self.desk.return_case, "dept", reason, "ret"):
-            m.status = "accepted"
+            m.status, m.lead, m.co_handlers = "accepted", None, {}
             m.pending_extension = False
 
     @rule(
@@ -237,7 +264,12 @@ class CaseMachine(RuleBasedStateMachine):
     )
     def request_extension(self, cid: UUID, hours: float, reason: str) -> None:
         m = self.model[cid]
-        legal = m.status in ACTIVE and not m.pending_extension and hours > 0 and bool(reason)
+        legal = (
+            m.status in ACTIVE
+            and not (m.pending_extension or m.dispute)
+            and hours > 0
+            and bool(reason)
+        )
         if self.attempt(cid, legal, self.desk.request_extension, hours, "dept", reason, "ext"):
             m.pending_extension = True
 
@@ -265,10 +297,94 @@ class CaseMachine(RuleBasedStateMachine):
         if self.attempt(cid, m.status in OPEN, self.desk.cancel, "citizen", "", "can"):
             m.status = "cancelled"
             m.pending_extension = False
+            m.dispute = None
+
+    # -- co-handling, disputes, contacts --------------------------------------------------
+
+    def run(self, cid: UUID, legal: bool, command: CaseCommand) -> bool:
+        name = type(command).__name__
+        ctx = CommandContext("disp", f"cmd-{name}")
+
+        def execute(c: UUID) -> ServiceCase:
+            return self.desk.execute(c, command, ctx)
+
+        execute.__name__ = name
+        return self.attempt(cid, legal, execute)
+
+    @rule(cid=cases, department=st.integers(0, 7), part=st.sampled_from(["close the lane", " "]))
+    def add_co_handler(self, cid: UUID, department: int, part: str) -> None:
+        m = self.model[cid]
+        dep = self.departments[department]
+        legal = (
+            m.status in ACTIVE and dep != m.lead and dep not in m.co_handlers and bool(part.strip())
+        )
+        if self.run(cid, legal, AddCoHandler(dep, part)):
+            m.co_handlers[dep] = "pending"
+
+    @rule(cid=cases, department=st.integers(0, 7), feedback=st.sampled_from(["done", ""]))
+    def answer_co_handling(self, cid: UUID, department: int, feedback: str) -> None:
+        m = self.model[cid]
+        dep = self.departments[department]
+        legal = m.status in ACTIVE and m.co_handlers.get(dep) == "pending" and bool(feedback)
+        if self.run(cid, legal, AnswerCoHandling(dep, feedback)):
+            m.co_handlers[dep] = "answered"
+
+    @rule(cid=cases, reason=st.sampled_from(["urgent", ""]))
+    def waive_co_handling(self, cid: UUID, reason: str) -> None:
+        m = self.model[cid]
+        legal = m.status in ACTIVE and m.co_pending and bool(reason)
+        if self.run(cid, legal, WaiveCoHandling(reason)):
+            m.co_handlers = {u: "waived" if s == "pending" else s for u, s in m.co_handlers.items()}
 
     @rule(
         cid=cases,
-        choices=st.lists(st.integers(0, 5), min_size=1, max_size=8),
+        proposed=st.one_of(st.none(), st.integers(0, 7)),
+        reason=st.sampled_from(["not ours", " "]),
+    )
+    def dispute(self, cid: UUID, proposed: int | None, reason: str) -> None:
+        m = self.model[cid]
+        dep = None if proposed is None else self.departments[proposed]
+        until = self.app.repository.get(cid).dispute_until
+        legal = (
+            m.status in ("assigned", "in_progress")
+            and not (m.dispute or m.disputed)
+            and (until is None or self.clock.now <= until)
+            and bool(reason.strip())
+            and dep != m.lead
+        )
+        if self.run(cid, legal, Dispute(reason, dep)):
+            m.dispute, m.disputed = m.lead, True
+
+    @rule(cid=cases, department=st.one_of(st.none(), st.integers(0, 7)))
+    def uphold_dispute(self, cid: UUID, department: int | None) -> None:
+        m = self.model[cid]
+        case: ServiceCase = self.app.repository.get(cid)
+        named = None if department is None else self.departments[department]
+        proposed = None if case.dispute is None else case.dispute["proposed_department_code"]
+        target = named or proposed
+        legal = m.status in ACTIVE and m.dispute is not None and target not in (None, m.dispute)
+        if self.run(cid, legal, UpholdDispute(named)):
+            assert target is not None
+            m.assigned(target)
+            m.dispute = None
+            m.co_handlers.pop(target, None)
+
+    @rule(cid=cases, reason=st.sampled_from(["it is yours", ""]))
+    def reject_dispute(self, cid: UUID, reason: str) -> None:
+        m = self.model[cid]
+        legal = m.status in ACTIVE and m.dispute is not None and bool(reason)
+        if self.run(cid, legal, RejectDispute(reason)):
+            m.dispute = None
+
+    @rule(cid=cases, note=st.sampled_from(["called back", ""]))
+    def contact_citizen(self, cid: UUID, note: str) -> None:
+        m = self.model[cid]
+        if self.run(cid, m.status in ACTIVE and bool(note), ContactCitizen(note)):
+            m.contacts += 1
+
+    @rule(
+        cid=cases,
+        choices=st.lists(st.integers(0, 9), min_size=1, max_size=8),
         wait=st.sampled_from([None, 1.7, 24.0, 72.0]),
     )
     def progress(self, cid: UUID, choices: list[int], wait: float | None) -> None:
@@ -285,7 +401,7 @@ class CaseMachine(RuleBasedStateMachine):
         elif m.status == "submitted":
             self.accept(cid)
         elif m.status == "accepted":
-            self.assign(cid, department=choice)
+            self.assign(cid, department=choice % 8)
         elif m.status == "resolved":
             self.rate(cid, rating=choice % 5 + 1)
         elif m.status in ACTIVE:
@@ -296,6 +412,23 @@ class CaseMachine(RuleBasedStateMachine):
                 self.start(cid)  # refused when in progress
             elif choice == 5:
                 self.return_case(cid, reason="not ours")  # refused when reopened
+            elif choice == 6:
+                self.add_co_handler(cid, department=len(m.co_handlers) % 8, part="close the lane")
+            elif choice == 7:
+                self.dispute(cid, proposed=(len(m.co_handlers) + 1) % 8, reason="not ours")
+            elif choice == 8 and m.dispute is not None:
+                self.uphold_dispute(cid, department=None)
+            elif m.dispute is not None:
+                self.reject_dispute(cid, reason="it is yours")
+            elif choice == 9:
+                self.contact_citizen(cid, note="called back")
+            elif m.co_pending:
+                pending = [u for u, s in m.co_handlers.items() if s == "pending"]
+                if choice % 2:
+                    self.waive_co_handling(cid, reason="urgent")
+                else:
+                    dep = self.departments.index(pending[0])
+                    self.answer_co_handling(cid, department=dep, feedback="done")
             else:
                 self.resolve(cid, reply="fixed")
 
@@ -384,6 +517,10 @@ class CaseMachine(RuleBasedStateMachine):
                 m.erased,
             )
             assert (loaded.extension_request is not None) == m.pending_extension
+            assert loaded.department_code == (m.lead if m.status != "accepted" else None)
+            assert {u: p["status"] for u, p in loaded.co_handlers.items()} == m.co_handlers
+            assert (None if loaded.dispute is None else loaded.dispute["by"]) == m.dispute
+            assert loaded.contacts == m.contacts
             if m.status in ACTIVE:
                 assert loaded.due_at is not None
                 assert loaded.due_soon_at is not None

@@ -201,16 +201,19 @@ def test_dispatch_records_the_catalogue_entry_lead_and_co_handlers() -> None:
     assert case.dispatch == {
         "by": "policy",
         "department_type": "roads",
-        "categories_version": 1,
+        "categories_version": 2,
         "rule": "catalogue",
         "catalogue_version": 7,
         "catalogue_entry": "roads",
         "lead": "roads-east",
         "co_handlers": ["traffic-west"],
+        "co_handler_parts": {},
         "basis": "a regulation",
         "time_limit_h": 24.0,
         "clock": "working",
         "clock_started_at": "2026-03-02T01:30:00+00:00",
+        "respond_by": "2026-03-02T03:30:00+00:00",
+        "dispute_until": "2026-03-02T05:30:00+00:00",
     }
 
 
@@ -261,7 +264,7 @@ def test_a_version_is_recorded_once_and_a_changed_one_under_its_number_is_refuse
     recorded = app.get_typed(catalogue_version_id(PACKAGED.version), CatalogueVersion, "v")
     assert (recorded.catalogue_version, recorded.digest) == (PACKAGED.version, PACKAGED.digest)
     assert (
-        parse_catalogue({"version": 1, "entries": recorded.entries}, CODES) == PACKAGED
+        parse_catalogue({"version": 2, "entries": recorded.entries}, CODES) == PACKAGED
     )  # round trip
     changed = parse_catalogue({"version": PACKAGED.version, "entries": [entry("only")]}, CODES)
     with pytest.raises(CatalogueVersionConflictError, match="publish the change as a new version"):

@@ -74,10 +74,22 @@ def test_role_actions_follow_the_routes_role_sets() -> None:
             "refuse_extension",
             "rate",
             "cancel",
+            "add_co_handler",
+            "waive_co_handling",
+            "uphold_dispute",
+            "reject_dispute",
         ],
     }
     assert role_actions("department") == {
         "incidents": ["accept", "resolve"],
-        "cases": ["start", "resolve", "return", "request_extension"],
+        "cases": [
+            "start",
+            "resolve",
+            "return",
+            "request_extension",
+            "answer_co_handling",
+            "dispute",
+            "contact_citizen",
+        ],
     }
     assert role_actions("auditor") == {"incidents": [], "cases": []}
