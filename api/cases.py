@@ -55,6 +55,7 @@ def list_cases(
     grid_code: GridCode = None,
     overdue: bool | None = None,
     awaiting_assignment: bool | None = None,
+    dispute_pending: bool | None = None,
     bbox: Viewport = None,
     order: Literal["due", "newest"] = "due",
     limit: Annotated[int, Query(ge=1, le=1_000)] = 100,
@@ -71,6 +72,7 @@ def list_cases(
             grid_code=grid_code,
             overdue=overdue,
             awaiting_assignment=awaiting_assignment,
+            dispute_pending=dispute_pending,
             bbox=bbox,
         ),
     )
@@ -167,6 +169,25 @@ async def submit_case(
     )
     case = await run_in_threadpool(desk.submit, cmd, who.actor, correlation())
     return detail(desk, who, case, with_contact=False)
+
+
+@router.get("/departments/{department_code}/co-handling")
+def co_handling_queue(
+    who: CaseReader,
+    cases: CasesDep,
+    department_code: Annotated[str, Path(pattern=CODE)],
+    limit: Annotated[int, Query(ge=1, le=1_000)] = 100,
+    offset: Offset = 0,
+) -> dict[str, Any]:
+    """Active cases another unit leads where this department's co-handling part (协办) is
+    still to be answered, most urgent first."""
+    if who.role == "citizen":
+        raise Forbidden("citizens see their own cases only")
+    if who.role == "department" and department_code != who.department:
+        raise Forbidden("departments see their own queue only")
+    flt = CaseFilter(statuses=ACTIVE, co_handler=department_code)
+    rows = cases.cases(flt, order="due", limit=limit, offset=offset)
+    return {"cases": [summary(r) for r in rows], "total": cases.count(flt), "offset": offset}
 
 
 # -- commands -----------------------------------------------------------------------------

@@ -60,6 +60,14 @@ def summary(row: dict[str, Any]) -> dict[str, Any]:
         # near it showed, and whether it was resolved with that incident (主动服务).
         "incident_id": None if row["incident_id"] is None else str(row["incident_id"]),
         **_columns(row, "sensor_check", "proactive", "personal_data_erased"),
+        # Co-handling parts by unit (status only: the units' feedback is on the case),
+        # a dispute waiting for arbitration, the first contact with the citizen.
+        "co_handlers": {u: p["status"] for u, p in (row["co_handlers"] or {}).items()},
+        "dispute_pending": row["dispute_pending"],
+        "arbitrate_by": iso(row["arbitrate_by"]),
+        "disputes_upheld": row["disputes_upheld"],
+        "respond_by": iso(row["respond_by"]),
+        "first_contact_at": iso(row["first_contact_at"]),
         "submitted_at": iso(row["submitted_at"]),
         "updated_at": iso(row["updated_at"]),
         "version": row["version"],

@@ -69,7 +69,11 @@ def scorecards(
         "level": level,
         "start": start.isoformat(),
         "end": end.isoformat(),
-        "weights": {"version": cards.weights.version, **cards.weights.weights},
+        "weights": {
+            "version": cards.weights.version,
+            **cards.weights.weights,
+            "three_rates": dict(cards.weights.three_rates),
+        },
         "units": units,
     }
 

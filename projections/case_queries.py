@@ -22,7 +22,8 @@ CASE_COLUMNS = (
     " rejection, possible_duplicates, awaiting_assignment, due_at, due_soon_at, deadline_no,"
     " due_soon_marked, overdue_marked, extension_pending, extensions, returns, revisits,"
     " rating, personal_data_erased, submitted_at, updated_at, resolved_at, closed_at, version,"
-    " incident_id, sensor_check, proactive"
+    " incident_id, sensor_check, proactive, co_handlers, dispute_pending, arbitrate_by,"
+    " disputes_upheld, respond_by, first_contact_at, solved"
 )
 # Open311's two statuses: everything still being worked on is "open".
 OPEN311_OPEN = OPEN
@@ -52,6 +53,8 @@ class CaseFilter:
     submitted_from: datetime | None = None
     submitted_to: datetime | None = None
     bbox: BBox | None = None
+    co_handler: str | None = None  # cases where this unit's co-handling part is pending
+    dispute_pending: bool | None = None
 
 
 class CaseQueries:
@@ -70,7 +73,11 @@ class CaseQueries:
             .eq("district_code", flt.district_code)
             .eq("grid_code", flt.grid_code)
             .eq("awaiting_assignment", flt.awaiting_assignment)
+            .eq("dispute_pending", flt.dispute_pending)
         )
+        if flt.co_handler is not None:  # ``?`` first: the GIN index on co_handlers
+            f.parts.append(sql.SQL("(co_handlers ? %s AND co_handlers -> %s ->> 'status' = %s)"))
+            f.params.extend([flt.co_handler, flt.co_handler, "pending"])
         f.bbox(flt.bbox)
         for column, values in (
             ("status", flt.statuses),

@@ -101,6 +101,8 @@ def _upheld(e: Any) -> Statement:
         f" {_SET_DEADLINE}, extension_pending = false, dispute_pending = false,"
         " arbitrate_by = NULL, disputes_upheld = disputes_upheld + 1,"
         " responsible_since = %(ts)s, co_handlers = (co_handlers - %(department)s) || %(co)s,"
+        " respond_by = CASE WHEN first_contact_at IS NULL THEN %(respond_by)s::timestamptz"
+        " ELSE respond_by END,"
         " status_notes = %(notes)s, updated_at = %(ts)s, version = %(version)s"
         " WHERE case_id = %(id)s",
         {
@@ -109,6 +111,7 @@ def _upheld(e: Any) -> Statement:
             "due_soon_at": e.due_soon_at,
             "notes": e.reason,
             "co": _co_handlers(e),
+            "respond_by": e.decision.get("respond_by"),
         },
     )
 

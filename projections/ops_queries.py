@@ -19,7 +19,7 @@ from core.case import ACTIVE, OPEN
 from core.incident import SEVERITIES, WORKING
 from projections.case_queries import CASE_COLUMNS
 from projections.queries import dict_rows
-from projections.scorecards import SCORECARDS
+from projections.scorecards import SCORECARDS, THREE_RATES, default_weights, weighted_score
 
 # Counts for the tiles, each from an index: map_incidents_status (status, severity),
 # service_cases_submitted, service_cases_status_due; map_sensors is one row per device.
@@ -45,6 +45,7 @@ CITY_SCORECARD = sql.SQL(SCORECARDS).format(
     unit=sql.Literal("city"),
     filters=sql.SQL(""),
     score=sql.SQL("NULL::float8"),  # the composite is the cards' business, not a tile's
+    three_rates=weighted_score(default_weights().three_rates, THREE_RATES),
     district=sql.SQL(""),
 )
 PERFORMANCE_FIELDS = (
@@ -57,9 +58,30 @@ PERFORMANCE_FIELDS = (
     "mean_rating",
     "bad_ratings",
     "bad_rating_share",
+    "response_due",
+    "responded_on_time",
+    "response_rate",
+    "solved_asked",
+    "solved",
+    "resolution_rate",
+    "satisfied",
+    "satisfaction_rate",
+    "three_rates_index",
 )
 # With no work in the period the card has no row: counts are 0, rates and means None.
-_COUNTED = {"volume", "closed", "closed_with_due", "closed_on_time", "rated", "bad_ratings"}
+_COUNTED = {
+    "volume",
+    "closed",
+    "closed_with_due",
+    "closed_on_time",
+    "rated",
+    "bad_ratings",
+    "response_due",
+    "responded_on_time",
+    "solved_asked",
+    "solved",
+    "satisfied",
+}
 
 # Active cases marked due soon on their current deadline and not (yet) overdue.
 DUE_SOON_CASES = f"""

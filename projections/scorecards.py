@@ -18,7 +18,20 @@ Per unit (grid cell, district or department; items without one are not in that l
   case, opened -> ``closed_at`` for an incident;
 - satisfaction over rated cases: mean rating, and the share of bad ratings (<= 2);
 - a composite score 0-100 weighted by ``projections/scorecard.yaml`` (read it for the
-  components); a component without data is left out and the weights renormalised.
+  components); a component without data is left out and the weights renormalised;
+- the three rates of 接诉即办 (三率), over cases only:
+  - response rate 响应率: cases whose first contact with the citizen (``first_contact_at``)
+    came by their ``respond_by`` / cases with a ``respond_by`` that were contacted or whose
+    ``respond_by`` has passed (as of now);
+  - resolution rate 解决率: cases the citizen said were solved / rated cases the citizen
+    answered that question for (``solved`` not NULL);
+  - satisfaction rate 满意率: ratings of 4 or 5 / rated cases;
+  - the 接诉即办 index 0-100: the three weighted by the file's ``three_rates``, a rate
+    without data left out and the weights renormalised.
+
+Time with a unit that was wrongly assigned (an upheld dispute) is not counted against
+anyone: the case is counted for the unit it moved to, whose deadline and hours to close
+run from the reassignment (``responsible_since``).
 
 A rate whose denominator is 0 is ``None``. Rates are rounded to 4 decimals, hours to 2,
 the score to 2. Everything is computed in one SQL statement per call.
@@ -29,7 +42,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -55,6 +68,17 @@ COMPONENTS: dict[str, str] = {
     "extension": "1 - extension_rate",
     "satisfaction": "(mean_rating - 1) / 4",
 }
+# The three rates (三率) as SQL over the per-unit rates, and the index over them.
+THREE_RATES: dict[str, str] = {
+    "response": "response_rate",
+    "resolution": "resolution_rate",
+    "satisfaction": "satisfaction_rate",
+}
+DEFAULT_THREE_RATES: Mapping[str, float] = {
+    "response": 0.1,
+    "resolution": 0.45,
+    "satisfaction": 0.45,
+}
 # Hotspots: the smallest spread a cell's history is given. Case counts are at least as
 # noisy as a Poisson count (sqrt(mean)); 1.0 keeps a cell with an empty or perfectly
 # flat history from scoring infinitely high on a handful of cases.
@@ -71,6 +95,7 @@ class Weights:
 
     version: int
     weights: Mapping[str, float]
+    three_rates: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_THREE_RATES))
 
 
 def parse_weights(doc: Any) -> Weights:
@@ -83,15 +108,25 @@ def parse_weights(doc: Any) -> Weights:
     raw = doc.get("weights")
     if not isinstance(raw, dict):
         raise WeightsError("weights must be a mapping of component to weight")
-    missing = sorted(set(COMPONENTS) - set(raw))
-    unknown = sorted(set(raw) - set(COMPONENTS))
+    weights = _shares(raw, COMPONENTS, "weights")
+    three = doc.get("three_rates")
+    if three is None:
+        return Weights(version, weights)
+    if not isinstance(three, dict):
+        raise WeightsError("three_rates must be a mapping of rate to weight")
+    return Weights(version, weights, _shares(three, THREE_RATES, "three_rates"))
+
+
+def _shares(raw: dict[str, Any], names: Mapping[str, str], what: str) -> dict[str, float]:
+    """Weights naming each of ``names`` once, each >= 0, adding up to 1."""
+    missing = sorted(set(names) - set(raw))
+    unknown = sorted(set(raw) - set(names))
     if missing or unknown:
         raise WeightsError(
-            f"weights must name each of {sorted(COMPONENTS)} once"
-            f" (missing {missing}, unknown {unknown})"
+            f"{what} must name each of {sorted(names)} once (missing {missing}, unknown {unknown})"
         )
     weights: dict[str, float] = {}
-    for name in COMPONENTS:
+    for name in names:
         value = raw[name]
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise WeightsError(f"weight of {name} must be a number, not {value!r}")
@@ -100,8 +135,8 @@ def parse_weights(doc: Any) -> Weights:
         weights[name] = float(value)
     total = sum(weights.values())
     if not math.isclose(total, 1.0, abs_tol=1e-9):
-        raise WeightsError(f"weights must add up to 1, they add up to {total:g}")
-    return Weights(version, weights)
+        raise WeightsError(f"{what} must add up to 1, they add up to {total:g}")
+    return weights
 
 
 def load_weights(path: Path | None = None) -> Weights:
@@ -173,11 +208,9 @@ def _filter_params(
     return params
 
 
-def _score(weights: Weights) -> sql.Composable:
+def weighted_score(weights: Mapping[str, float], components: Mapping[str, str]) -> sql.Composable:
     """100 x the weighted mean of the components present (weights renormalised)."""
-    terms = [
-        (sql.SQL(expr), sql.Literal(weights.weights[name])) for name, expr in COMPONENTS.items()
-    ]
+    terms = [(sql.SQL(expr), sql.Literal(weights[name])) for name, expr in components.items()]
     numerator = sql.SQL(" + ").join(
         sql.SQL("coalesce({} * ({}), 0)").format(w, expr) for expr, w in terms
     )
@@ -194,9 +227,14 @@ SCORECARDS = """
 WITH items AS (
     SELECT {unit} AS unit_code, district_code, true AS is_case,
            status IN ('resolved', 'closed') AS closed,
-           date_part('epoch', resolved_at - submitted_at) / 3600 AS hours,
+           date_part('epoch', resolved_at - coalesce(responsible_since, submitted_at)) / 3600
+               AS hours,
            resolved_at <= due_at AS on_time,
-           revisits > 0 AS reworked, extensions > 0 AS extended, rating
+           revisits > 0 AS reworked, extensions > 0 AS extended, rating,
+           -- NULL: no first contact due yet (not assigned, or not yet due and not made)
+           CASE WHEN first_contact_at IS NOT NULL OR respond_by <= now()
+                THEN coalesce(first_contact_at <= respond_by, false) END AS responded,
+           solved
     FROM service_cases
     WHERE submitted_at >= %(start)s AND submitted_at < %(end)s AND status <> 'rejected'
           AND {unit} IS NOT NULL{filters}
@@ -205,7 +243,7 @@ WITH items AS (
            status = 'closed',
            date_part('epoch', closed_at - opened_at) / 3600,
            coalesce(resolved_at, closed_at) <= due_at,
-           reworks > 0, NULL, NULL
+           reworks > 0, NULL, NULL, NULL::boolean, NULL::boolean
     FROM map_incidents
     WHERE opened_at >= %(start)s AND opened_at < %(end)s
           AND {unit} IS NOT NULL{filters}
@@ -227,7 +265,12 @@ units AS (
                AS median_hours,
            count(rating) AS rated,
            avg(rating)::float8 AS mean_rating,
-           count(*) FILTER (WHERE rating <= 2) AS bad_ratings
+           count(*) FILTER (WHERE rating <= 2) AS bad_ratings,
+           count(responded) AS response_due,
+           count(*) FILTER (WHERE responded) AS responded_on_time,
+           count(solved) AS solved_asked,
+           count(*) FILTER (WHERE solved) AS solved,
+           count(*) FILTER (WHERE rating >= 4) AS satisfied
     FROM items
     GROUP BY unit_code
 ),
@@ -237,11 +280,14 @@ rates AS (
            closed_on_time::float8 / nullif(closed_with_due, 0) AS on_time_rate,
            reworked::float8 / nullif(closed, 0) AS rework_rate,
            extended::float8 / nullif(cases, 0) AS extension_rate,
-           bad_ratings::float8 / nullif(rated, 0) AS bad_rating_share
+           bad_ratings::float8 / nullif(rated, 0) AS bad_rating_share,
+           responded_on_time::float8 / nullif(response_due, 0) AS response_rate,
+           solved::float8 / nullif(solved_asked, 0) AS resolution_rate,
+           satisfied::float8 / nullif(rated, 0) AS satisfaction_rate
     FROM units
 ),
 scored AS (
-    SELECT *, {score} AS score FROM rates
+    SELECT *, {score} AS score, {three_rates} AS three_rates_index FROM rates
 )
 SELECT unit_code, {district}
        cases, incidents, volume, closed,
@@ -254,7 +300,12 @@ SELECT unit_code, {district}
        round(median_hours::numeric, 2)::float8 AS median_hours_to_close,
        rated, round(mean_rating::numeric, 4)::float8 AS mean_rating,
        bad_ratings, round(bad_rating_share::numeric, 4)::float8 AS bad_rating_share,
-       round(score::numeric, 2)::float8 AS score
+       round(score::numeric, 2)::float8 AS score,
+       response_due, responded_on_time,
+       round(response_rate::numeric, 4)::float8 AS response_rate,
+       solved_asked, solved, round(resolution_rate::numeric, 4)::float8 AS resolution_rate,
+       satisfied, round(satisfaction_rate::numeric, 4)::float8 AS satisfaction_rate,
+       round(three_rates_index::numeric, 2)::float8 AS three_rates_index
 FROM scored
 -- By the score as shown: equal scores then sort by code, whatever the float noise.
 ORDER BY score DESC NULLS LAST, unit_code
@@ -325,7 +376,8 @@ class Scorecards:
         query = sql.SQL(SCORECARDS).format(
             unit=sql.Identifier(LEVEL_COLUMNS[level]),
             filters=_filters(district_code, department_code, bbox),
-            score=_score(self.weights),
+            score=weighted_score(self.weights.weights, COMPONENTS),
+            three_rates=weighted_score(self.weights.three_rates, THREE_RATES),
             # A grid cell lies in one district: say which.
             district=sql.SQL("district_code," if level == "grid" else ""),
         )

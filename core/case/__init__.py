@@ -451,6 +451,8 @@ class ServiceCase(Aggregate):
             raise IllegalTransitionError("an upheld dispute moves the case to another unit")
         self.wrongly_assigned = [*self.wrongly_assigned, dispute["by"]]
         self.department_code = department_code
+        if self.contacts == 0:  # the new unit's first contact is due from now
+            self.respond_by = None
         self.co_handlers.pop(department_code, None)
         self.status = "assigned"
         self.dispute = None

@@ -226,9 +226,15 @@ def test_open311_list_filters_each_filter(world: World) -> None:
     trees = [world.file(request_at("fallen_tree", world.point()), me) for _ in range(3)]
     bikes = world.file(request_at("shared_bikes", world.point()), me)
     hydrant = world.file(request_at("hydrant_damaged", world.point()), me)
-    # Close the hydrant case: its department resolves, the citizen rates it well.
-    department = world.case(hydrant)["department_code"]
+    # Close the hydrant case: its co-handler answers, its department resolves, the
+    # citizen rates it well.
+    case = world.case(hydrant)
+    department = case["department_code"]
     assert department.endswith("-water")
+    for unit in case["co_handlers"]:
+        body = {"department_code": unit, "feedback": "road reopened"}
+        answered = world.command(hydrant, "co-handling/answer", world.dept(unit), body)
+        assert answered.status_code == 200, answered.text
     resolved = world.command(hydrant, "resolve", world.dept(department), {"reply": "fixed"})
     assert resolved.status_code == 200, resolved.text
     rated = world.command(hydrant, "rate", me, {"rating": 5, "comment": "quick"})
@@ -308,7 +314,7 @@ def test_dispatch_by_the_responsibility_catalogue(world: World) -> None:
         "lead": "310104-water",
         "co_handlers": ["310104-roads", "310104-traffic"],
     }
-    assert dispatch["catalogue_version"] == 1
+    assert dispatch["catalogue_version"] == 2
     assert "排水" in dispatch["basis"]
     assigned = flood["timeline"][-1]
     assert assigned["event"] == "CaseAssigned"

@@ -277,6 +277,17 @@ def test_kpis_worked_out_by_hand(api: OpsApi) -> None:
         "mean_rating": 3.2,
         "bad_ratings": 2,
         "bad_rating_share": 0.4,
+        # No first-contact deadline nor solved answer in these rows; satisfied (4-5):
+        # c1, c3 -> 0.4, the index 100 x 0.4 (the only rate there).
+        "response_due": 0,
+        "responded_on_time": 0,
+        "response_rate": None,
+        "solved_asked": 0,
+        "solved": 0,
+        "resolution_rate": None,
+        "satisfied": 2,
+        "satisfaction_rate": 0.4,
+        "three_rates_index": 40.0,
     }
 
 
@@ -378,9 +389,25 @@ def test_sla_board_of_one_department(api: OpsApi) -> None:
                 "refuse_extension",
                 "rate",
                 "cancel",
+                "add_co_handler",
+                "waive_co_handling",
+                "uphold_dispute",
+                "reject_dispute",
             ],
         ),
-        ("department", ["accept", "resolve"], ["start", "resolve", "return", "request_extension"]),
+        (
+            "department",
+            ["accept", "resolve"],
+            [
+                "start",
+                "resolve",
+                "return",
+                "request_extension",
+                "answer_co_handling",
+                "dispute",
+                "contact_citizen",
+            ],
+        ),
         ("auditor", [], []),
     ],
 )

@@ -66,6 +66,10 @@ def add_case(
     extensions: int = 0,
     revisits: int = 0,
     rating: int | None = None,
+    respond_by: datetime | None = None,
+    first_contact: datetime | None = None,
+    solved: bool | None = None,
+    responsible_since: datetime | None = None,
 ) -> None:
     district, lon, lat = CELLS[grid] if grid else (None, None, None)
     case_id = uuid.uuid4()
@@ -74,9 +78,9 @@ def add_case(
             "INSERT INTO service_cases (case_id, channel, external_id, category, description,"
             " status, lon, lat, grid_code, district_code, department_code, submitted_by,"
             " due_at, extensions, revisits, rating, submitted_at, updated_at, resolved_at,"
-            " closed_at, version)"
+            " closed_at, version, respond_by, first_contact_at, solved, responsible_since)"
             " VALUES (%s, 'hotline', %s, 'road_damage', 'test', %s, %s, %s, %s, %s, %s,"
-            " 'system:test', %s, %s, %s, %s, %s, %s, %s, %s, 1)",
+            " 'system:test', %s, %s, %s, %s, %s, %s, %s, %s, 1, %s, %s, %s, %s)",
             [
                 case_id,
                 str(case_id),
@@ -94,6 +98,10 @@ def add_case(
                 closed or resolved or submitted,
                 resolved,
                 closed,
+                respond_by,
+                first_contact,
+                solved,
+                responsible_since,
             ],
         )
 
@@ -199,6 +207,8 @@ def card(
     bad: int,
     bad_share: float | None,
     score: float,
+    satisfied: int,
+    satisfaction_rate: float | None,
     district: str | None = None,
 ) -> dict[str, Any]:
     """An expected scorecard row."""
@@ -226,6 +236,19 @@ def card(
         "bad_ratings": bad,
         "bad_rating_share": bad_share,
         "score": score,
+        # None of this work has a first-contact deadline or a solved answer: only the
+        # satisfaction rate is there, and the index is 100 x it.
+        "response_due": 0,
+        "responded_on_time": 0,
+        "response_rate": None,
+        "solved_asked": 0,
+        "solved": 0,
+        "resolution_rate": None,
+        "satisfied": satisfied,
+        "satisfaction_rate": satisfaction_rate,
+        "three_rates_index": None
+        if satisfaction_rate is None
+        else round(100 * satisfaction_rate, 2),
     }
 
 
@@ -238,6 +261,7 @@ CARD_G1: dict[str, Any] = dict(
     cases=4, incidents=2, closed=4, closure=0.6667, with_due=3, on_time=2, on_time_rate=0.6667,
     reworked=1, rework=0.25, extended=2, extension=0.5, mean_h=11.5, median_h=9.0,
     rated=2, mean_rating=3.5, bad=1, bad_share=0.5, score=65.42,
+    satisfied=1, satisfaction_rate=0.5,  # 5 of 5 and 2
 )
 # G2 (three cases): closed 1 of 3, on time to the second; rated 4.
 # score = 100 * (.25 / 3 + .3 + .15 + .1 + .2 * .75) = 78.3333
@@ -245,6 +269,7 @@ CARD_G2: dict[str, Any] = dict(
     cases=3, incidents=0, closed=1, closure=0.3333, with_due=1, on_time=1, on_time_rate=1.0,
     reworked=0, rework=0.0, extended=0, extension=0.0, mean_h=6.0, median_h=6.0,
     rated=1, mean_rating=4.0, bad=0, bad_share=0.0, score=78.33,
+    satisfied=1, satisfaction_rate=1.0,
 )
 # G2 without the unassigned case, as its department sees it.
 # score = 100 * (.25 * .5 + .3 + .15 + .1 + .2 * .75) = 82.5
@@ -255,6 +280,7 @@ CARD_G3: dict[str, Any] = dict(
     cases=1, incidents=1, closed=2, closure=1.0, with_due=2, on_time=1, on_time_rate=0.5,
     reworked=2, rework=1.0, extended=0, extension=0.0, mean_h=7.0, median_h=7.0,
     rated=1, mean_rating=1.0, bad=1, bad_share=1.0, score=50.0,
+    satisfied=0, satisfaction_rate=0.0,
 )
 # G4: no case, so no extension or satisfaction component: weights renormalised over
 # closure, on time and rework: 100 * (.25 * 1 + .3 * 0 + .15 * 1) / .7 = 57.1429
@@ -262,6 +288,7 @@ CARD_G4: dict[str, Any] = dict(
     cases=0, incidents=1, closed=1, closure=1.0, with_due=1, on_time=0, on_time_rate=0.0,
     reworked=0, rework=0.0, extended=0, extension=None, mean_h=6.0, median_h=6.0,
     rated=0, mean_rating=None, bad=0, bad_share=None, score=57.14,
+    satisfied=0, satisfaction_rate=None,
 )
 GRID = [
     card(G2, district=D1, **CARD_G2),
@@ -276,13 +303,13 @@ DISTRICT = [
     card(D1, cases=7, incidents=2, closed=5, closure=0.5556, with_due=4, on_time=3,
          on_time_rate=0.75, reworked=1, rework=0.2, extended=2, extension=0.2857,
          mean_h=10.4, median_h=8.0, rated=3, mean_rating=3.6667, bad=1, bad_share=0.3333,
-         score=68.87),
+         score=68.87, satisfied=2, satisfaction_rate=0.6667),
     # D2 = G3 + G4: closed 3 of 3; on time 1 of 3; reworked 2 of 3; hours 2, 12, 6.
     # score = 100 * (.25 + .3 / 3 + .15 / 3 + .1 + 0) = 50
     card(D2, cases=1, incidents=2, closed=3, closure=1.0, with_due=3, on_time=1,
          on_time_rate=0.3333, reworked=2, rework=0.6667, extended=0, extension=0.0,
          mean_h=6.67, median_h=6.0, rated=1, mean_rating=1.0, bad=1, bad_share=1.0,
-         score=50.0),
+         score=50.0, satisfied=0, satisfaction_rate=0.0),
 ]
 DEPARTMENT = [
     card(WATER1, **CARD_WATER1),
@@ -318,6 +345,57 @@ def work(pool: ConnectionPool) -> Scorecards:
 )
 def test_every_figure_at_each_level(work: Scorecards, level: Any, expected: Any) -> None:
     assert work.scorecards(level, START, END) == expected
+
+
+THREE_RATE_KEYS = (
+    "response_due",
+    "responded_on_time",
+    "response_rate",
+    "solved_asked",
+    "solved",
+    "resolution_rate",
+    "satisfied",
+    "satisfaction_rate",
+    "three_rates_index",
+    "mean_hours_to_close",
+)
+
+
+# fmt: off
+def test_the_three_rates_by_hand(pool: ConnectionPool) -> None:
+    """April's cases of one department, each deciding a rate (hours to close in brackets)."""
+    traffic = "310101-traffic"
+    april = {"department": traffic, "month": 4}
+
+    def case(day: int, status: str = "closed", **kw: Any) -> None:
+        d = april | kw
+        add_case(pool, H1, status, at(day, 0, d.pop("month")), **d)
+
+    # Called within the 2 hours, rated 5, solved (2 h).
+    case(1, resolved=at(1, 2, 4), respond_by=at(1, 2, 4), first_contact=at(1, 1, 4),
+         rating=5, solved=True)
+    # Called 1 hour late, rated 4, not solved (2 h).
+    case(2, resolved=at(2, 2, 4), respond_by=at(2, 2, 4), first_contact=at(2, 3, 4),
+         rating=4, solved=False)
+    # Never called, the deadline long past; rated 2, not solved (2 h).
+    case(3, resolved=at(3, 2, 4), respond_by=at(3, 2, 4), rating=2, solved=False)
+    # Rated 3, the solved question not asked; called on time (2 h).
+    case(4, resolved=at(4, 2, 4), respond_by=at(4, 2, 4), first_contact=at(4, 0, 4), rating=3)
+    # Not called yet, its first contact due in the future: not counted.
+    case(5, "assigned", respond_by=datetime(2999, 1, 1, tzinfo=UTC))
+    # Moved here by an upheld dispute on the 6th: its hours count from then (5 h, not 29).
+    case(5, "resolved", resolved=at(6, 5, 4), responsible_since=at(6, 0, 4))
+    (row,) = Scorecards(pool).scorecards("department", at(1, 0, 4), at(1, 0, 5))
+    # response 2 on time (c1, c4) of 4 due; resolution 1 solved of 3 asked; satisfaction
+    # 5 and 4 of 4 rated; index 100 * (.1 * .5 + .45 / 3 + .45 * .5) = 42.5;
+    # hours (2 + 2 + 2 + 2 + 5) / 5 = 2.6.
+    assert {k: row[k] for k in THREE_RATE_KEYS} == {
+        "response_due": 4, "responded_on_time": 2, "response_rate": 0.5,
+        "solved_asked": 3, "solved": 1, "resolution_rate": 0.3333,
+        "satisfied": 2, "satisfaction_rate": 0.5,
+        "three_rates_index": 42.5, "mean_hours_to_close": 2.6,
+    }
+# fmt: on
 
 
 def test_period_is_start_inclusive_end_exclusive(work: Scorecards) -> None:
@@ -450,12 +528,13 @@ def test_api_scorecards(api: Api) -> None:
             "2025-04-01T00:00:00+00:00",
         )
         assert body["weights"] == {
-            "version": 1,
+            "version": 2,
             "closure": 0.25,
             "on_time": 0.3,
             "rework": 0.15,
             "extension": 0.1,
             "satisfaction": 0.2,
+            "three_rates": {"response": 0.1, "resolution": 0.45, "satisfaction": 0.45},
         }
     r = api.get(
         "/api/v1/scorecards",

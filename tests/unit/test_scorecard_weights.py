@@ -33,7 +33,7 @@ def doc(**weights: Any) -> dict[str, Any]:
 
 def test_packaged_weights() -> None:
     weights = load_weights()
-    assert weights == Weights(1, GOOD)
+    assert weights == Weights(2, GOOD, {"response": 0.1, "resolution": 0.45, "satisfaction": 0.45})
     assert list(weights.weights) == list(COMPONENTS)
     assert default_weights() == weights
 
@@ -95,6 +95,30 @@ def test_missing_component() -> None:
     weights = {k: v for k, v in GOOD.items() if k != "rework"}
     with pytest.raises(WeightsError, match=r"missing \['rework'\]"):
         parse_weights({"version": 1, "weights": weights})
+
+
+@pytest.mark.parametrize(
+    ("three_rates", "message"),
+    [
+        ([0.1, 0.9], "three_rates must be a mapping"),
+        ({"response": 0.5, "resolution": 0.5}, r"three_rates must name .* \(missing \['satisf"),
+        ({"response": 0.5, "resolution": 0.5, "satisfaction": 0.5}, "three_rates must add up"),
+        ({"response": -0.1, "resolution": 0.6, "satisfaction": 0.5}, "finite number >= 0"),
+    ],
+)
+def test_bad_three_rates_weights(three_rates: Any, message: str) -> None:
+    with pytest.raises(WeightsError, match=message):
+        parse_weights({**doc(), "three_rates": three_rates})
+
+
+def test_three_rates_weights_from_the_file_or_by_default() -> None:
+    shares = {"response": 0.2, "resolution": 0.4, "satisfaction": 0.4}
+    assert parse_weights({**doc(), "three_rates": shares}).three_rates == shares
+    assert parse_weights(doc()).three_rates == {
+        "response": 0.1,
+        "resolution": 0.45,
+        "satisfaction": 0.45,
+    }
 
 
 NOW = datetime(2025, 6, 1, 8, tzinfo=UTC)
