@@ -425,6 +425,45 @@ def test_grid_cells_coloured_by_hotspot(ops: Watched, stack: Stack) -> None:
     assert ops.off_loopback() == []
 
 
+def test_the_three_rates_show_after_a_case_is_answered(ops: Watched, stack: Stack) -> None:
+    """The department calls the citizen, resolves; the citizen's answer is taken on the
+    revisit call: the tiles and the department's row show the API's own figures."""
+    page = ops.page
+    if "cases" not in CAUSED:
+        pytest.skip("needs the cases the queue test filed")
+    case_id = CAUSED["cases"][1]
+    unit = api(stack, "GET", f"/cases/{case_id}")["department_code"]
+    staff = auth_header(token(stack, "department", unit))
+    for path, body in (("contact", {"note": "called back"}), ("resolve", {"reply": "filled"})):
+        got = httpx.post(
+            f"{stack.base}/api/v1/cases/{case_id}/{path}", json=body, headers=staff, timeout=15
+        )
+        assert got.is_success, got.text
+    api(stack, "POST", f"/cases/{case_id}/rate", "dispatcher", json={"rating": 5, "solved": True})
+
+    def kpis() -> dict[str, Any]:
+        performance: dict[str, Any] = api(stack, "GET", "/ops/kpis")["performance"]
+        return performance
+
+    perf = poll(kpis, lambda p: p["resolution_rate"] is not None, timeout=20, interval=0.3)
+    shown = f"{round(perf['resolution_rate'] * 1000) / 10:g}%"
+    tile = page.locator('[data-testid="kpi-resolution-rate"]')
+    page.wait_for_function(
+        "([el, text]) => el.textContent === text",
+        arg=[tile.element_handle(), shown],
+        timeout=15_000,
+    )
+    index = page.locator('[data-testid="kpi-three-rates"]').inner_text()
+    assert index == f"{perf['three_rates_index']:.1f}"
+    row = page.locator(f'[data-testid="rates-list"] li[data-unit="{unit}"]')
+    row.wait_for(timeout=10_000)
+    assert "index" in row.inner_text()
+    page.locator('[data-testid="lang-toggle"]').click()
+    assert page.locator('[data-i18n="kpi.resolution_rate"]').text_content() == "解决率"
+    page.locator('[data-testid="lang-toggle"]').click()
+    assert ops.errors == []
+
+
 def test_chinese_and_english_labels(ops: Watched) -> None:
     page = ops.page
     heading = page.locator('[data-testid="panels"] [data-i18n="kpi.title"]')
