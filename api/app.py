@@ -27,6 +27,7 @@ from api import (
     ogc,
     open311,
     ops,
+    pages,
     replay,
     scorecards,
     security,
@@ -137,9 +138,9 @@ def create_app(container: Container | Callable[[], Container], settings: Setting
         )
     for module in (sensors, incidents, map, live, scorecards, ops):
         app.include_router(module.router, dependencies=staff)
-    # Audit routes and the OGC APIs (public reference layers, staff-only live ones) check
-    # their own roles.
-    for module in (audit, replay, ogc, tiles):
+    # Audit routes, the OGC APIs (public reference layers, staff-only live ones) and the
+    # pages (each caller's own) check their own roles.
+    for module in (audit, replay, ogc, tiles, pages):
         app.include_router(
             module.router, responses=security.documented_limits(settings, module.router.prefix)
         )

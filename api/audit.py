@@ -36,6 +36,7 @@ from core.audit import (
 from core.case import ServiceCase
 from core.case.desk import ServiceDesk
 from core.incident import Incident
+from core.paging import Escalation
 from core.personal import ERASED_VIEW
 from core.sensor import Sensor, sensor_id
 from projections.history import LoggedEvent, LogHistory
@@ -48,11 +49,13 @@ PREFIX = "/api/v1/audit"
 AUDIT_ROLES = ("auditor", "operator")
 MAX_LIMIT = 500
 Reader = Annotated[Principal, Depends(require(*AUDIT_ROLES))]
-Kind = Literal["incidents", "cases", "sensors"]
+Kind = Literal["incidents", "cases", "sensors", "escalations"]
 KINDS: dict[str, tuple[type[Aggregate], str]] = {
     "incidents": (Incident, "incident"),
     "cases": (ServiceCase, "case"),
     "sensors": (Sensor, "sensor"),
+    # who was paged, when, over which channel, and who acknowledged (core/paging)
+    "escalations": (Escalation, "escalation"),
 }
 _DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$")
 _CORRELATION_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")

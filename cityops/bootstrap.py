@@ -453,6 +453,35 @@ def run_citizens(
         producer.close()
 
 
+def run_staff(settings: Settings, stop: threading.Event, *, duration: float | None = None) -> None:
+    """Dispatchers, department staff and inspectors working the queues over HTTP."""
+    import httpx
+
+    from api.auth import issue_token
+    from simulations.staff import Actor, StaffModel, StaffSimulator
+
+    categories = load_categories(settings.categories_file)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request otherwise
+
+    def token(actor: Actor) -> str:
+        # Each simulated person signs in as themself, as `cityops token` would sign them.
+        return issue_token(settings, actor.subject, actor.role, actor.department, 30 * 86_400)
+
+    host = "127.0.0.1" if settings.api_host in ("0.0.0.0", "::") else settings.api_host
+    base_url = settings.sim_api_url or f"http://{host}:{settings.api_port}"
+    model = StaffModel(
+        settings.city_seed, time_limits_h={c.code: c.time_limit_h for c in categories}
+    )
+    with httpx.Client(base_url=base_url, timeout=10.0) as http:
+        simulator = StaffSimulator(
+            model,
+            http,
+            token,
+            category_types={c.code: c.department_type for c in categories},
+        )
+        simulator.run(duration_s=duration, stop_event=stop)
+
+
 def correlation_policy(settings: Settings) -> CorrelationPolicy:
     from core.brain.correlation import load_policy
 
@@ -502,6 +531,33 @@ def run_notifier(settings: Settings, stop: threading.Event) -> None:
         desk = service_desk(settings, app, pool)
         handler = notice_handler(desk, notifier_from_settings(settings))
         LogFollower(app, "citizen-notifier", NOTICE_EVENTS, handler).run(stop)
+
+
+def run_pager(settings: Settings, stop: threading.Event) -> None:
+    """Escalation and paging: pages recorded, then delivered (email, webhook, SMS)."""
+    from core.paging.desk import PagerDesk
+    from core.paging.policy import PagingPolicyError, load_paging_policy
+    from infra.channels import channels_from_settings
+    from projections.pages import PageProjection, PageQueries
+    from projections.runner import ProjectionWorker
+    from workers.pager import Pager
+
+    try:
+        policy = load_paging_policy(settings.paging_policy_file)
+    except PagingPolicyError as exc:
+        raise SystemExit(f"cityops pager: {exc}") from None
+    with _pool_and_app(settings) as (pool, app):
+        view = ProjectionWorker(app, settings.database_url, [PageProjection()])
+        try:
+            Pager(
+                PagerDesk(app, policy),
+                PageQueries(pool),
+                view,
+                channels_from_settings(settings),
+                settings.pager_poll_s,
+            ).run(stop)
+        finally:
+            view.close()
 
 
 def api_container(settings: Settings) -> Container:

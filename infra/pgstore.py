@@ -18,6 +18,7 @@ import psycopg
 from eventsourcing import persistence as es
 from eventsourcing.persistence import IntegrityError, StoredEvent
 from eventsourcing.postgres import PostgresFactory, PostgresProcessRecorder
+from eventsourcing.utils import strtobool
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Identifier
 from psycopg_pool import ConnectionPool
@@ -29,9 +30,12 @@ from tenacity import (
     wait_exponential,
 )
 
+from infra.group_commit import GroupCommit
 from infra.settings import Settings
 
 log = logging.getLogger(__name__)
+
+GROUP_COMMIT = "CITYOPS_GROUP_COMMIT"  # the library environment's switch for it
 
 # What a database that is down, restarting or out of reach raises: through our own pools
 # (psycopg; psycopg_pool's PoolTimeout is an OperationalError) and through the event
@@ -117,7 +121,23 @@ class FencedProcessRecorder(PostgresProcessRecorder):
       worker that lost its partition in a rebalance cannot write a duplicate effect.
     - ``state_rows``: ``[(key, json_text), ...]`` upserted into ``monitor_state`` in the
       same transaction (the monitor's pending rule state).
+
+    A save without them (an HTTP command) goes through ``group`` when the factory gives
+    one: saves arriving together share one transaction (``infra.group_commit``).
     """
+
+    group: GroupCommit[StoredEvent] | None = None
+
+    def insert_events(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        if self.group is None or any(v is not None for v in kwargs.values()):
+            return super().insert_events(stored_events, **kwargs)
+        return self.group.insert(stored_events)
+
+    def insert_alone(self, stored_events: Sequence[StoredEvent]) -> Sequence[int] | None:
+        """Record ``stored_events`` in a transaction of their own."""
+        return super().insert_events(stored_events)
 
     def _insert_events(
         self,
@@ -221,6 +241,14 @@ class CityPostgresFactory(PostgresFactory):
         super().__init__(env)
         _reconnect_promptly(self.datastore.pool)
 
+    def process_recorder(self) -> Any:
+        recorder = super().process_recorder()
+        if isinstance(recorder, FencedProcessRecorder) and strtobool(
+            self.env.get(GROUP_COMMIT, "no")
+        ):
+            recorder.group = GroupCommit(recorder.insert_alone)
+        return recorder
+
 
 def eventstore_env(
     settings: Settings, pool_size: int | None = None, *, create_tables: bool = False
@@ -237,6 +265,7 @@ def eventstore_env(
         "POSTGRES_CONNECT_TIMEOUT": "10",
         "POSTGRES_LOCK_TIMEOUT": "10",
         "CREATE_TABLE": "true" if create_tables else "false",
+        GROUP_COMMIT: "true" if settings.group_commit else "false",
     }
     env.update(parse_database_url(settings.database_url))
     return env
@@ -299,6 +328,8 @@ def apply_audit_schema(conn: psycopg.Connection[Any]) -> None:
 # version's schema.sql upgrades any older database in place (it is idempotent).
 SCHEMA_HISTORY: dict[int, str] = {
     1: "943518036e8c2c0e4a44762884bb36b7563092b5d7254e9172ec673fd296fb15",
+    # Co-handling, disputes and the three rates on service_cases; the paging tables.
+    2: "0d5ce2af810a4d67282485fabc830b1819eaa7934d311acad5c98c44ede5b9aa",
 }
 SCHEMA_VERSION = max(SCHEMA_HISTORY)
 SCHEMA_LOCK = 7202611  # the advisory lock schema.sql takes

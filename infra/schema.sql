@@ -220,6 +220,21 @@ ALTER TABLE service_cases ADD COLUMN IF NOT EXISTS proactive boolean NOT NULL DE
 CREATE INDEX IF NOT EXISTS service_cases_incident ON service_cases (incident_id);
 CREATE INDEX IF NOT EXISTS service_cases_grid_submitted ON service_cases (grid_code, submitted_at);
 CREATE INDEX IF NOT EXISTS service_cases_district_submitted ON service_cases (district_code, submitted_at);
+-- Co-handling (协办), disputes (异议) and the three rates (三率): each co-handling unit's
+-- part ({unit: {part, status: pending | answered | waived, feedback, answered_at}}); a
+-- dispute waiting for arbitration (by ``arbitrate_by``); how many disputes were upheld
+-- and since when the current unit is responsible (the upheld reassignment); the
+-- first-contact deadline and the first contact; whether the citizen said it was solved.
+ALTER TABLE service_cases ADD COLUMN IF NOT EXISTS co_handlers jsonb NOT NULL DEFAULT '{}'::jsonb;
+ALTER TABLE service_cases ADD COLUMN IF NOT EXISTS dispute_pending boolean NOT NULL DEFAULT false;
+ALTER TABLE service_cases ADD COLUMN IF NOT EXISTS arbitrate_by timestamptz;
+ALTER TABLE service_cases ADD COLUMN IF NOT EXISTS disputes_upheld int NOT NULL DEFAULT 0;
+ALTER TABLE service_cases ADD COLUMN IF NOT EXISTS responsible_since timestamptz;
+ALTER TABLE service_cases ADD COLUMN IF NOT EXISTS respond_by timestamptz;
+ALTER TABLE service_cases ADD COLUMN IF NOT EXISTS first_contact_at timestamptz;
+ALTER TABLE service_cases ADD COLUMN IF NOT EXISTS solved boolean;
+CREATE INDEX IF NOT EXISTS service_cases_dispute ON service_cases (arbitrate_by) WHERE dispute_pending;
+CREATE INDEX IF NOT EXISTS service_cases_co_handlers ON service_cases USING gin (co_handlers);
 
 CREATE TABLE IF NOT EXISTS cases_tracking (
     application_name text PRIMARY KEY,
@@ -270,4 +285,49 @@ CREATE TABLE IF NOT EXISTS schema_version (
     digest     text        NOT NULL,   -- sha256 of this file as applied
     timescale  boolean     NOT NULL,
     applied_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- Escalation and paging (core/paging): the read model of escalations and their pages,
+-- written by the pager's own projection (projections/pages.py, tracked in
+-- pages_tracking; rebuildable from the log). The person's addresses stay in the policy
+-- file: a page names the person and the channel only.
+CREATE TABLE IF NOT EXISTS paging_escalations (
+    escalation_id   uuid PRIMARY KEY,
+    trigger         text NOT NULL,
+    subject         text NOT NULL,
+    title           text NOT NULL,
+    grid_code       text,
+    district_code   text,
+    critical        boolean NOT NULL,
+    status          text NOT NULL,             -- open, acknowledged, stopped
+    started_at      timestamptz NOT NULL,
+    policy_version  int NOT NULL,
+    acknowledged_by text,
+    acknowledged_at timestamptz,
+    stop_reason     text,
+    ended_at        timestamptz,
+    opened_at       timestamptz NOT NULL,
+    updated_at      timestamptz NOT NULL,
+    version         int NOT NULL
+);
+CREATE INDEX IF NOT EXISTS paging_escalations_open ON paging_escalations (trigger) WHERE status = 'open';
+CREATE TABLE IF NOT EXISTS paging_pages (
+    page_id         uuid PRIMARY KEY,
+    escalation_id   uuid NOT NULL,
+    person          text NOT NULL,
+    channel         text NOT NULL,             -- in_app, email, webhook, sms
+    level           text NOT NULL,             -- street, district, city
+    paged_at        timestamptz NOT NULL,
+    delivery        text NOT NULL,             -- in_app, pending, failed, delivered, withdrawn
+    attempts        int NOT NULL DEFAULT 0,
+    last_error      text,
+    delivered_at    timestamptz,
+    updated_at      timestamptz NOT NULL
+);
+CREATE INDEX IF NOT EXISTS paging_pages_person ON paging_pages (person, paged_at DESC);
+CREATE INDEX IF NOT EXISTS paging_pages_escalation ON paging_pages (escalation_id);
+CREATE INDEX IF NOT EXISTS paging_pages_outbox ON paging_pages (paged_at) WHERE delivery IN ('pending', 'failed');
+CREATE TABLE IF NOT EXISTS pages_tracking (
+    application_name text PRIMARY KEY,
+    notification_id  bigint
 );

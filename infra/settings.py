@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     # An empty URL means "start the embedded PostgreSQL" (demo only).
     database_url: str = ""
     db_pool_size: int = Field(default=4, ge=1, le=64)
+    # Saves of HTTP commands arriving together share one transaction (infra/group_commit.py).
+    group_commit: bool = True
     # How long a caller waits for a pooled connection before PoolTimeout (the API's 503).
     db_pool_wait_s: float = Field(default=10.0, gt=0, le=300)
     # TCP keepalive on the connections to PostgreSQL (our pools) and to Kafka: a peer
@@ -117,6 +119,15 @@ class Settings(BaseSettings):
     smtp_username: str | None = None
     smtp_password: SecretStr | None = None
     smtp_starttls: bool = False
+    # Escalation and paging (`cityops pager`): the policy (default: the packaged
+    # core/paging/policy.yaml), how often the pager looks, the secret webhook pages are
+    # signed with (unset: webhook pages fail, never go unsigned), and the HTTP SMS gateway
+    # (empty: SMS pages are logged). Email pages go the notifier's way (CITYOPS_NOTIFY_BACKEND).
+    paging_policy_file: Path | None = None
+    pager_poll_s: float = Field(default=5.0, gt=0)
+    pager_webhook_secret: SecretStr | None = None
+    sms_gateway_url: str = ""
+    sms_gateway_token: SecretStr | None = None
     # The citizen simulator: everyday reports per second, and the API it files to.
     cases_sim_rate: float = Field(default=0.2, ge=0)
     sim_api_url: str = ""  # default: http://<api_host>:<api_port>
@@ -154,6 +165,10 @@ class Settings(BaseSettings):
     sim_rate: float = Field(default=200.0, gt=0, description="messages per second")
     sim_scenario: str = "rainstorm"
     sim_sensors: int = Field(default=2_000, ge=4)
+    # `cityops demo`: every time limit (cases, incidents) this many times shorter, so the
+    # simulated staff's day of work, late work and escalations show in minutes; 1: real
+    # time. Not applied when CITYOPS_CATEGORIES_FILE or CITYOPS_CORRELATION_FILE is set.
+    demo_time_scale: float = Field(default=120.0, ge=1)
 
     # Tamper evidence (`cityops audit`): the Ed25519 key that signs checkpoints of the
     # log's hash chain (made with mode 0600 on first use, its public half beside it as

@@ -120,6 +120,11 @@ _WORKERS: tuple[tuple[str, str, _Option | None], ...] = (
     ),
     ("sla", "SLA clock: due-soon and overdue marks on cases; escalation of late incidents.", None),
     (
+        "pager",
+        "Escalation and paging: who is paged when (CITYOPS_PAGING_POLICY_FILE), then delivered.",
+        None,
+    ),
+    (
         "maintain",
         "TimescaleDB's policies (compression, retention, aggregate refreshes), run when due.",
         None,
@@ -288,6 +293,18 @@ def citizens(
     _logging()
     settings = _settings()
     _run_until_signal(lambda stop: run_citizens(settings, stop, duration=duration))
+
+
+@app.command()
+def staff(
+    duration: Annotated[float | None, typer.Option(help="seconds; default: forever")] = None,
+) -> None:
+    """Simulated staff: dispatchers, departments, inspectors and revisit calls over HTTP."""
+    from cityops.bootstrap import run_staff
+
+    _logging()
+    settings = _settings()
+    _run_until_signal(lambda stop: run_staff(settings, stop, duration=duration))
 
 
 @app.command()

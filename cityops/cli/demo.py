@@ -78,6 +78,7 @@ def run_demo(
     from cityops.bootstrap import seed
     from simulations.city import ensure_city
     from simulations.library import get_entry
+    from simulations.staff import demo_time_files
 
     state_dir.mkdir(parents=True, exist_ok=True)
     logs = state_dir / "logs"
@@ -99,6 +100,11 @@ def run_demo(
         for svc in services:
             overrides.update(svc.env)
         overrides.setdefault("CITYOPS_DATA_DIR", str(state_dir / "city"))
+        if simulator and not (settings.categories_file or settings.correlation_file):
+            # Deadlines in minutes, for the simulated staff (README, "Simulated staff").
+            overrides.update(
+                demo_time_files(settings, state_dir / "time-limits", settings.demo_time_scale)
+            )
         overrides["CITYOPS_API_PORT"] = str(port)
         overrides["CITYOPS_SIM_RATE"] = str(rate)
         if scenario:  # the gateway and citizen simulators play it together
@@ -144,9 +150,10 @@ def run_demo(
             "relay",
             "brain",
             "notifier",
+            "pager",
         ]
         if simulator:
-            procs += ["simulate", "citizens"]
+            procs += ["simulate", "citizens", "staff"]
         for name in procs:
             manager.add_process(name, command_line(name), env=env)
         manager.loop()

@@ -22,8 +22,8 @@ Personal data never leaves: the citizen's pseudonymous id and sealed contact are
 published, nor text a citizen wrote (a case's description, address and attributes, a
 rating's comment, a cancellation's or an erasure's reason: it may name people, and an
 erasure could not take it back from the systems that read it). A person who acted is
-named by role only (``dispatcher``, ``citizen``); system actors keep their names
-(``system:sensor-monitor``).
+named by role only (``dispatcher``, ``citizen``), and so is a person paged (``PEOPLE``);
+system actors keep their names (``system:sensor-monitor``).
 
 Compatibility: within a version only additive changes, a new field in ``data`` (not
 ``required``) or a new type; consumers ignore fields they do not know. Removing,
@@ -58,6 +58,7 @@ from core.audit import AuditRead, citizen_data
 from core.case import ServiceCase
 from core.case.catalogue import CatalogueVersion
 from core.incident import Incident
+from core.paging import Escalation
 from core.sensor import Sensor
 
 HERE = Path(__file__).parent
@@ -97,6 +98,13 @@ _NAMES: dict[type[Aggregate], tuple[str, str, dict[str, str]]] = {
             "LinkedToIncident": "linked-to-incident",
             "SensorsChecked": "sensors-checked",
             "PersonalDataErased": "personal-data-erased",
+            "CoHandlerAdded": "co-handler-added",
+            "CoHandlingAnswered": "co-handling-answered",
+            "CoHandlingWaived": "co-handling-waived",
+            "DisputeRaised": "dispute-raised",
+            "DisputeUpheld": "dispute-upheld",
+            "DisputeRejected": "dispute-rejected",
+            "CitizenContacted": "citizen-contacted",
         },
     ),
     Incident: (
@@ -124,6 +132,19 @@ _NAMES: dict[type[Aggregate], tuple[str, str, dict[str, str]]] = {
         "catalogue",
         "/cityops/catalogue",
         {"Published": "version-published"},
+    ),
+    Escalation: (
+        "escalation",
+        "/cityops/escalations",
+        {
+            "Opened": "opened",
+            "Paged": "paged",
+            "PageDelivered": "page-delivered",
+            "PageDeliveryFailed": "page-delivery-failed",
+            "PageWithdrawn": "page-withdrawn",
+            "Acknowledged": "acknowledged",
+            "Stopped": "stopped",
+        },
     ),
     Sensor: (
         "sensor",
@@ -165,6 +186,8 @@ NOT_PUBLISHED: dict[type[DomainEvent], str] = {
 EPOCH_TIMES = frozenset({"reading_ts", "last_seen", "seen_at"})
 # Ids of other aggregates, published as UUID text (the sensor records an incident's as hex).
 IDS = frozenset({"incident_id", "case_id", "target_id"})
+# Fields that name a person (who acted, who was paged): published by role only.
+PEOPLE = frozenset({"actor", "person"})
 
 
 class UnmappedEventError(LookupError):
@@ -216,7 +239,7 @@ def _field(name: str, value: Any) -> Any:
         return rfc3339(datetime.fromtimestamp(value, UTC))
     if name in IDS:
         return str(UUID(str(value)))
-    if name == "actor":
+    if name in PEOPLE:
         return public_actor(str(value))
     return _plain(value)
 

@@ -53,6 +53,9 @@ MATRIX: dict[str, tuple[Any, ...]] = {
     # Gateways send telemetry, and only that.
     "telemetry":            (401, 403, 403, 403, 403, OK,  403),
     "auth_me":              (401, OK,  OK,  OK,  OK,  OK,  OK),
+    # Pages: staff read their own (an auditor's list is empty); the paged acknowledge.
+    "my_pages":             (401, OK,  OK,  OK,  OK,  403, 403),
+    "page_acknowledge":     (401, OK,  OK,  OK,  403, 403, 403),
 }
 # fmt: on
 
@@ -213,6 +216,24 @@ ENDPOINTS: list[tuple[str, str, Callable[..., Response]]] = [
     ),
     ("dispatcher_commands", "approve", _json("POST", _case("/extension/approve"), {})),
     ("dispatcher_commands", "refuse", _json("POST", _case("/extension/refuse"), {})),
+    # Co-handling and disputes: the case's co-handler is added again, there is no
+    # dispute to arbitrate, the pending parts are waived on an unknown case (409, 404).
+    (
+        "dispatcher_commands",
+        "add_co_handler",
+        _json("POST", _case("/co-handlers"), {"department_code": "310101-roads", "part": "x"}),
+    ),
+    (
+        "dispatcher_commands",
+        "waive",
+        _json("POST", _unknown_case("/co-handling/waive"), {"reason": "x"}),
+    ),
+    ("dispatcher_commands", "uphold", _json("POST", _case("/dispute/uphold"), {})),
+    (
+        "dispatcher_commands",
+        "reject_dispute",
+        _json("POST", _case("/dispute/reject"), {"reason": "x"}),
+    ),
     ("department_commands", "start", _json("POST", _case("/start"), {})),
     ("department_commands", "return", _json("POST", _case("/return"), {"reason": ""})),
     (
@@ -225,12 +246,30 @@ ENDPOINTS: list[tuple[str, str, Callable[..., Response]]] = [
         "extension",
         _json("POST", _unknown_case("/extension"), {"hours": 4, "reason": "parts"}),
     ),
+    # The lead unit answering as a co-handler it is not (409); a dispute and a contact
+    # on an unknown case (404).
+    (
+        "department_commands",
+        "answer_co_handling",
+        _json(
+            "POST",
+            _case("/co-handling/answer"),
+            lambda: {"department_code": "310101-water", "feedback": "x"},
+        ),
+    ),
+    ("department_commands", "dispute", _json("POST", _unknown_case("/dispute"), {"reason": "x"})),
+    ("department_commands", "contact", _json("POST", _unknown_case("/contact"), {"note": "x"})),
     ("citizen_commands", "rate", _json("POST", _case("/rate"), {"rating": 5})),
     ("citizen_commands", "cancel", _json("POST", _unknown_case("/cancel"), {})),
     (
         "department_queue",
         "queue",
         _json("GET", lambda c: f"/api/v1/departments/{c.department}/queue"),
+    ),
+    (
+        "department_queue",
+        "co_handling",
+        _json("GET", lambda c: f"/api/v1/departments/{c.department}/co-handling"),
     ),
     (
         "personal_data_erase",
@@ -247,6 +286,12 @@ ENDPOINTS: list[tuple[str, str, Callable[..., Response]]] = [
         ),
     ),
     ("auth_me", "me", _json("GET", _fixed("/api/v1/auth/me"))),
+    ("my_pages", "pages", _json("GET", _fixed("/api/v1/me/pages"))),
+    (
+        "page_acknowledge",
+        "acknowledge",
+        _json("POST", lambda c: f"/api/v1/pages/{uuid.uuid4()}/acknowledge"),
+    ),
 ]
 
 
@@ -284,7 +329,7 @@ def test_state_unchanged_by_the_matrix(ctx: Ctx) -> None:
 
 def test_another_department_gets_403_on_the_case_and_the_queue(ctx: Ctx) -> None:
     path = f"/api/v1/cases/{ctx.case_id}"
-    for other in ("310104-water", "310101-roads"):  # another district; same district
+    for other in ("310104-water", "310101-lighting"):  # another district; same district
         them = ctx.world.dept(other)
         assert ctx.client.get(path, headers=them).status_code == 403
         for command, body in (("resolve", {"reply": "done"}), ("return", {"reason": "x"})):
@@ -307,6 +352,28 @@ def test_another_department_gets_403_on_the_case_and_the_queue(ctx: Ctx) -> None
         assert {c["department_code"] for c in everything} <= {other}
     mine = ctx.client.get("/api/v1/cases", headers=ctx.as_("department")).json()["cases"]
     assert ctx.case_id in {c["case_id"] for c in mine}
+    assert ctx.world.case(ctx.case_id)["status"] == "in_progress"
+
+
+def test_a_co_handler_reads_the_case_and_answers_but_does_not_lead(ctx: Ctx) -> None:
+    path = f"/api/v1/cases/{ctx.case_id}"
+    roads = ctx.world.dept("310101-roads")  # a co-handler of the flooding case
+    assert ctx.client.get(path, headers=roads).status_code == 200
+    for command, body in (
+        ("resolve", {"reply": "done"}),
+        ("return", {"reason": "x"}),
+        ("dispute", {"reason": "x"}),
+        ("contact", {"note": "x"}),
+        ("extension", {"hours": 2, "reason": "x"}),
+    ):
+        refused = ctx.client.post(f"{path}/{command}", json=body, headers=roads)
+        assert refused.status_code == 403, refused.text
+    # Not for another unit's part.
+    body = {"department_code": "310101-traffic", "feedback": "x"}
+    refused = ctx.client.post(f"{path}/co-handling/answer", json=body, headers=roads)
+    assert refused.status_code == 403, refused.text
+    queue = ctx.client.get("/api/v1/departments/310101-roads/co-handling", headers=roads)
+    assert ctx.case_id in {c["case_id"] for c in queue.json()["cases"]}
     assert ctx.world.case(ctx.case_id)["status"] == "in_progress"
 
 

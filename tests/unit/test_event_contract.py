@@ -24,12 +24,14 @@ import core.audit
 import core.case
 import core.case.catalogue
 import core.incident
+import core.paging
 import core.sensor
 from core.app import CityApp
 from core.audit import record_read
 from core.case import ServiceCase, case_id
 from core.case.catalogue import load_catalogue
 from core.incident import Incident
+from core.paging import Escalation
 from core.personal import Contact, InMemoryKeyStore, PersonalData
 from core.sensor import Sensor, sensor_id
 from infra import domain_events as contract
@@ -62,6 +64,13 @@ PUBLISHED_TYPES = (
     "cityops.case.linked-to-incident",
     "cityops.case.sensors-checked",
     "cityops.case.personal-data-erased",
+    "cityops.case.co-handler-added",
+    "cityops.case.co-handling-answered",
+    "cityops.case.co-handling-waived",
+    "cityops.case.dispute-raised",
+    "cityops.case.dispute-upheld",
+    "cityops.case.dispute-rejected",
+    "cityops.case.citizen-contacted",
     "cityops.catalogue.version-published",
     "cityops.incident.opened",
     "cityops.incident.retriggered",
@@ -84,6 +93,13 @@ PUBLISHED_TYPES = (
     "cityops.sensor.alarm-cleared",
     "cityops.sensor.went-silent",
     "cityops.sensor.came-back",
+    "cityops.escalation.opened",
+    "cityops.escalation.paged",
+    "cityops.escalation.page-delivered",
+    "cityops.escalation.page-delivery-failed",
+    "cityops.escalation.page-withdrawn",
+    "cityops.escalation.acknowledged",
+    "cityops.escalation.stopped",
 )
 
 # The citizen of the scenario, and what they typed: none of it may be published.
@@ -101,7 +117,8 @@ def _aggregate_event_classes() -> set[type[DomainEvent]]:
     """The event classes the aggregates record (the library's ``Event`` and ``Created``
     bases are never recorded: each aggregate names its creation event)."""
     found: set[type[DomainEvent]] = set()
-    for module in (core.case, core.case.catalogue, core.incident, core.sensor, core.audit):
+    modules = (core.case, core.case.catalogue, core.incident, core.paging, core.sensor, core.audit)
+    for module in modules:
         for agg in vars(module).values():
             if not (inspect.isclass(agg) and issubclass(agg, Aggregate)):
                 continue
@@ -243,9 +260,46 @@ def _cases(personal: PersonalData, incident: Incident) -> list[ServiceCase]:
         due_at=None,
         due_soon_at=None,
         actor=citizen,
+        solved=True,
         **STAMP,
     )
-    return [long, rejected, returned, rated]
+    return [long, rejected, returned, rated, *_shared_cases(personal)]
+
+
+def _shared_cases(personal: PersonalData) -> list[ServiceCase]:
+    """Co-handling, both ends of a dispute and a contact with the citizen."""
+    shared = _case(personal, "k-shared")
+    shared.accept(actor="dispatcher:li", reason="registered", **STAMP)
+    _assign(shared)
+    shared.contact_citizen(note=f"called {NAME} on {PHONE}", actor="department:d7", **STAMP)
+    for unit, part in (("roads-west", "clear the gullies"), ("traffic-west", "close the lane")):
+        shared.add_co_handler(
+            department_code=unit, part=part, actor="dispatcher:li", reason="", **STAMP
+        )
+    shared.answer_co_handling(
+        department_code="roads-west", feedback="gullies cleared", actor="department:r2", **STAMP
+    )
+    shared.waive_co_handling(
+        departments=["traffic-west"], actor="dispatcher:li", reason="water gone", **STAMP
+    )
+    dispute = {"proposed_department_code": "housing-west", "arbitrate_by": utc(2026, 3, 4, 12)}
+    shared.raise_dispute(reason="a private compound", actor="department:d7", **dispute, **STAMP)
+    shared.reject_dispute(actor="dispatcher:li", reason="a public road", **STAMP)
+
+    moved = _case(personal, "k-moved")
+    moved.accept(actor="dispatcher:li", reason="registered", **STAMP)
+    _assign(moved)
+    moved.raise_dispute(reason="not a public drain", actor="department:d7", **dispute, **STAMP)
+    moved.uphold_dispute(
+        department_code="housing-west",
+        decision={"by": "arbitration", "rule": "dispute_upheld", "disputed_by": "water-west"},
+        due_at=utc(2026, 3, 5, 10),
+        due_soon_at=utc(2026, 3, 5, 6),
+        actor="dispatcher:li",
+        reason="the estate's own drain",
+        **STAMP,
+    )
+    return [shared, moved]
 
 
 def _incidents(case: UUID) -> list[Incident]:
@@ -326,13 +380,57 @@ def _sensor() -> Sensor:
     return sensor
 
 
+def _escalations() -> list[Escalation]:
+    """An escalation paged, delivered, failed, withdrawn and acknowledged; one stopped."""
+    paged = Escalation.open(
+        "critical_alarm",
+        f"incident:{uuid4()}",
+        title="water on Changning Road",
+        grid_code="310105001001001",
+        district_code="310105",
+        critical=True,
+        started_at=utc(2026, 3, 2, 1, 30),
+        policy_version=1,
+        actor="system:pager",
+        **STAMP,
+    )
+    pager = {"actor": "system:pager", **STAMP}
+    keys = [str(uuid4()) for _ in range(3)]
+    for key, channel in zip(keys, ("sms", "webhook", "email"), strict=True):
+        paged.page(
+            page_id=key,
+            person="dispatcher:li",
+            channel=channel,
+            level="street",
+            at=utc(2026, 3, 2, 1, 31),
+            **pager,
+        )
+    paged.record_delivery(keys[0], attempt=1, **pager)
+    paged.record_failure(keys[1], attempt=1, error="503", final=False, **pager)
+    paged.acknowledge(page_id=keys[0], actor="dispatcher:li", **STAMP)
+    paged.withdraw(keys[1], reason="escalation acknowledged", **pager)
+    stopped = Escalation.open(
+        "case_overdue",
+        f"case:{uuid4()}/deadline-1",
+        title="flooding k-long",
+        grid_code=None,
+        district_code="310105",
+        critical=False,
+        started_at=utc(2026, 3, 2, 1, 30),
+        policy_version=1,
+        **pager,
+    )
+    stopped.stop(reason="the case was resolved", **pager)
+    return [paged, stopped]
+
+
 @pytest.fixture(scope="module")
 def city() -> CityApp:
     """Every kind of event, recorded on the in-memory store (and one audit read)."""
     app = CityApp(env={"PERSISTENCE_MODULE": "eventsourcing.popo"})
     personal = PersonalData(InMemoryKeyStore(), PEPPER)
     incidents = _incidents(case_id("hotline", "k-long"))
-    app.save(_sensor(), *incidents, *_cases(personal, incidents[0]))
+    app.save(_sensor(), *incidents, *_cases(personal, incidents[0]), *_escalations())
     app.publish_catalogue(load_catalogue(), actor="system:seed", correlation_id="t:seed")
     record_read(
         app,
@@ -380,11 +478,12 @@ def test_every_recorded_event_class_is_published_or_withheld_by_name() -> None:
         "incident": "/cityops/incidents",
         "sensor": "/cityops/sensors",
         "catalogue": "/cityops/catalogue",
+        "escalation": "/cityops/escalations",
     }
     for cls, name in contract.TYPES.items():
-        assert re.fullmatch(r"cityops\.(case|incident|sensor|catalogue)\.[a-z]+(-[a-z]+)*", name), (
-            name
-        )
+        assert re.fullmatch(
+            r"cityops\.(case|incident|sensor|catalogue|escalation)\.[a-z]+(-[a-z]+)*", name
+        ), name
         assert contract.SOURCES[cls] == kinds[name.split(".")[1]]
 
 
@@ -525,6 +624,7 @@ def test_data_is_plain_json(records: list[Any]) -> None:
     assert by_type["cityops.sensor.went-silent"]["last_seen"] is None
     assert by_type["cityops.case.assigned"]["actor"] == "system:intake-policy"
     assert by_type["cityops.case.extension-refused"]["actor"] == "dispatcher"
+    assert by_type["cityops.escalation.paged"]["person"] == "dispatcher"  # by role only
 
 
 def test_a_redelivered_event_is_the_same_record(notifications: list[Any]) -> None:
