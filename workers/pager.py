@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -31,9 +30,9 @@ from uuid import UUID
 
 from core.paging.channels import PageChannel
 from core.paging.desk import PagerDesk, Subject
-from infra.pgstore import DATABASE_UNAVAILABLE, describe
 from projections.pages import PageQueries, window_start
 from projections.runner import ProjectionWorker
+from workers.polling import poll
 
 log = logging.getLogger(__name__)
 
@@ -127,14 +126,4 @@ class Pager:
                 totals[outcome] += 1
 
     def run(self, stop: threading.Event) -> None:
-        while not stop.is_set():
-            started = time.monotonic()
-            try:
-                counts = self.tick()
-                if any(counts.values()):
-                    log.info("pager: %s", counts)
-            except DATABASE_UNAVAILABLE as exc:
-                log.warning("pager: database unavailable (%s); next pass", describe(exc))
-            except Exception:
-                log.exception("pager pass failed; retrying next pass")
-            stop.wait(max(0.05, self.poll_s - (time.monotonic() - started)))
+        poll("pager", self.tick, self.poll_s, stop)

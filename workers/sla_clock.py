@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from core.case.desk import ServiceDesk
 from core.incident.desk import IncidentDesk
-from infra.pgstore import DATABASE_UNAVAILABLE, describe
 from projections.case_queries import CaseQueries
+from workers.polling import poll
 
 log = logging.getLogger(__name__)
 
@@ -52,14 +52,8 @@ class SlaClock:
                 return totals
 
     def run(self, stop: threading.Event) -> None:
-        while not stop.is_set():
-            started = time.monotonic()
-            try:
-                counts = self.tick()
-                if counts["due_soon"] or counts["overdue"] or counts["escalated"]:
-                    log.info("SLA clock: %s", counts)
-            except DATABASE_UNAVAILABLE as exc:
-                log.warning("SLA clock: database unavailable (%s); next tick", describe(exc))
-            except Exception:
-                log.exception("SLA clock pass failed; retrying next tick")
-            stop.wait(max(0.05, self.poll_s - (time.monotonic() - started)))
+        poll("SLA clock", self.tick, self.poll_s, stop, _marks_or_escalations)
+
+
+def _marks_or_escalations(counts: Mapping[str, int]) -> bool:
+    return bool(counts["due_soon"] or counts["overdue"] or counts["escalated"])

@@ -194,3 +194,15 @@ def operator_incident(
         actor="test",
         correlation_id="t",
     )
+
+
+# A scorecard's first-contact and solved figures for rows written straight into the read
+# model without a first-contact deadline or a "solved?" answer: nothing to count.
+NOTHING_TO_RATE: dict[str, Any] = {
+    "response_due": 0,
+    "responded_on_time": 0,
+    "response_rate": None,
+    "solved_asked": 0,
+    "solved": 0,
+    "resolution_rate": None,
+}

@@ -16,11 +16,12 @@ from zoneinfo import ZoneInfo
 import pytest
 from psycopg_pool import ConnectionPool
 
+from api.ops import role_actions
 from cityops.bootstrap import city_app, city_layers, incident_desk, seed
 from core.app import CityApp
 from core.incident.desk import IncidentDesk
 from infra.pgstore import make_pool
-from tests.helpers.builders import operator_incident
+from tests.helpers.builders import NOTHING_TO_RATE, operator_incident
 from tests.helpers.db import fresh_settings
 from tests.helpers.web import Api, bearer, served
 
@@ -277,14 +278,8 @@ def test_kpis_worked_out_by_hand(api: OpsApi) -> None:
         "mean_rating": 3.2,
         "bad_ratings": 2,
         "bad_rating_share": 0.4,
-        # No first-contact deadline nor solved answer in these rows; satisfied (4-5):
-        # c1, c3 -> 0.4, the index 100 x 0.4 (the only rate there).
-        "response_due": 0,
-        "responded_on_time": 0,
-        "response_rate": None,
-        "solved_asked": 0,
-        "solved": 0,
-        "resolution_rate": None,
+        # Satisfied (4-5): c1, c3 -> 0.4, the index 100 x 0.4 (the only rate there).
+        **NOTHING_TO_RATE,
         "satisfied": 2,
         "satisfaction_rate": 0.4,
         "three_rates_index": 40.0,
@@ -377,37 +372,9 @@ def test_sla_board_of_one_department(api: OpsApi) -> None:
     ("role", "incidents", "cases"),
     [
         ("operator", list(ALL_ACTIONS), ["submit"]),
-        (
-            "dispatcher",
-            list(ALL_ACTIONS),
-            [
-                "submit",
-                "accept",
-                "reject",
-                "assign",
-                "approve_extension",
-                "refuse_extension",
-                "rate",
-                "cancel",
-                "add_co_handler",
-                "waive_co_handling",
-                "uphold_dispute",
-                "reject_dispute",
-            ],
-        ),
-        (
-            "department",
-            ["accept", "resolve"],
-            [
-                "start",
-                "resolve",
-                "return",
-                "request_extension",
-                "answer_co_handling",
-                "dispute",
-                "contact_citizen",
-            ],
-        ),
+        # The dispatcher's and the department's, command by command: tests/unit/test_ops_actions.py.
+        ("dispatcher", list(ALL_ACTIONS), role_actions("dispatcher")["cases"]),
+        ("department", ["accept", "resolve"], role_actions("department")["cases"]),
         ("auditor", [], []),
     ],
 )

@@ -155,6 +155,15 @@ def write_policy(path: Path, hook: str, sms: str, delays: tuple[int, int, int]) 
     return path
 
 
+def district_duty_policy(tmp_path: Path, triggers: dict[str, Any], **duty: Any) -> Path:
+    """A policy file of ``triggers`` and one person on duty for Huangpu (310101)."""
+    person = {"id": "dispatcher:district-duty", "covers": [{"level": "district", "area": "310101"}]}
+    path = tmp_path / "paging.yaml"
+    policy = {"version": 1, "triggers": triggers, "people": [{**person, **duty}]}
+    path.write_text(yaml.safe_dump(policy, allow_unicode=True))
+    return path
+
+
 def critical_alarm(app: CityApp) -> Incident:
     incident = Incident.open(
         uuid.uuid4(),
@@ -434,22 +443,8 @@ def test_a_dispute_not_arbitrated_in_time_pages_the_district_until_arbitrated(
 ) -> None:
     from core.case import ServiceCase, case_id
 
-    policy_file = tmp_path / "paging.yaml"
-    policy_file.write_text(
-        yaml.safe_dump(
-            {
-                "version": 1,
-                "triggers": {
-                    "dispute_unarbitrated": {"levels": [{"level": "district", "after_minutes": 0}]}
-                },
-                "people": [
-                    {
-                        "id": "dispatcher:district-duty",
-                        "covers": [{"level": "district", "area": "310101"}],
-                    }
-                ],
-            }
-        )
+    policy_file = district_duty_policy(
+        tmp_path, {"dispute_unarbitrated": {"levels": [{"level": "district", "after_minutes": 0}]}}
     )
     app = city_with(settings, [])
     now = datetime.now(UTC)
@@ -557,27 +552,16 @@ def test_an_email_page_goes_through_the_notifiers_smtp_adapter_with_its_key(
 ) -> None:
     from tests.integration.test_smtp_notify import Inbox, serve
 
-    policy_file = tmp_path / "paging.yaml"
-    policy_file.write_text(
-        yaml.safe_dump(
-            {
-                "version": 1,
-                "triggers": {
-                    "critical_alarm": {
-                        "critical": True,
-                        "levels": [{"level": "district", "after_minutes": 0}],
-                    }
-                },
-                "people": [
-                    {
-                        "id": "dispatcher:district-duty",
-                        "covers": [{"level": "district", "area": "310101"}],
-                        "addresses": {"email": "duty@huangpu.example"},
-                        "channels": ["email"],
-                    }
-                ],
+    policy_file = district_duty_policy(
+        tmp_path,
+        {
+            "critical_alarm": {
+                "critical": True,
+                "levels": [{"level": "district", "after_minutes": 0}],
             }
-        )
+        },
+        addresses={"email": "duty@huangpu.example"},
+        channels=["email"],
     )
     inbox = Inbox()
     app = city_with(settings, [])

@@ -19,6 +19,7 @@ from infra.pgstore import apply_schema, make_pool
 from infra.settings import Settings
 from projections.queries import BBox
 from projections.scorecards import Scorecards
+from tests.helpers.builders import NOTHING_TO_RATE
 from tests.helpers.db import fresh_settings
 from tests.helpers.web import Api, bearer, served
 
@@ -238,12 +239,7 @@ def card(
         "score": score,
         # None of this work has a first-contact deadline or a solved answer: only the
         # satisfaction rate is there, and the index is 100 x it.
-        "response_due": 0,
-        "responded_on_time": 0,
-        "response_rate": None,
-        "solved_asked": 0,
-        "solved": 0,
-        "resolution_rate": None,
+        **NOTHING_TO_RATE,
         "satisfied": satisfied,
         "satisfaction_rate": satisfaction_rate,
         "three_rates_index": None
@@ -347,20 +343,6 @@ def test_every_figure_at_each_level(work: Scorecards, level: Any, expected: Any)
     assert work.scorecards(level, START, END) == expected
 
 
-THREE_RATE_KEYS = (
-    "response_due",
-    "responded_on_time",
-    "response_rate",
-    "solved_asked",
-    "solved",
-    "resolution_rate",
-    "satisfied",
-    "satisfaction_rate",
-    "three_rates_index",
-    "mean_hours_to_close",
-)
-
-
 # fmt: off
 def test_the_three_rates_by_hand(pool: ConnectionPool) -> None:
     """April's cases of one department, each deciding a rate (hours to close in brackets)."""
@@ -389,12 +371,13 @@ def test_the_three_rates_by_hand(pool: ConnectionPool) -> None:
     # response 2 on time (c1, c4) of 4 due; resolution 1 solved of 3 asked; satisfaction
     # 5 and 4 of 4 rated; index 100 * (.1 * .5 + .45 / 3 + .45 * .5) = 42.5;
     # hours (2 + 2 + 2 + 2 + 5) / 5 = 2.6.
-    assert {k: row[k] for k in THREE_RATE_KEYS} == {
+    expected = {
         "response_due": 4, "responded_on_time": 2, "response_rate": 0.5,
         "solved_asked": 3, "solved": 1, "resolution_rate": 0.3333,
         "satisfied": 2, "satisfaction_rate": 0.5,
         "three_rates_index": 42.5, "mean_hours_to_close": 2.6,
     }
+    assert {k: row[k] for k in expected} == expected
 # fmt: on
 
 
