@@ -37,6 +37,7 @@ APP = (
     "relay",
     "brain",
     "notifier",
+    "pager",
     "simulator",
     "citizens",
 )
