@@ -7,17 +7,24 @@ resolve (the department). The API runs under uvicorn with ``--workers``; the cli
 is asyncio + httpx with ``--concurrency`` cases in flight. Prints cases/s end to end and
 latency percentiles per command.
 
+``--in-process THREADS``: the same three commands with no HTTP, ``ServiceDesk`` straight
+on the event store from that many threads (group commit shares their transactions).
+``--json``: the figures as one JSON object, printed last.
+
     python bench/bench_cases.py --cases 3000 --workers 2 --concurrency 48
+    python bench/bench_cases.py --cases 3000 --in-process 8
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import random
 import sys
+import threading
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, closing
 from pathlib import Path
 
 import aiohttp
@@ -28,7 +35,13 @@ if not __package__:  # run as a file: python bench/bench_cases.py
 
 from api.auth import issue_token
 from bench.harness import fresh_settings, start_api
-from cityops.bootstrap import city_layers, seed
+from cityops.bootstrap import city_app, city_layers, seed, service_desk
+from core.case.commands import Accept, Resolve
+from core.case.desk import ServiceDesk, SubmitCase
+from core.commands import CommandContext
+from core.personal import Contact
+from infra.pgstore import make_pool
+from infra.settings import Settings
 
 Headers = dict[str, str]
 
@@ -37,18 +50,20 @@ def bearer(token: str) -> Headers:
     return {"Authorization": f"Bearer {token}"}
 
 
-def percentiles(values: list[float]) -> str:
-    if not values:
-        return "n/a"
+def quantiles_ms(values: list[float]) -> dict[str, float]:
     v = sorted(values)
 
     def at(q: float) -> float:
-        return v[min(len(v) - 1, int(q * len(v)))] * 1000
+        return round(v[min(len(v) - 1, int(q * len(v)))] * 1000, 1)
 
-    return (
-        f"p50 {at(0.50):.1f} ms, p90 {at(0.90):.1f} ms, p99 {at(0.99):.1f} ms,"
-        f" max {v[-1] * 1000:.1f} ms"
-    )
+    return {"p50": at(0.50), "p90": at(0.90), "p99": at(0.99), "max": round(v[-1] * 1000, 1)}
+
+
+def percentiles(values: list[float]) -> str:
+    if not values:
+        return "n/a"
+    q = quantiles_ms(values)
+    return f"p50 {q['p50']} ms, p90 {q['p90']} ms, p99 {q['p99']} ms, max {q['max']} ms"
 
 
 async def call(
@@ -127,12 +142,86 @@ async def drive(
         return time.perf_counter() - t0, lat, errors
 
 
+def in_process(
+    desk: ServiceDesk, points: list[tuple[float, float]], cases: int, threads: int
+) -> tuple[float, dict[str, list[float]], int]:
+    """The three commands of each case through the desk, ``threads`` at a time."""
+    lat: dict[str, list[float]] = {"submit": [], "dispatch": [], "resolve": []}
+    errors = 0
+    lock = threading.Lock()
+    next_case = iter(range(cases))
+
+    def one(n: int) -> None:
+        lon, lat_ = points[n % len(points)]
+        contact = Contact.parse(name="Li Lei", phone=f"139{n:08d}") if n % 2 == 0 else Contact()
+        cmd = SubmitCase(
+            channel="operator",
+            external_id=f"bench-{n}-{time.monotonic_ns()}",
+            category="road_damage",
+            description=f"pothole #{n}",
+            lon=lon,
+            lat=lat_,
+            attributes={"size": "small"},
+            contact=contact,
+        )
+        t0 = time.perf_counter()
+        case = desk.submit(cmd, "operator:bench", f"bench:{n}")
+        t1 = time.perf_counter()
+        case = desk.execute(case.id, Accept("ok"), CommandContext("dispatcher:bench", f"b:{n}"))
+        t2 = time.perf_counter()
+        desk.execute(case.id, Resolve("repaired"), CommandContext("department:bench", f"b:{n}"))
+        t3 = time.perf_counter()
+        with lock:
+            lat["submit"].append(t1 - t0)
+            lat["dispatch"].append(t2 - t1)
+            lat["resolve"].append(t3 - t2)
+
+    def worker() -> None:
+        nonlocal errors
+        while True:
+            with lock:
+                n = next(next_case, None)
+            if n is None:
+                return
+            try:
+                one(n)
+            except Exception as exc:  # counted and shown; the run goes on
+                with lock:
+                    errors += 1
+                    if errors <= 3:
+                        print(f"error: {exc!r}", file=sys.stderr)
+
+    pool = [threading.Thread(target=worker) for _ in range(threads)]
+    t0 = time.perf_counter()
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    return time.perf_counter() - t0, lat, errors
+
+
+def run_in_process(
+    settings: Settings, points: list[tuple[float, float]], cases: int, warmup: int, threads: int
+) -> tuple[float, dict[str, list[float]], int]:
+    with (
+        closing(city_app(settings, pool_size=max(2, threads))) as app,
+        closing(make_pool(settings, max_size=max(2, threads))) as pool,
+    ):
+        desk = service_desk(settings, app, pool)
+        in_process(desk, points, warmup, min(threads, 4))
+        return in_process(desk, points, cases, threads)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--cases", type=int, default=3_000)
     ap.add_argument("--workers", type=int, default=2, help="uvicorn worker processes")
     ap.add_argument("--concurrency", type=int, default=48, help="cases in flight")
     ap.add_argument("--warmup", type=int, default=200)
+    ap.add_argument(
+        "--in-process", type=int, default=0, metavar="THREADS", help="no HTTP: the desk itself"
+    )
+    ap.add_argument("--json", action="store_true", help="the figures as JSON, printed last")
     args = ap.parse_args()
 
     with ExitStack() as stack:
@@ -157,17 +246,25 @@ def main() -> None:
         for code in layers.jurisdictions.department_code:
             tok = issue_token(settings, f"bench-{code}", "department", department=str(code))
             tokens[f"department:{code}"] = bearer(tok)
-        _, base = start_api(stack, args.workers)
-        asyncio.run(drive(base, tokens, points, args.warmup, min(args.concurrency, 16)))
-        elapsed, lat, errors = asyncio.run(
-            drive(base, tokens, points, args.cases, args.concurrency)
-        )
+        if args.in_process:
+            elapsed, lat, errors = run_in_process(
+                settings, points, args.cases, args.warmup, args.in_process
+            )
+            how = f"in process, {args.in_process} threads, no HTTP"
+        else:
+            _, base = start_api(stack, args.workers)
+            asyncio.run(drive(base, tokens, points, args.warmup, min(args.concurrency, 16)))
+            elapsed, lat, errors = asyncio.run(
+                drive(base, tokens, points, args.cases, args.concurrency)
+            )
+            how = (
+                f"uvicorn workers {args.workers}, concurrency {args.concurrency}, 2 cores"
+                " shared by client, API and PostgreSQL"
+            )
         done = len(lat["resolve"])
         print(
             f"cases: {done} of {args.cases} completed ({errors} errors) in {elapsed:.1f} s:"
-            f" {done / elapsed:,.0f} cases/s, {3 * done / elapsed:,.0f} commands/s"
-            f" (uvicorn workers {args.workers}, concurrency {args.concurrency}, 2 cores shared"
-            " by client, API and PostgreSQL)"
+            f" {done / elapsed:,.0f} cases/s, {3 * done / elapsed:,.0f} commands/s ({how})"
         )
         for name, values in lat.items():
             print(f"  {name:<9} {percentiles(values)}")
@@ -177,6 +274,21 @@ def main() -> None:
                 ("%ServiceCase.CaseResolved",),
             ).fetchone()
         print(f"  CaseResolved events stored: {row[0] if row else 0}")
+        if args.json:
+            figures = {
+                "mode": "in_process" if args.in_process else "http",
+                "threads": args.in_process or None,
+                "workers": None if args.in_process else args.workers,
+                "concurrency": None if args.in_process else args.concurrency,
+                "group_commit": settings.group_commit,
+                "cases": done,
+                "errors": errors,
+                "seconds": round(elapsed, 2),
+                "cases_per_s": round(done / elapsed, 1),
+                "commands_per_s": round(3 * done / elapsed, 1),
+                "latency_ms": {k: quantiles_ms(v) for k, v in lat.items() if v},
+            }
+            print(json.dumps(figures))
 
 
 if __name__ == "__main__":
