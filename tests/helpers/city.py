@@ -268,9 +268,10 @@ class World:
 
 
 @contextmanager
-def served_city(data_dir: Path) -> Iterator[World]:
-    """A fresh database, seeded; the API app over it and the projector; dropped after."""
-    with fresh_settings(data_dir) as settings:
+def served_city(data_dir: Path, **changes: Any) -> Iterator[World]:
+    """A fresh database, seeded; the API app over it and the projector; dropped after.
+    ``changes``: settings of the test's own (a categories file, ...)."""
+    with fresh_settings(data_dir, **changes) as settings:
         seed(settings)
         pool = make_pool(settings, max_size=2)
         try:

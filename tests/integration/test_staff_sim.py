@@ -16,15 +16,12 @@ from typing import Any
 import pytest
 
 from api.auth import issue_token
-from cityops.bootstrap import city_app, seed
+from cityops.bootstrap import city_app
 from core.case.categories import load_categories
-from infra.pgstore import make_pool
 from infra.settings import Settings
 from simulations.staff import Actor, StaffModel, StaffParams, StaffSimulator, demo_time_files
 from tests.helpers.builders import operator_incident
-from tests.helpers.city import World
-from tests.helpers.db import fresh_settings
-from tests.helpers.web import served
+from tests.helpers.city import World, served_city
 
 pytestmark = pytest.mark.integration
 
@@ -47,19 +44,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         "categories_file": Path(limits["CITYOPS_CATEGORIES_FILE"]),
         "correlation_file": Path(limits["CITYOPS_CORRELATION_FILE"]),
     }
-    with fresh_settings(tmp_path_factory.mktemp("city") / "city", **changes) as settings:
-        seed(settings)
-        pool = make_pool(settings, max_size=2)
-        try:
-            with served(settings) as client:
-                w = World(settings, client, pool)
-                w.start_projector()
-                try:
-                    yield w
-                finally:
-                    w.stop_projector()
-        finally:
-            pool.close()
+    with served_city(tmp_path_factory.mktemp("city") / "city", **changes) as w:
+        yield w
 
 
 def staff(settings: Settings, world: World, seed_: int = 11) -> StaffSimulator:
