@@ -36,6 +36,7 @@ from infra.settings import Settings
 log = logging.getLogger(__name__)
 
 GROUP_COMMIT = "CITYOPS_GROUP_COMMIT"  # the library environment's switch for it
+KEEPALIVES = "CITYOPS_PG_KEEPALIVES"  # the event store's libpq keepalive parameters, JSON
 
 # What a database that is down, restarting or out of reach raises: through our own pools
 # (psycopg; psycopg_pool's PoolTimeout is an OperationalError) and through the event
@@ -221,25 +222,27 @@ def keep_reconnecting(pool: Any) -> None:
         log.debug("%s: no new reconnection (%s)", pool.name, describe(exc))
 
 
-def _reconnect_promptly(pool: Any) -> None:
+def _reconnect_promptly(pool: Any, keepalive: dict[str, int]) -> None:
     """The event store's pool (built by the eventsourcing library, not yet open) made to
-    reconnect as ``make_pool`` pools do."""
+    reconnect as ``make_pool`` pools do, with their TCP keepalive (``keepalives``)."""
     pool.reconnect_timeout = RECONNECT_S
     # psycopg_pool keeps its ``reconnect_failed`` argument here; the library's
-    # PostgresDatastore does not pass one through.
+    # PostgresDatastore does not pass one through, nor libpq's keepalive parameters.
     pool._reconnect_failed = keep_reconnecting
     pool.kwargs["connect_timeout"] = CONNECT_TIMEOUT_S
+    pool.kwargs.update(keepalive)
 
 
 class CityPostgresFactory(PostgresFactory):
     """The eventsourcing library's PostgreSQL factory, with the fenced process recorder
-    and an event-store pool that reconnects promptly after an outage."""
+    and an event-store pool that reconnects promptly after an outage and keeps its
+    connections alive as our own pools do."""
 
     process_recorder_class = FencedProcessRecorder
 
     def __init__(self, env: Any) -> None:
         super().__init__(env)
-        _reconnect_promptly(self.datastore.pool)
+        _reconnect_promptly(self.datastore.pool, json.loads(env.get(KEEPALIVES) or "{}"))
 
     def process_recorder(self) -> Any:
         recorder = super().process_recorder()
@@ -266,6 +269,7 @@ def eventstore_env(
         "POSTGRES_LOCK_TIMEOUT": "10",
         "CREATE_TABLE": "true" if create_tables else "false",
         GROUP_COMMIT: "true" if settings.group_commit else "false",
+        KEEPALIVES: json.dumps(keepalives(settings)),
     }
     env.update(parse_database_url(settings.database_url))
     return env

@@ -8,6 +8,7 @@ from contextlib import closing
 
 import pytest
 
+from cityops.bootstrap import city_app
 from infra import kafka as topics
 from infra.pgstore import make_pool
 from infra.settings import Settings
@@ -49,6 +50,17 @@ def test_database_connections_have_keepalive(settings: Settings) -> None:
     with closing(make_pool(tuned, max_size=1)) as pool, pool.connection() as conn:
         fd = conn.pgconn.socket
         with socket.socket(fileno=os.dup(fd)) as sock:
+            assert keepalive_of(sock) == (1, IDLE_S, IDLE_S // 3, 3)
+
+
+def test_event_store_connections_have_keepalive(settings: Settings) -> None:
+    tuned = settings.model_copy(update={"tcp_keepalive_idle_s": IDLE_S})
+    with closing(city_app(tuned, pool_size=1)) as app:
+        datastore = app.recorder.datastore  # type: ignore[attr-defined]
+        with (
+            datastore.get_connection() as conn,
+            socket.socket(fileno=os.dup(conn.pgconn.socket)) as sock,
+        ):
             assert keepalive_of(sock) == (1, IDLE_S, IDLE_S // 3, 3)
 
 
