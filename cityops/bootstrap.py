@@ -427,6 +427,13 @@ def run_simulator(
     log.info("simulator: %s", stats)
 
 
+def simulators_api_url(settings: Settings) -> str:
+    """Where the simulated citizens and staff reach the API: ``CITYOPS_SIM_API_URL``, or
+    this host's API (on loopback when it listens on every address)."""
+    host = "127.0.0.1" if settings.api_host in ("0.0.0.0", "::") else settings.api_host
+    return settings.sim_api_url or f"http://{host}:{settings.api_port}"
+
+
 def run_citizens(
     settings: Settings, stop: threading.Event, *, duration: float | None = None
 ) -> None:
@@ -436,14 +443,13 @@ def run_citizens(
 
     # The simulated Open311 app files for callers as an operator would.
     token = issue_token(settings, "citizen-simulator", "operator", ttl_s=30 * 86_400)
-    host = "127.0.0.1" if settings.api_host in ("0.0.0.0", "::") else settings.api_host
     # Block at most 5 s on a broker that is down; the simulator backs off and retries.
     producer = topics.make_producer(settings, client_id="cityops-citizens", max_block_ms=5_000)
     try:
         simulator = CitizenSimulator.from_settings(
             settings,
             token=token,
-            base_url=settings.sim_api_url or f"http://{host}:{settings.api_port}",
+            base_url=simulators_api_url(settings),
             params=CitizenParams(base_rate=settings.cases_sim_rate),
             producer=producer,
         )
@@ -467,8 +473,7 @@ def run_staff(settings: Settings, stop: threading.Event, *, duration: float | No
         # Each simulated person signs in as themself, as `cityops token` would sign them.
         return issue_token(settings, actor.subject, actor.role, actor.department, 30 * 86_400)
 
-    host = "127.0.0.1" if settings.api_host in ("0.0.0.0", "::") else settings.api_host
-    base_url = settings.sim_api_url or f"http://{host}:{settings.api_port}"
+    base_url = simulators_api_url(settings)
     model = StaffModel(
         settings.city_seed, time_limits_h={c.code: c.time_limit_h for c in categories}
     )

@@ -52,7 +52,7 @@ class GroupCommit(Generic[E]):
         self._lock = threading.Lock()
         self._waiting: list[_Save[E]] = []
         self._busy = False
-        self.groups = 0  # transactions, for the benchmark
+        self.groups = 0  # transactions and saves so far (tests/integration/test_group_commit.py)
         self.saves = 0
 
     def insert(self, events: Sequence[E]) -> Sequence[int] | None:

@@ -75,44 +75,41 @@ def _co_handlers(e: Any) -> Jsonb:
     )
 
 
+def _assignment(sets: str, e: Any, **params: Any) -> Statement:
+    """An assignment's UPDATE (the plain assignment, the upheld dispute's): the unit, its
+    deadline, the notes, the co-handlers and the first-contact deadline from the decision."""
+    sql, _ = _update(
+        f"status = 'assigned', department_code = %(department)s, {_SET_DEADLINE},"
+        f" extension_pending = false, status_notes = %(notes)s, {sets}"
+    )(e)
+    return sql, {
+        "department": e.department_code,
+        "due_at": e.due_at,
+        "due_soon_at": e.due_soon_at,
+        "notes": e.reason,
+        "co": _co_handlers(e),
+        "respond_by": e.decision.get("respond_by"),
+        **params,
+    }
+
+
 def _assigned(e: Any) -> Statement:
-    return (
-        "UPDATE service_cases SET status = 'assigned', department_code = %(department)s,"
-        " grid_code = %(grid)s, district_code = %(district)s, awaiting_assignment = false,"
-        f" {_SET_DEADLINE}, extension_pending = false, status_notes = %(notes)s,"
-        " co_handlers = %(co)s, respond_by = coalesce(respond_by, %(respond_by)s),"
-        " updated_at = %(ts)s, version = %(version)s WHERE case_id = %(id)s",
-        {
-            "department": e.department_code,
-            "grid": e.grid_code,
-            "district": e.district_code,
-            "due_at": e.due_at,
-            "due_soon_at": e.due_soon_at,
-            "notes": e.reason,
-            "co": _co_handlers(e),
-            "respond_by": e.decision.get("respond_by"),
-        },
+    return _assignment(
+        "grid_code = %(grid)s, district_code = %(district)s, awaiting_assignment = false,"
+        " co_handlers = %(co)s, respond_by = coalesce(respond_by, %(respond_by)s)",
+        e,
+        grid=e.grid_code,
+        district=e.district_code,
     )
 
 
 def _upheld(e: Any) -> Statement:
-    return (
-        "UPDATE service_cases SET status = 'assigned', department_code = %(department)s,"
-        f" {_SET_DEADLINE}, extension_pending = false, dispute_pending = false,"
-        " arbitrate_by = NULL, disputes_upheld = disputes_upheld + 1,"
+    return _assignment(
+        "dispute_pending = false, arbitrate_by = NULL, disputes_upheld = disputes_upheld + 1,"
         " responsible_since = %(ts)s, co_handlers = (co_handlers - %(department)s) || %(co)s,"
         " respond_by = CASE WHEN first_contact_at IS NULL THEN %(respond_by)s::timestamptz"
-        " ELSE respond_by END,"
-        " status_notes = %(notes)s, updated_at = %(ts)s, version = %(version)s"
-        " WHERE case_id = %(id)s",
-        {
-            "department": e.department_code,
-            "due_at": e.due_at,
-            "due_soon_at": e.due_soon_at,
-            "notes": e.reason,
-            "co": _co_handlers(e),
-            "respond_by": e.decision.get("respond_by"),
-        },
+        " ELSE respond_by END",
+        e,
     )
 
 

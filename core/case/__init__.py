@@ -149,9 +149,21 @@ class ServiceCase(Aggregate):
         self.due_soon_at = due_soon_at
         self.deadline_no += 1
 
-    def _take_assignment(self, decision: dict[str, Any]) -> None:
-        """What every assignment records from its decision: the dispute window, the
-        first-contact deadline (the case's first only) and the catalogue's co-handlers."""
+    def _assign_to(
+        self,
+        department_code: str,
+        decision: dict[str, Any],
+        due_at: datetime,
+        due_soon_at: datetime,
+        reason: str,
+    ) -> None:
+        """What every assignment records: the unit (no longer a co-handler of its own
+        case), its deadline, and from the decision the dispute window, the first-contact
+        deadline (the case's first only) and the catalogue's co-handlers."""
+        self.status = "assigned"
+        self.department_code = department_code
+        self.co_handlers.pop(department_code, None)
+        self.extension_request = None
         self.dispatch = dict(decision)
         self.assignment_no += 1
         until = decision.get("dispute_until")
@@ -167,6 +179,8 @@ class ServiceCase(Aggregate):
                     "status": "pending",
                     "feedback": None,
                 }
+        self._set_deadline(due_at, due_soon_at)
+        self.status_notes = reason
 
     @property
     def pending_co_handlers(self) -> list[str]:
@@ -233,15 +247,10 @@ class ServiceCase(Aggregate):
     ) -> None:
         """Dispatch to a department; ``decision`` records how (policy rule or manual)."""
         self._require("assign", "accepted")
-        self.status = "assigned"
-        self.department_code = department_code
         self.grid_code = grid_code
         self.district_code = district_code
         self.co_handlers = {}
-        self._take_assignment(decision)
-        self.extension_request = None
-        self._set_deadline(due_at, due_soon_at)
-        self.status_notes = reason
+        self._assign_to(department_code, decision, due_at, due_soon_at, reason)
 
     @event("AssignmentPending")
     def await_manual_assignment(
@@ -450,16 +459,10 @@ class ServiceCase(Aggregate):
         if department_code == dispute["by"]:
             raise IllegalTransitionError("an upheld dispute moves the case to another unit")
         self.wrongly_assigned = [*self.wrongly_assigned, dispute["by"]]
-        self.department_code = department_code
         if self.contacts == 0:  # the new unit's first contact is due from now
             self.respond_by = None
-        self.co_handlers.pop(department_code, None)
-        self.status = "assigned"
         self.dispute = None
-        self.extension_request = None
-        self._take_assignment(decision)
-        self._set_deadline(due_at, due_soon_at)
-        self.status_notes = reason
+        self._assign_to(department_code, decision, due_at, due_soon_at, reason)
 
     @event("DisputeRejected")
     def reject_dispute(self, actor: str, reason: str, correlation_id: str) -> None:

@@ -310,8 +310,8 @@ class ServiceDesk:
                     self._known_department(command.proposed_department_code)
                 return lambda case: self._dispute(case, command, ctx)
             case UpholdDispute():
-                departments = self._known_department(command.department_code)
-                return lambda case: self._uphold(case, command, departments, ctx)
+                self._known_department(command.department_code)
+                return lambda case: self._uphold(case, command, ctx)
             case RejectDispute():
                 return lambda case: case.reject_dispute(reason=command.reason, **stamp)
             case ContactCitizen():
@@ -654,13 +654,7 @@ class ServiceDesk:
             **ctx.stamp(),
         )
 
-    def _uphold(
-        self,
-        case: ServiceCase,
-        command: UpholdDispute,
-        departments: dict[str, Department],
-        ctx: CommandContext,
-    ) -> None:
+    def _uphold(self, case: ServiceCase, command: UpholdDispute, ctx: CommandContext) -> None:
         dispute = case.dispute
         if dispute is None:
             raise IllegalTransitionError("no dispute is pending")
@@ -669,8 +663,7 @@ class ServiceDesk:
             raise IllegalTransitionError(
                 "name the unit the case moves to (the dispute proposed none)"
             )
-        if target not in departments:
-            raise NotFoundError(f"unknown department {target!r}")
+        departments = self._known_department(target)  # the proposed one may be gone
         category = self.categories.get(case.category)
         decision, due = self._timed(
             category,
