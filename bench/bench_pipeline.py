@@ -22,9 +22,9 @@ Uses the services named by CITYOPS_* variables if CITYOPS_DATABASE_URL is set (t
 processes are found on this host by listening port or name, or reported as not
 measured), otherwise starts its own (throwaway PostgreSQL cluster, Mosquitto, Tansu).
 Each run gets a fresh topic prefix and share group and an emptied readings table; the
-workers are started as ``python -m cityops bridge|writer|monitor``, warmed up with each
-device once per bridge (not counted), and stopped after the run. ``--json`` prints every
-figure as one JSON object, last on stdout.
+workers are started as ``python -m cityops bridge|telemetry`` (``writer`` and ``monitor``
+with ``--no-combined``), warmed up with each device once per bridge (not counted), and
+stopped after the run. ``--json`` prints every figure as one JSON object, last on stdout.
 """
 
 from __future__ import annotations
@@ -68,7 +68,8 @@ PROBE_TIMEOUT_S = 90.0
 WARMUP_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 30.0
 GATEWAY = "gw-bench"
-_WRITER_STOPPED = re.compile(r"telemetry writer stopping: (\{.*\})")
+# ``cityops writer`` alone, or ``cityops telemetry`` (its writer's counters come first).
+_WRITER_STOPPED = re.compile(r"telemetry (?:writer|consumer) stopping: (?:writer )?(\{.*?\})")
 _BRIDGE_STOPPED = re.compile(r"MQTT bridge \S+ stopped: (\{.*\})")
 
 
@@ -85,6 +86,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="also run the sensor monitor on the same stream",
+    )
+    ap.add_argument(
+        "--combined",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="writer and monitor as one `cityops telemetry` process per writer"
+        " (--no-combined: one process each, two consumer groups)",
     )
     ap.add_argument("--drain-timeout", type=float, default=300, help="s to wait for the backlog")
     ap.add_argument("--stall-timeout", type=float, default=60, help="s without a commit: stop")
@@ -177,9 +185,12 @@ def start_workers(bench: Bench, settings: Settings, run_id: str) -> list[Worker]
     for i in range(bench.args.bridges):
         bridge_id = f"bench{run_id}-bridge{i}"
         plan.append((f"bridge-{i}", ["bridge", "--client-id", bridge_id], bridge_id))
-    plan += [(f"writer-{i}", ["writer"], None) for i in range(bench.args.writers)]
-    if bench.args.monitor:
-        plan.append(("monitor", ["monitor"], None))
+    if bench.args.monitor and bench.args.combined:
+        plan += [(f"telemetry-{i}", ["telemetry"], None) for i in range(bench.args.writers)]
+    else:
+        plan += [(f"writer-{i}", ["writer"], None) for i in range(bench.args.writers)]
+        if bench.args.monitor:
+            plan.append(("monitor", ["monitor"], None))
     workers = []
     for name, command, client_id in plan:
         log = bench.log_dir / f"{run_id}-{name}.log"
@@ -229,7 +240,7 @@ def worker_counters(workers: list[Worker]) -> tuple[int | None, dict[str, int]]:
     skipped: int | None = None
     bridges: dict[str, int] = {}
     for w in workers:
-        if w.name.startswith("writer"):
+        if w.name.startswith(("writer", "telemetry")):
             counters = _logged_dict(w.log, _WRITER_STOPPED)
             if counters is not None:
                 skipped = (skipped or 0) + int(counters.get("duplicates", 0))
@@ -649,6 +660,7 @@ def run_once(bench: Bench, rate: float) -> dict[str, Any]:
             "bridges": args.bridges,
             "writers": args.writers,
             "monitor": args.monitor,
+            "combined": args.monitor and args.combined,
             "publishers": args.publishers,
         },
         "warmup": warmup,

@@ -21,7 +21,9 @@ def print_run(run: dict[str, Any]) -> None:
     print(
         f"\n== offered {run['offered_msg_s']:,.0f} msg/s for {run['duration_s']:.0f} s:"
         f" {procs['bridges']} bridge(s), {procs['writers']} writer(s),"
-        f" monitor {'on' if procs['monitor'] else 'off'}, {procs['publishers']} publisher(s),"
+        f" monitor {'on' if procs['monitor'] else 'off'}"
+        f"{' (with the writer: cityops telemetry)' if procs.get('combined') else ''},"
+        f" {procs['publishers']} publisher(s),"
         f" {run['devices']:,} devices (topic prefix {run['topic_prefix']})"
     )
     print(f"  warm-up: {run['warmup']}")

@@ -258,6 +258,21 @@ def run_monitor(
         SensorMonitor(settings, app, ruleset(settings), pool, producer, group_id=group_id).run(stop)
 
 
+def run_telemetry(settings: Settings, stop: threading.Event, group_id: str = "telemetry") -> None:
+    """The writer and the monitor on one consumer (``sensors.consumer``), one process."""
+    from sensors.consumer import TelemetryConsumer
+    from sensors.monitor import SensorMonitor
+    from sensors.writer import TelemetryWriter
+
+    with (
+        _pool_and_producer(settings) as (pool, producer),
+        closing(city_app(settings, pool_size=3)) as app,
+    ):
+        writer = TelemetryWriter(settings, pool, producer)
+        monitor = SensorMonitor(settings, app, ruleset(settings), pool, producer)
+        TelemetryConsumer(settings, writer, monitor, group_id=group_id).run(stop)
+
+
 def run_bridge(settings: Settings, stop: threading.Event, client_id: str | None = None) -> None:
     from sensors.bridge import MqttBridge
 

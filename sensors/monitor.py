@@ -13,14 +13,14 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from uuid import UUID
 
 import orjson
 from eventsourcing.application import ProcessingEvent
 from eventsourcing.persistence import IntegrityError, Tracking
-from kafka import KafkaProducer, TopicPartition
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from psycopg_pool import ConnectionPool
 
 from core.app import CityApp
@@ -63,6 +63,7 @@ class SensorMonitor:
         self.counters: Counter[str] = Counter()
         # ``run``'s stop: ends a wait for the broker to take dead letters.
         self.stop = threading.Event()
+        self._next_silence_check = time.monotonic() + settings.monitor_silence_check_s
 
     # -- positions and state ------------------------------------------------------------
 
@@ -220,29 +221,12 @@ class SensorMonitor:
         consumer = topics.telemetry_consumer(
             self.settings, self.group_id, self.load_positions, self.forget
         )
-        next_check = time.monotonic() + self.settings.monitor_silence_check_s
         try:
             while not stop.is_set():
                 batch = consumer.poll(timeout_ms=200, max_records=self.settings.writer_batch_max)
                 if batch:
-                    topics.record_partitions(
-                        consumer,
-                        batch,
-                        self.process_partition,
-                        self.load_positions,
-                        stop,
-                        "sensor monitor",
-                    )
-                if time.monotonic() >= next_check:
-                    try:
-                        self.check_silence()
-                    except IntegrityError:
-                        log.info("silence check raced an update; retrying next round")
-                    except DATABASE_UNAVAILABLE as exc:
-                        log.warning(
-                            "silence check: database unavailable (%s); next round", describe(exc)
-                        )
-                    next_check = time.monotonic() + self.settings.monitor_silence_check_s
+                    self.record(consumer, batch, self.load_positions)
+                self.check_silence_when_due()
         except DATABASE_UNAVAILABLE:
             if not stop.is_set():
                 raise
@@ -250,6 +234,30 @@ class SensorMonitor:
         finally:
             consumer.close(autocommit=False)
             self.producer.flush()
+
+    def record(
+        self,
+        consumer: KafkaConsumer,
+        batch: Mapping[TopicPartition, Sequence[Any]],
+        load_positions: Callable[[list[TopicPartition]], dict[TopicPartition, int]],
+    ) -> None:
+        """Process one poll, partition by partition (``process_partition``); after a lost
+        race, seek the partition to what ``load_positions`` says."""
+        topics.record_partitions(
+            consumer, batch, self.process_partition, load_positions, self.stop, "sensor monitor"
+        )
+
+    def check_silence_when_due(self) -> None:
+        """``check_silence`` every ``monitor_silence_check_s``; a failure waits a round."""
+        if time.monotonic() < self._next_silence_check:
+            return
+        try:
+            self.check_silence()
+        except IntegrityError:
+            log.info("silence check raced an update; retrying next round")
+        except DATABASE_UNAVAILABLE as exc:
+            log.warning("silence check: database unavailable (%s); next round", describe(exc))
+        self._next_silence_check = time.monotonic() + self.settings.monitor_silence_check_s
 
 
 def _state_text(raw: dict[str, Any], partition: int) -> str:

@@ -15,7 +15,7 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -228,20 +228,8 @@ class TelemetryWriter:
                     timeout_ms=self.settings.writer_poll_ms,
                     max_records=self.settings.writer_batch_max,
                 )
-                if not batch:
-                    continue
-                try:
-                    # A database that is down is waited out with the batch in hand: its
-                    # records are neither skipped nor written twice (a commit that got
-                    # through before the connection broke fails the fence next time).
-                    for attempt in until_database_back(stop, "telemetry writer", log):
-                        with attempt:
-                            self.write(batch)
-                except StaleWriterError as exc:
-                    log.warning("%s; re-reading positions", exc)
-                    for attempt in until_database_back(stop, "telemetry writer", log):
-                        with attempt:
-                            self._reseek(consumer)
+                if batch:
+                    self.write_durably(consumer, batch, stop, self.load_positions)
         except DATABASE_UNAVAILABLE:
             if not stop.is_set():
                 raise
@@ -251,11 +239,38 @@ class TelemetryWriter:
             consumer.close(autocommit=False)
             self.producer.flush()
 
-    def _reseek(self, consumer: KafkaConsumer) -> None:
-        assigned = list(consumer.assignment())
-        found = self.load_positions(assigned)
-        for tp in assigned:
-            if tp in found:
-                consumer.seek(tp, found[tp])
-            else:
-                consumer.seek_to_beginning(tp)
+    def write_durably(
+        self,
+        consumer: KafkaConsumer,
+        batch: Mapping[TopicPartition, Sequence[Any]],
+        stop: threading.Event,
+        load_positions: Callable[[list[TopicPartition]], dict[TopicPartition, int]],
+    ) -> None:
+        """``write`` one poll, waiting out a database that is down; after a lost race,
+        seek every assigned partition to what ``load_positions`` says."""
+        try:
+            # A database that is down is waited out with the batch in hand: its records
+            # are neither skipped nor written twice (a commit that got through before the
+            # connection broke fails the fence next time).
+            for attempt in until_database_back(stop, "telemetry writer", log):
+                with attempt:
+                    self.write(batch)
+        except StaleWriterError as exc:
+            log.warning("%s; re-reading positions", exc)
+            for attempt in until_database_back(stop, "telemetry writer", log):
+                with attempt:
+                    reseek(consumer, load_positions)
+
+
+def reseek(
+    consumer: KafkaConsumer,
+    load_positions: Callable[[list[TopicPartition]], dict[TopicPartition, int]],
+) -> None:
+    """Seek every assigned partition to its stored position (none: the beginning)."""
+    assigned = list(consumer.assignment())
+    found = load_positions(assigned)
+    for tp in assigned:
+        if tp in found:
+            consumer.seek(tp, found[tp])
+        else:
+            consumer.seek_to_beginning(tp)

@@ -89,6 +89,11 @@ _WORKERS: tuple[tuple[str, str, _Option | None], ...] = (
         _Option("group", str, "sensor-monitor", "group_id"),
     ),
     (
+        "telemetry",
+        "Writer and monitor on one Kafka consumer: each record fetched and parsed once.",
+        _Option("group", str, "telemetry", "group_id"),
+    ),
+    (
         "bridge",
         "MQTT -> Kafka bridge (MQTT v5 shared subscription).",
         _Option("client_id", Annotated[str | None, typer.Option()], None, "client_id"),

@@ -142,8 +142,7 @@ def run_demo(
         procs = [
             "api",
             "projector",
-            "writer",
-            "monitor",
+            "telemetry",
             "bridge",
             "intake",
             "sla",

@@ -618,6 +618,7 @@ def _runs() -> dict[str, Callable[[Settings, threading.Event], None]]:
         "bridge": bootstrap.run_bridge,
         "writer": bootstrap.run_writer,
         "monitor": bootstrap.run_monitor,
+        "telemetry": bootstrap.run_telemetry,
         "projector": bootstrap.run_projector,
         "intake": bootstrap.run_intake,
         "relay": bootstrap.run_relay,

@@ -20,7 +20,14 @@ import pytest
 import typer
 from typer.testing import CliRunner, Result
 
-from cityops.bootstrap import run_bridge, run_in_thread, run_monitor, run_projector, run_writer
+from cityops.bootstrap import (
+    run_bridge,
+    run_in_thread,
+    run_monitor,
+    run_projector,
+    run_telemetry,
+    run_writer,
+)
 from cityops.cli.backtest import backtest_command
 from infra.settings import Settings
 
@@ -29,6 +36,7 @@ RUNS: dict[str, Callable[[Settings, threading.Event], None]] = {
     "bridge": run_bridge,
     "monitor": run_monitor,
     "projector": run_projector,
+    "telemetry": run_telemetry,
     "writer": run_writer,
 }
 

@@ -1,4 +1,5 @@
-"""Kafka -> telemetry writer and sensor monitor -> PostgreSQL, on the real services."""
+"""Kafka -> telemetry writer and sensor monitor -> PostgreSQL, on the real services: each
+alone, and both on one consumer (``cityops telemetry``)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,11 @@ from tests.helpers.workers import in_threads
 
 pytestmark = pytest.mark.integration
 
+# The two ways to run the writer and the monitor.
+LAYOUTS = pytest.mark.parametrize(
+    "layout", [("writer", "monitor"), ("telemetry",)], ids=["writer-and-monitor", "telemetry"]
+)
+
 
 @pytest.fixture
 def app(settings: Settings):
@@ -28,11 +34,14 @@ def app(settings: Settings):
     app.close()
 
 
-def test_readings_and_alarm_lifecycle(settings: Settings, app: CityApp, unique: str) -> None:
+@LAYOUTS
+def test_readings_and_alarm_lifecycle(
+    settings: Settings, app: CityApp, unique: str, layout: tuple[str, ...]
+) -> None:
     wl = f"wl-{unique}"
     prepare(settings, app, [sensor(wl)])
     producer = topics.make_producer(settings)
-    with closing(producer), in_threads(settings, "writer", "monitor"):
+    with closing(producer), in_threads(settings, *layout):
         levels = [20.0, 55.0, 56.0, 85.0, 60.0, 35.0]
         send(
             settings,
@@ -69,13 +78,14 @@ def test_readings_and_alarm_lifecycle(settings: Settings, app: CityApp, unique: 
         )
 
 
+@pytest.mark.parametrize("layout", [("monitor",), ("telemetry",)], ids=["monitor", "telemetry"])
 def test_offline_status_opens_silent_incident(
-    settings: Settings, app: CityApp, unique: str
+    settings: Settings, app: CityApp, unique: str, layout: tuple[str, ...]
 ) -> None:
     dev = f"pm-{unique}"
     prepare(settings, app, [sensor(dev, "pm25")])
     producer = topics.make_producer(settings)
-    with closing(producer), in_threads(settings, "monitor"):
+    with closing(producer), in_threads(settings, *layout):
         send(
             settings,
             producer,
@@ -90,8 +100,9 @@ def test_offline_status_opens_silent_incident(
         assert app.get_incident(inc.id).alarm_status == "cleared"
 
 
+@LAYOUTS
 def test_corrupt_kafka_record_goes_to_dead_letter_and_the_stream_goes_on(
-    settings: Settings, app: CityApp, unique: str
+    settings: Settings, app: CityApp, unique: str, layout: tuple[str, ...]
 ) -> None:
     wl = f"wl-{unique}"
     prepare(settings, app, [sensor(wl)])
@@ -99,7 +110,7 @@ def test_corrupt_kafka_record_goes_to_dead_letter_and_the_stream_goes_on(
     producer = topics.make_producer(settings)
     producer.send(names.telemetry, key=wl.encode(), value=b'{"kind": "nonsense"}')
     send(settings, producer, [readings_message(wl, {"water_level": 12.0})])
-    with closing(producer), in_threads(settings, "writer", "monitor"):
+    with closing(producer), in_threads(settings, *layout):
         wait_until(
             lambda: count(settings, "SELECT count(*) FROM readings WHERE device_id=%s", wl) == 1,
             what="the good reading",
