@@ -3,6 +3,18 @@
 #
 #   docker build -t cityops:local .
 #   docker run --rm cityops:local --help
+
+# The page's vector tile decoder, api/static/vendor/mvt.js, built as scripts/web.sh builds
+# it: web/package-lock.json's exact packages (--ignore-scripts: none runs code at install;
+# esbuild's binary is in its platform package), bundled by esbuild. Without it the page
+# would load whole GeoJSON layers instead of vector tiles.
+FROM node:20-bookworm-slim AS web
+WORKDIR /src/web
+COPY web/package.json web/package-lock.json ./
+RUN npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+COPY web/mvt.js ./
+RUN mkdir -p ../api/static/vendor && npm run --silent bundle
+
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -31,8 +43,11 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
     && pip install -r /tmp/requirements.txt -c constraints.txt \
     && rm /tmp/requirements.txt
 
-# Then the project itself, without touching the dependencies installed above.
+# Then the project itself, without touching the dependencies installed above, with the
+# decoder bundled above (the build context has no bundle: .dockerignore), installed with
+# the page's other static files.
 COPY . .
+COPY --from=web /src/api/static/vendor/mvt.js api/static/vendor/mvt.js
 RUN pip install --no-deps . \
     && rm -rf build ./*.egg-info
 

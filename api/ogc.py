@@ -1,8 +1,9 @@
 """OGC API – Features over the city's map layers, under ``/ogc``.
 
-Conformance: Part 1 core and GeoJSON, Part 2 (CRS by reference). The API definition is
-the app's own OpenAPI document (``/openapi.json``), which FastAPI writes as OpenAPI 3.1:
-the OpenAPI 3.0 class is therefore not declared.
+Conformance: Part 1 core, GeoJSON and OpenAPI 3.0, Part 2 (CRS by reference). The API
+definition (``/ogc/api``, the landing page's ``service-desc``) is OpenAPI 3.0: the /ogc
+operations of the app's own document, which FastAPI writes as OpenAPI 3.1 (``/openapi.json``,
+linked too), rewritten by ``api.openapi30``, paths relative to ``/ogc``.
 
 Collections (``projections.ogc_features``): ``districts`` and ``grid`` (unit grid cells)
 are the reference layers, open to anyone; ``sensors``, ``incidents`` (open ones) and
@@ -40,6 +41,7 @@ from urllib.parse import urlencode
 
 from fastapi import APIRouter, Query, Request, Response
 
+from api import openapi30
 from api.audit_reads import record_audit_read
 from api.auth import Forbidden, OptionalPrincipalDep, Principal
 from api.deps import Container, ContainerDep, correlation
@@ -54,7 +56,8 @@ from api.ogc_common import (
     ITEMS_PARAMS,
     JSON,
     MAX_LIMIT,
-    OPENAPI,
+    OPENAPI_30,
+    OPENAPI_31,
     PREFIX,
     REFERENCE,
     TILING_SCHEMES,
@@ -88,7 +91,17 @@ from projections import ogc_features as of
 from projections import replay
 from projections.queries import BBox
 
-router = APIRouter(prefix=PREFIX, tags=["ogc"], route_class=OgcRoute, responses=ogc_errors(400))
+# "4XX" as api.tiles: any other client error is an OGC exception too, and FastAPI then
+# does not document its 422, which OgcRoute answers as a 400.
+router = APIRouter(
+    prefix=PREFIX, tags=["ogc"], route_class=OgcRoute, responses=ogc_errors(400, "4XX")
+)
+TITLE = "CityOps map layers"
+DESCRIPTION = (
+    "The city's districts, unit grid cells, sensors, open incidents and open service cases"
+    " as OGC API – Features collections; the grid and the sensors also as vector tiles"
+    " (OGC API – Tiles)."
+)
 
 
 @router.get("/", summary="OGC API – Features landing page")
@@ -99,13 +112,19 @@ def landing(request: Request, f: FormatParam = None, crs: CrsParam = None) -> Re
     root = str(request.base_url).rstrip("/")
     return as_json(
         {
-            "title": "CityOps map layers",
-            "description": "The city's districts, unit grid cells, sensors, open incidents"
-            " and open service cases as OGC API – Features collections; the grid and the"
-            " sensors also as vector tiles (OGC API – Tiles).",
+            "title": TITLE,
+            "description": DESCRIPTION,
             "links": [
                 link(f"{base}/", "self", JSON, "this document"),
-                link(f"{root}/openapi.json", "service-desc", OPENAPI, "the API definition"),
+                # The 3.0 one first: clients that read one service-desc take the first,
+                # GDAL the one of this type.
+                link(f"{base}/api", "service-desc", OPENAPI_30, "the API definition"),
+                link(
+                    f"{root}/openapi.json",
+                    "service-desc",
+                    OPENAPI_31,
+                    "the definition of the whole CityOps API, this one included",
+                ),
                 link(f"{root}/docs", "service-doc", "text/html", "the API documentation"),
                 link(f"{base}/conformance", "conformance", JSON, "conformance classes"),
                 link(f"{base}/collections", "data", JSON, "the collections"),
@@ -113,6 +132,25 @@ def landing(request: Request, f: FormatParam = None, crs: CrsParam = None) -> Re
             ],
         }
     )
+
+
+@router.get(
+    "/api",
+    summary="The API definition (OpenAPI 3.0)",
+    response_class=Response,
+    responses={
+        200: {
+            "content": {OPENAPI_30: {"schema": {"type": "object"}}},
+            "description": "the OpenAPI 3.0 document of the routes under /ogc",
+        }
+    },
+)
+def api_definition(request: Request, f: FormatParam = None, crs: CrsParam = None) -> Response:
+    """This API's definition: every /ogc operation with its parameters and answers."""
+    check_params(request, COMMON_PARAMS)
+    document = request.app.openapi()
+    info = {"title": TITLE, "version": document["info"]["version"], "description": DESCRIPTION}
+    return as_json(openapi30.definition(document, PREFIX, base_url(request), info), OPENAPI_30)
 
 
 @router.get("/conformance", summary="The conformance classes implemented")

@@ -27,7 +27,8 @@ from projections.queries import BBox
 PREFIX = errors.OGC_PREFIX  # api.errors answers in OGC's format under it too
 JSON = "application/json"
 GEOJSON = "application/geo+json"
-OPENAPI = "application/vnd.oai.openapi+json;version=3.1"
+OPENAPI_30 = "application/vnd.oai.openapi+json;version=3.0"  # /ogc/api (api.openapi30)
+OPENAPI_31 = "application/vnd.oai.openapi+json;version=3.1"  # the whole app's /openapi.json
 DEFAULT_LIMIT = 10
 MAX_LIMIT = 10_000
 
@@ -38,6 +39,7 @@ TRS = "http://www.opengis.net/def/uom/ISO-8601/0/Gregorian"
 FEATURES_CONFORMANCE = (
     "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/core",
     "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/geojson",
+    "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/oas30",
     "http://www.opengis.net/spec/ogcapi-features-2/1.0/conf/crs",
 )
 # api.tiles: Mapbox vector tiles of these collections in WebMercatorQuad.

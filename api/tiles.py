@@ -61,8 +61,12 @@ from projections.tiles import (
 
 TILING_SCHEME = "http://www.opengis.net/def/rel/ogc/1.0/tiling-scheme"
 GRID_ZOOMS = (12, 18)  # from cells a few pixels wide to street level
-# Below z14 a tile of a dense district would hold tens of thousands of sensors.
-SENSOR_ZOOMS = (14, 18)
+# A client sees where the sensors are from a city seen whole (z8: a few tiles for the
+# largest) down to the street; below SENSOR_FULL_ZOOM a tile of a dense district would hold
+# tens of thousands, so it holds every sensor not normal and one normal sensor per 64 x 64
+# units (projections.tiles.SensorTiles).
+SENSOR_ZOOMS = (8, 18)
+SENSOR_FULL_ZOOM = 14
 GRID_MAX_AGE = 3600
 CACHE_CONTROL = {"grid": f"public, max-age={GRID_MAX_AGE}", "sensors": "private, no-cache"}
 TILE_PARAMS = frozenset({"f", "api_key"})
@@ -87,7 +91,10 @@ def sources(request: Request, c: Container) -> dict[str, Source]:
                 properties = [f["properties"] for f in grid.features]
                 cells = PolygonTiles("grid", grid.geometries, properties, GRID_ZOOMS)
                 city = Tileset(*SENSOR_ZOOMS, cells.tileset.bbox)
-                found = {"grid": cells, "sensors": SensorTiles(c.pool, city)}
+                found = {
+                    "grid": cells,
+                    "sensors": SensorTiles(c.pool, city, full_zoom=SENSOR_FULL_ZOOM),
+                }
                 request.app.state.tiles = found
     return found
 

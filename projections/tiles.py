@@ -12,10 +12,18 @@ symbol across a tile's edge without a seam.
   kept (``TileCache``, least recently used dropped past a byte budget); its tag is the
   layer's digest and the tile.
 - ``SensorTiles``: the sensors' read model, one range query per tile. A tile's signature
-  is the number of its sensors and their highest ``change_seq`` (the map tables' trigger
-  stamps every insert and update from one sequence), as the map cache's tiles have
+  is the number of sensors in its extent and their highest ``change_seq`` (the map tables'
+  trigger stamps every insert and update from one sequence), as the map cache's tiles have
   (``projections.map_layers``): a sensor that changes, arrives or leaves changes it. A kept
   tile is served again while the signature read now is the one it was rendered at.
+
+  From ``full_zoom`` on a tile holds every sensor of its extent. Below it a tile of a dense
+  district would hold tens of thousands, so it is thinned: every sensor that is not normal
+  (``kept``: an alarm shows at every zoom), and of the normal ones the first by key in each
+  square of ``BIN`` x ``BIN`` units (64 x 64 squares to a tile, 66 x 66 with the buffer: at
+  most 4,356 normal sensors). The squares are aligned on the tile matrix, so a neighbour's
+  buffer holds the same sensors as that neighbour, and each one is four of the next tile
+  matrix's: zooming in only adds sensors, and every square that has a sensor shows one.
 
 Quantising may collapse a sliver of a polygon (a part less than a unit wide, at the edge
 of the buffer) to nothing: that part is dropped, as no client could draw it. An empty
@@ -47,11 +55,13 @@ TMS = morecantile.tms.get("WebMercatorQuad")
 MVT = "application/vnd.mapbox-vector-tile"
 EXTENT = 4096  # MVT units across a tile
 BUFFER = 64  # units around a tile that it also holds
+BIN = 64  # units a side of the squares a thinned sensor tile keeps one normal sensor of
 # The encoder gets integer coordinates, y down, rings already oriented (exterior with a
 # positive area in tile units, as MVT 2.1 wants): it only writes them out.
 _ENCODE = {"extents": EXTENT, "y_coord_down": True, "check_winding_order": False}
 _MERCATOR = Transformer.from_crs("EPSG:4326", "EPSG:3857", always_xy=True)
 _POLYGONAL = (3, 6)  # shapely type ids of Polygon and MultiPolygon
+_R = 6378137.0  # EPSG:3857's sphere, for the squares' arithmetic in SQL
 
 SENSOR_PROPERTIES = ("device_id", "sensor_type", "state", "grid_code", "district_code")
 
@@ -287,27 +297,50 @@ class SensorTiles:
         cache: TileCache | None = None,
         source: PointSource = POINT_SOURCES["sensors"],
         properties: tuple[str, ...] = SENSOR_PROPERTIES,
+        full_zoom: int = 14,
+        kept: str = "t.state IS DISTINCT FROM 'normal'",
     ) -> None:
         self.pool = pool
         self.tileset = tileset
         self.cache = cache if cache is not None else TileCache()
         self.fields = properties
+        self.full_zoom = full_zoom
         where = sql.SQL(
             "{always} AND {shown} AND t.lon BETWEEN %(west)s AND %(east)s"
             " AND t.lat BETWEEN %(south)s AND %(north)s"
         ).format(always=sql.SQL(source.always), shown=sql.SQL(source.shown))
         table = sql.Identifier(source.table)
+        key = sql.Identifier("t", source.key)
+        columns = sql.SQL(", ").join(sql.Identifier("t", c) for c in properties)
         self._signature_sql = sql.SQL(
             "SELECT count(*), max(t.change_seq) FROM {table} t WHERE {where}"
         ).format(table=table, where=where)
         self._rows_sql = sql.SQL(
             "SELECT t.change_seq, t.lon, t.lat, {columns} FROM {table} t WHERE {where}"
-            " ORDER BY t.{key}"
+            " ORDER BY {key}"
+        ).format(columns=columns, table=table, where=where, key=key)
+        # The squares from EPSG:3857 metres (x to the east, y to the north; the tile's top
+        # left at (left, top)); the signature is the whole extent's, counted before
+        # DISTINCT ON keeps one normal sensor a square (and every one ``kept``).
+        mx = sql.SQL(f"{_R} * radians(t.lon)")
+        my = sql.SQL(f"{_R} * ln(tan(pi() / 4 + radians(t.lat) / 2))")
+        self._thinned_sql = sql.SQL(
+            "SELECT * FROM (SELECT DISTINCT ON (bin_x, bin_y, one) * FROM ("
+            "SELECT t.change_seq, t.lon, t.lat, {columns}, {key} AS sort_key,"
+            " count(*) OVER () AS n, max(t.change_seq) OVER () AS seq,"
+            " floor(({mx} - %(left)s) / %(bin)s) AS bin_x,"
+            " floor((%(top)s - {my}) / %(bin)s) AS bin_y,"
+            " CASE WHEN {kept} THEN {key} END AS one"
+            " FROM {table} t WHERE {where}) s ORDER BY bin_x, bin_y, one, sort_key) d"
+            " ORDER BY sort_key"
         ).format(
-            columns=sql.SQL(", ").join(sql.Identifier("t", c) for c in properties),
+            columns=columns,
+            key=key,
+            mx=mx,
+            my=my,
+            kept=sql.SQL(kept),
             table=table,
             where=where,
-            key=sql.Identifier(source.key),
         )
 
     @staticmethod
@@ -332,16 +365,33 @@ class SensorTiles:
         hit = self.cache.get(key, tag.signature)
         if hit is not None:
             return hit
-        with self.pool.connection() as conn:
-            rows = conn.execute(self._rows_sql, self._params(tile)).fetchall()
-        signature = (len(rows), max((r[0] for r in rows), default=None))
+        rows, signature = self._read(tile)
         if rows:
             xy = to_mercator(np.array([(r[1], r[2]) for r in rows], dtype=np.float64))
             points = shapely.points(TileBox.of(tile).units(xy))
-            props = [dict(zip(self.fields, r[3:], strict=True)) for r in rows]
+            width = len(self.fields)
+            props = [dict(zip(self.fields, r[3 : 3 + width], strict=True)) for r in rows]
             body = encode(self.name, list(points), props)
         else:
             body = b""
         rendered = RenderedTile(body, len(rows), self._etag(tile, signature))
         self.cache.put(key, signature, rendered)
         return rendered
+
+    def _read(self, tile: TileId) -> tuple[list[Any], Hashable]:
+        """The tile's rows (change_seq, lon, lat, properties...) and the signature of its
+        extent: every sensor there, or below ``full_zoom`` the thinned set."""
+        params: dict[str, float] = self._params(tile)
+        thinned = tile.z < self.full_zoom
+        if thinned:
+            box = TileBox.of(tile)
+            bin_m = (box.right - box.left) * BIN / EXTENT
+            params |= {"left": box.left, "top": box.top, "bin": bin_m}
+        with self.pool.connection() as conn:
+            rows = conn.execute(self._thinned_sql if thinned else self._rows_sql, params).fetchall()
+        if not rows:
+            return rows, (0, None)
+        if thinned:
+            n, seq = rows[0][-5], rows[0][-4]  # n, seq, bin_x, bin_y, one
+            return rows, (int(n), seq)
+        return rows, (len(rows), max(r[0] for r in rows))

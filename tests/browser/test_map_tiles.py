@@ -1,14 +1,14 @@
 """The operations center draws the grid from its vector tiles, in headless Chromium.
 
-The demo city's grid is small enough to load whole, so ``?map=tiles`` makes the page take
-the path a city-size grid takes. The tiles the page asks for are checked against the
-view (its corners as the page reports them, the tile matrix set's arithmetic from
-``morecantile``), the tileset's limits and, zoomed out, the open incidents (only the
-tiles under them are needed then); the cells it drew against the grid's own polygons (a
-hover's tooltip names the cell under the pointer); the colouring against an incident the
-test causes. ``window.CityOps.tiles()`` is the page's read-only account of what its tiles
-did. The page's Content-Security-Policy reports any violation as a console error, and
-none may happen.
+The page draws both layers from their tiles whatever the city's size (``?map=tiles`` says
+so explicitly here; ``?map=geojson`` loads them whole). The tiles the page asks for are
+checked against the view (its corners as the page reports them, the tile matrix set's
+arithmetic from ``morecantile``), the tileset's limits and, zoomed out, the open incidents
+(only the tiles under them are needed then); the cells it drew against the grid's own
+polygons (a hover's tooltip names the cell under the pointer); the colouring against an
+incident the test causes. ``window.CityOps.tiles()`` is the page's read-only account of
+what its tiles did. The page's Content-Security-Policy reports any violation as a console
+error, and none may happen.
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ pytestmark = pytest.mark.browser
 WMQ = morecantile.tms.get("WebMercatorQuad")
 TILE = re.compile(r"/ogc/collections/grid/tiles/WebMercatorQuad/(\d+)/(\d+)/(\d+)$")
 TILE_PX = 512  # the page shows a tile at 512 to 1024 CSS pixels
-GRID_GEOJSON_MAX_CELLS = 10_000  # api/static/js/constants.js: above it, the grid comes in tiles
 # The last frame was drawn at the view's scale, every tile of it from its own tile, and
 # no tile is on its way.
 SETTLED = """() => {
@@ -255,7 +254,10 @@ def test_sensors_not_normal_are_records_and_the_rest_come_from_tiles(
     waters = normal_water_sensors(stack)
     sensor = waters[len(waters) // 2]
     for _ in range(12):
-        if page.evaluate("window.CityOps.tiles('sensors').lastDraw.z") is not None:
+        if page.evaluate(
+            "(() => { const d = window.CityOps.tiles('sensors').lastDraw;"
+            " return d !== null && d.z >= 14; })()"
+        ):
             break
         x, y = page.evaluate(SCREEN, [sensor["lon"], sensor["lat"]])
         page.mouse.dblclick(x, y)
@@ -265,7 +267,7 @@ def test_sensors_not_normal_are_records_and_the_rest_come_from_tiles(
         timeout=20_000,
     )
     drawn = page.evaluate("window.CityOps.tiles('sensors').lastDraw")
-    assert drawn["z"] == expected_z(page) >= 14
+    assert drawn["z"] == min(18, math.floor(math.log2(2 * math.pi * scale(page) / TILE_PX))) >= 14
     asked = {
         (int(m[1]), int(m[2]), int(m[3])) for m in (SENSOR_TILE.search(u) for u in tiled.urls) if m
     }
@@ -321,13 +323,51 @@ def test_without_the_decoder_the_page_loads_the_whole_grid(browser: Any, stack: 
         context.close()
 
 
-def test_a_grid_small_enough_is_loaded_whole(browser: Any, stack: Stack) -> None:
+def scale(page: Any) -> float:
+    return float(page.evaluate("window.CityOps.view.scale"))
+
+
+def test_whatever_the_city_s_size_the_page_uses_tiles(browser: Any, stack: Stack) -> None:
     cells = httpx.get(f"{stack.base}/ogc/collections/grid/items?limit=1", timeout=10).json()
-    assert cells["numberMatched"] <= GRID_GEOJSON_MAX_CELLS
+    assert cells["numberMatched"] < 10_000  # the demo city: once loaded whole
     with opened(browser, stack.base + "/") as watched:
+        page = watched.page
+        assert page.evaluate("window.CityOps.tiles().source") == "tiles"
+        assert page.evaluate("window.CityOps.tiles('sensors').source") == "tiles"
+        assert not any("/api/v1/map/layers/grid" in u for u in watched.urls)
+        # The city seen whole: its sensors from the tiles, below z14 (thinned there).
+        page.wait_for_function(
+            "() => { const d = window.CityOps.tiles('sensors').lastDraw;"
+            " return d !== null && d.z < 14 && d.tiles === d.slots && d.sensors > 0; }",
+            timeout=20_000,
+        )
+        assert watched.errors == []
+
+
+def test_map_geojson_loads_the_layers_whole(browser: Any, stack: Stack) -> None:
+    cells = httpx.get(f"{stack.base}/ogc/collections/grid/items?limit=1", timeout=10).json()
+    with opened(browser, stack.base + "/?map=geojson") as watched:
         page = watched.page
         assert page.evaluate("window.CityOps.tiles().source") == "geojson"
         assert page.evaluate("window.CityOps.state.grid.length") == cells["numberMatched"]
         assert any("/api/v1/map/layers/grid" in u for u in watched.urls)
         assert requested(watched) == set()
+        assert not any(SENSOR_TILE.search(u) for u in watched.urls)
         assert watched.errors == []
+
+
+def test_zoomed_out_hotspots_need_no_grid_tile(tiled: Watched) -> None:
+    page = tiled.page
+    settled(page)
+    assert page.evaluate("window.CityOps.view.cellSize") > 0
+    page.locator('[data-testid="grid-mode-hotspot"]').check()
+    page.wait_for_selector('body[data-grid-mode="hotspot"]')
+    since = len(tiled.urls)
+    for _ in range(2):  # past the whole city
+        page.locator('[data-testid="zoom-out"]').click()
+    drawn = settled(page)["lastDraw"]
+    assert drawn["sparse"] is True
+    assert drawn["slots"] == 0
+    assert requested(tiled, since) == set()
+    assert any("/api/v1/hotspots.geojson" in u for u in tiled.urls)
+    assert tiled.errors == []

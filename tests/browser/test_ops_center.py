@@ -478,8 +478,10 @@ def test_chinese_and_english_labels(ops: Watched) -> None:
 
 
 def test_map_frame_time_with_10000_sensors_and_5000_incidents(browser: Any, tmp_path: Path) -> None:
+    # The layers loaded whole (?map=geojson): every sensor is a record the page draws each
+    # frame. Drawn from tiles instead, tests/browser/test_map_tiles.py.
     big_map = map_stack(tmp_path / "map", sensors=10_000, incidents=5_000)
-    with big_map as big, opened(browser, big.base + "/") as watched:
+    with big_map as big, opened(browser, big.base + "/?map=geojson") as watched:
         load_ms = first_load_ms(watched.page)
         counts = watched.page.evaluate(
             "[window.CityOps.state.sensors.size, window.CityOps.state.incidents.size]"

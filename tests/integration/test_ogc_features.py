@@ -28,6 +28,7 @@ import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI
+from openapi_spec_validator import OpenAPIV30SpecValidator, validate
 from pyproj import Transformer
 
 from cityops.bootstrap import api_app, city_layers, projections, seed
@@ -320,12 +321,11 @@ def test_landing_page_and_conformance(world: World) -> None:
     assert {"self", "service-desc", "service-doc", "conformance", "data"} <= set(links)
     for rel in ("self", "service-desc", "conformance", "data"):
         assert httpx.get(links[rel]["href"], timeout=30).status_code == 200, rel
-    api = httpx.get(links["service-desc"]["href"], timeout=30).json()
-    assert "/ogc/collections/{collection_id}/items" in api["paths"]
     conformance = httpx.get(links["conformance"]["href"], timeout=30).json()
     assert set(conformance["conformsTo"]) == {
         "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/core",
         "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/geojson",
+        "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/oas30",
         "http://www.opengis.net/spec/ogcapi-features-2/1.0/conf/crs",
         # api.tiles (tests/integration/test_tiles.py)
         "http://www.opengis.net/spec/ogcapi-tiles-1/1.0/conf/core",
@@ -338,6 +338,29 @@ def test_landing_page_and_conformance(world: World) -> None:
     }
     tiling = links["http://www.opengis.net/def/rel/ogc/1.0/tiling-schemes"]["href"]
     assert httpx.get(tiling, timeout=30).status_code == 200
+
+
+def test_the_api_definition_is_openapi_3_0(world: World) -> None:
+    links = world.get("/", role=None).json()["links"]
+    # The first service-desc (the one GDAL takes: its type) is the OGC API's own.
+    described = next(link for link in links if link["rel"] == "service-desc")
+    assert described["type"] == "application/vnd.oai.openapi+json;version=3.0"
+    got = httpx.get(described["href"], timeout=30)
+    assert got.status_code == 200
+    assert got.headers["content-type"] == described["type"]
+    api = got.json()
+    validate(api, cls=OpenAPIV30SpecValidator)
+    assert api["servers"] == [{"url": world.ogc}]
+    items = api["paths"]["/collections/{collection_id}/items"]["get"]
+    assert {p["name"] for p in items["parameters"]} >= {"bbox", "bbox-crs", "crs", "datetime"}
+    assert "/collections/{collection_id}/tiles" in api["paths"]  # api.tiles' routes too
+    # The whole app's definition stays linked, for what lies beside the OGC API.
+    whole = [link["href"] for link in links if link["rel"] == "service-desc"][1:]
+    assert whole == [f"{world.base}/openapi.json"]
+    assert httpx.get(whole[0], timeout=30).json()["openapi"].startswith("3.1")
+    # Built from the routes, not from the data: nothing a citizen wrote is in it.
+    assert "13800138000" not in got.text
+    assert "storm report" not in got.text
 
 
 def test_collections_describe_extent_and_crs(world: World) -> None:

@@ -10,6 +10,7 @@ set's numbers (pyproj for the geographic corners), not with the code under test.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -374,6 +375,87 @@ def test_sensor_tiles_are_for_staff(world: World) -> None:
     assert world.tile("sensors", z, row, col, "dispatcher").status_code == 200
     # The grid is a reference layer: anyone's.
     assert world.tile("grid", *grid_tile_cases(world)[0]).status_code == 200
+
+
+# -- the sensors zoomed out: thinned ----------------------------------------------------------
+
+FULL_ZOOM = 14  # from here a sensor tile holds every sensor of its extent
+BIN = 64  # below it, one normal sensor per BIN x BIN units, and every one not normal
+
+
+def square(extent: Extent, lon: float, lat: float) -> tuple[int, int]:
+    """The BIN x BIN square of the tile's units that (lon, lat) falls in."""
+    x, y = TO_MERCATOR.transform(lon, lat)
+    left, top = extent.left + BUFFER * extent.unit, extent.top - BUFFER * extent.unit
+    size = BIN * extent.unit
+    return math.floor((x - left) / size), math.floor((top - y) / size)
+
+
+def tile_sensors(world: World, z: int, row: int, col: int) -> dict[str, dict[str, Any]]:
+    """The sensors' properties in a tile by device id ({} for a 204 or a 404)."""
+    answer = world.tile("sensors", z, row, col, "operator")
+    if answer.status_code in (204, 404):
+        return {}
+    assert answer.status_code == 200, answer.text
+    features = decoded(answer.content)["sensors"]["features"]
+    return {f["properties"]["device_id"]: f["properties"] for f in features}
+
+
+def test_zoomed_out_a_sensor_tile_shows_every_square_that_has_a_sensor(world: World) -> None:
+    doc = world.get("/collections/sensors/tiles/WebMercatorQuad", "operator").json()
+    assert doc["tileMatrixSetLimits"][0]["tileMatrix"] == "8"  # a city seen whole
+    thinned = 0
+    for z in range(8, FULL_ZOOM):
+        for t in city_tiles(world, z):
+            extent = Extent.of(t.z, t.y, t.x)
+            expected = sensors_in(world, extent)
+            got = tile_sensors(world, t.z, t.y, t.x)
+            assert set(got) <= set(expected)
+            for device, props in got.items():
+                assert props["state"] == expected[device][2]
+            # Every sensor not normal, whatever the zoom.
+            assert {d for d, r in expected.items() if r[2] != "normal"} <= set(got)
+            # One normal sensor for each square that has any, and none twice.
+            squares: dict[tuple[int, int], set[str]] = {}
+            for device, (*_, state, _g, _d, lon, lat) in expected.items():
+                if state == "normal":
+                    squares.setdefault(square(extent, lon, lat), set()).add(device)
+            for devices in squares.values():
+                assert len(devices & set(got)) == 1, (t, devices & set(got))
+            normal = sum(len(d) for d in squares.values())
+            thinned += normal > len(squares)
+    assert thinned > 0, "the test city's sensors never share a square"
+
+
+def test_zooming_in_only_adds_sensors(world: World) -> None:
+    for z in range(8, FULL_ZOOM):
+        for t in city_tiles(world, z):
+            extent = Extent.of(t.z, t.y, t.x)
+            own = Extent(
+                extent.left + BUFFER * extent.unit,
+                extent.bottom + BUFFER * extent.unit,
+                extent.right - BUFFER * extent.unit,
+                extent.top - BUFFER * extent.unit,
+            )
+            inside = set(sensors_in(world, own))  # not in the buffer
+            parent = set(tile_sensors(world, t.z, t.y, t.x)) & inside
+            children: set[str] = set()
+            for dr in (0, 1):
+                for dc in (0, 1):
+                    children |= set(tile_sensors(world, z + 1, 2 * t.y + dr, 2 * t.x + dc))
+            assert parent <= children, (t, parent - children)
+
+
+def test_a_thinned_sensor_tile_revalidates_by_etag(world: World) -> None:
+    z, row, col = busiest_sensor_tile(world, 10)
+    path = f"/collections/sensors/tiles/WebMercatorQuad/{z}/{row}/{col}"
+    auth = bearer(world.settings, "operator")
+    first = world.client.get(f"/ogc{path}", headers=auth)
+    assert first.status_code == 200
+    again = world.client.get(
+        f"/ogc{path}", headers={**auth, "If-None-Match": first.headers["etag"]}
+    )
+    assert again.status_code == 304
 
 
 # -- coordinates ----------------------------------------------------------------------------

@@ -546,7 +546,9 @@ def test_dockerfile_builds_a_non_root_cityops_image() -> None:
         for line in (ROOT / "Dockerfile").read_text(encoding="utf-8").splitlines()
         if line.strip() and not line.lstrip().startswith("#")
     ]
-    assert lines[0] == "FROM python:3.11-slim"
+    stages = [i for i, line in enumerate(lines) if line.startswith("FROM ")]
+    assert lines[stages[-1]] == "FROM python:3.11-slim"
+    web, lines = lines[: stages[-1]], lines[stages[-1] :]  # the bundle's stage; the image's
     users = [line.split()[1] for line in lines if line.startswith("USER ")]
     assert users, "runs as root"
     assert users[-1] not in ("root", "0")
@@ -555,9 +557,21 @@ def test_dockerfile_builds_a_non_root_cityops_image() -> None:
     copies = [i for i, line in enumerate(lines) if line.startswith("COPY ")]
     first_copy = lines[copies[0]]
     assert "pyproject.toml" in first_copy, "dependencies are installed before the source"
-    assert lines[copies[-1]] == "COPY . ."
+    source = lines.index("COPY . .")
+    # The page's decoder from the web stage, into the source before it is installed.
+    bundle = "COPY --from=web /src/api/static/vendor/mvt.js api/static/vendor/mvt.js"
+    assert lines[copies[-1]] == bundle
+    install = next(
+        i for i, line in enumerate(lines) if line.startswith("RUN pip install --no-deps .")
+    )
+    assert source < copies[-1] < install
+    assert re.fullmatch(r"FROM node:20\S* AS web", web[0]), web[0]
+    runs = " ".join(line for line in web if line.startswith("RUN "))
+    assert "npm ci --ignore-scripts" in runs  # as scripts/web.sh: no install scripts
+    assert "npm run --silent bundle" in runs  # web/package.json's esbuild command
     dockerignore = (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
     assert {".env", ".venv", ".git"} <= set(dockerignore)
+    assert {"web/node_modules", "api/static/vendor"} <= set(dockerignore)  # built, not copied
 
 
 def test_constraints_agree_with_the_pins_in_pyproject() -> None:

@@ -60,8 +60,3 @@ export const LAYER_TIMEOUT_MS = 60_000;
 export const GRID_MODES = ['load', 'hotspot'];
 export const HOTSPOT_HOURS = 24; // the window whose case counts are set against each cell's history
 export const HOTSPOT_Z = [5, 8]; // bucket edges above the API's own threshold (z >= 3)
-// Above this many grid cells the map draws the grid from vector tiles (map/gridtiles.js).
-export const GRID_GEOJSON_MAX_CELLS = 10_000;
-// Above this many sensors, staff get only the sensors that are not normal as GeoJSON, the
-// rest from vector tiles (map/sensortiles.js): the page is measured smooth with 10,000.
-export const SENSORS_GEOJSON_MAX = 10_000;

@@ -8,15 +8,17 @@
  * While cells are too small on screen for outlines (zoomed out), only the coloured cells
  * are drawn; coloured by load, those are where the open incidents are, so only the tiles
  * under them are asked for: the city seen whole costs a few tiles, not all of its grid.
- * Hotspots come without a place, so coloured by hotspot every tile in view is. (The
- * cells' size comes from the first tiles: until then the view's are asked for.)
+ * Hotspots come with their cells' polygons (panels/hotspots.js) and are drawn from those
+ * over the tiles: coloured by hotspot, zoomed out, no tile is asked for at all. (The
+ * cells' size comes from the hotspots or the first tiles: until then the view's tiles are
+ * asked for.)
  */
 import { COLORS } from '../constants.js';
 import { state, view } from '../store.js';
 import { hasPos } from '../records.js';
 import { ctx } from '../dom.js';
 import { addRings, boundsOf, pointInRings } from './projection.js';
-import { GRID_OUTLINE_PX, paintHotspots } from './symbols.js';
+import { GRID_OUTLINE_PX, hotspotCells, paintHotspots } from './symbols.js';
 import { tiledSensors } from './sensortiles.js';
 import { grid, chooseSource, zoomFor, tilesIn, tileBox, tileAt, viewTiles, nextFrame, evict, recordDraw, loadByCode } from './vtiles.js';
 
@@ -47,11 +49,15 @@ export function decodeCells(decoder, bytes, z, row, col) {
     const code = props.grid_code != null ? String(props.grid_code) : '';
     cells.push({ code, props, rings, bbox: boundsOf(rings), count: 0 });
   }
-  if (cells.length && !view.cellSize) {
-    const widths = cells.slice(0, 400).map((c) => c.bbox[2] - c.bbox[0]).sort((a, b) => a - b);
-    view.cellSize = widths[widths.length >> 1];
-  }
+  learnCellSize(cells);
   return cells;
+}
+
+/** The cells' size on the map (the median width of some), if it is not known yet. */
+function learnCellSize(cells) {
+  if (!cells.length || view.cellSize) return;
+  const widths = cells.slice(0, 400).map((c) => c.bbox[2] - c.bbox[0]).sort((a, b) => a - b);
+  view.cellSize = widths[widths.length >> 1];
 }
 
 /** 'tiles' or 'geojson' for the grid (vtiles.js decides, once). */
@@ -66,17 +72,17 @@ function standIn(z, row, col) {
   return null;
 }
 
-/** The cells of `tile` the current colouring fills. */
+/** The cells of `tile` coloured by load (hotspots are drawn from their own polygons). */
 function coloured(tile, load) {
   const out = [];
-  const codes = state.gridMode === 'hotspot' ? state.hotspots : load;
-  if (codes.size < tile.items.length) {
-    for (const code of codes.keys()) {
+  if (state.gridMode === 'hotspot') return out;
+  if (load.size < tile.items.length) {
+    for (const code of load.keys()) {
       const c = tile.byCode.get(code);
       if (c) out.push(c);
     }
   } else {
-    for (const c of tile.items) if (codes.has(c.code)) out.push(c);
+    for (const c of tile.items) if (load.has(c.code)) out.push(c);
   }
   return out;
 }
@@ -89,23 +95,18 @@ function drawTile(tile, clip, s, tx, ty, load, outlines) {
   ctx.rect(clip[0] * s + tx, ty - clip[3] * s, (clip[2] - clip[0]) * s, (clip[3] - clip[1]) * s);
   ctx.clip();
   const cells = coloured(tile, load);
-  if (state.gridMode !== 'hotspot') {
-    const buckets = COLORS.hot.map(() => new Path2D());
-    for (const c of cells) addRings(buckets[loadBucket(load.get(c.code))], c.rings, s, tx, ty);
-    buckets.forEach((p, i) => {
-      ctx.fillStyle = COLORS.hot[i];
-      ctx.fill(p, 'evenodd');
-    });
-  }
+  const buckets = COLORS.hot.map(() => new Path2D());
+  for (const c of cells) addRings(buckets[loadBucket(load.get(c.code))], c.rings, s, tx, ty);
+  buckets.forEach((p, i) => {
+    ctx.fillStyle = COLORS.hot[i];
+    ctx.fill(p, 'evenodd');
+  });
   if (outlines) {
     const lines = new Path2D();
     for (const c of tile.items) addRings(lines, c.rings, s, tx, ty);
     ctx.strokeStyle = COLORS.gridLine;
     ctx.lineWidth = view.cellSize * s >= 24 ? 0.8 : 0.5;
     ctx.stroke(lines);
-  }
-  if (state.gridMode === 'hotspot') {
-    paintHotspots(cells, s, tx, ty);
   }
   ctx.restore();
   return cells.length;
@@ -126,12 +127,16 @@ function tilesUnderIncidents(z, vx0, vx1, vy0, vy1) {
 export function drawGridTiles(s, tx, ty, vx0, vx1, vy0, vy1) {
   if (!grid.tileset) return;
   nextFrame(grid);
+  const hotspots = state.gridMode === 'hotspot' ? hotspotCells() : [];
+  learnCellSize(hotspots);
   const outlines = view.cellSize * s >= GRID_OUTLINE_PX;
-  // Until a first tile tells the cells' size, the view's tiles, middle first.
-  const sparse = view.cellSize > 0 && !outlines && state.gridMode !== 'hotspot';
-  const { z, slots } = sparse
-    ? { z: zoomFor(grid, s), slots: tilesUnderIncidents(zoomFor(grid, s), vx0, vx1, vy0, vy1) }
-    : viewTiles(grid, s, vx0, vx1, vy0, vy1);
+  // Until the cells' size is known, the view's tiles, middle first.
+  const sparse = view.cellSize > 0 && !outlines;
+  const z = zoomFor(grid, s);
+  let slots;
+  if (!sparse) slots = viewTiles(grid, s, vx0, vx1, vy0, vy1).slots;
+  else if (state.gridMode === 'hotspot') slots = [];
+  else slots = tilesUnderIncidents(z, vx0, vx1, vy0, vy1);
   const load = loadByCode();
   const figures = { scale: s, z, sparse, slots: slots.length, tiles: 0, standIns: 0, cells: 0, coloured: 0 };
   for (const slot of slots) {
@@ -143,6 +148,11 @@ export function drawGridTiles(s, tx, ty, vx0, vx1, vy0, vy1) {
     figures.cells += tile.items.length;
     figures.coloured += drawTile(tile, tileBox(slot.z, slot.row, slot.col), s, tx, ty, load, outlines);
   }
+  if (hotspots.length) {
+    const shown = hotspots.filter((c) => c.bbox[2] >= vx0 && c.bbox[0] <= vx1 && c.bbox[3] >= vy0 && c.bbox[1] <= vy1);
+    paintHotspots(shown, s, tx, ty);
+    figures.coloured += shown.length;
+  }
   recordDraw(grid, figures);
   evict(grid);
 }
@@ -150,14 +160,19 @@ export function drawGridTiles(s, tx, ty, vx0, vx1, vy0, vy1) {
 /** The grid cell at projected (x, y) as drawn from the tiles, with its counts; or null. */
 export function cellAtTiles(x, y) {
   if (!grid.tileset) return null;
-  const z = zoomFor(grid, view.scale);
-  const w = (2 * Math.PI) / 2 ** z;
-  const row = Math.floor((Math.PI - y) / w);
-  const col = Math.floor((x + Math.PI) / w);
-  const tile = tileAt(grid, z, row, col, false) || standIn(z, row, col);
-  if (!tile) return null;
   const load = loadByCode();
-  const cells = view.cellSize * view.scale >= GRID_OUTLINE_PX ? tile.items : coloured(tile, load);
+  const outlined = view.cellSize * view.scale >= GRID_OUTLINE_PX;
+  let cells;
+  if (!outlined && state.gridMode === 'hotspot') cells = hotspotCells();
+  else {
+    const z = zoomFor(grid, view.scale);
+    const w = (2 * Math.PI) / 2 ** z;
+    const row = Math.floor((Math.PI - y) / w);
+    const col = Math.floor((x + Math.PI) / w);
+    const tile = tileAt(grid, z, row, col, false) || standIn(z, row, col);
+    if (!tile) return null;
+    cells = outlined ? tile.items : coloured(tile, load);
+  }
   for (const c of cells) {
     const b = c.bbox;
     if (x < b[0] || x > b[2] || y < b[1] || y > b[3] || !pointInRings(c.rings, x, y)) continue;

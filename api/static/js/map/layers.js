@@ -1,8 +1,8 @@
 /*
  * The map's layers from GET /map/layers/{name}: read into the store's records, with the
- * live changes that arrive meanwhile replayed afterwards. A grid too large to load whole
- * is drawn from its vector tiles instead, and of too many sensors only those not normal
- * are loaded, the rest drawn from their tiles (vtiles.js decides, once per layer).
+ * live changes that arrive meanwhile replayed afterwards. With vector tiles (vtiles.js
+ * decides, once per layer) the grid is not loaded here but drawn from its tiles, and of the
+ * sensors only those not normal are loaded, the rest drawn from their tiles.
  */
 import { LAYERS, API, LAYER_TIMEOUT_MS } from '../constants.js';
 import { state, view, live } from '../store.js';

@@ -1,14 +1,16 @@
 /*
- * The sensors from their vector tiles (vtiles.js), for staff, when there are too many to
- * load whole. The page then loads as records (layers.js) only the sensors that are not
- * normal: those the header counts and the map shows at every scale, kept live by the
- * stream. The normal ones come from the tiles of the view, from the sensor tileset's
- * first tile matrix (a street's scale) on: drawn under the records, which win where both
- * have a sensor. A live change marks the cached tiles stale: they are asked for again (an
- * unchanged one answers 304 to its ETag) and drawn as they were meanwhile.
+ * The sensors from their vector tiles (vtiles.js), for staff. The page then loads as
+ * records (layers.js) only the sensors that are not normal: those the header counts and
+ * the map shows at every scale, kept live by the stream. The normal ones come from the
+ * tiles of the view at every scale: below the tileset's first tile matrix (a city seen
+ * whole) from that one's; below z14 the server thins them to one per 64 x 64 units of a
+ * tile (8 to 16 CSS pixels here), which shows where the sensors are, and zooming in only
+ * adds sensors. They are drawn under the records, which win where both have a sensor. A
+ * live change marks the cached tiles stale: they are asked for again (an unchanged one
+ * answers 304 to its ETag) and drawn as they were meanwhile.
  */
 import { state } from '../store.js';
-import { sensorTiles, chooseSource, tileAt, tileBox, viewTiles, viewZoom, nextFrame, evict, recordDraw, markStale } from './vtiles.js';
+import { sensorTiles, chooseSource, tileAt, tileBox, viewTiles, nextFrame, evict, recordDraw, markStale } from './vtiles.js';
 
 export const tiledSensors = () => sensorTiles.source === 'tiles';
 
@@ -43,23 +45,20 @@ export function tileSensors(s, vx0, vx1, vy0, vy1) {
   drawn = [];
   if (!sensorTiles.tileset) return drawn;
   nextFrame(sensorTiles);
-  const figures = { scale: s, z: null, slots: 0, tiles: 0, sensors: 0 };
-  if (viewZoom(s) >= sensorTiles.tileset.minZ) {
-    const { z, slots } = viewTiles(sensorTiles, s, vx0, vx1, vy0, vy1);
-    const seen = new Set(); // a tile's buffer holds some of its neighbours' sensors
-    Object.assign(figures, { z, slots: slots.length });
-    for (const slot of slots) {
-      const tile = tileAt(sensorTiles, slot.z, slot.row, slot.col, true);
-      if (!tile) continue;
-      figures.tiles += 1;
-      for (const rec of tile.items) {
-        if (seen.has(rec.id) || state.sensors.has(rec.id)) continue;
-        seen.add(rec.id);
-        drawn.push(rec);
-      }
+  const { z, slots } = viewTiles(sensorTiles, s, vx0, vx1, vy0, vy1);
+  const figures = { scale: s, z, slots: slots.length, tiles: 0, sensors: 0 };
+  const seen = new Set(); // a tile's buffer holds some of its neighbours' sensors
+  for (const slot of slots) {
+    const tile = tileAt(sensorTiles, slot.z, slot.row, slot.col, true);
+    if (!tile) continue;
+    figures.tiles += 1;
+    for (const rec of tile.items) {
+      if (seen.has(rec.id) || state.sensors.has(rec.id)) continue;
+      seen.add(rec.id);
+      drawn.push(rec);
     }
-    figures.sensors = drawn.length;
   }
+  figures.sensors = drawn.length;
   recordDraw(sensorTiles, figures);
   evict(sensorTiles);
   return drawn;

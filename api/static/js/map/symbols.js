@@ -37,16 +37,19 @@ export function paintHotspots(cells, s, tx, ty) {
   });
 }
 
+/** The hotspots' cells: the loaded grid's (with its counts) or their own polygons. */
+export function hotspotCells() {
+  const out = [];
+  for (const [code, h] of state.hotspots) {
+    const cell = state.gridByCode.get(code) || h.cell;
+    if (cell) out.push(cell);
+  }
+  return out;
+}
+
 /** The grid cells the current colouring fills: loaded cells, or hotspots. */
 export function colouredCells() {
-  if (state.gridMode === 'hotspot') {
-    const out = [];
-    for (const code of state.hotspots.keys()) {
-      const cell = state.gridByCode.get(code);
-      if (cell) out.push(cell);
-    }
-    return out;
-  }
+  if (state.gridMode === 'hotspot') return hotspotCells();
   if (state.hotDirty) {
     state.hotCells = state.grid.filter((c) => c.count > 0);
     state.hotDirty = false;

@@ -5,13 +5,16 @@
  * fetched for the view, and a bounded cache of what they decode to. gridtiles.js and
  * sensortiles.js draw and hit-test them.
  *
- * A layer of at most GRID_GEOJSON_MAX_CELLS cells or SENSORS_GEOJSON_MAX sensors is loaded
- * whole, as GeoJSON (layers.js): exact, one request, and its cost (parsing, memory, a pass
- * over every feature per frame) grows with the layer, not with the zoom, so above that the
- * page asks for the tiles in view instead. `?map=tiles` or `?map=geojson` in the page's
- * address forces one or the other for both layers.
+ * The rule: both layers are drawn from their tiles, whatever the city's size, whenever the
+ * page can (the decoder imported, the tileset read); otherwise, or with `?map=geojson` in
+ * the page's address, they are loaded whole as GeoJSON (layers.js). `?map=tiles` asks for
+ * the tiles, as the page does anyway. Zoomed out, tiles are what keeps the map's cost
+ * bounded (a few tiles under the open incidents for the grid, thinned sensors: the server
+ * keeps one normal sensor per 64 x 64 units of a tile below z14, and every sensor that is
+ * not normal); zoomed in, a z18 tile places a cell's corner or a sensor within centimetres,
+ * so no exact GeoJSON is kept for a small layer: one way of drawing each layer, not two.
  */
-import { GRID_GEOJSON_MAX_CELLS, SENSORS_GEOJSON_MAX, OGC } from '../constants.js';
+import { OGC } from '../constants.js';
 import { state } from '../store.js';
 import { obtainToken, request } from '../http.js';
 import { invalidate } from '../frame.js';
@@ -79,7 +82,7 @@ function loadDecoder() {
   return importing;
 }
 
-/** 'tiles' or 'geojson' for a layer, decided once per page: by its size, or as forced. */
+/** 'tiles' or 'geojson' for a layer, decided once per page (the module's rule). */
 export function chooseSource(src, decode) {
   if (src.source) return Promise.resolve(src.source);
   if (!src.choosing) {
@@ -92,20 +95,19 @@ export function chooseSource(src, decode) {
 }
 
 async function decide(src, decode) {
-  const want = forced();
-  if (want === 'geojson') return 'geojson';
-  // OGC API - Features counts a collection without sending it.
-  const counted = await request(`${OGC}/collections/${src.id}/items?limit=1`);
-  src.total = counted.ok ? Number(counted.data.numberMatched) : NaN;
-  const most = src === grid ? GRID_GEOJSON_MAX_CELLS : SENSORS_GEOJSON_MAX;
-  if (want !== 'tiles' && !(src.total > most)) return 'geojson';
+  if (forced() === 'geojson') return 'geojson';
   if (!(await loadDecoder())) return 'geojson';
-  const res = await request(`${OGC}/collections/${src.id}/tiles/WebMercatorQuad`);
+  // OGC API - Features counts a collection without sending it: the header's sensor count.
+  const [res, counted] = await Promise.all([
+    request(`${OGC}/collections/${src.id}/tiles/WebMercatorQuad`),
+    request(`${OGC}/collections/${src.id}/items?limit=1`),
+  ]);
   src.tileset = res.ok ? readTileset(res.data) : null;
   if (!src.tileset) {
     console.warn(`CityOps: the ${src.id} tileset could not be read (${res.error || 'no tile link or limits'}): it is loaded whole as GeoJSON instead`);
     return 'geojson';
   }
+  src.total = counted.ok ? Number(counted.data.numberMatched) : NaN;
   src.decode = decode;
   return 'tiles';
 }

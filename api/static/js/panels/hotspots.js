@@ -1,6 +1,8 @@
 /*
  * Grid cells coloured by load or by case hotspot: the choice, the hotspots from
- * GET /hotspots and the legend that goes with each colouring.
+ * GET /hotspots.geojson and the legend that goes with each colouring. Each hotspot comes
+ * with its cell's polygon, so the map draws and hit-tests hotspots without the grid: a
+ * tiled grid needs no tile for them (map/gridtiles.js).
  */
 import { t } from '../i18n.js';
 import { API, HOTSPOT_HOURS, GRID_MODES } from '../constants.js';
@@ -9,17 +11,29 @@ import { el } from '../dom.js';
 import { request } from '../http.js';
 import { invalidate } from '../frame.js';
 import { hideTooltip } from '../map/tooltip.js';
+import { featuresOf } from '../map/layers.js';
+import { ringsOf, boundsOf } from '../map/projection.js';
 
-/** The hotspot cells (GET /hotspots), while the grid is coloured by them. */
+/** A hotspot's figures, with `cell` its grid cell as layers.js makes one (null without a polygon). */
+export function hotspotOf(feature) {
+  const h = feature.properties || {};
+  const code = String(h.grid_code != null ? h.grid_code : feature.id);
+  const rings = ringsOf(feature.geometry);
+  const cell = rings ? { code, props: { ...h }, rings, bbox: boundsOf(rings), count: 0 } : null;
+  return { ...h, grid_code: code, cell };
+}
+
+/** The hotspot cells (GET /hotspots.geojson), while the grid is coloured by them. */
 export async function loadHotspots() {
   if (state.gridMode !== 'hotspot') return;
-  const res = await request(`${API}/hotspots?hours=${HOTSPOT_HOURS}`);
+  const res = await request(`${API}/hotspots.geojson?hours=${HOTSPOT_HOURS}`);
   if (state.gridMode !== 'hotspot') return;
-  if (res.ok && Array.isArray(res.data.hotspots)) {
-    state.hotspots = new Map(res.data.hotspots.map((h) => [String(h.grid_code), h]));
+  const features = res.ok ? featuresOf(res.data) : null;
+  if (features) {
+    state.hotspots = new Map(features.map((f) => hotspotOf(f)).map((h) => [h.grid_code, h]));
     state.hotspotsError = null;
   } else {
-    state.hotspotsError = res.error || 'not a list of hotspots';
+    state.hotspotsError = res.error || 'not a GeoJSON FeatureCollection of hotspots';
   }
   state.hotspotsLoaded = true;
   renderGridLegend();
