@@ -74,9 +74,18 @@ class RuleSet:
     version: int
     rules: tuple[Rule, ...]
     silence: SilencePolicy
+    # for_type's answers: the monitor asks once per message.
+    _by_type: dict[str, tuple[Rule, ...]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def for_type(self, sensor_type: str) -> tuple[Rule, ...]:
-        return tuple(r for r in self.rules if r.applies_to(sensor_type))
+        found = self._by_type.get(sensor_type)
+        if found is None:
+            found = self._by_type[sensor_type] = tuple(
+                r for r in self.rules if r.applies_to(sensor_type)
+            )
+        return found
 
     def by_id(self, rule_id: str) -> Rule:
         for rule in self.rules:
