@@ -339,8 +339,12 @@ class TrackedConsumer(KafkaConsumer):
 
 
 # How long a probe waits for the last record a worker recorded before it says the
-# broker no longer has it.
-_PROBE_S = 3.0
+# broker no longer has it, and how long each of its fetches may wait: Tansu 0.6 on S3
+# lists a partition's whole log for every fetch and answers with no records once the
+# fetch's wait is up (kafka-python's default, 500 ms, is up before it has listed a few
+# thousand batches, or sooner on a slow object store), which would read as a lost log.
+_PROBE_S = 5.0
+_PROBE_FETCH_WAIT_MS = 4_000
 
 
 def beyond_the_log(
@@ -351,8 +355,9 @@ def beyond_the_log(
 
     A position past the end means the broker lost records it had acknowledged (a broker
     with memory storage restarted, or the topic was deleted and created again). Some
-    brokers report an end inside their last record batch (Tansu 0.6 does), so a position
-    past the reported end is confirmed by fetching the last record recorded (offset
+    brokers report an end below their last record (Tansu 0.6 on S3 reports the base
+    offset + 1 of the batch it stored last by modification time), so a position past
+    the reported end is confirmed by fetching the last record recorded (offset
     position - 1): the log is intact if it is still there. Detects a lost log only while
     the new one is shorter than the recorded position.
     """
@@ -369,6 +374,7 @@ def beyond_the_log(
         enable_auto_commit=False,
         auto_offset_reset="none",
         client_id=f"{consumer.config['client_id']}-probe",
+        fetch_max_wait_ms=_PROBE_FETCH_WAIT_MS,
     )
     try:
         probe.assign(list(suspects))

@@ -728,10 +728,22 @@ def views_equal_a_rebuild(settings: Settings) -> None:
     assert checksums(settings) == live
 
 
+# How long a fetch of ``kafka_ends`` may wait. Tansu 0.6 on S3 lists a partition's whole
+# log for every fetch and answers with no records once the fetch's wait is up: with
+# kafka-python's default (500 ms) a partition of a few thousand batches, or an object
+# store slowed by a busy machine, answers empty before its end.
+_ENDS_FETCH_WAIT_MS = 5_000
+
+
 def kafka_ends(settings: Settings, topic: str, timeout: float = 30) -> dict[int, int]:
-    """Per partition, the offset after its last record: read, not the reported end, which
-    Tansu 0.6 reports inside its last record batch. That end is a lower bound: the topic
-    is read until every partition has reached it and a poll brings nothing more."""
+    """Per partition that has records, the offset after the last record the broker
+    serves, found by reading it from offset 0 up to the high watermark the broker sends
+    with its fetch answers (the offset its next record gets).
+
+    Neither the end the broker reports (Tansu 0.6 on S3 answers the base offset + 1 of
+    the batch it stored last by modification time, not the highest) nor a poll that
+    brings nothing (see ``_ENDS_FETCH_WAIT_MS``) says a partition is read to its end.
+    """
     from kafka import KafkaConsumer, TopicPartition
 
     consumer = KafkaConsumer(
@@ -739,6 +751,7 @@ def kafka_ends(settings: Settings, topic: str, timeout: float = 30) -> dict[int,
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
+        fetch_max_wait_ms=_ENDS_FETCH_WAIT_MS,
     )
     try:
         partitions = consumer.partitions_for_topic(topic) or set()
@@ -746,18 +759,25 @@ def kafka_ends(settings: Settings, topic: str, timeout: float = 30) -> dict[int,
         if not tps:
             return {}
         consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        reported = consumer.end_offsets(tps)
+        for tp in tps:
+            # Not seek_to_beginning: Tansu 0.6 on S3 answers "earliest" with the batch it
+            # stored first by modification time. Nothing here truncates a topic.
+            consumer.seek(tp, 0)
         ends: dict[int, int] = {}
+        highwaters: dict[int, int | None] = {}
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            got = consumer.poll(timeout_ms=500)
-            for tp, records in got.items():
-                ends[tp.partition] = max(ends.get(tp.partition, 0), records[-1].offset + 1)
-            reached = all(ends.get(tp.partition, 0) >= reported[tp] for tp in tps)
-            if reached and not got:
+            for tp, records in consumer.poll(timeout_ms=500).items():
+                ends[tp.partition] = records[-1].offset + 1
+            highwaters = {tp.partition: consumer.highwater(tp) for tp in tps}
+            if all(h is not None and ends.get(p, 0) >= h for p, h in highwaters.items()):
                 return ends
-        raise AssertionError(f"{topic}: not read to its end in {timeout} s ({ends}, {reported})")
+        # Below a high watermark with nothing more served: offsets the broker gave a
+        # batch it never stored (Tansu allocates them first), or a broker too slow.
+        raise AssertionError(
+            f"{topic}: not read to its high watermarks in {timeout} s "
+            f"(read to {ends}, high watermarks {highwaters})"
+        )
     finally:
         consumer.close()
 
