@@ -1,15 +1,15 @@
 """Soak: the rainstorm at a few times its rate, every process separate, one killed a minute.
 
 Starts the whole pipeline as the demo does, one process per command (``python -m cityops
-api | projector | writer | monitor | bridge | intake | sla | relay | brain | notifier``),
+api | projector | telemetry | bridge | intake | sla | relay | brain | notifier``),
 then the gateway simulator (``cityops simulate``: the demo city's 2,000 sensors over
 MQTT) and the citizens (``cityops citizens``: cases over Open311 and the hotline topic),
 both playing ``--scenario`` at ``--rate-factor`` times the demo's rates (messages and
-everyday cases per second). After ``--warmup-s`` it SIGKILLs one of bridge, writer,
-monitor, projector, intake and brain about every ``--kill-every-s`` (the interval drawn
-from 0.5-1.5 times that, the victim at random, both from ``--seed``) and restarts it at
-once, as a supervisor would. Every ``--sample-s`` it reads each process's RSS, the
-projections' lag behind the log and the Kafka consumers' lag.
+everyday cases per second). After ``--warmup-s`` it SIGKILLs one of bridge, telemetry
+(the writer and the monitor), projector, intake and brain about every ``--kill-every-s``
+(the interval drawn from 0.5-1.5 times that, the victim at random, both from ``--seed``)
+and restarts it at once, as a supervisor would. Every ``--sample-s`` it reads each
+process's RSS, the projections' lag behind the log and the Kafka consumers' lag.
 
 At the end it stops the simulators (they log what the broker acknowledged), waits for
 the pipeline to drain (at most ``--drain-timeout``), stops everything and reports:
@@ -60,9 +60,10 @@ from cityops.services import free_port
 from infra.kafka import Topics
 from infra.settings import Settings
 
-VICTIMS = ("bridge", "writer", "monitor", "projector", "intake", "brain")
-# The demo's processes (cityops/cli/demo.py), the simulators apart.
-PIPELINE: tuple[str, ...] = ("api", "projector", "writer", "monitor", "bridge", "intake")
+VICTIMS = ("bridge", "telemetry", "projector", "intake", "brain")
+# The demo's processes (cityops/cli/demo.py), the simulators apart; ``telemetry`` is the
+# writer and the monitor on one consumer.
+PIPELINE: tuple[str, ...] = ("api", "projector", "telemetry", "bridge", "intake")
 PIPELINE += ("sla", "relay", "brain", "notifier")
 # What the RSS of a service means (their growth does not fail the run).
 SERVICE_NOTES = {
@@ -73,7 +74,7 @@ READY_TIMEOUT_S = 120.0
 SIM_STOP_TIMEOUT_S = 90.0
 _SIM_STATS = re.compile(r"simulator: SimulatorStats\(([^)]*)\)")
 _CITIZEN_STATS = re.compile(r"citizens: CitizenStats\(([^)]*)\)")
-_WRITER_STOPPED = re.compile(r"telemetry writer stopping: (\{.*\})")
+_WRITER_STOPPED = re.compile(r"telemetry consumer stopping: writer (\{.*?\})")
 _BRIDGE_STOPPED = re.compile(r"MQTT bridge \S+ stopped: (\{.*\})")
 
 
@@ -361,7 +362,7 @@ class Soak:
         dead = checks.deadletters(kafka.read_all(self.topics.deadletter))
         with checks.connect(self.settings.database_url) as conn:
             readings = checks.readings(conn, simulator, dead)
-            writer = _logged_dicts(_WRITER_STOPPED, self.procs["writer"].log_text())
+            writer = _logged_dicts(_WRITER_STOPPED, self.procs["telemetry"].log_text())
             readings["writer_skipped_duplicates"] = writer[-1].get("duplicates") if writer else None
             events: dict[str, Any] = {
                 "citizens": citizens,
