@@ -26,7 +26,7 @@ from infra import kafka as topics
 from infra.pgstore import DATABASE_UNAVAILABLE
 from infra.settings import Settings
 from sensors.monitor import SensorMonitor
-from sensors.writer import TelemetryWriter
+from sensors.writer import TelemetryWriter, poll
 
 log = logging.getLogger(__name__)
 
@@ -92,10 +92,7 @@ class TelemetryConsumer:
         self.writer.consumer = consumer
         try:
             while not stop.is_set():
-                batch = consumer.poll(
-                    timeout_ms=self.settings.writer_poll_ms,
-                    max_records=self.settings.writer_batch_max,
-                )
+                batch = poll(consumer, self.settings)
                 if batch:
                     self.handle(consumer, batch, stop)
                 self.monitor.check_silence_when_due()

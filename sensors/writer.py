@@ -224,10 +224,7 @@ class TelemetryWriter:
         self.consumer = consumer
         try:
             while not stop.is_set():
-                batch = consumer.poll(
-                    timeout_ms=self.settings.writer_poll_ms,
-                    max_records=self.settings.writer_batch_max,
-                )
+                batch = poll(consumer, self.settings)
                 if batch:
                     self.write_durably(consumer, batch, stop, self.load_positions)
         except DATABASE_UNAVAILABLE:
@@ -260,6 +257,14 @@ class TelemetryWriter:
             for attempt in until_database_back(stop, "telemetry writer", log):
                 with attempt:
                     reseek(consumer, load_positions)
+
+
+def poll(consumer: KafkaConsumer, settings: Settings) -> dict[TopicPartition, list[Any]]:
+    """One poll of the telemetry stream: up to ``writer_batch_max`` records."""
+    batch: dict[TopicPartition, list[Any]] = consumer.poll(
+        timeout_ms=settings.writer_poll_ms, max_records=settings.writer_batch_max
+    )
+    return batch
 
 
 def reseek(
