@@ -21,6 +21,22 @@ from projections.case_queries import box_around
 from projections.queries import dict_rows
 
 
+def nearest(
+    rows: list[dict[str, Any]], lon: float, lat: float, radius_m: float
+) -> list[tuple[float, dict[str, Any]]]:
+    """(distance, row) of the ``rows`` within ``radius_m`` of (lon, lat), nearest first;
+    rows as far (two reports from one spot) in the order of their first column, the id:
+    the same order live and in a backtest, whatever order the database gave."""
+    found = [(float(distance_m(lon, lat, r["lon"], r["lat"])), r) for r in rows]
+    return sorted(
+        ((d, r) for d, r in found if d <= radius_m), key=lambda dr: (dr[0], str(_first(dr[1])))
+    )
+
+
+def _first(row: dict[str, Any]) -> Any:
+    return next(iter(row.values()))
+
+
 class NearbyQueries:
     def __init__(self, pool: ConnectionPool) -> None:
         self.pool = pool
@@ -29,9 +45,7 @@ class NearbyQueries:
         self, query: str, params: list[Any], lon: float, lat: float, radius_m: float
     ) -> list[tuple[float, dict[str, Any]]]:
         """(distance, row) of the rows of ``query`` within ``radius_m``, nearest first."""
-        rows = dict_rows(self.pool, query, params)
-        found = [(float(distance_m(lon, lat, r["lon"], r["lat"])), r) for r in rows]
-        return sorted((d, r) for d, r in found if d <= radius_m)
+        return nearest(dict_rows(self.pool, query, params), lon, lat, radius_m)
 
     def incidents_near(
         self, lon: float, lat: float, radius_m: float, categories: tuple[str, ...], since: datetime

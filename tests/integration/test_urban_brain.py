@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
@@ -215,16 +216,21 @@ run_projector(Settings(), threading.Event(), batch_size=int(sys.argv[1]))
 """
 
 
-def test_festival_crowd_complaints_become_one_incident(
-    settings: Settings, city: tuple[CityApp, ServiceDesk, Any]
-) -> None:
-    """The festival scenario's calls (no sensor sees a crowd) through the real brain: four
-    complaints stay cases; from the fifth, one citizen-reports incident holds them all."""
-    app, desk, pool = city
+def festival_reports(settings: Settings) -> list[CaseReport]:
     festival = Festival(seed=3)
     model = CitizenModel(city_layers(settings), load_categories(), festival, seed=3)
-    reports = [r for r in model.reports(0.0, festival.timeline.end_s) if r.cause == "scenario"]
-    assert len(reports) >= 30
+    return [r for r in model.reports(0.0, festival.timeline.end_s) if r.cause == "scenario"]
+
+
+def run_brain_over(
+    settings: Settings,
+    city: tuple[CityApp, ServiceDesk, Any],
+    reports: list[CaseReport],
+    after_first: Callable[[list[UUID]], None] = lambda _: None,
+) -> tuple[list[UUID], list[UUID]]:
+    """The first four ``reports`` filed and correlated (then ``after_first`` of their
+    case ids), then the rest: the case ids of both."""
+    app, desk, pool = city
     brain = brain_follower(settings, app, pool)
 
     def submit(r: CaseReport) -> UUID:
@@ -251,10 +257,41 @@ def test_festival_crowd_complaints_become_one_incident(
     with threads(partial(run_projector, settings), join_s=10):
         first = [submit(r) for r in reports[:4]]
         brain_done()
-        assert all(desk.get(c).incident_id is None for c in first)
+        after_first(first)
         rest = [submit(r) for r in reports[4:]]
         brain_done()
         wait_until(lambda: caught_up(settings), 60, "projections at the head")
+    return first, rest
+
+
+def test_complaints_from_one_spot_become_one_incident(
+    settings: Settings, city: tuple[CityApp, ServiceDesk, Any]
+) -> None:
+    """Callers at the very same point (one address, one phone mast): equally near, they
+    are taken in the order of their ids, and the brain goes on."""
+    spot = festival_reports(settings)[:8]
+    same = [replace(r, lon=spot[0].lon, lat=spot[0].lat) for r in spot]
+    first, rest = run_brain_over(settings, city, same)
+    incidents = rows(settings, "SELECT incident_id, linked_cases FROM map_incidents")
+    assert len(incidents) == 1, incidents
+    _, desk, _ = city
+    assert {desk.get(c).incident_id for c in first + rest} == {str(incidents[0][0])}
+    assert incidents[0][1] == len(same)
+
+
+def test_festival_crowd_complaints_become_one_incident(
+    settings: Settings, city: tuple[CityApp, ServiceDesk, Any]
+) -> None:
+    """The festival scenario's calls (no sensor sees a crowd) through the real brain: four
+    complaints stay cases; from the fifth, one citizen-reports incident holds them all."""
+    app, desk, _ = city
+    reports = festival_reports(settings)
+    assert len(reports) >= 30
+
+    def none_linked_yet(first: list[UUID]) -> None:
+        assert all(desk.get(c).incident_id is None for c in first)
+
+    first, rest = run_brain_over(settings, city, reports, none_linked_yet)
     incidents = rows(
         settings,
         "SELECT incident_id, kind, category, linked_cases FROM map_incidents WHERE status = 'open'",
