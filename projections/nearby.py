@@ -22,19 +22,15 @@ from projections.queries import dict_rows
 
 
 def nearest(
-    rows: list[dict[str, Any]], lon: float, lat: float, radius_m: float
+    rows: list[dict[str, Any]], key: str, lon: float, lat: float, radius_m: float
 ) -> list[tuple[float, dict[str, Any]]]:
     """(distance, row) of the ``rows`` within ``radius_m`` of (lon, lat), nearest first;
-    rows as far (two reports from one spot) in the order of their first column, the id:
-    the same order live and in a backtest, whatever order the database gave."""
+    rows as far (two reports from one spot) in the order of their ``key`` column: the
+    same order live and in a backtest, whatever order the database gave."""
     found = [(float(distance_m(lon, lat, r["lon"], r["lat"])), r) for r in rows]
     return sorted(
-        ((d, r) for d, r in found if d <= radius_m), key=lambda dr: (dr[0], str(_first(dr[1])))
+        ((d, r) for d, r in found if d <= radius_m), key=lambda dr: (dr[0], str(dr[1][key]))
     )
-
-
-def _first(row: dict[str, Any]) -> Any:
-    return next(iter(row.values()))
 
 
 class NearbyQueries:
@@ -42,10 +38,10 @@ class NearbyQueries:
         self.pool = pool
 
     def _near(
-        self, query: str, params: list[Any], lon: float, lat: float, radius_m: float
+        self, query: str, params: list[Any], key: str, lon: float, lat: float, radius_m: float
     ) -> list[tuple[float, dict[str, Any]]]:
         """(distance, row) of the rows of ``query`` within ``radius_m``, nearest first."""
-        return nearest(dict_rows(self.pool, query, params), lon, lat, radius_m)
+        return nearest(dict_rows(self.pool, query, params), key, lon, lat, radius_m)
 
     def incidents_near(
         self, lon: float, lat: float, radius_m: float, categories: tuple[str, ...], since: datetime
@@ -56,6 +52,7 @@ class NearbyQueries:
             " AND lon BETWEEN %s AND %s AND lat BETWEEN %s AND %s"
             " AND (opened_at >= %s OR alarm_status = 'active')",
             [list(categories), *box_around(lon, lat, radius_m), since],
+            "incident_id",
             lon,
             lat,
             radius_m,
@@ -71,6 +68,7 @@ class NearbyQueries:
             " AND lon BETWEEN %s AND %s AND lat BETWEEN %s AND %s AND submitted_at >= %s"
             " LIMIT 500",
             [list(OPEN), list(categories), *box_around(lon, lat, radius_m), since],
+            "case_id",
             lon,
             lat,
             radius_m,
@@ -84,6 +82,7 @@ class NearbyQueries:
             "SELECT device_id, lon, lat, alarms, silent FROM map_sensors"
             " WHERE sensor_type = ANY(%s) AND lon BETWEEN %s AND %s AND lat BETWEEN %s AND %s",
             [list(sensor_types), *box_around(lon, lat, radius_m)],
+            "device_id",
             lon,
             lat,
             radius_m,

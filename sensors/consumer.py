@@ -23,7 +23,6 @@ from typing import Any
 from kafka import TopicPartition
 
 from infra import kafka as topics
-from infra.pgstore import DATABASE_UNAVAILABLE
 from infra.settings import Settings
 from sensors.monitor import SensorMonitor
 from sensors.writer import TelemetryWriter, poll
@@ -91,21 +90,17 @@ class TelemetryConsumer:
         )
         self.writer.consumer = consumer
         try:
-            while not stop.is_set():
-                batch = poll(consumer, self.settings)
-                if batch:
-                    self.handle(consumer, batch, stop)
-                self.monitor.check_silence_when_due()
-        except DATABASE_UNAVAILABLE:
-            if not stop.is_set():
-                raise
-            log.info("telemetry consumer stopped while the database was unavailable")
+            with topics.consuming(consumer, self.writer.producer, stop, "telemetry consumer"):
+                while not stop.is_set():
+                    batch = poll(consumer, self.settings)
+                    if batch:
+                        self.handle(consumer, batch, stop)
+                    self.monitor.check_silence_when_due()
         finally:
             log.info(
                 "telemetry consumer stopping: writer %s, monitor %s",
                 dict(self.writer.counters),
                 dict(self.monitor.counters),
             )
-            consumer.close(autocommit=False)
-            self.writer.producer.flush()
-            self.monitor.producer.flush()
+            if self.monitor.producer is not self.writer.producer:
+                self.monitor.producer.flush()
