@@ -5,6 +5,7 @@ Nothing connects at import time; each ``run_*`` function owns what it opens.
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
 import threading
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
 
     from api.deps import Container
     from core.brain.correlation import CorrelationPolicy
-    from core.case.desk import NearbyCases, ServiceDesk
+    from core.case.desk import Department, Locator, NearbyCases, Place, ServiceDesk
     from core.incident.desk import IncidentDesk
     from gis.layers import CityLayers
     from projections.runner import SqlProjection
@@ -143,6 +144,29 @@ def city_layers(settings: Settings) -> CityLayers:
     from simulations.city import ensure_city
 
     return ensure_city(settings)
+
+
+class LazyLocator:
+    """The city's ``Locator``, its layers loaded on first use: a telemetry process needs
+    them only when a device reports that it moved."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    @functools.cached_property
+    def _locator(self) -> Locator:
+        from gis.locator import CityLocator
+
+        return CityLocator(city_layers(self.settings))
+
+    def place(self, lon: float, lat: float) -> Place | None:
+        return self._locator.place(lon, lat)
+
+    def department_for(self, lon: float, lat: float, department_type: str) -> str | None:
+        return self._locator.department_for(lon, lat, department_type)
+
+    def departments(self) -> dict[str, Department]:
+        return self._locator.departments()
 
 
 class DeviceRegistry:
@@ -255,7 +279,15 @@ def run_monitor(
         _pool_and_producer(settings) as (pool, producer),
         closing(city_app(settings, pool_size=3)) as app,
     ):
-        SensorMonitor(settings, app, ruleset(settings), pool, producer, group_id=group_id).run(stop)
+        SensorMonitor(
+            settings,
+            app,
+            ruleset(settings),
+            pool,
+            producer,
+            group_id=group_id,
+            locator=LazyLocator(settings),
+        ).run(stop)
 
 
 def run_telemetry(settings: Settings, stop: threading.Event, group_id: str = "telemetry") -> None:
@@ -269,7 +301,9 @@ def run_telemetry(settings: Settings, stop: threading.Event, group_id: str = "te
         closing(city_app(settings, pool_size=3)) as app,
     ):
         writer = TelemetryWriter(settings, pool, producer)
-        monitor = SensorMonitor(settings, app, ruleset(settings), pool, producer)
+        monitor = SensorMonitor(
+            settings, app, ruleset(settings), pool, producer, locator=LazyLocator(settings)
+        )
         TelemetryConsumer(settings, writer, monitor, group_id=group_id).run(stop)
 
 

@@ -226,6 +226,19 @@ def to_wgs84(lon: float, lat: float, source: str | CoordSystem) -> tuple[float, 
     return convert(lon, lat, source, CoordSystem.WGS84)
 
 
+def to_wgs84_named(lon: float, lat: float, source: str) -> tuple[float, float, str]:
+    """:func:`to_wgs84`, with the name of ``source`` as :class:`CoordSystem` spells it (what
+    a device said it reported in, for the record).
+
+    Examples
+    --------
+    >>> to_wgs84_named(2.3522, 48.8566, "GCJ-02")
+    (2.3522, 48.8566, 'gcj02')
+    """
+    system = CoordSystem.parse(source)
+    return (*to_wgs84(lon, lat, system), system.value)
+
+
 def from_wgs84(lon: float, lat: float, target: str | CoordSystem) -> tuple[float, float]:
     """A stored (WGS-84) position as a client in ``target`` wants it.
 

@@ -160,6 +160,9 @@ class Settings(BaseSettings):
     writer_batch_max: int = Field(default=5_000, ge=1)
     writer_poll_ms: int = Field(default=200, ge=1)
     monitor_silence_check_s: float = Field(default=5.0, gt=0)
+    # A device's reported position (MQTT .../location) this far from where it is on the
+    # map moves it (a Relocated event); nearer is the fix's own scatter, and changes nothing.
+    relocation_min_m: float = Field(default=10.0, ge=0)
 
     # Simulator.
     sim_rate: float = Field(default=200.0, gt=0, description="messages per second")

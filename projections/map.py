@@ -119,6 +119,15 @@ _SENSOR_HANDLERS: dict[type[Any], Callable[[Any], list[Statement]]] = {
     Sensor.AlarmCleared: _sensor("alarms = alarms - %(rule)s::text", rule="rule_id"),  # type: ignore[attr-defined]
     Sensor.WentSilent: _sensor("silent = true"),  # type: ignore[attr-defined]
     Sensor.CameBack: _sensor("silent = false"),  # type: ignore[attr-defined]
+    Sensor.Relocated: _sensor(  # type: ignore[attr-defined]
+        "lon = %(lon)s, lat = %(lat)s, grid_code = %(grid_code)s,"
+        " district_code = %(district_code)s, department_code = %(department_code)s",
+        lon="lon",
+        lat="lat",
+        grid_code="grid_code",
+        district_code="district_code",
+        department_code="department_code",
+    ),
 }
 
 _INCIDENT_HANDLERS: dict[type[Any], Callable[[Any], list[Statement]]] = {

@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from core.sensor.senml import REASON_CODES, Limits, RejectedPayload, deadletter_record, decode
+from gis.china import to_wgs84_named
 from infra.kafka import Topics, default_partition
 from infra.pgstore import DATABASE_UNAVAILABLE, describe
 from infra.settings import Settings
@@ -434,7 +435,7 @@ class MqttBridge:
             topic = "<topic not UTF-8>"  # decode rejects it as topic_shape
         payload = message.payload
         try:
-            decoded = decode(topic, payload, now, self._gateway_of, self._limits)
+            decoded = decode(topic, payload, now, self._gateway_of, self._limits, to_wgs84_named)
         except RejectedPayload as rejected:
             self.metrics.reject(rejected.reason_code)
             self._warnings.warning(

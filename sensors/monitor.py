@@ -24,11 +24,13 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from psycopg_pool import ConnectionPool
 
 from core.app import CityApp
+from core.case.desk import Locator
 from core.errors import NotFoundError
-from core.incident.policy import IncidentPolicy
+from core.incident.policy import SYSTEM_MONITOR, IncidentPolicy
 from core.sensor import Sensor, sensor_id
-from core.sensor.rules import DeviceState, RuleSet, evaluate_readings, is_silent
+from core.sensor.rules import DEPARTMENT_TYPE, DeviceState, RuleSet, evaluate_readings, is_silent
 from core.sensor.telemetry import TelemetryMessage
+from gis.crs import distance_m
 from infra import kafka as topics
 from infra.pgstore import DATABASE_UNAVAILABLE, describe
 from infra.settings import Settings
@@ -46,6 +48,7 @@ class SensorMonitor:
         producer: KafkaProducer,
         group_id: str = "sensor-monitor",
         clock: Callable[[], float] = time.time,
+        locator: Locator | None = None,
     ) -> None:
         self.settings = settings
         self.topics = topics.Topics.of(settings)
@@ -56,6 +59,9 @@ class SensorMonitor:
         self.producer = producer
         self.group_id = group_id
         self.clock = clock
+        # Places a device that reports a new position; without one, positions are only
+        # a sign of life.
+        self.locator = locator
         self.tracked = topics.TrackedPositions(app.recorder, group_id)
         self.states: dict[str, DeviceState] = {}
         self.partition_of: dict[str, int] = {}
@@ -174,6 +180,8 @@ class SensorMonitor:
             sensor = self._sensor(msg.device_id, pe)
             self.policy.came_back(sensor, msg.received_at, correlation_id, pe)
             state.silent = False
+        if msg.location is not None:
+            self._relocate(msg, kind, correlation_id, pe)
         if msg.readings:
             transitions = evaluate_readings(
                 self.ruleset,
@@ -184,6 +192,41 @@ class SensorMonitor:
             if transitions:
                 sensor = self._sensor(msg.device_id, pe)
                 self.policy.apply(sensor, transitions, correlation_id, pe)
+
+    def _relocate(
+        self, msg: TelemetryMessage, kind: str, correlation_id: str, pe: ProcessingEvent[UUID]
+    ) -> None:
+        """Move the device to the position it reported, when it is newer than the one that
+        placed it and further than ``relocation_min_m``: placed on the grid again, with the
+        department of its type there."""
+        where = msg.location
+        if where is None or self.locator is None:
+            return
+        sensor = self._sensor(msg.device_id, pe)
+        if sensor.located_at is not None and where.ts <= sensor.located_at:
+            self.counters["locations_out_of_order"] += 1
+            return
+        moved = float(distance_m(sensor.lon, sensor.lat, where.lon, where.lat))
+        if moved < self.settings.relocation_min_m:
+            return
+        place = self.locator.place(where.lon, where.lat)
+        department_type = DEPARTMENT_TYPE.get(kind)
+        sensor.relocate(
+            lon=where.lon,
+            lat=where.lat,
+            grid_code=None if place is None else place.grid_code,
+            district_code=None if place is None else place.district_code,
+            department_code=None
+            if department_type is None
+            else self.locator.department_for(where.lon, where.lat, department_type),
+            coord_system=where.coord_system,
+            located_at=where.ts,
+            moved_m=round(moved, 1),
+            actor=SYSTEM_MONITOR,
+            correlation_id=correlation_id,
+        )
+        pe.collect_events(sensor)
+        self.counters["relocated"] += 1
 
     def check_silence(self) -> int:
         """Open silent-device incidents for devices quiet for too long; return how many."""

@@ -54,15 +54,15 @@ def copy_lines(value: bytes, lines: list[str]) -> int:
     """Decode one ``cityops.telemetry`` value into COPY text lines; return how many.
 
     One decode per record, straight to the row's text. Raises ValueError, KeyError or
-    TypeError for a value that is not a telemetry message; a status message has no
-    readings.
+    TypeError for a value that is not a telemetry message; a status or location message
+    has no readings (a position is the sensor monitor's: a moved device is an event).
     """
     body = orjson.loads(value)
     kind = body["kind"]
     device = _copy_text(body["device_id"])
     _copy_text(body["gateway_id"])
     float(body["received_at"])
-    if kind == "status":
+    if kind in ("status", "location"):
         return 0
     if kind != "readings":
         raise ValueError(f"unknown telemetry kind {kind!r}")

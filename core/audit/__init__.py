@@ -222,6 +222,10 @@ def _summaries() -> dict[str, Callable[[Any], str]]:
             f"{e.metric} = {e.value} crossed rule {e.rule_id} v{e.rule_version}: {e.severity} alarm"
         ),
         "WentSilent": lambda e: f"device went silent: {e.reason}",
+        "Relocated": lambda e: (
+            f"device moved {e.moved_m:.0f} m (reported in {e.coord_system}) to grid cell"
+            f" {e.grid_code or 'none'}"
+        ),
         "Opened": lambda e: f"{e.kind} incident opened: {e.title} ({e.severity})",
         "Retriggered": lambda e: f"alarm re-triggered ({e.severity}, value {e.value})",
         "SeverityChanged": lambda e: f"severity now {e.severity}",

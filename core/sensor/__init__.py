@@ -74,6 +74,7 @@ class Sensor(Aggregate):
         self.maintenance = False
         self.open_incidents: dict[str, str] = {}  # rule id -> incident id (hex)
         self.incident_seq: dict[str, int] = {}
+        self.located_at: float | None = None  # time of the fix that placed it, if one did
 
     @property
     def state(self) -> str:
@@ -155,6 +156,30 @@ class Sensor(Aggregate):
             raise IllegalTransitionError("sensor is already silent")
         self.silent = True
         self._incident_opened(SILENCE_RULE, incident_id, incident_seq)
+
+    @event("Relocated")
+    def relocate(
+        self,
+        lon: float,
+        lat: float,
+        grid_code: str | None,
+        district_code: str | None,
+        department_code: str | None,
+        coord_system: str,
+        located_at: float,
+        moved_m: float,
+        actor: str,
+        correlation_id: str,
+    ) -> None:
+        """The device reported a position ``moved_m`` from where it was (WGS-84 ``lon``,
+        ``lat``; ``coord_system`` is what it reported in); its incidents stay where they
+        opened."""
+        if self.located_at is not None and located_at <= self.located_at:
+            raise IllegalTransitionError("a fix no newer than the one that placed the sensor")
+        self.lon, self.lat = lon, lat
+        self.grid_code, self.district_code = grid_code, district_code
+        self.department_code = department_code
+        self.located_at = located_at
 
     @event("CameBack")
     def come_back(self, seen_at: float, actor: str, correlation_id: str) -> None:

@@ -17,6 +17,14 @@ Accepted telemetry payloads:
     {"ts": "2025-11-21T04:40:00Z", "metrics": {"water_level": 38.5}, "units": {"water_level": "m"}}
 
 Status payloads: ``online`` / ``offline``, as text, a JSON string or ``{"status": ...}``.
+
+Location payloads (``cityops/<gateway>/<device>/location``: where a device is, surveyed
+or from its GNSS fix), in WGS-84 or the offset systems of Chinese maps and phones::
+
+    {"lon": 121.4788, "lat": 31.2285, "coord_system": "gcj02", "ts": 1763700000.0}
+
+``coord_system`` is ``wgs84`` (the default), ``gcj02`` or ``bd09``; the caller's
+``to_wgs84`` converts, so that what leaves the decoder is WGS-84.
 """
 
 from __future__ import annotations
@@ -38,9 +46,14 @@ from core.sensor.telemetry import (
     CANONICAL_UNITS,
     UNIT_CONVERSIONS,
     DeviceStatus,
+    Location,
     Reading,
     TelemetryMessage,
 )
+
+# (lon, lat, the system they are in) -> (WGS-84 lon, lat, the system's canonical name);
+# ValueError for a system it does not know.
+ToWgs84 = Callable[[float, float, str], tuple[float, float, str]]
 
 
 class LimitSettings(Protocol):
@@ -68,10 +81,14 @@ REASON_CODES: tuple[str, ...] = (
     "future_timestamp",
     "stale_timestamp",
     "bad_status",
+    "bad_location",
+    "unknown_coord_system",
 )
 
 _ID = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
-_TOPIC = re.compile(rf"cityops/(?P<gateway>{_ID})/(?P<device>{_ID})/(?P<channel>telemetry|status)")
+_TOPIC = re.compile(
+    rf"cityops/(?P<gateway>{_ID})/(?P<device>{_ID})/(?P<channel>telemetry|status|location)"
+)
 # RFC 8428 section 4.5.1: the characters a resolved SenML name may use.
 _SENML_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9:./_-]*")
 # RFC 8428 section 4.5.3: smaller resolved times are relative to "now".
@@ -119,13 +136,16 @@ def decode(
     now: float,
     gateway_of: Callable[[str], str | None],
     limits: Limits,
+    to_wgs84: ToWgs84 | None = None,
 ) -> TelemetryMessage:
-    """Normalise one MQTT message, or raise RejectedPayload with the reason."""
+    """Normalise one MQTT message, or raise RejectedPayload with the reason.
+
+    Locations are taken only where ``to_wgs84`` is given (what leaves here is WGS-84)."""
     match = _TOPIC.fullmatch(topic)
     if match is None:
         raise RejectedPayload(
             "topic_shape",
-            f"topic {_clip(topic)} is not cityops/<gateway>/<device>/telemetry|status",
+            f"topic {_clip(topic)} is not cityops/<gateway>/<device>/telemetry|status|location",
         )
     gateway_id, device_id = match["gateway"], match["device"]
     # Before any parsing, so a flood of huge payloads costs nothing but a length check.
@@ -154,6 +174,14 @@ def decode(
         )
 
     body = _parse_json(payload)
+    if match["channel"] == "location":
+        return TelemetryMessage(
+            device_id=device_id,
+            gateway_id=gateway_id,
+            received_at=now,
+            kind="location",
+            location=_location(body, now, limits, to_wgs84),
+        )
     if isinstance(body, list):
         readings = _senml_readings(body, device_id, now, limits)
     elif isinstance(body, dict):
@@ -212,6 +240,39 @@ def _status(payload: bytes) -> DeviceStatus:
     if value == "offline":
         return "offline"
     raise RejectedPayload("bad_status", f"status {_clip(value)} is not 'online' or 'offline'")
+
+
+# --- location -----------------------------------------------------------------------------
+
+_LOCATION_FIELDS = frozenset(("lon", "lat", "coord_system", "ts"))
+
+
+def _location(body: Any, now: float, limits: Limits, to_wgs84: ToWgs84 | None) -> Location:
+    if to_wgs84 is None:
+        raise RejectedPayload("bad_location", "this intake takes no locations")
+    if not isinstance(body, dict):
+        raise RejectedPayload("bad_location", "a location is an object with lon and lat")
+    unknown = body.keys() - _LOCATION_FIELDS
+    if unknown:
+        # A misspelt coord_system must not pass for WGS-84 (hundreds of metres off).
+        raise RejectedPayload("bad_location", f"unknown field {_clip(min(unknown))}")
+    if not (_is_number(body.get("lon")) and _is_number(body.get("lat"))):
+        raise RejectedPayload("bad_location", "lon and lat must both be numbers")
+    lon, lat = float(body["lon"]), float(body["lat"])
+    if not (-180.0 <= lon <= 180.0 and -90.0 <= lat <= 90.0):
+        raise RejectedPayload("bad_location", f"({lon}, {lat}) is not a longitude/latitude")
+    system = body.get("coord_system", "wgs84")
+    if not isinstance(system, str):
+        raise RejectedPayload("bad_location", "coord_system must be a string")
+    ts = _plain_time(body.get("ts"), now)
+    _check_time(ts, now, limits, "ts")
+    try:
+        wgs_lon, wgs_lat, name = to_wgs84(lon, lat, system)
+    except ValueError:
+        raise RejectedPayload(
+            "unknown_coord_system", f"coord_system {_clip(system)} is not wgs84, gcj02 or bd09"
+        ) from None
+    return Location(ts, wgs_lon, wgs_lat, name)
 
 
 # --- JSON ---------------------------------------------------------------------------------

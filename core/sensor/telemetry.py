@@ -9,7 +9,14 @@ One Kafka message per MQTT message, keyed by device id, value::
     {"kind": "status", "device_id": "wl-0042", "gateway_id": "gw-01",
      "received_at": 1763700000.25, "status": "offline"}
 
-Timestamps are epoch seconds (UTC); values are floats in the canonical unit of the metric.
+    {"kind": "location", "device_id": "wl-0042", "gateway_id": "gw-01",
+     "received_at": 1763700000.25,
+     "location": {"ts": 1763700000.0, "lon": 121.4737, "lat": 31.2304,
+                  "coord_system": "gcj02"}}
+
+Timestamps are epoch seconds (UTC); values are floats in the canonical unit of the metric;
+a location's lon/lat are WGS-84 whatever system the device reported them in
+(``coord_system``: the decoder converts at the edge).
 """
 
 from __future__ import annotations
@@ -49,6 +56,7 @@ SENSOR_TYPES: dict[str, tuple[str, ...]] = {
 }
 
 DeviceStatus = Literal["online", "offline"]
+TelemetryKind = Literal["readings", "status", "location"]
 
 
 class Reading(NamedTuple):
@@ -60,16 +68,26 @@ class Reading(NamedTuple):
     unit: str
 
 
+class Location(NamedTuple):
+    """Where a device says it is: WGS-84 lon/lat, and the system it reported them in."""
+
+    ts: float
+    lon: float
+    lat: float
+    coord_system: str
+
+
 @dataclass(frozen=True, slots=True)
 class TelemetryMessage:
-    """One normalised message from one device: readings, or a status change."""
+    """One normalised message from one device: readings, a status change, or its position."""
 
     device_id: str
     gateway_id: str
     received_at: float
-    kind: Literal["readings", "status"] = "readings"
+    kind: TelemetryKind = "readings"
     readings: tuple[Reading, ...] = field(default_factory=tuple)
     status: DeviceStatus | None = None
+    location: Location | None = None
 
     def to_json(self) -> bytes:
         body: dict[str, Any] = {
@@ -83,6 +101,8 @@ class TelemetryMessage:
                 {"ts": r.ts, "metric": r.metric, "value": r.value, "unit": r.unit}
                 for r in self.readings
             ]
+        elif self.kind == "location" and self.location is not None:
+            body["location"] = self.location._asdict()
         else:
             body["status"] = self.status
         return orjson.dumps(body)
@@ -110,5 +130,19 @@ class TelemetryMessage:
                 received_at=float(body["received_at"]),
                 kind="status",
                 status=body["status"],
+            )
+        if kind == "location":
+            where = body["location"]
+            return cls(
+                device_id=body["device_id"],
+                gateway_id=body["gateway_id"],
+                received_at=float(body["received_at"]),
+                kind="location",
+                location=Location(
+                    float(where["ts"]),
+                    float(where["lon"]),
+                    float(where["lat"]),
+                    str(where["coord_system"]),
+                ),
             )
         raise ValueError(f"unknown telemetry kind {kind!r}")

@@ -156,6 +156,7 @@ _NAMES: dict[type[Aggregate], tuple[str, str, dict[str, str]]] = {
             "AlarmCleared": "alarm-cleared",
             "WentSilent": "went-silent",
             "CameBack": "came-back",
+            "Relocated": "relocated",
         },
     ),
 }
@@ -183,7 +184,7 @@ NOT_PUBLISHED: dict[type[DomainEvent], str] = {
 }
 
 # Kept by the domain as epoch seconds (readings' times), published as RFC 3339.
-EPOCH_TIMES = frozenset({"reading_ts", "last_seen", "seen_at"})
+EPOCH_TIMES = frozenset({"reading_ts", "last_seen", "seen_at", "located_at"})
 # Ids of other aggregates, published as UUID text (the sensor records an incident's as hex).
 IDS = frozenset({"incident_id", "case_id", "target_id"})
 # Fields that name a person (who acted, who was paged): published by role only.

@@ -93,6 +93,7 @@ PUBLISHED_TYPES = (
     "cityops.sensor.alarm-cleared",
     "cityops.sensor.went-silent",
     "cityops.sensor.came-back",
+    "cityops.sensor.relocated",
     "cityops.escalation.opened",
     "cityops.escalation.paged",
     "cityops.escalation.page-delivered",
@@ -377,6 +378,17 @@ def _sensor() -> Sensor:
         **reading,
     )
     sensor.come_back(seen_at=1_772_420_000.0, **reading)
+    sensor.relocate(
+        lon=121.4301,
+        lat=31.2102,
+        grid_code="310105001001002",
+        district_code="310105",
+        department_code="water-west",
+        coord_system="gcj02",
+        located_at=1_772_420_100.0,
+        moved_m=152.5,
+        **reading,
+    )
     return sensor
 
 

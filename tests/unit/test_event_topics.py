@@ -82,6 +82,7 @@ STORED_TOPICS = (
     "core.sensor:Sensor.Created",
     "core.sensor:Sensor.Event",
     "core.sensor:Sensor.Registered",
+    "core.sensor:Sensor.Relocated",
     "core.sensor:Sensor.WentSilent",
 )
 

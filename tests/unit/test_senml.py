@@ -433,6 +433,8 @@ def test_every_reason_code_is_exercised() -> None:
         "bad_senml", "wrong_type", "unknown_device", "foreign_device", "device_mismatch",
         "unknown_metric",
         "unknown_unit", "future_timestamp", "stale_timestamp", "bad_status",
+        # tests/unit/test_location_payload.py
+        "bad_location", "unknown_coord_system",
     }  # fmt: skip
     assert tested == set(REASON_CODES)
 
