@@ -25,6 +25,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from api.presenters import summary
 from core.sensor.senml import Limits, RejectedPayload, deadletter_record, decode
+from gis.china import to_wgs84_named
 from infra.apikeys import REVOKED_CHANNEL
 from infra.kafka import Topics
 from infra.pgstore import DATABASE_UNAVAILABLE, describe
@@ -136,15 +137,19 @@ class TelemetryIntake:
     gateway_of: Callable[[str], str | None]
     limits: Limits
 
-    def accept(self, gateway_id: str, device_id: str, payload: bytes) -> tuple[int, dict[str, Any]]:
+    def accept(
+        self, gateway_id: str, device_id: str, payload: bytes, channel: str = "telemetry"
+    ) -> tuple[int, dict[str, Any]]:
+        """Decode ``payload`` as the MQTT topic ``cityops/<gateway>/<device>/<channel>``
+        would carry it (``telemetry`` or ``location``), forward or dead-letter it."""
         owner = self.gateway_of(device_id)
         if owner is not None and owner != gateway_id:
             # A gateway speaks for its own devices only.
             return 403, {"detail": f"device {device_id!r} is not a device of {gateway_id}"}
-        topic = f"cityops/{gateway_id}/{device_id}/telemetry"
+        topic = f"cityops/{gateway_id}/{device_id}/{channel}"
         now = time.time()
         try:
-            message = decode(topic, payload, now, self.gateway_of, self.limits)
+            message = decode(topic, payload, now, self.gateway_of, self.limits, to_wgs84_named)
         except RejectedPayload as rejected:
             record = deadletter_record("http", topic, payload, rejected, now)
             self.producer.send(self.topics.deadletter, key=b"http", value=record).get(timeout=10)
@@ -152,4 +157,7 @@ class TelemetryIntake:
         self.producer.send(
             self.topics.telemetry, key=message.device_id.encode(), value=message.to_json()
         ).get(timeout=10)
+        if message.location is not None:
+            where = message.location
+            return 202, {"device_id": message.device_id, "lon": where.lon, "lat": where.lat}
         return 202, {"device_id": message.device_id, "readings": len(message.readings)}

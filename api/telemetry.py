@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from pydantic import Field
 
 from api.auth import Principal, require
-from api.deps import ContainerDep
+from api.deps import Container, ContainerDep
 from api.responses import ErrorBody, errors
 
 router = APIRouter(prefix="/api/v1/telemetry", tags=["telemetry"])
@@ -50,6 +50,30 @@ TELEMETRY_BODY = {
     },
 }
 
+LOCATION_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": {
+                "description": "where the device is; stored in WGS-84",
+                "type": "object",
+                "required": ["lon", "lat"],
+                "additionalProperties": False,
+                "properties": {
+                    "lon": {"type": "number", "minimum": -180, "maximum": 180},
+                    "lat": {"type": "number", "minimum": -90, "maximum": 90},
+                    "coord_system": {
+                        "type": "string",
+                        "enum": ["wgs84", "gcj02", "bd09"],
+                        "default": "wgs84",
+                    },
+                    "ts": {"type": ["string", "number"], "description": "ISO 8601 or epoch s"},
+                },
+            }
+        }
+    },
+}
+
 Gateway = Annotated[Principal, Depends(require("gateway"))]
 
 
@@ -75,8 +99,36 @@ async def post_telemetry(
     who: Gateway, c: ContainerDep, device_id: str, request: Request
 ) -> JSONResponse:
     """One message from a device of the calling gateway (the gateway is the key's name)."""
+    return await _accept(c, who, device_id, request, "telemetry")
+
+
+@router.post(
+    "/{device_id}/location",
+    status_code=202,
+    openapi_extra={"requestBody": LOCATION_BODY},
+    responses={
+        **errors(401, 403, 413, 503),
+        422: {
+            "model": Rejected,
+            "description": "The request does not fit the route, or the position is rejected",
+        },
+    },
+)
+async def post_location(
+    who: Gateway, c: ContainerDep, device_id: str, request: Request
+) -> JSONResponse:
+    """Where a device of the calling gateway is, in WGS-84, GCJ-02 or BD-09 (what the MQTT
+    topic ``cityops/<gateway>/<device>/location`` carries); answers the WGS-84 position."""
+    return await _accept(c, who, device_id, request, "location")
+
+
+async def _accept(
+    c: Container, who: Principal, device_id: str, request: Request, channel: str
+) -> JSONResponse:
     if c.telemetry is None:
         return JSONResponse({"detail": "telemetry intake is not configured"}, status_code=503)
     payload = await request.body()
-    status, body = await run_in_threadpool(c.telemetry.accept, who.subject, device_id, payload)
+    status, body = await run_in_threadpool(
+        c.telemetry.accept, who.subject, device_id, payload, channel
+    )
     return JSONResponse(body, status_code=status)

@@ -285,6 +285,15 @@ ENDPOINTS: list[tuple[str, str, Callable[..., Response]]] = [
             {"metrics": {"water_level": 20.0, "battery": 90.0}},
         ),
     ),
+    (
+        "telemetry",
+        "location",
+        _json(
+            "POST",
+            lambda c: f"/api/v1/telemetry/{c.device}/location",
+            {"lon": 121.4782, "lat": 31.2285, "coord_system": "gcj02"},
+        ),
+    ),
     ("auth_me", "me", _json("GET", _fixed("/api/v1/auth/me"))),
     ("my_pages", "pages", _json("GET", _fixed("/api/v1/me/pages"))),
     (
@@ -432,6 +441,32 @@ def test_a_gateway_sends_for_its_own_devices_only(ctx: Ctx) -> None:
     )
     assert other.status_code == 403, other.text
     assert "gw-elsewhere" in other.json()["detail"]
+
+
+def test_a_gateway_says_where_its_device_is_in_gcj02_and_gets_it_back_in_wgs84(
+    ctx: Ctx,
+) -> None:
+    route = f"/api/v1/telemetry/{ctx.device}/location"
+    gateway = ctx.as_("gateway")
+    # People's Square as AMap gives it, and as GPS does.
+    moved = ctx.client.post(
+        route, json={"lon": 121.478223, "lat": 31.228458, "coord_system": "gcj02"}, headers=gateway
+    )
+    assert moved.status_code == 202, moved.text
+    assert moved.json()["lon"] == pytest.approx(121.4737, abs=1e-4)
+    assert moved.json()["lat"] == pytest.approx(31.2304, abs=1e-4)
+    for body, reason in (
+        ({"lon": 121.47, "lat": 31.23, "coord_system": "mars"}, "unknown_coord_system"),
+        ({"lon": 121.47, "lat": 95.0}, "bad_location"),
+        ({"lon": 121.47, "lat": 31.23, "crs": "gcj02"}, "bad_location"),
+    ):
+        refused = ctx.client.post(route, json=body, headers=gateway)
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["reason"] == reason
+    other = ctx.client.post(
+        route, json={"lon": 121.47, "lat": 31.23}, headers=ctx.world.headers("gateway", "gw-x")
+    )
+    assert other.status_code == 403, other.text
 
 
 # -- credentials that are not (or no longer) valid -------------------------------------------
