@@ -7,7 +7,8 @@ has acknowledged it (202), or dead-lettered with its reason (422).
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
@@ -75,6 +76,7 @@ LOCATION_BODY = {
 }
 
 Gateway = Annotated[Principal, Depends(require("gateway"))]
+Endpoint = TypeVar("Endpoint", bound=Callable[..., Awaitable[JSONResponse]])
 
 
 class Rejected(ErrorBody):
@@ -83,18 +85,23 @@ class Rejected(ErrorBody):
     )
 
 
-@router.post(
-    "/{device_id}",
-    status_code=202,
-    openapi_extra={"requestBody": TELEMETRY_BODY},
-    responses={
-        **errors(401, 403, 413, 503),
-        422: {
-            "model": Rejected,
-            "description": "The request does not fit the route, or the payload is rejected",
+def _intake(path: str, body: dict[str, Any]) -> Callable[[Endpoint], Endpoint]:
+    """A gateway's POST: ``body`` the MQTT payload it stands for, 202 or 422 with a reason."""
+    return router.post(
+        path,
+        status_code=202,
+        openapi_extra={"requestBody": body},
+        responses={
+            **errors(401, 403, 413, 503),
+            422: {
+                "model": Rejected,
+                "description": "The request does not fit the route, or the payload is rejected",
+            },
         },
-    },
-)
+    )
+
+
+@_intake("/{device_id}", TELEMETRY_BODY)
 async def post_telemetry(
     who: Gateway, c: ContainerDep, device_id: str, request: Request
 ) -> JSONResponse:
@@ -102,18 +109,7 @@ async def post_telemetry(
     return await _accept(c, who, device_id, request, "telemetry")
 
 
-@router.post(
-    "/{device_id}/location",
-    status_code=202,
-    openapi_extra={"requestBody": LOCATION_BODY},
-    responses={
-        **errors(401, 403, 413, 503),
-        422: {
-            "model": Rejected,
-            "description": "The request does not fit the route, or the position is rejected",
-        },
-    },
-)
+@_intake("/{device_id}/location", LOCATION_BODY)
 async def post_location(
     who: Gateway, c: ContainerDep, device_id: str, request: Request
 ) -> JSONResponse:
