@@ -471,6 +471,7 @@ def run_simulator(
         make_scenario(scenario or settings.sim_scenario, settings.city_seed),
         MqttParams.from_settings(settings),
         rate=rate or settings.sim_rate,
+        location_coord_system=settings.sim_location_coord_system or None,
     )
     stats = simulator.run(duration_s=duration, stop_event=stop)
     log.info("simulator: %s", stats)

@@ -166,6 +166,9 @@ class Settings(BaseSettings):
 
     # Simulator.
     sim_rate: float = Field(default=200.0, gt=0, description="messages per second")
+    # When they come online, the simulated devices say where they are, in this system
+    # (as a Chinese GNSS module or map SDK gives it); "" sends no positions.
+    sim_location_coord_system: Literal["", "wgs84", "gcj02", "bd09"] = "gcj02"
     sim_scenario: str = "rainstorm"
     sim_sensors: int = Field(default=2_000, ge=4)
     # `cityops demo`: every time limit (cases, incidents) this many times shorter, so the

@@ -47,6 +47,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from core.sensor.telemetry import CANONICAL_UNITS, SENSOR_TYPES
+from gis.china import from_wgs84
 from infra.settings import Settings
 from simulations.scenarios import Fleet, Scenario
 
@@ -75,6 +76,25 @@ def telemetry_topic(gateway_id: str, device_id: str) -> str:
 def status_topic(gateway_id: str, device_id: str) -> str:
     """MQTT topic of a device's ``online`` / ``offline`` status."""
     return f"cityops/{gateway_id}/{device_id}/status"
+
+
+def location_topic(gateway_id: str, device_id: str) -> str:
+    """MQTT topic of where a device is."""
+    return f"cityops/{gateway_id}/{device_id}/location"
+
+
+def location_payload(lon: float, lat: float, ts: float, coord_system: str) -> bytes:
+    """A device's position, WGS-84 ``lon``/``lat`` given in ``coord_system`` as a Chinese
+    GNSS module or map SDK would report it.
+
+    Examples
+    --------
+    >>> location_payload(121.4737, 31.2304, 1763700000.0, "gcj02")
+    b'{"lon":121.478223,"lat":31.228458,"coord_system":"gcj02","ts":1763700000.0}'
+    """
+    x, y = from_wgs84(lon, lat, coord_system)
+    body = {"lon": round(x, 6), "lat": round(y, 6), "coord_system": coord_system, "ts": ts}
+    return orjson.dumps(body)
 
 
 def senml_payload(device_id: str, ts: float, metrics: Mapping[str, tuple[float, str]]) -> bytes:
@@ -368,6 +388,7 @@ class GatewaySimulator:
         max_connections: int = 4,
         max_unacked: int = 10_000,
         announce_status: bool = True,
+        location_coord_system: str | None = None,
         client_id_prefix: str | None = None,
         clock: Callable[[], float] = time.time,
         client_factory: ClientFactory | None = None,
@@ -383,6 +404,8 @@ class GatewaySimulator:
         self.rate = rate
         self.max_unacked = max_unacked
         self.announce_status = announce_status
+        # With the "online" status, each device says where it is, in this system.
+        self.location_coord_system = location_coord_system
         self._clock = clock
         self._client_factory = client_factory
         self._prefix = client_id_prefix or f"cityops-sim-{os.getpid()}"
@@ -443,6 +466,7 @@ class GatewaySimulator:
                     clients.append(connect_client(params, client_id))
             if self.announce_status:
                 self._publish_status(clients, "online", drain_timeout_s)
+                self._publish_locations(clients, drain_timeout_s)
             for client in clients:
                 client.on_publish = self._on_publish
             start = time.monotonic()
@@ -510,8 +534,34 @@ class GatewaySimulator:
                     log.error("publish to %s failed: %s", self._telemetry_topics[i], info.rc)
 
     def _publish_status(self, clients: list[mqtt.Client], status: str, timeout_s: float) -> None:
+        payload = status.encode()
+        self._announce(clients, status_topic, lambda i: payload, f"{status!r} status", timeout_s)
+
+    def _publish_locations(self, clients: list[mqtt.Client], timeout_s: float) -> None:
+        system, lonlat = self.location_coord_system, self.fleet.lonlat
+        if system is None or lonlat is None:
+            return
+        now = self._clock()
+        self._announce(
+            clients,
+            location_topic,
+            lambda i: location_payload(float(lonlat[i, 0]), float(lonlat[i, 1]), now, system),
+            "location",
+            timeout_s,
+        )
+
+    def _announce(
+        self,
+        clients: list[mqtt.Client],
+        topic: Callable[[str, str], str],
+        payload: Callable[[int], bytes],
+        what: str,
+        timeout_s: float,
+    ) -> None:
+        """One message per device (``payload(i)`` on ``topic(gateway, device)``), waited
+        for up to ``timeout_s``."""
         infos = [
-            clients[self._conn_of_device[i]].publish(status_topic(g, d), status.encode(), qos=QOS)
+            clients[self._conn_of_device[i]].publish(topic(g, d), payload(i), qos=QOS)
             for i, (g, d) in enumerate(
                 zip(self.fleet.gateway_id.tolist(), self.fleet.device_id.tolist(), strict=True)
             )
@@ -524,7 +574,7 @@ class GatewaySimulator:
             info.wait_for_publish(max(0.0, deadline - time.monotonic()))
         pending = len(infos) - sum(info.is_published() for info in sent)
         if pending:
-            log.warning("%d '%s' status messages not acknowledged", pending, status)
+            log.warning("%d %s messages not acknowledged", pending, what)
 
     def _drain(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s

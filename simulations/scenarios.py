@@ -53,14 +53,17 @@ class Fleet:
     # Each device's distance to the city's river in metres, where the city's sensors
     # layer gives it (``river_m``: the Shanghai city); None where it does not.
     river_m: NDArray[np.float64] | None = None
+    # Each device's WGS-84 (lon, lat), one row per device, where the layer gives them.
+    lonlat: NDArray[np.float64] | None = None
     # A stable 64-bit key per device: the seed of its deterministic behaviour.
     keys: NDArray[np.uint64] = field(init=False)
 
     def __post_init__(self) -> None:
         arrays = (self.device_id, self.sensor_type, self.gateway_id, self.district_code)
         lengths = {len(a) for a in arrays}
-        if self.river_m is not None:
-            lengths.add(len(self.river_m))
+        for optional in (self.river_m, self.lonlat):
+            if optional is not None:
+                lengths.add(len(optional))
         if len(lengths) != 1:
             raise ValueError("fleet arrays must all have the same length")
         unknown = set(self.sensor_type.tolist()) - set(SENSOR_TYPES)
@@ -79,13 +82,17 @@ class Fleet:
     @classmethod
     def from_sensors(cls, sensors: pd.DataFrame) -> Fleet:
         """Build from a sensors layer (``device_id``, ``sensor_type``, ``gateway_id``...,
-        and ``river_m`` if it has one)."""
+        and ``river_m`` and point geometries if it has them)."""
+        geometry = sensors.get("geometry")
         return cls(
             device_id=sensors.device_id.to_numpy(dtype=object),
             sensor_type=sensors.sensor_type.to_numpy(dtype=object),
             gateway_id=sensors.gateway_id.to_numpy(dtype=object),
             district_code=sensors.district_code.to_numpy(dtype=object),
             river_m=(sensors.river_m.to_numpy(dtype=np.float64) if "river_m" in sensors else None),
+            lonlat=None
+            if geometry is None
+            else np.column_stack([geometry.x.to_numpy(), geometry.y.to_numpy()]),
         )
 
     def __len__(self) -> int:

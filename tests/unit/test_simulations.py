@@ -25,9 +25,11 @@ from paho.mqtt.reasoncodes import ReasonCode
 import simulations.gateways
 import simulations.scenarios
 from core.case.categories import load_categories
+from core.sensor.senml import Limits, decode
 from core.sensor.telemetry import SENSOR_TYPES, UNIT_CONVERSIONS
 from gis.assign import GridIndex
-from gis.crs import METRIC_CRS
+from gis.china import to_wgs84_named
+from gis.crs import METRIC_CRS, distance_m
 from gis.layers import CityLayers, load_layers
 from infra.settings import Settings
 from simulations.city import DEPARTMENTS, RIVERSIDE_DISTRICTS, ensure_city, generate_city
@@ -459,6 +461,31 @@ def test_simulator_announces_status(fleet: Fleet) -> None:
     assert statuses[: len(fleet)] == [b"online"] * len(fleet)
     assert statuses[len(fleet) :] == [b"offline"] * len(fleet)
     assert all(not c.connected for c in clients)
+    # Without a coordinate system for them, no positions.
+    assert not [m for m in clients[0].log if m.topic.endswith("/location")]
+
+
+@pytest.mark.parametrize("system", ["gcj02", "bd09"])
+def test_online_devices_say_where_they_are_and_the_decoder_puts_them_back(
+    fleet: Fleet, system: str
+) -> None:
+    sim, clients = make_simulator(fleet, location_coord_system=system)
+    sim.run(max_messages=1)
+    sent = [m for m in clients[0].log if m.topic.endswith("/location")]
+    assert len(sent) == len(fleet)
+    assert fleet.lonlat is not None
+    index = {d: i for i, d in enumerate(fleet.device_id.tolist())}
+    gateway_of = dict(zip(fleet.device_id.tolist(), fleet.gateway_id.tolist(), strict=True)).get
+    for m in sent:
+        message = decode(m.topic, m.payload, time.time(), gateway_of, Limits(), to_wgs84_named)
+        assert message.location is not None
+        assert message.location.coord_system == system
+        i = index[message.device_id]
+        lon, lat = fleet.lonlat[i]
+        # Sent in the offset system (hundreds of metres away), six decimals: back within 1 m.
+        body = orjson.loads(m.payload)
+        assert distance_m(body["lon"], body["lat"], lon, lat) > 100
+        assert distance_m(message.location.lon, message.location.lat, lon, lat) < 1.0
 
 
 def test_simulator_paces_at_the_requested_rate(fleet: Fleet) -> None:
