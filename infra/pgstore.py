@@ -18,6 +18,7 @@ import psycopg
 from eventsourcing import persistence as es
 from eventsourcing.persistence import IntegrityError, StoredEvent
 from eventsourcing.postgres import PostgresFactory, PostgresProcessRecorder
+from eventsourcing.utils import retry as es_retry
 from eventsourcing.utils import strtobool
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Identifier
@@ -129,6 +130,42 @@ class FencedProcessRecorder(PostgresProcessRecorder):
 
     group: GroupCommit[StoredEvent] | None = None
 
+    def __init__(self, datastore: Any, **kwargs: Any) -> None:
+        super().__init__(datastore, **kwargs)
+        schema = Identifier(datastore.schema)
+        self._record_column = f"cityops_record_{self.events_table_name}".replace(".", "_")
+        function = Identifier(self._record_column)
+        # A save of its own in one statement: the library's lock, notify and insert
+        # (the same order and gap-free ids, the audit chain's trigger on the insert), one
+        # round trip and no pipeline, where the library's way takes five statements.
+        self.sql_create_statements.append(
+            SQL(
+                "CREATE OR REPLACE FUNCTION {schema}.{function}(events {schema}.{event}[])"
+                " RETURNS SETOF bigint LANGUAGE plpgsql AS $BODY$ BEGIN"
+                " SET LOCAL lock_timeout = '{lock_timeout}s';"
+                " LOCK TABLE {schema}.{table} IN EXCLUSIVE MODE;"
+                " NOTIFY {channel};"
+                " RETURN QUERY INSERT INTO {schema}.{table} AS t"
+                " (originator_id, originator_version, topic, state)"
+                " SELECT originator_id, originator_version, topic, state FROM unnest(events)"
+                " RETURNING notification_id;"
+                " END; $BODY$"
+            ).format(
+                schema=schema,
+                function=function,
+                event=Identifier(self.stored_event_type_name),
+                lock_timeout=datastore.lock_timeout,
+                table=Identifier(self.events_table_name),
+                channel=Identifier(self.channel_name),
+            )
+        )
+        self._record_statement = SQL("SELECT * FROM {schema}.{function}(%s)").format(
+            schema=schema, function=function
+        )
+        # False once the database says the function is missing (tables created before
+        # it, by an older version): saves then go the library's way.
+        self._record_function = True
+
     def insert_events(
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
@@ -138,7 +175,27 @@ class FencedProcessRecorder(PostgresProcessRecorder):
 
     def insert_alone(self, stored_events: Sequence[StoredEvent]) -> Sequence[int] | None:
         """Record ``stored_events`` in a transaction of their own."""
+        if not stored_events:
+            return None
+        if self._record_function:
+            try:
+                return self._record_in_one_statement(stored_events)
+            except es.ProgrammingError as exc:
+                if "does not exist" not in str(exc):
+                    raise
+                log.warning("%s; saving as the library does (run `cityops seed`)", exc)
+                self._record_function = False
         return super().insert_events(stored_events)
+
+    @es_retry((es.InterfaceError, es.OperationalError), max_attempts=10, wait=0.2)
+    def _record_in_one_statement(self, stored_events: Sequence[StoredEvent]) -> Sequence[int]:
+        rows = [
+            self.construct_pg_stored_event(e.originator_id, e.originator_version, e.topic, e.state)
+            for e in stored_events
+        ]
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(self._record_statement, (rows,), prepare=True)
+            return [row[self._record_column] for row in curs.fetchall()]
 
     def _insert_events(
         self,

@@ -125,3 +125,35 @@ def test_a_conflicting_save_fails_alone(app: CityApp) -> None:
         t.join(30)
     assert sorted(outcomes) == ["conflict"] * 7 + ["other"] * 4 + ["saved"]
     assert app.repository.get(incident.id).version == 2
+
+
+def test_a_save_takes_the_tables_lock_in_its_one_statement(
+    app: CityApp, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The ids of concurrent saves must commit in their order (followers read the log by
+    # id): each save locks the table (EXCLUSIVE), which a plain INSERT's ROW EXCLUSIVE
+    # lock, held here by an open transaction, does not let through.
+    rec = recorder(app)
+    statements: list[int] = []
+    one_statement = rec._record_in_one_statement
+
+    def counted(events: Any) -> Any:
+        statements.append(len(events))
+        return one_statement(events)
+
+    monkeypatch.setattr(rec, "_record_in_one_statement", counted)
+    saved = threading.Event()
+
+    def save() -> None:
+        app.save(operator_incident(uuid.uuid4(), "behind a lock", "minor", None))
+        saved.set()
+
+    with psycopg.connect(settings.database_url) as other:
+        other.execute("LOCK TABLE city_events IN ROW EXCLUSIVE MODE")
+        thread = threading.Thread(target=save)
+        thread.start()
+        assert not saved.wait(1.5), "the save did not wait for the table's lock"
+        other.rollback()
+    assert saved.wait(10)
+    thread.join(10)
+    assert statements == [1]  # one save, one statement
