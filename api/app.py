@@ -9,11 +9,9 @@ from importlib import resources
 from typing import Any
 
 import orjson
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import (
     audit,
@@ -41,41 +39,6 @@ from api.deps import Container
 from infra.settings import Settings
 
 MAX_BODY_BYTES = 64 * 1024
-
-
-class BodyLimit:
-    """413 for bodies over ``max_bytes``: by Content-Length, and counted while streaming.
-
-    Counting matters: a chunked request has no Content-Length to check up front. The
-    413 raised while reading reaches the app's error handlers like any HTTP error.
-    """
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        request = Request(scope)
-        too_large = f"request body larger than {self.max_bytes} bytes"
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
-            await errors.respond(request, 413, too_large)(scope, receive, send)
-            return
-        seen = 0
-
-        async def counting_receive() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise StarletteHTTPException(413, too_large)
-            return message
-
-        await self.app(scope, counting_receive, send)
 
 
 def layer_geojson(gdf: Any, id_column: str) -> dict[str, Any]:
@@ -127,12 +90,14 @@ def create_app(container: Container | Callable[[], Container], settings: Setting
     )
     errors.install(app)
 
-    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
-    security.install(app, settings)
+    security.install(app, settings, MAX_BODY_BYTES)
 
     staff = [Depends(require(*STAFF_READ))]
-    # Public: health probes and metrics, the Open311 reads (open311 checks its own POST), the login.
-    for module in (health, metrics, open311, session, cases, telemetry):
+    # Public: health probes and metrics, the Open311 reads (open311 checks its own POST), the
+    # login; the case routes check their own roles. The case routes come first: a request's
+    # route is found by trying the routes in order, and the case commands are the busiest.
+    # No other route's path overlaps theirs (tests/unit/test_route_order.py).
+    for module in (cases, health, metrics, open311, session, telemetry):
         app.include_router(
             module.router, responses=security.documented_limits(settings, module.router.prefix)
         )

@@ -258,18 +258,32 @@ async def optional_principal(
     return None
 
 
-async def principal(
-    found: Annotated[Principal | None, Depends(optional_principal)],
-) -> Principal:
+def known(found: Principal | None) -> Principal:
+    """The caller; 401 when they sent no credentials."""
     if found is None:
         raise Unauthorized("authentication required: a bearer token or an API key")
     return found
 
 
-def require(*roles: Role) -> Callable[[Principal], Awaitable[Principal]]:
-    """A dependency that lets only ``roles`` through (403 for the others)."""
+async def principal(
+    found: Annotated[Principal | None, Depends(optional_principal)],
+) -> Principal:
+    return known(found)
 
-    async def check(who: Annotated[Principal, Depends(principal)]) -> Principal:
+
+def require(*roles: Role) -> Callable[[Principal | None], Awaitable[Principal]]:
+    """A dependency that lets only ``roles`` through (401 without credentials, 403 for
+    the other roles).
+
+    It reads the caller from ``optional_principal`` itself, not through ``principal``:
+    every dependency level costs each request its solving, and this one is on every
+    command.
+    """
+
+    async def check(
+        found: Annotated[Principal | None, Depends(optional_principal)],
+    ) -> Principal:
+        who = known(found)
         if who.role not in roles:
             raise Forbidden(f"role {who.role} may not do this (needs {' or '.join(roles)})")
         return who

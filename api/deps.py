@@ -51,28 +51,36 @@ def container(request: Request) -> Container:
     return c
 
 
-ContainerDep = Annotated[Container, Depends(container)]
+# The dependencies below are async, though they only read the container: FastAPI runs a
+# plain ``def`` dependency in the thread pool, a hand-off per request for nothing.
 
 
-def read_models(request: Request) -> ReadModels:
+async def container_dep(request: Request) -> Container:
+    return container(request)
+
+
+ContainerDep = Annotated[Container, Depends(container_dep)]
+
+
+async def read_models(request: Request) -> ReadModels:
     return container(request).read
 
 
-def city(request: Request) -> CityApp:
+async def city(request: Request) -> CityApp:
     return container(request).city
 
 
-def desk(request: Request) -> ServiceDesk:
+async def desk(request: Request) -> ServiceDesk:
     return container(request).desk
 
 
-def incident_desk(request: Request) -> IncidentDesk:
+async def incident_desk(request: Request) -> IncidentDesk:
     desk = container(request).incidents
     assert desk is not None, "the container has no incident desk"
     return desk
 
 
-def case_queries(request: Request) -> CaseQueries:
+async def case_queries(request: Request) -> CaseQueries:
     return container(request).cases
 
 

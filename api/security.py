@@ -1,4 +1,4 @@
-"""What every answer carries on the wire: security headers, CORS, and rate limits.
+"""What every answer carries on the wire: security headers, CORS, rate and body limits.
 
 - **Headers**: a strict Content-Security-Policy (scripts, styles, fetches and images from
   the app's own origin only, plus the base-map tile server when ``map_tile_url`` is set;
@@ -19,6 +19,7 @@
   counters live in the process: with several API processes each counts on its own.
   The client address is the peer's; behind a reverse proxy, start uvicorn with
   ``--forwarded-allow-ips`` so that it is the caller's.
+- **Body limit**: 413 for a request body over the app's limit (``api.app.MAX_BODY_BYTES``).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from fastapi import FastAPI
 from limits import RateLimitItem, parse_many
 from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -120,31 +122,6 @@ def redact_access_log() -> None:
         access.addFilter(RedactCredentials())
 
 
-class SecurityHeaders:
-    """Adds the headers above to every HTTP answer (those already set are kept)."""
-
-    def __init__(self, app: ASGIApp, map_tile_url: str | None) -> None:
-        self.app = app
-        self.page = _headers(content_security_policy(map_tile_url))
-        self.docs = _headers(DOCS_POLICY)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        extra = self.docs if scope["path"] in DOCS_PATHS else self.page
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                present = {name.lower() for name, _ in headers}
-                headers += [(k, v) for k, v in extra if k not in present]
-                message = {**message, "headers": headers}
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
-
-
 @dataclass(frozen=True)
 class Limit:
     """A rate limit on the paths under ``prefixes``; no items: off."""
@@ -162,16 +139,19 @@ def parse_limit(text: str) -> list[RateLimitItem]:
     return list(parse_many(text))
 
 
-class RateLimit:
-    """429 with ``Retry-After`` for a client over one of ``limits`` on the path it calls."""
+class RateLimits:
+    """Which client is over one of ``limits`` on the path it calls, and for how long."""
 
-    def __init__(self, app: ASGIApp, limits: Iterable[Limit]) -> None:
-        self.app = app
+    def __init__(self, limits: Iterable[Limit]) -> None:
         self.limits = [lim for lim in limits if lim.items]
+        # Every limited prefix at once: most requests are under none, one test tells.
+        self.prefixes = tuple(p for lim in self.limits for p in lim.prefixes)
         self.limiter = MovingWindowRateLimiter(MemoryStorage())
 
-    def _retry_after(self, path: str, client: str) -> int | None:
+    def retry_after(self, path: str, client: str) -> int | None:
         """Seconds until the client may call ``path`` again; None when it may now."""
+        if not path.startswith(self.prefixes):
+            return None
         for lim in self.limits:
             if not path.startswith(lim.prefixes):
                 continue
@@ -181,23 +161,100 @@ class RateLimit:
                     return max(1, math.ceil(reset - time.time()))
         return None
 
+
+def content_length(scope: Scope) -> bytes | None:
+    """The request's Content-Length header as sent, None without one."""
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return bytes(value)
+    return None
+
+
+class Edge:
+    """What every HTTP request passes through before the app, in one ASGI layer:
+
+    1. the headers above on every answer (those already set are kept), the CORS, 429 and
+       413 answers included;
+    2. CORS, when origins are configured (Starlette's ``CORSMiddleware``, here inside);
+    3. the rate limits: 429 with ``Retry-After`` for a client over one on the path;
+    4. the body limit: 413 for bodies over ``max_body_bytes``, by Content-Length and
+       counted while streaming (a chunked request has none to check up front); the 413
+       raised while reading reaches the app's error handlers like any HTTP error.
+
+    One layer rather than one per concern: each layer costs every request a call and a
+    wrapped ``send`` or ``receive``, and this runs on every command.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        map_tile_url: str | None,
+        limits: Iterable[Limit],
+        max_body_bytes: int,
+        cors_origins: Sequence[str] = (),
+    ) -> None:
+        self.app = app
+        self.page = _headers(content_security_policy(map_tile_url))
+        self.docs = _headers(DOCS_POLICY)
+        self.limits = RateLimits(limits)
+        self.max_body_bytes = max_body_bytes
+        self.too_large = f"request body larger than {max_body_bytes} bytes"
+        self.inner: ASGIApp = self.guarded
+        if cors_origins:
+            self.inner = CORSMiddleware(
+                self.guarded,
+                allow_origins=list(cors_origins),
+                allow_methods=["GET", "POST", "PATCH", "DELETE"],
+                allow_headers=["Authorization", "Content-Type", "X-API-Key", "Idempotency-Key"],
+                max_age=600,
+            )
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.limits:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        extra = self.docs if scope["path"] in DOCS_PATHS else self.page
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                present = {name.lower() for name, _ in headers}
+                headers += [(k, v) for k, v in extra if k not in present]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.inner(scope, receive, send_with_headers)
+
+    async def guarded(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The rate and body limits, then the app."""
         client = scope["client"][0] if scope.get("client") else "unknown"
-        wait = self._retry_after(scope["path"], client)
-        if wait is None:
-            await self.app(scope, receive, send)
+        wait = self.limits.retry_after(scope["path"], client)
+        if wait is not None:
+            answer = errors.respond(
+                Request(scope),
+                429,
+                f"too many requests, retry in {wait} s",
+                headers={"Retry-After": str(wait)},
+            )
+            await answer(scope, receive, send)
             return
-        request = Request(scope)
-        answer = errors.respond(
-            request,
-            429,
-            f"too many requests, retry in {wait} s",
-            headers={"Retry-After": str(wait)},
-        )
-        await answer(scope, receive, send)
+        length = content_length(scope)
+        if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
+            await errors.respond(Request(scope), 413, self.too_large)(scope, receive, send)
+            return
+        seen = 0
+
+        async def counting_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_body_bytes:
+                    raise StarletteHTTPException(413, self.too_large)
+            return message
+
+        await self.app(scope, counting_receive, send)
 
 
 TOO_MANY: dict[int | str, dict[str, str]] = {
@@ -213,24 +270,16 @@ def documented_limits(settings: Settings, prefix: str) -> dict[int | str, dict[s
     return dict(TOO_MANY) if on and limited else {}
 
 
-def install(app: FastAPI, settings: Settings) -> None:
-    """The middlewares above, outermost first: headers on every answer, 429s included."""
+def install(app: FastAPI, settings: Settings, max_body_bytes: int) -> None:
+    """``Edge`` around the app (inside FastAPI's error handling), and the log's redaction."""
     redact_access_log()
-    origins = settings.cors_origin_list()
-    if origins:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=origins,
-            allow_methods=["GET", "POST", "PATCH", "DELETE"],
-            allow_headers=["Authorization", "Content-Type", "X-API-Key", "Idempotency-Key"],
-            max_age=600,
-        )
     app.add_middleware(
-        RateLimit,
+        Edge,
+        map_tile_url=settings.map_tile_url,
         limits=[
             Limit("login", LOGIN_PREFIXES, parse_limit(settings.rate_limit_login)),
             Limit("public", PUBLIC_PREFIXES, parse_limit(settings.rate_limit_public)),
         ],
+        max_body_bytes=max_body_bytes,
+        cors_origins=settings.cors_origin_list(),
     )
-    # Added last, so outermost: it sees every answer, the CORS and 429 ones too.
-    app.add_middleware(SecurityHeaders, map_tile_url=settings.map_tile_url)

@@ -4,12 +4,19 @@ Each case is three commands over HTTP, as the people doing them would send them:
 submit (operator, bearer token; half with a citizen's phone, which is sealed), dispatch
 (dispatcher: register, and the policy assigns the jurisdiction's department) and
 resolve (the department). The API runs under uvicorn with ``--workers``; the client
-is asyncio + httpx with ``--concurrency`` cases in flight. Prints cases/s end to end and
+is asyncio + aiohttp with ``--concurrency`` cases in flight. Prints cases/s end to end and
 latency percentiles per command.
 
 ``--in-process THREADS``: the same three commands with no HTTP, ``ServiceDesk`` straight
 on the event store from that many threads (group commit shares their transactions).
 ``--json``: the figures as one JSON object, printed last.
+
+CPU time per command, from /proc over the measured run: the API (uvicorn and its
+workers), PostgreSQL (the cluster's processes) and this client. Less noisy than the rates
+when something else runs on the machine. ``--profile DIR``: py-spy on each API worker
+for ``--profile-seconds`` of the measured run (flame graph and raw stacks per worker).
+``--no-audit-chain``: drops the log's hash-chain trigger (infra/audit.sql) in the
+throwaway database, to measure what it costs; the append-only guards stay.
 
     python bench/bench_cases.py --cases 3000 --workers 2 --concurrency 48
     python bench/bench_cases.py --cases 3000 --in-process 8
@@ -20,12 +27,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import sys
 import threading
 import time
 from contextlib import ExitStack, closing
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp
 import psycopg
@@ -34,8 +43,10 @@ if not __package__:  # run as a file: python bench/bench_cases.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from api.auth import issue_token
+from bench import procstat
 from bench.harness import fresh_settings, start_api
-from cityops.bootstrap import city_app, city_layers, seed, service_desk
+from bench.pyspy import finish_profiles, start_profiles
+from cityops.bootstrap import as_owner, city_app, city_layers, seed, service_desk
 from core.case.commands import Accept, Resolve
 from core.case.desk import ServiceDesk, SubmitCase
 from core.commands import CommandContext
@@ -202,14 +213,55 @@ def in_process(
 
 def run_in_process(
     settings: Settings, points: list[tuple[float, float]], cases: int, warmup: int, threads: int
-) -> tuple[float, dict[str, list[float]], int]:
+) -> tuple[float, dict[str, list[float]], int, dict[str, float], dict[str, float]]:
+    """The run's figures, and the CPU samples before and after it (the warm-up not in)."""
+    groups = cpu_groups(settings, None)
     with (
         closing(city_app(settings, pool_size=max(2, threads))) as app,
         closing(make_pool(settings, max_size=max(2, threads))) as pool,
     ):
         desk = service_desk(settings, app, pool)
         in_process(desk, points, warmup, min(threads, 4))
-        return in_process(desk, points, cases, threads)
+        before = cpu_sample(groups)
+        elapsed, lat, errors = in_process(desk, points, cases, threads)
+        return elapsed, lat, errors, before, cpu_sample(groups)
+
+
+def api_workers(api_pid: int) -> dict[str, int]:
+    """The uvicorn worker processes under ``api_pid``, by name (``worker-0``, ...)."""
+    table = procstat.scan()
+    pids = procstat.tree([api_pid], table) - {api_pid}
+    workers = []
+    for pid in sorted(pids):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"multiprocessing" in cmdline and b"resource_tracker" not in cmdline:
+            workers.append(pid)
+    return {f"worker-{i}": pid for i, pid in enumerate(workers)}
+
+
+def cpu_groups(settings: Settings, api_pid: int | None) -> list[procstat.Group]:
+    """The API's process tree and PostgreSQL's (by its port)."""
+    groups = [] if api_pid is None else [procstat.Group("api", [api_pid])]
+    port = urlsplit(settings.database_url).port or 5432
+    groups.append(procstat.find_service("postgres", port, ("postgres",)))
+    return groups
+
+
+def cpu_sample(groups: list[procstat.Group]) -> dict[str, float]:
+    """CPU seconds so far of each group, and of this process alone as ``client`` (its
+    tree would hold the API, which it started)."""
+    own = os.times()
+    return {**procstat.sample(groups).cpu_s, "client": own.user + own.system}
+
+
+def drop_audit_chain(settings: Settings) -> None:
+    """The log without its hash chain: only the trigger that extends it goes (as the
+    tables' owner, who alone may drop it)."""
+    with psycopg.connect(as_owner(settings).database_url, autocommit=True) as conn:
+        conn.execute("DROP TRIGGER city_events_chain ON city_events")
 
 
 def main() -> None:
@@ -222,6 +274,11 @@ def main() -> None:
         "--in-process", type=int, default=0, metavar="THREADS", help="no HTTP: the desk itself"
     )
     ap.add_argument("--json", action="store_true", help="the figures as JSON, printed last")
+    ap.add_argument("--profile", type=Path, metavar="DIR", help="py-spy on each API worker")
+    ap.add_argument("--profile-seconds", type=float, default=15.0)
+    ap.add_argument(
+        "--no-audit-chain", action="store_true", help="drop the hash chain's trigger first"
+    )
     args = ap.parse_args()
 
     with ExitStack() as stack:
@@ -233,6 +290,8 @@ def main() -> None:
             CITYOPS_DB_POOL_SIZE="8",
         )
         seed(settings)
+        if args.no_audit_chain:
+            drop_audit_chain(settings)
         layers = city_layers(settings)
         rng = random.Random(7)
         points = []
@@ -247,21 +306,33 @@ def main() -> None:
             tok = issue_token(settings, f"bench-{code}", "department", department=str(code))
             tokens[f"department:{code}"] = bearer(tok)
         if args.in_process:
-            elapsed, lat, errors = run_in_process(
+            elapsed, lat, errors, before, after = run_in_process(
                 settings, points, args.cases, args.warmup, args.in_process
             )
             how = f"in process, {args.in_process} threads, no HTTP"
         else:
-            _, base = start_api(stack, args.workers)
+            api, base = start_api(stack, args.workers)
             asyncio.run(drive(base, tokens, points, args.warmup, min(args.concurrency, 16)))
+            groups = cpu_groups(settings, api.pid)
+            profiles = []
+            if args.profile:
+                targets = api_workers(api.pid)
+                profiles = start_profiles(args.profile, targets, args.profile_seconds)
+            before = cpu_sample(groups)
             elapsed, lat, errors = asyncio.run(
                 drive(base, tokens, points, args.cases, args.concurrency)
             )
+            after = cpu_sample(groups)
+            for name, rows in finish_profiles(profiles).items():
+                print(f"  py-spy {name} (self time): {args.profile / name}.svg")
+                for function, _, share in rows[:10]:
+                    print(f"    {share:6.1%}  {function}")
             how = (
                 f"uvicorn workers {args.workers}, concurrency {args.concurrency}, 2 cores"
                 " shared by client, API and PostgreSQL"
             )
         done = len(lat["resolve"])
+        cpu_ms = {k: round(1000 * (after[k] - v) / max(1, 3 * done), 3) for k, v in before.items()}
         print(
             f"cases: {done} of {args.cases} completed ({errors} errors) in {elapsed:.1f} s:"
             f" {done / elapsed:,.0f} cases/s, {3 * done / elapsed:,.0f} commands/s ({how})"
@@ -274,6 +345,11 @@ def main() -> None:
                 ("%ServiceCase.CaseResolved",),
             ).fetchone()
         print(f"  CaseResolved events stored: {row[0] if row else 0}")
+        print(
+            "  CPU per command: "
+            + ", ".join(f"{k} {v:.2f} ms" for k, v in cpu_ms.items())
+            + f" (audit chain {'off' if args.no_audit_chain else 'on'})"
+        )
         if args.json:
             figures = {
                 "mode": "in_process" if args.in_process else "http",
@@ -281,12 +357,14 @@ def main() -> None:
                 "workers": None if args.in_process else args.workers,
                 "concurrency": None if args.in_process else args.concurrency,
                 "group_commit": settings.group_commit,
+                "audit_chain": not args.no_audit_chain,
                 "cases": done,
                 "errors": errors,
                 "seconds": round(elapsed, 2),
                 "cases_per_s": round(done / elapsed, 1),
                 "commands_per_s": round(3 * done / elapsed, 1),
                 "latency_ms": {k: quantiles_ms(v) for k, v in lat.items() if v},
+                "cpu_ms_per_command": cpu_ms,
             }
             print(json.dumps(figures))
 
