@@ -12,13 +12,13 @@ count what the broker acknowledged; the checks that what was accepted is stored 
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import queue
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -356,25 +356,38 @@ def sigkill_service(name: str, marker: str) -> None:
 
 @dataclass
 class S3Server:
-    """A local S3 (moto's server mode, in this process): Tansu's log lives in it, so the
-    log survives a restart of the broker."""
+    """A local S3 (moto's server mode): Tansu's log lives in it, so the log survives a
+    restart of the broker. A process of its own: in this one it would share the GIL with
+    the test's workers, and every produce waits on it."""
 
     bucket: str = "tansu"
     port: int = field(default_factory=free_port)
-    _server: Any = None
+    _server: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> S3Server:
         import boto3
-        from moto.server import ThreadedMotoServer
 
-        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per request
-        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
-        self._server.start()
-        boto3.client("s3", **self.client_args()).create_bucket(Bucket=self.bucket)
+        self._server = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,  # werkzeug's line per request
+        )
+        try:
+            wait_for_port(self.port, 30, self._server)
+            boto3.client("s3", **self.client_args()).create_bucket(Bucket=self.bucket)
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._server.stop()
+        if self._server is not None:
+            self._server.terminate()
+            try:
+                self._server.wait(10)
+            except subprocess.TimeoutExpired:
+                self._server.kill()
+                self._server.wait(10)
 
     def client_args(self) -> dict[str, str]:
         return {
