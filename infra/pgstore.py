@@ -181,7 +181,7 @@ class FencedProcessRecorder(PostgresProcessRecorder):
             try:
                 return self._record_in_one_statement(stored_events)
             except es.ProgrammingError as exc:
-                if "does not exist" not in str(exc):
+                if not isinstance(exc.__cause__, psycopg.errors.UndefinedFunction):
                     raise
                 log.warning("%s; saving as the library does (run `cityops seed`)", exc)
                 self._record_function = False

@@ -157,3 +157,16 @@ def test_a_save_takes_the_tables_lock_in_its_one_statement(
     assert saved.wait(10)
     thread.join(10)
     assert statements == [1]  # one save, one statement
+
+
+def test_tables_without_the_one_statement_function_are_saved_the_librarys_way(
+    app: CityApp, settings: Settings
+) -> None:
+    # A database whose tables an older version created has no cityops_record_ function.
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        conn.execute("DROP FUNCTION cityops_record_city_events")
+    incident = operator_incident(uuid.uuid4(), "an older database", "minor", None)
+    app.save(incident)
+    assert recorder(app)._record_function is False
+    assert app.repository.get(incident.id).version == 1
+    app.save(operator_incident(uuid.uuid4(), "and the next save", "minor", None))
