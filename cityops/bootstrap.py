@@ -126,6 +126,7 @@ def service_desk(
             c for rule in correlation_policy(settings).rules for c in rule.case_categories
         ),
         catalogue=catalogue(settings, categories),
+        recent=settings.cases_kept,
     )
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import select
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import timedelta
 from importlib import resources
@@ -343,13 +345,47 @@ def keepalives(settings: Settings) -> dict[str, int]:
     }
 
 
+def check_idle_connection(conn: psycopg.Connection[Any]) -> None:
+    """The pool's check of a connection before it is handed out, with no round trip
+    when nothing has come in on it since it was returned.
+
+    An idle connection receives nothing: a server that ended it (a restart, a
+    terminated backend, a dead postmaster) has sent its error and closed the socket,
+    which makes the socket readable. Only then does the check ask the server
+    (``ConnectionPool.check_connection``, which raises for a dead one and reads any
+    notice that came in). A peer gone silent without closing is no different from
+    what that check sees: the TCP keepalives (``keepalives``) end it.
+    """
+    if conn.closed:
+        raise psycopg.OperationalError("the connection is closed")
+    readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
+    if readable:
+        ConnectionPool.check_connection(conn)
+
+
+@contextmanager
+def one_statement(pool: ConnectionPool) -> Iterator[psycopg.Connection[Any]]:
+    """A connection of ``pool`` in autocommit for a single statement, which is atomic on
+    its own: one round trip instead of BEGIN, the statement and COMMIT. Back in the pool
+    it is in transaction mode again, as the pool's other users expect."""
+    with pool.connection() as conn:
+        conn.autocommit = True
+        try:
+            yield conn
+        finally:
+            # A broken connection refuses the change; the pool replaces it anyway.
+            with suppress(psycopg.Error):
+                conn.autocommit = False
+
+
 def make_pool(
     settings: Settings, *, min_size: int = 1, max_size: int | None = None
 ) -> ConnectionPool:
     """A psycopg connection pool (for the telemetry store, read models and queries).
 
-    Each connection is checked before it is handed out: after a database restart the
-    idle ones are dead, and the check replaces them instead of failing a request. A
+    Each connection is checked before it is handed out (``check_idle_connection``):
+    after a database restart the idle ones are dead, and the check replaces them
+    instead of failing a request. A
     caller waits at most ``settings.db_pool_wait_s`` (psycopg_pool's default is 30 s) for
     a connection, then gets ``PoolTimeout`` (the API answers 503, workers back off and
     retry). TCP keepalives (``keepalives``) end a connection whose server went silent.
@@ -366,7 +402,7 @@ def make_pool(
             **keepalives(settings),
         },
         open=False,
-        check=ConnectionPool.check_connection,
+        check=check_idle_connection,
         timeout=settings.db_pool_wait_s,
         reconnect_timeout=RECONNECT_S,
         reconnect_failed=keep_reconnecting,

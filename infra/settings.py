@@ -106,6 +106,9 @@ class Settings(BaseSettings):
     # core/case/catalogue.yaml); where it names no unit, the jurisdiction polygons.
     catalogue_file: Path | None = None
     cases_auto_accept: bool = True
+    # Cases a process keeps as its last command left them, so that the next command on
+    # one runs without loading it (core/case/desk.py ServiceDesk.execute); 0 keeps none.
+    cases_kept: int = Field(default=2_000, ge=0, le=1_000_000)
     # The urban brain: correlation rules and incident time limits (default: the packaged
     # core/brain/correlation.yaml); events per projector transaction.
     correlation_file: Path | None = None

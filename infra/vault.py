@@ -14,6 +14,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from psycopg import Connection
 from psycopg_pool import ConnectionPool
 
+from infra.pgstore import one_statement
+
 
 class PgKeyStore:
     def __init__(self, pool: ConnectionPool) -> None:
@@ -22,7 +24,7 @@ class PgKeyStore:
     def find_or_create(self, lookup: str | None) -> tuple[UUID, bytes]:
         key = AESGCM.generate_key(bit_length=256)
         new_id = uuid.uuid4()
-        with self.pool.connection() as conn, conn.transaction():
+        with one_statement(self.pool) as conn:
             if lookup is None:
                 conn.execute(
                     "INSERT INTO citizen_keys (citizen_id, key) VALUES (%s, %s)", (new_id, key)
@@ -53,11 +55,11 @@ class PgKeyStore:
             return _stored_key(conn, citizen_id)
 
     def key(self, citizen_id: UUID) -> bytes | None:
-        with self.pool.connection() as conn:
+        with one_statement(self.pool) as conn:
             return _stored_key(conn, citizen_id)
 
     def find(self, lookup: str) -> UUID | None:
-        with self.pool.connection() as conn:
+        with one_statement(self.pool) as conn:
             row = conn.execute(
                 "SELECT citizen_id FROM citizen_keys WHERE lookup = %s AND key IS NOT NULL",
                 (lookup,),
@@ -65,7 +67,7 @@ class PgKeyStore:
         return None if row is None else UUID(str(row[0]))
 
     def erase(self, citizen_id: UUID) -> bool:
-        with self.pool.connection() as conn, conn.transaction():
+        with one_statement(self.pool) as conn:
             cur = conn.execute(
                 "UPDATE citizen_keys SET key = NULL, lookup = NULL, erased_at = now() "
                 "WHERE citizen_id = %s AND key IS NOT NULL",

@@ -12,13 +12,14 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterable
+from copy import deepcopy
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from inspect import Parameter, Signature
 from typing import Any, Protocol
 from uuid import UUID
 
-from eventsourcing.application import ProcessingEvent
+from eventsourcing.application import LRUCache, ProcessingEvent
 from eventsourcing.persistence import IntegrityError
 
 from core.app import CityApp
@@ -48,7 +49,7 @@ from core.case.commands import (
 )
 from core.case.sla import Deadline, deadline
 from core.commands import CommandContext
-from core.errors import DomainError, IllegalTransitionError, NotFoundError
+from core.errors import ConcurrentUpdateError, DomainError, IllegalTransitionError, NotFoundError
 from core.personal import Contact, InvalidContactError, PersonalData, screen_text
 
 SYSTEM_INTAKE = "system:intake-policy"
@@ -211,10 +212,13 @@ class ServiceDesk:
         auto_accept: bool = True,
         correlated: frozenset[str] = frozenset(),
         catalogue: Catalogue | None = None,
+        recent: int = 0,
     ) -> None:
         """``correlated``: categories the urban brain merges (one incident per problem);
         intake registers their nearby repeats instead of holding them for a dispatcher.
-        ``catalogue``: the responsibility catalogue dispatch reads first."""
+        ``catalogue``: the responsibility catalogue dispatch reads first. ``recent``: how
+        many cases, as this desk's commands last left them, it keeps for the next command
+        (``execute``); 0 keeps none."""
         self.app = app
         self.categories = categories
         self.locator = locator
@@ -224,6 +228,7 @@ class ServiceDesk:
         self.auto_accept = auto_accept
         self.correlated = correlated
         self.catalogue = catalogue
+        self.recent: LRUCache[UUID, ServiceCase] | None = LRUCache(recent) if recent else None
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -242,14 +247,52 @@ class ServiceDesk:
     ) -> ServiceCase:
         """Run ``command`` on the case: load it, let ``check`` (the caller's authorization)
         see the state the command runs on, apply the command, save. A refused command
-        raises before anything is saved."""
+        raises before anything is saved.
+
+        A case this desk kept (``recent``) is not loaded: the command runs on it as it
+        was left. Someone else may have changed it since; then either the save finds its
+        version taken (nothing of it is recorded) or the command or ``check`` refuses the
+        old state, and the command runs again on the stored case, whose outcome is the
+        answer. A save that fails otherwise is not run again: it may have been recorded.
+        """
         apply = self._prepare(case_uuid, command, ctx)
+        kept = self._take_kept(case_uuid)
+        if kept is not None:
+            try:
+                if check is not None:
+                    check(kept)
+                apply(kept)
+            except Exception:  # refused on the kept state: the stored one decides
+                kept = None
+            if kept is not None:
+                try:
+                    self._save(kept)
+                except ConcurrentUpdateError:
+                    kept = None
+                else:
+                    self._keep(kept)
+                    return kept
         case = self.get(case_uuid)
         if check is not None:
             check(case)
         apply(case)
         self._save(case)
+        self._keep(case)
         return case
+
+    def _take_kept(self, case_uuid: UUID) -> ServiceCase | None:
+        """The kept case, now this caller's alone (a concurrent command loads its own)."""
+        if self.recent is None:
+            return None
+        try:
+            return self.recent.get(case_uuid, evict=True)
+        except KeyError:
+            return None
+
+    def _keep(self, case: ServiceCase) -> None:
+        """Keep a copy of a case just saved: the caller goes on reading its own."""
+        if self.recent is not None:
+            self.recent.put(case.id, deepcopy(case))
 
     def _prepare(self, case_uuid: UUID, command: CaseCommand, ctx: CommandContext) -> Apply:
         """What ``command`` does to the case, after the checks that need no case loaded."""
@@ -397,6 +440,7 @@ class ServiceDesk:
             self.app.save(case)
         except IntegrityError:
             raise DuplicateSubmissionError(new_id) from None
+        self._keep(case)
         return case
 
     def _clock_start(self, received_at: datetime | None) -> datetime:
@@ -783,5 +827,6 @@ class ServiceDesk:
                 continue
             case.note_erasure(reason="citizen's request (PIPL)", **ctx.stamp())
             self._save(case)
+            self._keep(case)
             noted += 1
         return noted

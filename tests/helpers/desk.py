@@ -99,6 +99,7 @@ def make_desk(
     auto_accept: bool = True,
     personal: PersonalData | None = None,
     catalogue: Catalogue | None = None,
+    recent: int = 0,
 ) -> ServiceDesk:
     return ServiceDesk(
         app or CityApp(),
@@ -109,6 +110,7 @@ def make_desk(
         clock=clock or FakeClock(),
         auto_accept=auto_accept,
         catalogue=catalogue,
+        recent=recent,
     )
 
 
