@@ -22,7 +22,7 @@ from eventsourcing.persistence import IntegrityError, StoredEvent
 from eventsourcing.postgres import PostgresFactory, PostgresProcessRecorder
 from eventsourcing.utils import retry as es_retry
 from eventsourcing.utils import strtobool
-from psycopg.rows import DictRow
+from psycopg.rows import DictRow, tuple_row
 from psycopg.sql import SQL, Identifier
 from psycopg_pool import ConnectionPool
 from tenacity import (
@@ -135,8 +135,7 @@ class FencedProcessRecorder(PostgresProcessRecorder):
     def __init__(self, datastore: Any, **kwargs: Any) -> None:
         super().__init__(datastore, **kwargs)
         schema = Identifier(datastore.schema)
-        self._record_column = f"cityops_record_{self.events_table_name}".replace(".", "_")
-        function = Identifier(self._record_column)
+        function = Identifier(f"cityops_record_{self.events_table_name}".replace(".", "_"))
         # A save of its own in one statement: the library's lock, notify and insert
         # (the same order and gap-free ids, the audit chain's trigger on the insert), one
         # round trip and no pipeline, where the library's way takes five statements.
@@ -161,7 +160,9 @@ class FencedProcessRecorder(PostgresProcessRecorder):
                 channel=Identifier(self.channel_name),
             )
         )
-        self._record_statement = SQL("SELECT * FROM {schema}.{function}(%s)").format(
+        # The rows go over in binary (%b): the events' state as it is, where text would
+        # write each as hex inside a quoted composite inside an array.
+        self._record_statement = SQL("SELECT * FROM {schema}.{function}(%b)").format(
             schema=schema, function=function
         )
         # False once the database says the function is missing (tables created before
@@ -195,9 +196,9 @@ class FencedProcessRecorder(PostgresProcessRecorder):
             self.construct_pg_stored_event(e.originator_id, e.originator_version, e.topic, e.state)
             for e in stored_events
         ]
-        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+        with self.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as curs:
             curs.execute(self._record_statement, (rows,), prepare=True)
-            return [row[self._record_column] for row in curs.fetchall()]
+            return [row[0] for row in curs.fetchall()]
 
     def _insert_events(
         self,

@@ -13,6 +13,7 @@ import pytest
 from core.app import CityApp
 from core.case import ServiceCase
 from core.case.commands import Assign, ContactCitizen, Resolve, ReturnCase, Start
+from core.case.desk import copy_of
 from core.commands import CommandContext
 from core.errors import DomainError, IllegalTransitionError
 from tests.helpers.desk import make_desk, request
@@ -176,3 +177,17 @@ def test_the_check_runs_on_the_kept_case_too() -> None:
     with pytest.raises(RefusedError):
         desk.execute(case.id, Start(), CTX, lead_is("roads-east"))
     assert "CaseStarted" not in event_names(app, case.id)
+
+
+def test_a_copy_has_the_same_state_and_changes_apart() -> None:
+    desk = make_desk(CityApp())
+    case = desk.submit(request(attributes={"size": "large"}), "citizen:1", "c1")
+    twin = copy_of(case)
+    assert type(twin) is ServiceCase
+    assert vars(twin) == vars(case)
+    twin.attributes["size"] = "small"
+    twin.dispatch["rule"] = "changed"
+    twin.possible_duplicates.append("another case")
+    assert case.attributes == {"size": "large"}
+    assert "changed" not in case.dispatch.values()
+    assert case.possible_duplicates == []
