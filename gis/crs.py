@@ -6,6 +6,7 @@ work (buffers, areas) happens in UTM zone 51N, the zone that holds Shanghai.
 
 from __future__ import annotations
 
+import math
 from typing import overload
 
 import geopandas as gpd
@@ -111,6 +112,21 @@ def validate_lonlat(lon: float, lat: float) -> tuple[float, float]:
     if not -90.0 <= y <= 90.0:
         raise CoordinateError(f"latitude {y!r} is outside -90..90")
     return x, y
+
+
+def valid_lonlat(lon: float, lat: float) -> bool:
+    """:func:`validate_lonlat` as a test, for one point: True when it is a position.
+
+    Examples
+    --------
+    >>> valid_lonlat(121.47, 31.23), valid_lonlat(31.23, 121.47), valid_lonlat(0, "x")
+    (True, False, False)
+    """
+    try:
+        x, y = float(lon), float(lat)
+    except (TypeError, ValueError):
+        return False
+    return math.isfinite(x) and math.isfinite(y) and abs(x) <= 180.0 and abs(y) <= 90.0
 
 
 def valid_lonlat_mask(lon: ArrayLike, lat: ArrayLike) -> NDArray[np.bool_]:

@@ -6,7 +6,6 @@ import pandas as pd
 
 from core.case.desk import Department, Place
 from gis.assign import NOWHERE, GridIndex, Jurisdictions
-from gis.crs import valid_lonlat_mask
 from gis.layers import CityLayers
 
 
@@ -37,9 +36,7 @@ class CityLocator:
 
     def place(self, lon: float, lat: float) -> Place | None:
         """The point's grid cell and district; None outside every grid cell (the city)."""
-        if not bool(valid_lonlat_mask([lon], [lat])[0]):
-            return None
-        pos = int(self.grid.locate([lon], [lat])[0])
+        pos = self.grid.locate_one(lon, lat)
         if pos == NOWHERE:
             return None
         return Place(str(self.grid.grid_codes[pos]), str(self.grid.district_codes[pos]))

@@ -15,7 +15,7 @@ from geopandas.testing import assert_geodataframe_equal
 import gis.assign
 import gis.crs
 import gis.layers
-from gis.assign import GridIndex, Jurisdictions, Placement, Placer
+from gis.assign import NOWHERE, GridIndex, Jurisdictions, Placement, Placer
 from gis.crs import (
     METRIC_CRS,
     WGS84,
@@ -219,6 +219,24 @@ def test_grid_index_agrees_with_sjoin(triangles: bool) -> None:
     assert outside.sum() > 100
     assert all(c is None for c in codes[outside])
     assert all(isinstance(c, str) for c in codes[~outside])
+
+
+@pytest.mark.parametrize("triangles", [False, True], ids=["squares", "triangles"])
+def test_one_point_lookup_agrees_with_the_bulk_one(triangles: bool) -> None:
+    index = GridIndex(make_grid(triangles))
+    lon, lat = random_points(2_000, seed=2)
+    # Edges and corners too: there the first cell of the layer wins, as in bulk.
+    lon = np.concatenate([lon, X0 + STEP * np.arange(0, NX + 1) / 2])
+    lat = np.concatenate([lat, Y0 + STEP * np.arange(0, NX + 1) % (NY * STEP)])
+    bulk = index.locate(lon, lat)
+    assert (bulk != NOWHERE).sum() > 1_000
+    assert [index.locate_one(x, y) for x, y in zip(lon, lat, strict=True)] == bulk.tolist()
+
+
+def test_one_point_lookup_of_invalid_points_is_nowhere() -> None:
+    index = GridIndex(make_grid())
+    for lon, lat in ((np.nan, Y0), (500.0, Y0), (X0, -91.0), (float("inf"), Y0)):
+        assert index.locate_one(lon, lat) == NOWHERE
 
 
 def test_grid_index_shared_edge_goes_to_first_cell() -> None:
