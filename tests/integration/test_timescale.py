@@ -27,6 +27,7 @@ import pytest
 from kafka import KafkaProducer, TopicPartition
 from psycopg import sql
 from psycopg_pool import ConnectionPool
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
 from cityops.bootstrap import seed
 from cityops.services import Service, create_database, drop_database, start_postgres_cluster
@@ -301,14 +302,22 @@ def recent_hour(hours_ago: int = 3) -> datetime:
 
 
 def run_policy(conn: psycopg.Connection[Any], view: str) -> None:
-    """Run an aggregate's refresh policy by hand, as the maintainer does."""
+    """Run an aggregate's refresh policy by hand, as the maintainer does. When the
+    background scheduler is running the same refresh, wait for it and run again."""
     row = conn.execute(
         "SELECT job_id FROM timescaledb_information.jobs"
         " WHERE proc_name = 'policy_refresh_continuous_aggregate' AND hypertable_name = %s",
         (view,),
     ).fetchone()
     assert row is not None
-    conn.execute("CALL run_job(%s)", (row[0],))
+    for attempt in Retrying(
+        retry=retry_if_exception_type(psycopg.errors.LockNotAvailable),
+        wait=wait_fixed(0.5),
+        stop=stop_after_delay(60),
+        reraise=True,
+    ):
+        with attempt:
+            conn.execute("CALL run_job(%s)", (row[0],))
 
 
 def minute_stats(conn: psycopg.Connection[Any], device: str) -> list[tuple[Any, ...]]:
