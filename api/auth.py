@@ -25,8 +25,8 @@ from typing import Annotated, Literal, get_args
 import jwt
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
-from starlette.concurrency import run_in_threadpool
 
+from api.concurrency import in_thread
 from infra.apikeys import API_KEY_PREFIX, StoredKey, hash_secret
 from infra.settings import Settings
 
@@ -249,7 +249,7 @@ async def optional_principal(
         return verify_token(container.settings, bearer.credentials)
     key = api_key or request.query_params.get("api_key")
     if key:
-        verified: Principal = await run_in_threadpool(container.api_keys.verify, key)
+        verified: Principal = await in_thread(container.api_keys.verify, key)
         return verified
     # EventSource cannot send headers: the live channel accepts the token in the query.
     token = request.query_params.get("access_token")

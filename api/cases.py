@@ -15,11 +15,11 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Path, Query
-from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 
 from api import schemas
 from api.auth import Forbidden, Principal, citizen_uuid, require
+from api.concurrency import in_thread
 from api.deps import CasesDep, DeskDep, correlation
 from api.permissions import (
     CASE_ACTION_ROLES,
@@ -147,7 +147,7 @@ async def get_case(who: CaseReader, desk: DeskDep, case_id: uuid.UUID) -> dict[s
         case = _load(desk, who, case_id)
         return {**detail(desk, who, case), "timeline": timeline(desk, case_id)}
 
-    return await run_in_threadpool(load)
+    return await in_thread(load)
 
 
 @router.post("/cases", status_code=201, responses=errors(400, 409, 413))
@@ -167,7 +167,7 @@ async def submit_case(
         contact=Contact.parse(**contact.model_dump()),
         citizen_id=citizen_uuid(who),
     )
-    case = await run_in_threadpool(desk.submit, cmd, who.actor, correlation())
+    case = await in_thread(desk.submit, cmd, who.actor, correlation())
     return detail(desk, who, case, with_contact=False)
 
 
@@ -370,7 +370,7 @@ def _add(route: CommandRoute) -> None:
             case = desk.execute(case_id, command, ctx, lambda c: route.authorize(who, c, command))
             return detail(desk, who, case, with_contact=False)
 
-        return await run_in_threadpool(run)
+        return await in_thread(run)
 
     add_command(
         router,
@@ -398,7 +398,7 @@ async def erase_me(
     citizen = citizen_uuid(who)
     assert citizen is not None
 
-    noted = await run_in_threadpool(
+    noted = await in_thread(
         desk.erase_citizen, citizen, cases.case_ids_of_citizen, who.actor, correlation()
     )
     return {

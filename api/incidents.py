@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query
-from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 
 from api import schemas
 from api.auth import Principal, require
+from api.concurrency import in_thread
 from api.deps import CityDep, Container, ContainerDep, IncidentDeskDep, ReadDep, correlation
 from api.permissions import INCIDENT_ACTION_ROLES, authorize_incident
 from api.presenters import acknowledgement, resolution, workflow_state
@@ -113,7 +113,7 @@ async def acknowledge(
     body: schemas.Acknowledge | None = None,
 ) -> dict[str, Any]:
     """Acknowledge an incident's alarm; it closes once the alarm is also cleared."""
-    incident = await run_in_threadpool(
+    incident = await in_thread(
         city.acknowledge_incident,
         incident_id,
         actor=who.actor,
@@ -203,7 +203,7 @@ def _add(route: WorkflowRoute) -> None:
             route.validate(c, body)
         command = route.command(**(body.model_dump() if body is not None else {}))
         check = (lambda i: authorize_incident(who, i)) if route.own_department else None
-        done = await run_in_threadpool(
+        done = await in_thread(
             desk.execute, incident_id, command, CommandContext(who.actor, correlation()), check
         )
         return route.answer(done)

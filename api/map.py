@@ -13,8 +13,8 @@ from typing import Annotated, Literal
 
 import orjson
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
-from fastapi.concurrency import run_in_threadpool
 
+from api.concurrency import in_thread
 from api.deps import container
 from api.responses import errors, not_modified
 from api.schemas import SensorState, SensorType, Severity, bbox_in_wgs84
@@ -41,7 +41,7 @@ async def map_layers(request: Request) -> MapLayers:
     """The app's map layers; async, so that requests after the first take no thread hop."""
     layers: MapLayers | None = getattr(request.app.state, "map_layers", None)
     if layers is None:  # the first request builds them, off the event loop
-        layers = await run_in_threadpool(_build_map_layers, request)
+        layers = await in_thread(_build_map_layers, request)
     return layers
 
 
@@ -120,7 +120,7 @@ async def layer(
         return Response(status_code=304, headers=headers)
     if not shifted:
         return Response(rendered.body, media_type=GEOJSON, headers=headers)
-    doc = await run_in_threadpool(_shifted, rendered.body, coord_system)
+    doc = await in_thread(_shifted, rendered.body, coord_system)
     return Response(doc, media_type=GEOJSON, headers=headers)
 
 

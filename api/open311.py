@@ -17,10 +17,10 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Header, HTTPException, Query, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from api.auth import Forbidden, OptionalPrincipalDep, Unauthorized, citizen_uuid
+from api.concurrency import in_thread
 from api.deps import CasesDep, ContainerDep, DeskDep
 from api.responses import open311_errors
 from core.case import OPEN, STATUSES, ServiceCase
@@ -214,7 +214,7 @@ async def get_request(desk: DeskDep, request_id: str) -> list[dict[str, Any]]:
         case_uuid = uuid.UUID(request_id)
     except ValueError:
         raise bad(f"unknown service_request_id {request_id!r}", 404) from None
-    case = await run_in_threadpool(desk.get, case_uuid)
+    case = await in_thread(desk.get, case_uuid)
     return [public_request(desk, _row_of(case))]
 
 
@@ -396,7 +396,7 @@ async def create_request(
         ),
         citizen_id=citizen,
     )
-    case = await run_in_threadpool(c.desk.submit, cmd, who.actor, f"open311:{uuid.uuid4()}")
+    case = await in_thread(c.desk.submit, cmd, who.actor, f"open311:{uuid.uuid4()}")
     notice = (
         f"rejected: {case.status_notes}"
         if case.status == "rejected"

@@ -10,9 +10,9 @@ from datetime import UTC, datetime, time, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from fastapi.concurrency import run_in_threadpool
 
 from api.auth import Forbidden, StaffReader
+from api.concurrency import in_thread
 from api.deps import CityDep, Container, ContainerDep
 from api.permissions import CASE_ACTION_ROLES, INCIDENT_ACTION_ROLES, scoped
 from api.presenters import summary
@@ -150,7 +150,7 @@ async def incident_actions_now(
 ) -> dict[str, Any]:
     """The commands the caller may run on this incident now (role, ownership and stage),
     from the incident itself, so the answer is never behind the read model."""
-    incident = await run_in_threadpool(city.get_incident, incident_id)
+    incident = await in_thread(city.get_incident, incident_id)
     state = IncidentState.of(incident)
     actions = incident_actions(who.role, who.department, state)
     return {

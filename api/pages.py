@@ -13,9 +13,9 @@ import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
-from fastapi.concurrency import run_in_threadpool
 
 from api.auth import Principal, require
+from api.concurrency import in_thread
 from api.deps import ContainerDep, correlation
 from api.permissions import PAGE_ACKNOWLEDGERS, PAGE_READERS, authorize_page
 from api.responses import errors
@@ -69,11 +69,11 @@ async def acknowledge_page(
     page_id: uuid.UUID,
 ) -> dict[str, Any]:
     """Acknowledge one of your pages: its escalation stops paging anyone (409 once ended)."""
-    row = await run_in_threadpool(PageQueries(c.pool).page, page_id)
+    row = await in_thread(PageQueries(c.pool).page, page_id)
     if row is None:
         raise HTTPException(404, f"unknown page {page_id}")
     authorize_page(who, row["person"])
-    escalation = await run_in_threadpool(
+    escalation = await in_thread(
         desk.acknowledge,
         row["escalation_id"],
         str(page_id),

@@ -21,8 +21,8 @@ from uuid import UUID
 
 import orjson
 import psycopg
-from fastapi.concurrency import run_in_threadpool
 
+from api.concurrency import in_thread
 from api.presenters import summary
 from core.sensor.senml import Limits, RejectedPayload, deadletter_record, decode
 from gis.china import to_wgs84_named
@@ -93,15 +93,15 @@ class ChangeHub:
         if not self.subscribers or change.get("layer") is None:
             return
         if change["layer"] == "incidents":
-            feature = await run_in_threadpool(self.read.incident, UUID(change["id"]))
+            feature = await in_thread(self.read.incident, UUID(change["id"]))
         elif change["layer"] == "cases":
             feature = (
                 None
                 if self.cases is None
-                else await run_in_threadpool(self._case_feature, UUID(change["id"]))
+                else await in_thread(self._case_feature, UUID(change["id"]))
             )
         else:
-            feature = await run_in_threadpool(self.read.sensor_by_id, UUID(change["sensor_id"]))
+            feature = await in_thread(self.read.sensor_by_id, UUID(change["sensor_id"]))
         if feature is None:
             return
         message = {"layer": change["layer"], "event": change.get("event"), "feature": feature}

@@ -11,11 +11,11 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import Field
 
 from api.auth import Principal, require
+from api.concurrency import in_thread
 from api.deps import Container, ContainerDep
 from api.responses import ErrorBody, errors
 
@@ -124,7 +124,5 @@ async def _accept(
     if c.telemetry is None:
         return JSONResponse({"detail": "telemetry intake is not configured"}, status_code=503)
     payload = await request.body()
-    status, body = await run_in_threadpool(
-        c.telemetry.accept, who.subject, device_id, payload, channel
-    )
+    status, body = await in_thread(c.telemetry.accept, who.subject, device_id, payload, channel)
     return JSONResponse(body, status_code=status)
