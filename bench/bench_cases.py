@@ -213,7 +213,13 @@ def in_process(
 
 def run_in_process(
     settings: Settings, points: list[tuple[float, float]], cases: int, warmup: int, threads: int
-) -> tuple[float, dict[str, list[float]], int, dict[str, float], dict[str, float]]:
+) -> tuple[
+    float,
+    dict[str, list[float]],
+    int,
+    tuple[dict[str, float], procstat.HostTicks],
+    tuple[dict[str, float], procstat.HostTicks],
+]:
     """The run's figures, and the CPU samples before and after it (the warm-up not in)."""
     groups = cpu_groups(settings, None)
     with (
@@ -250,11 +256,23 @@ def cpu_groups(settings: Settings, api_pid: int | None) -> list[procstat.Group]:
     return groups
 
 
-def cpu_sample(groups: list[procstat.Group]) -> dict[str, float]:
+def cpu_sample(groups: list[procstat.Group]) -> tuple[dict[str, float], procstat.HostTicks]:
     """CPU seconds so far of each group, and of this process alone as ``client`` (its
-    tree would hold the API, which it started)."""
+    tree would hold the API, which it started); and the host's ticks."""
     own = os.times()
-    return {**procstat.sample(groups).cpu_s, "client": own.user + own.system}
+    return {
+        **procstat.sample(groups).cpu_s,
+        "client": own.user + own.system,
+    }, procstat.HostTicks.now()
+
+
+def host_note(
+    before: procstat.HostTicks, after: procstat.HostTicks
+) -> tuple[str, dict[str, float]]:
+    """How busy the machine was, and how much time its hypervisor took (steal): a run
+    with much steal is slower in every figure, CPU per command too."""
+    shares = before.shares(after)
+    return f"machine busy {shares['busy']:.0%}, steal {shares['steal']:.0%}", shares
 
 
 def drop_audit_chain(settings: Settings) -> None:
@@ -332,7 +350,10 @@ def main() -> None:
                 " shared by client, API and PostgreSQL"
             )
         done = len(lat["resolve"])
-        cpu_ms = {k: round(1000 * (after[k] - v) / max(1, 3 * done), 3) for k, v in before.items()}
+        cpu_ms = {
+            k: round(1000 * (after[0][k] - v) / max(1, 3 * done), 3) for k, v in before[0].items()
+        }
+        machine, host = host_note(before[1], after[1])
         print(
             f"cases: {done} of {args.cases} completed ({errors} errors) in {elapsed:.1f} s:"
             f" {done / elapsed:,.0f} cases/s, {3 * done / elapsed:,.0f} commands/s ({how})"
@@ -348,7 +369,7 @@ def main() -> None:
         print(
             "  CPU per command: "
             + ", ".join(f"{k} {v:.2f} ms" for k, v in cpu_ms.items())
-            + f" (audit chain {'off' if args.no_audit_chain else 'on'})"
+            + f" (audit chain {'off' if args.no_audit_chain else 'on'}; {machine})"
         )
         if args.json:
             figures = {
@@ -365,6 +386,7 @@ def main() -> None:
                 "commands_per_s": round(3 * done / elapsed, 1),
                 "latency_ms": {k: quantiles_ms(v) for k, v in lat.items() if v},
                 "cpu_ms_per_command": cpu_ms,
+                "machine": host,
             }
             print(json.dumps(figures))
 

@@ -43,6 +43,33 @@ class ProcStat:
         return self.utime + self.stime + self.cutime + self.cstime
 
 
+@dataclass(frozen=True)
+class HostTicks:
+    """The host's CPU time from the first line of /proc/stat (clock ticks, all cores)."""
+
+    busy: int  # neither idle nor waiting for I/O, nor taken by the hypervisor
+    steal: int  # the hypervisor ran someone else on our virtual cores
+    total: int
+
+    @classmethod
+    def now(cls) -> HostTicks:
+        with open(_PROC / "stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        # user nice system idle iowait irq softirq steal guest guest_nice; guest time is
+        # already counted in user and nice.
+        idle, steal = fields[3] + fields[4], fields[7]
+        total = sum(fields[:8])
+        return cls(busy=total - idle - steal, steal=steal, total=total)
+
+    def shares(self, later: HostTicks) -> dict[str, float]:
+        """Busy and stolen shares of the host's CPU time from this sample to ``later``."""
+        span = max(1, later.total - self.total)
+        return {
+            "busy": round((later.busy - self.busy) / span, 3),
+            "steal": round((later.steal - self.steal) / span, 3),
+        }
+
+
 def read_stat(pid: int) -> ProcStat | None:
     """The stat of ``pid``, None if it is gone."""
     try:
