@@ -32,7 +32,8 @@ def two(settings: Settings) -> Iterator[tuple[City, City, tuple[float, float]]]:
     seed(settings)
     lon, lat, _ = places(settings, 1)[0]
     with open_city(settings, pool_size=4) as here, open_city(settings, pool_size=4) as there:
-        assert here.desk.recent is not None and there.desk.recent is not None
+        assert here.desk.recent is not None
+        assert there.desk.recent is not None
         yield here, there, (lon, lat)
 
 
