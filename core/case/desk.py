@@ -273,21 +273,8 @@ class ServiceDesk:
         """
         apply = self._prepare(case_uuid, command, ctx)
         kept = self._take_kept(case_uuid)
-        if kept is not None:
-            try:
-                if check is not None:
-                    check(kept)
-                apply(kept)
-            except Exception:  # refused on the kept state: the stored one decides
-                kept = None
-            if kept is not None:
-                try:
-                    self._save(kept)
-                except ConcurrentUpdateError:
-                    kept = None
-                else:
-                    self._keep(kept)
-                    return kept
+        if kept is not None and self._ran_on_kept(kept, apply, check):
+            return kept
         case = self.get(case_uuid)
         if check is not None:
             check(case)
@@ -295,6 +282,22 @@ class ServiceDesk:
         self._save(case)
         self._keep(case)
         return case
+
+    def _ran_on_kept(self, kept: ServiceCase, apply: Apply, check: Check | None) -> bool:
+        """Run the command on a kept case and save it; False when the stored case must
+        decide instead (the old state refused, or its version taken: nothing recorded)."""
+        try:
+            if check is not None:
+                check(kept)
+            apply(kept)
+        except Exception:  # refused on the kept state: the stored one decides
+            return False
+        try:
+            self._save(kept)
+        except ConcurrentUpdateError:
+            return False
+        self._keep(kept)
+        return True
 
     def _take_kept(self, case_uuid: UUID) -> ServiceCase | None:
         """The kept case, now this caller's alone (a concurrent command loads its own)."""
