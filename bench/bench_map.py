@@ -40,6 +40,7 @@ if not __package__:  # run as a file: python bench/bench_map.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from api.auth import issue_token
+from bench import procstat
 from bench.harness import fresh_settings, start_api
 from cityops.bootstrap import city_layers
 from infra.pgstore import apply_schema
@@ -339,10 +340,8 @@ class CpuMeter:
         self.wall = 0.0
 
     def sample(self) -> tuple[float, float, float]:
-        with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:]]
-        idle = fields[3] + fields[4]
-        host = (sum(fields) - idle) / self.ticks
+        ticks = procstat.HostTicks.now()
+        host = (ticks.busy + ticks.steal) / self.ticks
         api = 0.0
         for proc in Path("/proc").iterdir():
             if not proc.name.isdigit():
