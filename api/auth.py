@@ -18,13 +18,14 @@ import hmac
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Literal, get_args
 
 import jwt
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security.base import SecurityBase
 
 from api.concurrency import in_thread
 from infra.apikeys import API_KEY_PREFIX, StoredKey, hash_secret
@@ -233,16 +234,14 @@ _bearer = HTTPBearer(auto_error=False, description="JWT from `cityops token`")
 _api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="from `cityops apikey`")
 
 
-async def optional_principal(
-    request: Request,
-    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    api_key: Annotated[str | None, Depends(_api_key)],
+async def _caller(
+    request: Request, bearer: HTTPAuthorizationCredentials | None, api_key: str | None
 ) -> Principal | None:
-    """The caller, if they sent credentials; invalid credentials are a 401.
+    """The caller named by the request's credentials, None without any; invalid ones
+    are a 401.
 
-    The auth dependencies are async: run on the event loop they cost no thread hand-off
-    (about half a millisecond per request). Only an API key's lookup touches the database,
-    and it runs in the thread pool.
+    Async, on the event loop: it costs no thread hand-off (about half a millisecond per
+    request). Only an API key's lookup touches the database, and it runs in a thread.
     """
     container = request.app.state.container
     if bearer is not None:
@@ -258,6 +257,15 @@ async def optional_principal(
     return None
 
 
+async def optional_principal(
+    request: Request,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    api_key: Annotated[str | None, Depends(_api_key)],
+) -> Principal | None:
+    """The caller, if they sent credentials; invalid credentials are a 401."""
+    return await _caller(request, bearer, api_key)
+
+
 def known(found: Principal | None) -> Principal:
     """The caller; 401 when they sent no credentials."""
     if found is None:
@@ -271,24 +279,36 @@ async def principal(
     return known(found)
 
 
-def require(*roles: Role) -> Callable[[Principal | None], Awaitable[Principal]]:
-    """A dependency that lets only ``roles`` through (401 without credentials, 403 for
-    the other roles).
+class RoleGate(SecurityBase):
+    """The dependency ``require(*roles)`` returns: the caller, if their role is one of
+    ``roles`` (401 without credentials, 403 for the other roles).
 
-    It reads the caller from ``optional_principal`` itself, not through ``principal``:
-    every dependency level costs each request its solving, and this one is on every
-    command.
+    It is on every command, and each dependency level costs each request its solving
+    (FastAPI walks, caches and calls each one): the gate reads the bearer token itself
+    (through ``HTTPBearer``'s own parsing, called, not depended on) and has one
+    dependency below it, the API key header. Being a security scheme itself (the bearer
+    scheme's model and name), it still gives the OpenAPI document both schemes, as
+    ``optional_principal`` does with two levels more.
     """
 
-    async def check(
-        found: Annotated[Principal | None, Depends(optional_principal)],
+    def __init__(self, roles: tuple[Role, ...]) -> None:
+        self.roles = roles
+        self.model = _bearer.model
+        self.scheme_name = _bearer.scheme_name
+
+    async def __call__(
+        self, request: Request, api_key: Annotated[str | None, Depends(_api_key)]
     ) -> Principal:
-        who = known(found)
-        if who.role not in roles:
-            raise Forbidden(f"role {who.role} may not do this (needs {' or '.join(roles)})")
+        who = known(await _caller(request, await _bearer(request), api_key))
+        if who.role not in self.roles:
+            needs = " or ".join(self.roles)
+            raise Forbidden(f"role {who.role} may not do this (needs {needs})")
         return who
 
-    return check
+
+def require(*roles: Role) -> RoleGate:
+    """A dependency that lets only ``roles`` through (see ``RoleGate``)."""
+    return RoleGate(roles)
 
 
 PrincipalDep = Annotated[Principal, Depends(principal)]

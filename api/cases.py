@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, Path, Query
+from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from pydantic import BaseModel
 
 from api import schemas
 from api.auth import Forbidden, Principal, citizen_uuid, require
 from api.concurrency import in_thread
-from api.deps import CasesDep, DeskDep, correlation
+from api.deps import CasesDep, DeskDep, container, correlation
 from api.permissions import (
     CASE_ACTION_ROLES,
     CASE_READERS,
@@ -153,11 +153,12 @@ async def get_case(who: CaseReader, desk: DeskDep, case_id: uuid.UUID) -> dict[s
 @router.post("/cases", status_code=201, responses=errors(400, 409, 413))
 async def submit_case(
     who: Annotated[Principal, Depends(require(*CASE_ACTION_ROLES["submit"]))],
-    desk: DeskDep,
+    request: Request,
     body: schemas.NewCase,
     idempotency_key: Annotated[str | None, Header(max_length=100)] = None,
 ) -> dict[str, Any]:
     """File a case: staff for a caller (channel ``operator``), or a citizen (``app``)."""
+    desk = container(request).desk  # not a dependency: see _add
     contact = body.contact or schemas.ContactIn()
     cmd = SubmitCase(
         channel="app" if who.role == "citizen" else "operator",
@@ -360,8 +361,11 @@ CASE_COMMANDS = (
 
 def _add(route: CommandRoute) -> None:
     async def endpoint(
-        who: Principal, desk: ServiceDesk, case_id: uuid.UUID, body: BaseModel
+        who: Principal, request: Request, case_id: uuid.UUID, body: BaseModel
     ) -> dict[str, Any]:
+        # The desk comes from the request, not from a dependency: each dependency costs
+        # every request its solving, and these are the busiest routes.
+        desk = container(request).desk
         command = route.command(**body.model_dump())
         ctx = CommandContext(who.actor, correlation())
 
@@ -379,7 +383,7 @@ def _add(route: CommandRoute) -> None:
         route.description,
         endpoint,
         who=Annotated[Principal, Depends(require(*CASE_ACTION_ROLES[route.action]))],
-        desk=DeskDep,
+        request=Request,
         case_id=uuid.UUID,
         body=route.body,
         responses=errors(400, 404, 409, 413),

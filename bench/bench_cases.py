@@ -14,7 +14,8 @@ on the event store from that many threads (group commit shares their transaction
 CPU time per command, from /proc over the measured run: the API (uvicorn and its
 workers), PostgreSQL (the cluster's processes) and this client. Less noisy than the rates
 when something else runs on the machine. ``--profile DIR``: py-spy on each API worker
-for ``--profile-seconds`` of the measured run (flame graph and raw stacks per worker).
+for ``--profile-seconds`` of the measured run (flame graph and raw stacks per worker;
+``--profile-gil``: only the thread holding the GIL, the workers' Python CPU).
 ``--no-audit-chain``: drops the log's hash-chain trigger (infra/audit.sql) in the
 throwaway database, to measure what it costs; the append-only guards stay.
 
@@ -295,6 +296,9 @@ def main() -> None:
     ap.add_argument("--profile", type=Path, metavar="DIR", help="py-spy on each API worker")
     ap.add_argument("--profile-seconds", type=float, default=15.0)
     ap.add_argument(
+        "--profile-gil", action="store_true", help="py-spy samples only the thread holding the GIL"
+    )
+    ap.add_argument(
         "--no-audit-chain", action="store_true", help="drop the hash chain's trigger first"
     )
     args = ap.parse_args()
@@ -335,7 +339,9 @@ def main() -> None:
             profiles = []
             if args.profile:
                 targets = api_workers(api.pid)
-                profiles = start_profiles(args.profile, targets, args.profile_seconds)
+                profiles = start_profiles(
+                    args.profile, targets, args.profile_seconds, gil=args.profile_gil
+                )
             before = cpu_sample(groups)
             elapsed, lat, errors = asyncio.run(
                 drive(base, tokens, points, args.cases, args.concurrency)

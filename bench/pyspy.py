@@ -3,7 +3,10 @@
 Two ``py-spy record --nonblocking`` per process for the same duration: one writes
 ``<name>.svg`` (flame graph), the other ``<name>.txt`` (``--format raw``, one line per
 distinct stack, "frame;frame;... count"), from which :func:`top_self` reads the
-functions that were on top of the stack most often (self time). py-spy needs ptrace
+functions that were on top of the stack most often (self time). With ``gil=True`` only
+the thread holding the GIL is sampled: the process's Python CPU, without the threads
+that wait (a wait in C, such as a socket read, otherwise often counts as busy). py-spy
+needs ptrace
 rights (root). The profilers take CPU themselves, so a profiled run runs slower.
 
     profiles = start_profiles(Path("prof"), {"writer-0": 1234}, duration_s=60)
@@ -43,7 +46,11 @@ class Profile:
 
 
 def start_profiles(
-    directory: Path, targets: dict[str, int], duration_s: float, rate: int = 100
+    directory: Path,
+    targets: dict[str, int],
+    duration_s: float,
+    rate: int = 100,
+    gil: bool = False,
 ) -> list[Profile]:
     """Record each target for ``duration_s`` seconds (rounded up), ``rate`` samples a second."""
     binary = py_spy_binary()
@@ -55,7 +62,7 @@ def start_profiles(
     for name, pid in targets.items():
         svg, raw = directory / f"{name}.svg", directory / f"{name}.txt"
         common = ["record", "--nonblocking", "--pid", str(pid), "--duration", seconds]
-        common += ["--rate", str(rate)]
+        common += ["--rate", str(rate), *(["--gil"] if gil else [])]
         log = open(directory / f"{name}.py-spy.log", "wb")  # noqa: SIM115 - the children own it
         procs = [
             subprocess.Popen([binary, *common, "-o", str(svg)], stdout=log, stderr=log),
