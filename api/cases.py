@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Request
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from pydantic import BaseModel
 
 from api import schemas
@@ -31,7 +31,7 @@ from api.permissions import (
 )
 from api.presenters import detail, summary, timeline
 from api.responses import errors
-from api.routing import add_command
+from api.routing import JSONBody, add_command
 from api.schemas import CODE, DISTRICT, Code, CodeText, GridCode, Offset, Viewport
 from core.case import ACTIVE, OPEN, CaseStatus, ServiceCase, commands
 from core.case.desk import ServiceDesk, SubmitCase
@@ -150,13 +150,15 @@ async def get_case(who: CaseReader, desk: DeskDep, case_id: uuid.UUID) -> dict[s
     return await in_thread(load)
 
 
-@router.post("/cases", status_code=201, responses=errors(400, 409, 413))
+@router.post(
+    "/cases", status_code=201, response_model=dict[str, Any], responses=errors(400, 409, 413)
+)
 async def submit_case(
     who: Annotated[Principal, Depends(require(*CASE_ACTION_ROLES["submit"]))],
     request: Request,
     body: schemas.NewCase,
     idempotency_key: Annotated[str | None, Header(max_length=100)] = None,
-) -> dict[str, Any]:
+) -> Response:
     """File a case: staff for a caller (channel ``operator``), or a citizen (``app``)."""
     desk = container(request).desk  # not a dependency: see _add
     contact = body.contact or schemas.ContactIn()
@@ -169,7 +171,8 @@ async def submit_case(
         citizen_id=citizen_uuid(who),
     )
     case = await in_thread(desk.submit, cmd, who.actor, correlation())
-    return detail(desk, who, case, with_contact=False)
+    # Written as the commands' answers are (api.routing.JSONBody).
+    return JSONBody(detail(desk, who, case, with_contact=False), status_code=201)
 
 
 @router.get("/departments/{department_code}/co-handling")

@@ -4,6 +4,11 @@ FastAPI reads an endpoint's parameters (dependencies, path parameters, the body 
 from its signature. A table row's endpoint is one function written once; ``add_command``
 gives it the row's parameter types before registering it, so the route is the same as
 one written out by hand: same parameters in the same order, same OpenAPI operation.
+
+The answer is written by ``JSONBody`` (orjson) straight from the endpoint's dict: FastAPI
+would first validate the dict against the route's response model (``dict[str, Any]``,
+which any dict passes) and then serialize it through pydantic, about 3 % of a command's
+CPU for nothing. The document still gives that model.
 """
 
 from __future__ import annotations
@@ -12,7 +17,19 @@ import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastapi import APIRouter
+import orjson
+from fastapi import APIRouter, Response
+from pydantic_core import to_jsonable_python
+
+
+class JSONBody(Response):
+    """A JSON answer written by orjson, in the format FastAPI's own would have: UTC as
+    ``Z``, and what orjson does not know (a ``Decimal``, a set) as pydantic writes it."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, default=to_jsonable_python, option=orjson.OPT_UTC_Z)
 
 
 def add_command(
@@ -39,10 +56,17 @@ def add_command(
         for p in signature.parameters.values()
         if p.name in params
     ]
-    endpoint.__signature__ = signature.replace(parameters=declared)  # type: ignore[attr-defined]
+
+    async def answered(**values: Any) -> Response:
+        return JSONBody(await endpoint(**values))
+
+    answered.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=declared, return_annotation=Response
+    )
     router.add_api_route(
         path,
-        endpoint,
+        answered,
+        response_model=dict[str, Any],
         methods=["POST"],
         name=name,
         description=description,
