@@ -18,7 +18,6 @@ The run is seeded (``derandomize``): the same command draws the same requests.
 
 from __future__ import annotations
 
-import inspect
 import time
 import uuid
 from collections import Counter
@@ -37,6 +36,7 @@ from schemathesis import GenerationMode
 from schemathesis.core.failures import FailureGroup
 from schemathesis.core.result import Err
 
+from api.auth import RoleGate
 from cityops.bootstrap import api_app
 from infra.apikeys import PgApiKeys
 from tests.helpers.builders import flood_alarm
@@ -180,7 +180,7 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
 
 
 def _required_roles(route: RouteContext) -> set[str] | None:
-    """The roles the route's ``api.auth.require`` dependencies let through (None: no such
+    """The roles the route's ``api.auth.RoleGate`` dependencies let through (None: no such
     check, so any caller gets as far as the handler)."""
     found: set[str] | None = None
     # The route as included: its dependencies with those of ``include_router`` in front.
@@ -188,11 +188,9 @@ def _required_roles(route: RouteContext) -> set[str] | None:
     while pending:
         dep = pending.pop()
         pending.extend(dep.dependencies)
-        if dep.call is None or not inspect.isfunction(dep.call):
-            continue
-        roles = inspect.getclosurevars(dep.call).nonlocals.get("roles")
-        if isinstance(roles, tuple):
-            found = set(roles) if found is None else found & set(roles)
+        if isinstance(dep.call, RoleGate):
+            roles = set(dep.call.roles)
+            found = roles if found is None else found & roles
     return found
 
 
