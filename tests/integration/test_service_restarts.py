@@ -396,6 +396,14 @@ def test_mosquitto_sigkill_between_autosaves_loses_what_came_after_the_last_save
 # -- the Kafka-protocol broker ------------------------------------------------------------------
 
 
+# Tansu on S3 lists a partition's batch objects (one per produce request) for a fetch,
+# and moto's listing grows with them: with the default 100 ms fetch wait the consumers'
+# listings took moto's whole core (56 % of it in list_objects_v2, py-spy), its answers
+# fell from 176 to 30 a second within a minute, and the pipeline stalled. A longer wait
+# means fewer fetches, as a deployment on S3 would set it (README, Configuration).
+S3_FETCH_WAIT_MS = 1_000
+
+
 def tansu_again(workdir: Path, port: int, s3: S3Server | None) -> Service:
     """SIGKILL the Tansu of ``workdir`` and start it again on the same port (and log)."""
     sigkill_service("tansu", f"tcp://127.0.0.1:{port}")
@@ -405,12 +413,6 @@ def tansu_again(workdir: Path, port: int, s3: S3Server | None) -> Service:
     return start_kafka(workdir, port, storage_engine=s3.storage_engine, storage_env=s3.env)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="on the 2026-12-07 machine the pipeline on Tansu's S3 storage (moto) stalls for"
-    " minutes, before or after the broker's restart (3 of 3 runs; the code of 2026-12-04,"
-    " green twice on the earlier machine, stalls the same way here): cause not found",
-)
 def test_kafka_broker_sigkill_and_restart_on_durable_storage(
     settings: Settings, unique: str
 ) -> None:
@@ -421,7 +423,7 @@ def test_kafka_broker_sigkill_and_restart_on_durable_storage(
     with service_dir("cityops-kafka-") as workdir, S3Server() as s3:
         kafka = start_kafka(workdir, storage_engine=s3.storage_engine, storage_env=s3.env)
         port = int(kafka.url.rsplit(":", 1)[1])
-        on_kafka = settings_on(settings, kafka)
+        on_kafka = settings_on(settings, kafka, kafka_fetch_max_wait_ms=S3_FETCH_WAIT_MS)
         seed(on_kafka)
         app = city_with(on_kafka, [sensor(d) for d in devices])
         mqtt_bridge = subscribed_bridge(on_kafka, devices, unique)
