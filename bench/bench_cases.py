@@ -15,7 +15,7 @@ CPU time per command, from /proc over the measured run: the API (uvicorn and its
 workers), PostgreSQL (the cluster's processes) and this client. Less noisy than the rates
 when something else runs on the machine. ``--profile DIR``: py-spy on each API worker
 for ``--profile-seconds`` of the measured run (flame graph and raw stacks per worker;
-``--profile-gil``: only the thread holding the GIL, the workers' Python CPU).
+``--profile-gil``: only the thread holding the GIL, the workers' Python work).
 ``--no-audit-chain``: drops the log's hash-chain trigger (infra/audit.sql) in the
 throwaway database, to measure what it costs; the append-only guards stay.
 

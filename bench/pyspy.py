@@ -4,10 +4,11 @@ Two ``py-spy record --nonblocking`` per process for the same duration: one write
 ``<name>.svg`` (flame graph), the other ``<name>.txt`` (``--format raw``, one line per
 distinct stack, "frame;frame;... count"), from which :func:`top_self` reads the
 functions that were on top of the stack most often (self time). With ``gil=True`` only
-the thread holding the GIL is sampled: the process's Python CPU, without the threads
-that wait (a wait in C, such as a socket read, otherwise often counts as busy). py-spy
-needs ptrace
-rights (root). The profilers take CPU themselves, so a profiled run runs slower.
+the thread holding the GIL is sampled: the process's Python work, without the threads
+that wait (a wait in C, such as a socket read, otherwise often counts as busy); a
+thread that holds the GIL while it waits for a core or in a system call still counts.
+py-spy needs ptrace rights (root). The profilers take CPU themselves, so a profiled run
+runs slower.
 
     profiles = start_profiles(Path("prof"), {"writer-0": 1234}, duration_s=60)
     ...
