@@ -13,7 +13,12 @@ from typing import Any, TypeVar
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
-from eventsourcing.domain import Aggregate
+from eventsourcing.domain import (
+    Aggregate,
+    BaseAggregate,
+    DomainEventProtocol,
+    MutableOrImmutableAggregate,
+)
 from eventsourcing.persistence import IntegrityError, Recording
 
 from core.case.catalogue import (
@@ -42,6 +47,27 @@ class CityApp(Application[UUID]):
     def construct_recorder(self) -> Any:
         # Workers record their input position with their events: use a process recorder.
         return self.factory.process_recorder()
+
+    def save(
+        self,
+        *objs: MutableOrImmutableAggregate[UUID] | DomainEventProtocol[UUID] | None,
+        **kwargs: Any,
+    ) -> list[Recording[UUID]]:
+        """The library's save, with an aggregate's events collected without its check of
+        each object against two runtime protocols (15 µs an aggregate on Python 3.11,
+        where the concrete class's check takes 0.2)."""
+        processing_event: ProcessingEvent[UUID] = ProcessingEvent()
+        for obj in objs:
+            if isinstance(obj, BaseAggregate):
+                processing_event.events.extend(obj.collect_events())
+                processing_event.aggregates[obj.id] = obj
+            else:
+                processing_event.collect_events(obj)
+        processing_event.saved_kwargs.update(kwargs)
+        recordings = self._record(processing_event)
+        self._take_snapshots(processing_event)
+        self._notify(recordings)
+        return recordings
 
     def save_unless_changed(self, *aggregates: Aggregate, what: str) -> None:
         """Save; when someone else recorded a version first, a ConcurrentUpdateError (409)

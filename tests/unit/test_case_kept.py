@@ -191,3 +191,21 @@ def test_a_copy_has_the_same_state_and_changes_apart() -> None:
     assert case.attributes == {"size": "large"}
     assert "changed" not in case.dispatch.values()
     assert case.possible_duplicates == []
+
+
+def test_a_copy_shares_nothing_that_changes_at_any_depth() -> None:
+    desk = make_desk(CityApp())
+    case = desk.submit(request(), "citizen:1", "c1")
+    case.attributes = {"photos": [{"url": "a"}]}
+    case.co_handlers["water"] = {"part": "the pipe", "answers": []}
+    twin = copy_of(case)
+    assert vars(twin) == vars(case)
+    twin.attributes["photos"][0]["url"] = "b"
+    twin.co_handlers["water"]["answers"].append("done")
+    assert case.attributes == {"photos": [{"url": "a"}]}
+    assert case.co_handlers["water"]["answers"] == []
+    # The twin goes on alone: its new events are its own.
+    twin.start(actor="department:roads-west", reason="on our way", correlation_id="c2")
+    assert (case.status, twin.status) == ("assigned", "in_progress")
+    assert case.version == twin.version - 1
+    assert not case.collect_events()
