@@ -233,6 +233,51 @@ def test_one_point_lookup_agrees_with_the_bulk_one(triangles: bool) -> None:
     assert [index.locate_one(x, y) for x, y in zip(lon, lat, strict=True)] == bulk.tolist()
 
 
+def test_one_point_lookup_of_overlapping_shapes_of_all_sizes_agrees_with_the_bulk_one() -> None:
+    # One large star over many small squares and rings: each bucket lists boxes far
+    # larger than itself, and shapes whose box holds points they do not.
+    rng = np.random.default_rng(3)
+    star = shapely.Polygon(
+        [
+            (X0 + 0.012 + r * np.cos(a), Y0 + 0.01 + r * np.sin(a))
+            for a, r in zip(
+                np.linspace(0, 2 * np.pi, 40, endpoint=False), [0.011, 0.004] * 20, strict=True
+            )
+        ]
+    )
+    small = [
+        shapely.box(x, y, x + w, y + w)
+        if i % 2
+        else shapely.Point(x, y).buffer(w).difference(shapely.Point(x, y).buffer(w / 2))
+        for i, (x, y, w) in enumerate(
+            zip(
+                rng.uniform(X0, X0 + 0.024, 300),
+                rng.uniform(Y0, Y0 + 0.02, 300),
+                rng.uniform(0.0002, 0.001, 300),
+                strict=True,
+            )
+        )
+    ]
+    grid = gpd.GeoDataFrame(
+        {"grid_code": [f"g{i}" for i in range(301)], "district_code": "310101"},
+        geometry=[*small[:150], star, *small[150:]],
+        crs="EPSG:4326",
+    )
+    index = GridIndex(grid)
+    lon, lat = (
+        rng.uniform(X0 - 0.002, X0 + 0.026, 5_000),
+        rng.uniform(Y0 - 0.002, Y0 + 0.022, 5_000),
+    )
+    bulk = index.locate(lon, lat)
+    counts = {
+        "star": (bulk == 150).sum(),
+        "small": (bulk < 150).sum(),
+        "none": (bulk == NOWHERE).sum(),
+    }
+    assert min(counts.values()) > 300, counts
+    assert [index.locate_one(x, y) for x, y in zip(lon, lat, strict=True)] == bulk.tolist()
+
+
 def test_one_point_lookup_of_invalid_points_is_nowhere() -> None:
     index = GridIndex(make_grid())
     for lon, lat in ((np.nan, Y0), (500.0, Y0), (X0, -91.0), (float("inf"), Y0)):
