@@ -161,9 +161,12 @@ class FencedProcessRecorder(PostgresProcessRecorder):
             )
         )
         # The rows go over in binary (%b): the events' state as it is, where text would
-        # write each as hex inside a quoted composite inside an array.
-        self._record_statement = SQL("SELECT * FROM {schema}.{function}(%b)").format(
-            schema=schema, function=function
+        # write each as hex inside a quoted composite inside an array. Rendered once:
+        # psycopg converts a text once (its cache is by text), a composed query per call.
+        self._record_statement = (
+            SQL("SELECT * FROM {schema}.{function}(%b)")
+            .format(schema=schema, function=function)
+            .as_string()
         )
         # False once the database says the function is missing (tables created before
         # it, by an older version): saves then go the library's way.
