@@ -67,8 +67,8 @@ class _PolygonIndex:
 
     def locate_one(self, x: float, y: float) -> int:
         """``locate`` for one valid point, in plain Python over the buckets (``_Buckets``):
-        no GEOS point and no tree query (2 µs where the tree took 14, a bulk lookup of one
-        37). A shape other than a rectangle still gets GEOS's exact test."""
+        no GEOS point and no tree query (3.5 µs where the tree took 19 on the city's
+        grid). A shape other than a rectangle still gets GEOS's exact test."""
         buckets = self._buckets
         if buckets is None:
             return NOWHERE
@@ -116,19 +116,36 @@ class _Buckets:
     cells: list[tuple[int, ...]]
 
     MAX_SIDE = 256  # buckets along each axis, at most
+    MAX_LISTED = 16  # bucket entries per polygon, on average, at most
 
     @classmethod
-    def of(cls, bounds: NDArray[np.float64]) -> _Buckets:
-        x0, y0 = float(bounds[:, 0].min()), float(bounds[:, 1].min())
-        x1, y1 = float(bounds[:, 2].max()), float(bounds[:, 3].max())
-        # About one polygon's size per bucket (the median one's), within MAX_SIDE a side.
-        nx = _side(x1 - x0, float(np.median(bounds[:, 2] - bounds[:, 0])))
-        ny = _side(y1 - y0, float(np.median(bounds[:, 3] - bounds[:, 1])))
+    def of(cls, bounds: NDArray[np.float64]) -> _Buckets | None:
+        """Buckets over the boxes ``bounds`` (minx, miny, maxx, maxy per polygon; NaN for
+        an empty one, which holds no point); None when every polygon is empty."""
+        present = ~np.isnan(bounds).any(axis=1)
+        if not present.any():
+            return None
+        some = bounds[present]
+        x0, y0 = float(some[:, 0].min()), float(some[:, 1].min())
+        x1, y1 = float(some[:, 2].max()), float(some[:, 3].max())
+        # About one polygon's size per bucket (the median one's), within MAX_SIDE a side,
+        # and coarser while the boxes would be listed too often (large ones among many
+        # small ones): at most MAX_LISTED times per polygon.
+        nx = _side(x1 - x0, float(np.median(some[:, 2] - some[:, 0])))
+        ny = _side(y1 - y0, float(np.median(some[:, 3] - some[:, 1])))
+        while nx * ny > 1:
+            spans = ((some[:, 2] - some[:, 0]) * nx / (x1 - x0 or 1.0) + 2) * (
+                (some[:, 3] - some[:, 1]) * ny / (y1 - y0 or 1.0) + 2
+            )
+            if spans.sum() <= cls.MAX_LISTED * len(some):
+                break
+            nx, ny = max(1, nx // 2), max(1, ny // 2)
         width = (x1 - x0) / nx or 1.0
         height = (y1 - y0) / ny or 1.0
         members: list[list[int]] = [[] for _ in range(nx * ny)]
         boxes: list[list[float]] = bounds.tolist()
-        for pos, (minx, miny, maxx, maxy) in enumerate(boxes):
+        for pos in np.flatnonzero(present).tolist():
+            minx, miny, maxx, maxy = boxes[pos]
             i0, i1 = _bucket(minx, x0, width, nx), _bucket(maxx, x0, width, nx)
             j0, j1 = _bucket(miny, y0, height, ny), _bucket(maxy, y0, height, ny)
             for j in range(j0, j1 + 1):

@@ -278,6 +278,31 @@ def test_one_point_lookup_of_overlapping_shapes_of_all_sizes_agrees_with_the_bul
     assert [index.locate_one(x, y) for x, y in zip(lon, lat, strict=True)] == bulk.tolist()
 
 
+def test_one_point_lookup_skips_empty_shapes_and_bounds_its_buckets() -> None:
+    # Empty shapes hold no point; 500 large boxes over 1,500 small ones do
+    # not list each large one in every bucket.
+    rng = np.random.default_rng(4)
+    x, y = rng.uniform(X0, X0 + 0.02, 2_000), rng.uniform(Y0, Y0 + 0.02, 2_000)
+    w = np.where(np.arange(2_000) % 4 == 0, 0.01, 0.0002)
+    shapes = [shapely.box(a, b, a + c, b + c) for a, b, c in zip(x, y, w, strict=True)]
+    shapes[0] = shapes[7] = shapely.Polygon()
+    grid = gpd.GeoDataFrame(
+        {"grid_code": [f"g{i}" for i in range(2_000)], "district_code": "310101"},
+        geometry=shapes,
+        crs="EPSG:4326",
+    )
+    index = GridIndex(grid)
+    buckets = index._index._buckets
+    assert buckets is not None
+    assert sum(len(cell) for cell in buckets.cells) <= 16 * 2_000
+    lon, lat = rng.uniform(X0 - 0.001, X0 + 0.031, 3_000), rng.uniform(Y0, Y0 + 0.031, 3_000)
+    bulk = index.locate(lon, lat)
+    assert (bulk == NOWHERE).sum() > 100
+    assert [index.locate_one(a, b) for a, b in zip(lon, lat, strict=True)] == bulk.tolist()
+    empty = GridIndex(grid.iloc[[0, 7]])
+    assert empty.locate_one(X0 + 0.01, Y0 + 0.01) == NOWHERE
+
+
 def test_one_point_lookup_of_invalid_points_is_nowhere() -> None:
     index = GridIndex(make_grid())
     for lon, lat in ((np.nan, Y0), (500.0, Y0), (X0, -91.0), (float("inf"), Y0)):
