@@ -34,6 +34,26 @@ from core.sensor import Sensor, SensorSpec, sensor_id
 A = TypeVar("A", bound=Aggregate)
 
 
+class CityProcessingEvent(ProcessingEvent[UUID]):
+    """The library's ``ProcessingEvent``, collecting an aggregate's events without its
+    check of each object against two runtime protocols (15 µs an aggregate on Python
+    3.11, where the concrete class's check takes 0.2). Every save and every worker's
+    transaction collects through it; anything but an aggregate goes the library's way."""
+
+    def collect_events(
+        self,
+        *objs: MutableOrImmutableAggregate[UUID] | DomainEventProtocol[UUID] | None,
+        **kwargs: Any,
+    ) -> None:
+        for obj in objs:
+            if isinstance(obj, BaseAggregate):
+                self.events.extend(obj.collect_events())
+                self.aggregates[obj.id] = obj
+            else:
+                super().collect_events(obj)
+        self.saved_kwargs.update(kwargs)
+
+
 class CityApp(Application[UUID]):
     """The city's one event log: sensors, incidents and service cases.
 
@@ -53,17 +73,9 @@ class CityApp(Application[UUID]):
         *objs: MutableOrImmutableAggregate[UUID] | DomainEventProtocol[UUID] | None,
         **kwargs: Any,
     ) -> list[Recording[UUID]]:
-        """The library's save, with an aggregate's events collected without its check of
-        each object against two runtime protocols (15 µs an aggregate on Python 3.11,
-        where the concrete class's check takes 0.2)."""
-        processing_event: ProcessingEvent[UUID] = ProcessingEvent()
-        for obj in objs:
-            if isinstance(obj, BaseAggregate):
-                processing_event.events.extend(obj.collect_events())
-                processing_event.aggregates[obj.id] = obj
-            else:
-                processing_event.collect_events(obj)
-        processing_event.saved_kwargs.update(kwargs)
+        """The library's save, collecting through ``CityProcessingEvent``."""
+        processing_event = CityProcessingEvent()
+        processing_event.collect_events(*objs, **kwargs)
         recordings = self._record(processing_event)
         self._take_snapshots(processing_event)
         self._notify(recordings)

@@ -23,7 +23,7 @@ from eventsourcing.persistence import IntegrityError, Tracking
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from psycopg_pool import ConnectionPool
 
-from core.app import CityApp
+from core.app import CityApp, CityProcessingEvent
 from core.case.desk import Locator
 from core.errors import NotFoundError
 from core.incident.policy import SYSTEM_MONITOR, IncidentPolicy
@@ -111,7 +111,7 @@ class SensorMonitor:
     def process_partition(self, tp: TopicPartition, records: Sequence[Any]) -> None:
         """Evaluate one partition's records and record the outcome in one transaction."""
         next_offset = records[-1].offset + 1
-        pe: ProcessingEvent[UUID] = ProcessingEvent(
+        pe: ProcessingEvent[UUID] = CityProcessingEvent(
             tracking=Tracking(self.tracked.name(tp), next_offset)
         )
         before: dict[str, dict[str, Any] | None] = {}
@@ -238,7 +238,7 @@ class SensorMonitor:
         ]
         if not quiet:
             return 0
-        pe: ProcessingEvent[UUID] = ProcessingEvent()
+        pe: ProcessingEvent[UUID] = CityProcessingEvent()
         for device_id in quiet:
             state = self.states[device_id]
             sensor = self._sensor(device_id, pe)

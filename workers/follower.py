@@ -22,7 +22,7 @@ from eventsourcing.application import ProcessingEvent
 from eventsourcing.persistence import IntegrityError, ProcessRecorder, Tracking
 from eventsourcing.utils import get_topic
 
-from core.app import CityApp
+from core.app import CityApp, CityProcessingEvent
 from core.follow import LogTail, PositionMovedError
 from infra.pgstore import DATABASE_UNAVAILABLE, StalePositionError
 
@@ -88,7 +88,7 @@ class LogFollower:
         backoff = 0.5
         attempt = 0
         while True:
-            pe: ProcessingEvent[UUID] = ProcessingEvent(
+            pe: ProcessingEvent[UUID] = CityProcessingEvent(
                 tracking=Tracking(self.name, notification_id)
             )
             try:

@@ -23,7 +23,7 @@ from eventsourcing.persistence import Tracking
 from kafka import KafkaProducer, TopicPartition
 from pydantic import ValidationError
 
-from core.app import CityApp
+from core.app import CityApp, CityProcessingEvent
 from core.case.desk import DuplicateSubmissionError, ServiceDesk, SubmitCase
 from core.errors import DomainError
 from core.personal import Contact
@@ -80,7 +80,7 @@ class CaseIntake:
 
     def process_partition(self, tp: TopicPartition, records: Sequence[Any]) -> Counter[str]:
         """Submit one partition's cases and record its position, in one transaction."""
-        pe: ProcessingEvent[UUID] = ProcessingEvent(
+        pe: ProcessingEvent[UUID] = CityProcessingEvent(
             tracking=Tracking(self.tracked.name(tp), records[-1].offset + 1)
         )
         counts: Counter[str] = Counter()

@@ -28,6 +28,7 @@ from uuid import UUID
 from eventsourcing.application import ProcessingEvent
 from eventsourcing.domain import AggregateCreated
 
+from core.app import CityProcessingEvent
 from core.backtest.nearby import ScratchCity
 from core.brain.correlation import SYSTEM_BRAIN, CorrelationPolicy, Correlator
 from core.case import ServiceCase
@@ -557,7 +558,7 @@ class CorrelationReplay:
 
     def _correlate(self, position: int, event: Any) -> None:
         self.triggers += 1
-        pe: ProcessingEvent[UUID] = ProcessingEvent()
+        pe: ProcessingEvent[UUID] = CityProcessingEvent()
         correlation_id = f"brain:{position}"  # as the live brain names its decisions
         try:
             if isinstance(event, ServiceCase.CaseAccepted):  # type: ignore[attr-defined]

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+from typing import Any
 from uuid import UUID
 
 import pytest
 from eventsourcing.application import ProcessingEvent
 
-from core.app import CityApp
+from core.app import CityApp, CityProcessingEvent
 from core.errors import IllegalTransitionError, NotFoundError
 from core.incident.policy import IncidentPolicy
+from core.sensor import Sensor
 from core.sensor.rules import Transition, load_rules
 from tests.helpers.builders import sensor
 
@@ -89,3 +92,24 @@ def test_replay_equals_live_state(app: CityApp) -> None:
     live = app.get_sensor("wl-1")
     replayed = app.repository.get(live.id)
     assert replayed.__dict__ == live.__dict__
+
+
+def test_the_city_processing_event_collects_as_the_library_does() -> None:
+    def new(device_id: str) -> Sensor:
+        return Sensor(**asdict(sensor(device_id)), actor="t", correlation_id="c")
+
+    def collected(pe: ProcessingEvent[UUID]) -> tuple[list[Any], list[UUID], dict[str, Any]]:
+        first, second, third = new("wl-a"), new("wl-b"), new("wl-c")
+        event = third.collect_events()[0]
+        pe.collect_events(first, None, event, second, state_rows=[("k", "{}")])
+        pe.collect_events(first)  # nothing new to collect; still the same aggregate
+        return (
+            [(type(e).__name__, e.originator_id, e.originator_version) for e in pe.events],
+            list(pe.aggregates),
+            pe.saved_kwargs,
+        )
+
+    city = collected(CityProcessingEvent())
+    assert city == collected(ProcessingEvent())
+    assert len(city[0]) == 3
+    assert len(city[1]) == 2
